@@ -1,0 +1,43 @@
+"""hf-multitask: multitask fine-tuning of BERT-family encoders on the Hugging Face stack."""
+
+from transformers import AutoConfig, AutoModel
+
+from .backbone import default_backbone
+from .configuration import MultitaskConfig
+from .data import DataError, DataWarning, load_task_data, train_validation_split
+from .encoding import MultitaskCollator, encode_task
+from .metrics import accuracy, compute_task_metrics, overall_score, pearson
+from .modeling import MultitaskModel, MultitaskOutput
+from .predict import TaskPredictions, evaluate, predict, write_predictions
+from .tasks import TaskSpec, quora_task, reference_tasks, sst_task, sts_task
+
+__version__ = "0.1.0"
+
+AutoConfig.register(MultitaskConfig.model_type, MultitaskConfig, exist_ok=True)
+AutoModel.register(MultitaskConfig, MultitaskModel, exist_ok=True)
+
+__all__ = [
+    "DataError",
+    "DataWarning",
+    "MultitaskCollator",
+    "TaskPredictions",
+    "accuracy",
+    "compute_task_metrics",
+    "encode_task",
+    "evaluate",
+    "load_task_data",
+    "overall_score",
+    "pearson",
+    "predict",
+    "train_validation_split",
+    "write_predictions",
+    "MultitaskConfig",
+    "MultitaskModel",
+    "MultitaskOutput",
+    "TaskSpec",
+    "default_backbone",
+    "quora_task",
+    "reference_tasks",
+    "sst_task",
+    "sts_task",
+]

@@ -1,0 +1,97 @@
+"""`MultitaskConfig`: the encoder's config nested inside, plus task specs, pair encoding and heads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+from .tasks import PAIR_ENCODINGS, TaskSpec, as_task_spec
+
+HEAD_TYPES = ("linear", "mlp")
+POOLINGS = ("cls", "mean")
+
+
+class MultitaskConfig(PretrainedConfig):
+    """Configuration of a :class:`~hf_multitask.MultitaskModel`.
+
+    Args:
+        encoder_config: Config of the shared encoder (any ``AutoModel`` encoder), as a
+            ``PretrainedConfig`` or its dict form (with ``model_type``).
+        tasks: Task specs (``TaskSpec`` or dicts).
+        pair_encoding: Default encoding of sentence-pair tasks: ``"cross"`` (both sentences
+            in one sequence), ``"bi"`` (siamese, features ``[u, v, |u-v|, u*v]``) or
+            ``"cosine"`` (siamese, cosine similarity scaled into the label range).
+        head_type: ``"linear"`` or ``"mlp"``.
+        head_hidden_sizes: Hidden layer sizes of the MLP head.
+        head_dropout: Dropout before every head layer.
+        pooling: Sentence representation: ``"cls"`` (first token) or ``"mean"`` (masked mean).
+    """
+
+    model_type = "hf_multitask"
+    sub_configs = {"encoder_config": AutoConfig}
+
+    def __init__(
+        self,
+        encoder_config: PretrainedConfig | dict[str, Any] | None = None,
+        tasks: list[TaskSpec | dict[str, Any]] | None = None,
+        pair_encoding: str = "cross",
+        head_type: str = "linear",
+        head_hidden_sizes: list[int] | tuple[int, ...] = (),
+        head_dropout: float = 0.1,
+        pooling: str = "cls",
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(encoder_config, dict):
+            encoder_config = dict(encoder_config)
+            if "model_type" not in encoder_config:
+                raise ValueError("encoder_config dict needs a 'model_type' key")
+            encoder_config = AutoConfig.for_model(**encoder_config)
+        self.encoder_config = encoder_config
+        specs = [as_task_spec(t) for t in (tasks or [])]
+        names = [t.name for t in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Task names must be unique, got {names}")
+        self.tasks = [t.to_dict() for t in specs]
+        if pair_encoding not in PAIR_ENCODINGS:
+            raise ValueError(f"pair_encoding must be one of {PAIR_ENCODINGS}, got {pair_encoding!r}")
+        if head_type not in HEAD_TYPES:
+            raise ValueError(f"head_type must be one of {HEAD_TYPES}, got {head_type!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if not 0.0 <= float(head_dropout) < 1.0:
+            raise ValueError(f"head_dropout must be in [0, 1), got {head_dropout}")
+        sizes = [int(h) for h in head_hidden_sizes]
+        if any(h <= 0 for h in sizes):
+            raise ValueError(f"head_hidden_sizes must be positive, got {sizes}")
+        self.pair_encoding = pair_encoding
+        self.head_type = head_type
+        self.head_hidden_sizes = sizes
+        self.head_dropout = float(head_dropout)
+        self.pooling = pooling
+        for spec in specs:
+            if spec.is_pair and self.task_pair_encoding(spec) == "cosine" and spec.kind == "classification" and spec.num_labels != 2:
+                raise ValueError(f"Task {spec.name!r}: the cosine pair head supports regression or binary classification only")
+        super().__init__(**kwargs)
+
+    @property
+    def task_specs(self) -> list[TaskSpec]:
+        """The tasks as :class:`TaskSpec` objects, in config order."""
+        return [TaskSpec.from_dict(t) for t in self.tasks]
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t["name"] for t in self.tasks]
+
+    def get_task(self, name: str) -> TaskSpec:
+        """Look a task up by name; unknown names raise ``KeyError`` listing the known ones."""
+        for t in self.tasks:
+            if t["name"] == name:
+                return TaskSpec.from_dict(t)
+        raise KeyError(f"Unknown task {name!r}; this model knows {self.task_names}")
+
+    def task_pair_encoding(self, spec: TaskSpec) -> str | None:
+        """Effective pair encoding of a task (None for single-sentence tasks)."""
+        if not spec.is_pair:
+            return None
+        return spec.pair_encoding or self.pair_encoding

@@ -1,0 +1,283 @@
+"""Loading task data from CS224N-format files, generic CSV/TSV/JSON, Hub datasets or a `datasets.Dataset`.
+
+Every source ends in one validated ``datasets.Dataset`` with the columns ``id``, the task's
+text columns and ``label`` (int for classification, float for regression).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from .tasks import TaskSpec
+
+__all__ = ["DataError", "DataWarning", "BadRow", "load_task_data", "train_validation_split"]
+
+_JSON_SUFFIXES = {".json", ".jsonl"}
+_TABLE_SUFFIXES = {".csv", ".tsv", ".txt"}
+_MAX_LISTED = 10
+
+
+class DataError(ValueError):
+    """Bad task data: names the source, the line or row, and the column."""
+
+
+class DataWarning(UserWarning):
+    """A malformed row was skipped while loading task data."""
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """One rejected row: where it is and why."""
+
+    origin: str
+    line: int
+    column: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        col = f", column {self.column!r}" if self.column else ""
+        return f"{self.origin}: line {self.line}{col}: {self.reason}"
+
+
+def _csv_field_limit() -> None:
+    # Quora rows with an unbalanced quote can swallow long stretches of text.
+    csv.field_size_limit(min(2**31 - 1, 1 << 28))
+
+
+def _read_table(path: Path, delimiter: str | None) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """Header and (line number, fields) rows of a delimited file, parsed with the csv module.
+
+    ``line`` is the physical line (1-based, header = line 1) on which the row ends.
+    """
+    _csv_field_limit()
+    handle = open(path, newline="", encoding="utf-8")
+    first = handle.readline()
+    if not first:
+        handle.close()
+        raise DataError(f"{path}: the file is empty")
+    if delimiter is None:
+        delimiter = "\t" if (path.suffix == ".tsv" or "\t" in first) else ","
+    header = next(csv.reader([first], delimiter=delimiter))
+    reader = csv.reader(handle, delimiter=delimiter)
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        with handle:
+            for fields in reader:
+                if not fields:
+                    continue
+                yield reader.line_num + 1, fields
+
+    return header, rows()
+
+
+def _is_hub_id(source: str) -> bool:
+    if os.path.exists(source) or Path(source).suffix.lower() in _JSON_SUFFIXES | _TABLE_SUFFIXES:
+        return False
+    parts = source.split("/")
+    return 1 <= len(parts) <= 2 and all(parts) and not source.startswith((".", "~"))
+
+
+def _load_hub(source: str, split: str, subset: str | None) -> datasets.Dataset:
+    try:
+        loaded = datasets.load_dataset(source, subset, split=split)
+    except Exception as err:  # network, auth, unknown id: say what to do instead
+        raise DataError(
+            f"Could not load the Hub dataset {source!r} (split {split!r}): {type(err).__name__}: {err}. "
+            "With no network, pass local files instead (CS224N-format/CSV/TSV/JSON paths) or a "
+            "`datasets.Dataset` already in memory."
+        ) from err
+    if not isinstance(loaded, datasets.Dataset):
+        raise DataError(f"{source!r} split {split!r} did not give a single Dataset (got {type(loaded).__name__})")
+    return loaded
+
+
+def _records_from_dataset(ds: datasets.Dataset, first_line: int) -> tuple[list[str], Iterator[tuple[int, dict[str, Any]]]]:
+    def rows() -> Iterator[tuple[int, dict[str, Any]]]:
+        for i, row in enumerate(ds):
+            yield first_line + i, row
+
+    return list(ds.column_names), rows()
+
+
+def _parse_label(spec: TaskSpec, raw: Any) -> tuple[float | int | None, str | None]:
+    """(label, None) or (None, reason)."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None, "empty label"
+    if isinstance(raw, bool):
+        raw = int(raw)
+    try:
+        value = float(raw.strip()) if isinstance(raw, str) else float(raw)
+    except (TypeError, ValueError):
+        return None, f"label {raw!r} is not a number"
+    if not math.isfinite(value):
+        return None, f"label {raw!r} is not finite"
+    if spec.kind == "classification":
+        if value != int(value):
+            return None, f"label {raw!r} is not a whole class index"
+        if not 0 <= value < spec.num_labels:
+            return None, f"label {raw!r} is out of range 0..{spec.num_labels - 1}"
+        return int(value), None
+    if spec.label_range is not None:
+        lo, hi = spec.label_range
+        if not lo <= value <= hi:
+            return None, f"label {raw!r} is out of range [{lo:g}, {hi:g}]"
+    return value, None
+
+
+def _validate(
+    spec: TaskSpec,
+    origin: str,
+    columns: list[str],
+    rows: Iterable[tuple[int, Any]],
+    *,
+    strict: bool,
+    max_bad_fraction: float,
+    limit: int | None,
+) -> datasets.Dataset:
+    need = list(spec.text_columns) + [spec.label_column]
+    missing = [c for c in need if c not in columns]
+    if missing:
+        raise DataError(f"{origin}: missing column(s) {missing} needed by task {spec.name!r}; the columns are {columns}")
+    has_id = spec.id_column in columns
+    index = {c: i for i, c in enumerate(columns)}
+    out: dict[str, list[Any]] = {"id": [], **{c: [] for c in spec.text_columns}, "label": []}
+    bad: list[BadRow] = []
+    total = 0
+    for line, row in rows:
+        if limit is not None and len(out["label"]) >= limit:
+            break
+        total += 1
+        if isinstance(row, list):  # delimited file: check the field count first
+            if len(row) != len(columns):
+                problem = BadRow(origin, line, None, f"row has {len(row)} fields, the header has {len(columns)}")
+                if strict:
+                    raise DataError(str(problem))
+                bad.append(problem)
+                continue
+            get = lambda c, row=row: row[index[c]]  # noqa: E731
+        else:
+            get = row.get
+        problem = None
+        texts = {}
+        for c in spec.text_columns:
+            text = get(c)
+            if text is None or not str(text).strip():
+                problem = BadRow(origin, line, c, "empty text")
+                break
+            texts[c] = str(text).strip()
+        if problem is None:
+            label, reason = _parse_label(spec, get(spec.label_column))
+            if reason is not None:
+                problem = BadRow(origin, line, spec.label_column, reason)
+        if problem is not None:
+            if strict:
+                raise DataError(str(problem))
+            bad.append(problem)
+            continue
+        ident = get(spec.id_column) if has_id else None
+        out["id"].append(str(ident) if ident not in (None, "") else str(total - 1))
+        for c, t in texts.items():
+            out[c].append(t)
+        out["label"].append(label)
+    if total == 0:
+        raise DataError(f"{origin}: no data rows")
+    if bad and (not out["label"] or len(bad) > max(1, max_bad_fraction * total)):
+        listed = "\n  ".join(str(b) for b in bad[:_MAX_LISTED])
+        raise DataError(
+            f"{origin}: {len(bad)} of {total} rows are malformed (more than max_bad_fraction={max_bad_fraction}); first ones:\n  {listed}"
+        )
+    for b in bad[:_MAX_LISTED]:
+        warnings.warn(f"skipped malformed row: {b}", DataWarning, stacklevel=3)
+    if len(bad) > _MAX_LISTED:
+        warnings.warn(f"{origin}: skipped {len(bad) - _MAX_LISTED} more malformed rows", DataWarning, stacklevel=3)
+    label_feature = datasets.Value("int64") if spec.kind == "classification" else datasets.Value("float32")
+    features = datasets.Features(
+        {"id": datasets.Value("string"), **{c: datasets.Value("string") for c in spec.text_columns}, "label": label_feature}
+    )
+    return datasets.Dataset.from_dict(out, features=features)
+
+
+def load_task_data(
+    spec: TaskSpec,
+    source: str | os.PathLike[str] | datasets.Dataset,
+    *,
+    split: str = "train",
+    subset: str | None = None,
+    delimiter: str | None = None,
+    strict: bool = False,
+    max_bad_fraction: float = 0.01,
+    limit: int | None = None,
+) -> datasets.Dataset:
+    """Load and validate one task's examples.
+
+    Args:
+        spec: The task; its ``text_columns``, ``label_column`` and ``id_column`` name the
+            columns to read.
+        source: One of
+            * a CS224N-format file (tab-separated, leading unnamed index column, ``id``,
+              text columns, label) or any CSV / TSV file with a header row (the delimiter
+              is a tab for ``.tsv`` files and for files whose header holds a tab, else a comma);
+            * a JSON / JSON-lines file (read with ``datasets``);
+            * a Hub dataset id (``"glue"`` with ``subset="stsb"``, ...), read with
+              ``datasets.load_dataset`` (needs the network or a warm cache);
+            * a ``datasets.Dataset`` already in memory.
+        split: Split of a Hub dataset.
+        subset: Configuration name of a Hub dataset.
+        delimiter: Force the delimiter of a CSV/TSV file.
+        strict: Raise :class:`DataError` at the first malformed row instead of skipping it.
+        max_bad_fraction: Outside strict mode, malformed rows are reported (a
+            :class:`DataWarning` each, naming file, line and column) and skipped, unless more
+            than this fraction of the rows is bad, which raises :class:`DataError`.
+        limit: Keep at most this many valid rows (in file order).
+
+    Returns:
+        A ``datasets.Dataset`` with ``id`` (string), the text columns and ``label``.
+
+    Raises:
+        DataError: missing column, empty source, too many malformed rows, any malformed row
+            in strict mode, or a Hub dataset that cannot be reached.
+        FileNotFoundError: a local path that does not exist.
+    """
+    kwargs = {"strict": strict, "max_bad_fraction": max_bad_fraction, "limit": limit}
+    if isinstance(source, datasets.Dataset):
+        columns, rows = _records_from_dataset(source, first_line=0)
+        return _validate(spec, f"Dataset(task={spec.name!r})", columns, rows, **kwargs)
+    source = os.fspath(source)
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if not path.exists():
+        if _is_hub_id(source):
+            ds = _load_hub(source, split, subset)
+            columns, rows = _records_from_dataset(ds, first_line=0)
+            return _validate(spec, f"{source}[{split}]", columns, rows, **kwargs)
+        raise FileNotFoundError(f"No such data file: {source} (task {spec.name!r})")
+    if path.is_dir():
+        raise DataError(f"{source} is a folder; pass a file for task {spec.name!r}")
+    if suffix in _JSON_SUFFIXES:
+        try:
+            ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        except Exception as err:
+            raise DataError(f"{source}: not valid JSON / JSON lines: {err}") from err
+        columns, rows = _records_from_dataset(ds, first_line=1)
+        return _validate(spec, str(source), columns, rows, **kwargs)
+    header, table_rows = _read_table(path, delimiter)
+    return _validate(spec, str(source), header, table_rows, **kwargs)
+
+
+def train_validation_split(
+    dataset: datasets.Dataset, validation_fraction: float = 0.1, seed: int = 0
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Seeded (train, validation) split; the same seed always gives the same split."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    parts = dataset.train_test_split(test_size=validation_fraction, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]

@@ -1,0 +1,133 @@
+"""Tokenisation that follows a task's pair encoding, length filtering, and dynamic-padding collation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import torch
+
+from .tasks import PAIR_ENCODINGS, TaskSpec
+
+__all__ = ["encode_task", "MultitaskCollator", "MODEL_INPUT_KEYS"]
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "input_ids_b", "attention_mask_b", "token_type_ids_b")
+
+
+def _tokenize(tokenizer: Any, first: list[str], second: list[str] | None, max_length: int | None) -> dict[str, list[list[int]]]:
+    enc = tokenizer(first, second, truncation=max_length is not None, max_length=max_length, padding=False)
+    return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+
+
+def encode_task(
+    dataset: datasets.Dataset,
+    spec: TaskSpec,
+    tokenizer: Any,
+    *,
+    pair_encoding: str | None = "cross",
+    max_length: int | None = None,
+    drop_longest: float = 0.0,
+) -> datasets.Dataset:
+    """Tokenise a dataset made by :func:`~hf_multitask.data.load_task_data` for one task.
+
+    Args:
+        dataset: Columns ``id``, the task's text columns and (optionally) ``label``.
+        spec: The task.
+        tokenizer: A Hugging Face tokenizer.
+        pair_encoding: For pair tasks: ``"cross"`` puts both sentences in one sequence
+            (``[CLS] a [SEP] b [SEP]``); ``"bi"`` and ``"cosine"`` encode them separately
+            into ``input_ids`` / ``input_ids_b``. Pass ``model.config.task_pair_encoding(spec)``
+            to follow a model. Ignored for single-sentence tasks; None means ``"cross"``.
+        max_length: Truncate every sequence to this many tokens (no truncation if None).
+        drop_longest: Drop this fraction of the examples with the most tokens
+            (``round(p * n)`` examples, ties broken by position). For training data.
+
+    Returns:
+        A dataset with ``id``, the model inputs and ``labels`` (if the input had ``label``).
+    """
+    if pair_encoding is not None and pair_encoding not in PAIR_ENCODINGS:
+        raise ValueError(f"pair_encoding must be one of {PAIR_ENCODINGS}, got {pair_encoding!r}")
+    if not 0.0 <= drop_longest < 1.0:
+        raise ValueError(f"drop_longest must be in [0, 1), got {drop_longest}")
+    missing = [c for c in spec.text_columns if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"Task {spec.name!r}: dataset lacks text column(s) {missing}; it has {dataset.column_names}")
+    siamese = spec.is_pair and pair_encoding in ("bi", "cosine")
+
+    def fn(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        cols = spec.text_columns
+        if not spec.is_pair:
+            out = _tokenize(tokenizer, batch[cols[0]], None, max_length)
+        elif not siamese:
+            out = _tokenize(tokenizer, batch[cols[0]], batch[cols[1]], max_length)
+        else:
+            out = _tokenize(tokenizer, batch[cols[0]], None, max_length)
+            out.update({f"{k}_b": v for k, v in _tokenize(tokenizer, batch[cols[1]], None, max_length).items()})
+        if "label" in batch:
+            out["labels"] = batch["label"]
+        return out
+
+    keep = {"id"}
+    remove = [c for c in dataset.column_names if c not in keep]
+    encoded = dataset.map(fn, batched=True, remove_columns=remove, desc=f"Tokenising {spec.name}")
+    if drop_longest > 0.0 and len(encoded):
+        lengths = [len(x) for x in encoded["input_ids"]]
+        if siamese:
+            lengths = [a + len(b) for a, b in zip(lengths, encoded["input_ids_b"])]
+        n_drop = int(round(drop_longest * len(lengths)))
+        if n_drop:
+            order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+            kept = sorted(order[: len(lengths) - n_drop])
+            encoded = encoded.select(kept)
+    return encoded
+
+
+class MultitaskCollator:
+    """Pads a list of encoded examples to the longest in the batch (dynamic padding).
+
+    Args:
+        pad_token_id: Id used to pad ``input_ids`` / ``input_ids_b``.
+        task: If given, the batch carries ``"task": task`` so it can be passed straight
+            to the model as ``model(**batch)``.
+        pad_to_multiple_of: Round padded lengths up (e.g. 8 for tensor cores).
+        keep_ids: Keep the example ``id`` strings under ``"ids"`` (for prediction files).
+
+    Labels become ``int64`` when every label is an int, else ``float32``.
+    """
+
+    def __init__(self, pad_token_id: int, task: str | None = None, pad_to_multiple_of: int | None = None, keep_ids: bool = False) -> None:
+        self.pad_token_id = int(pad_token_id)
+        self.task = task
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.keep_ids = keep_ids
+
+    def _pad(self, seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+        length = max(len(s) for s in seqs)
+        if self.pad_to_multiple_of:
+            length = int(math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of)
+        out = torch.full((len(seqs), length), value, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        return out
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if not features:
+            raise ValueError("MultitaskCollator got an empty batch")
+        batch: dict[str, Any] = {}
+        for key in MODEL_INPUT_KEYS:
+            if key in features[0]:
+                value = self.pad_token_id if key.startswith("input_ids") else 0
+                batch[key] = self._pad([f[key] for f in features], value)
+        if "labels" in features[0]:
+            labels = [f["labels"] for f in features]
+            if all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
+                batch["labels"] = torch.tensor(labels, dtype=torch.long)
+            else:
+                batch["labels"] = torch.tensor(labels, dtype=torch.float32)
+        if self.keep_ids and "id" in features[0]:
+            batch["ids"] = [f["id"] for f in features]
+        if self.task is not None:
+            batch["task"] = self.task
+        return batch

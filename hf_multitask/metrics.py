@@ -1,0 +1,94 @@
+"""Task metrics and the overall score of the published SST/QQP/STS work, generalised to any task set."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .tasks import TaskSpec
+
+__all__ = ["accuracy", "pearson", "spearman", "normalized_score", "overall_score", "compute_task_metrics", "predictions_from_logits"]
+
+
+def _arrays(predictions: Sequence[float] | np.ndarray, labels: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    if p.shape != y.shape:
+        raise ValueError(f"predictions and labels differ in length: {p.shape[0]} vs {y.shape[0]}")
+    if p.size == 0:
+        raise ValueError("cannot compute a metric on zero examples")
+    return p, y
+
+
+def accuracy(predictions: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """Fraction of exact matches."""
+    p, y = _arrays(predictions, labels)
+    return float(np.mean(p == y))
+
+
+def pearson(predictions: Sequence[float] | np.ndarray, labels: Sequence[float] | np.ndarray) -> float:
+    """Pearson correlation r; 0.0 when either side is constant (r is undefined there)."""
+    p, y = _arrays(predictions, labels)
+    pc, yc = p - p.mean(), y - y.mean()
+    denom = np.sqrt((pc * pc).sum() * (yc * yc).sum())
+    if denom == 0.0 or not np.isfinite(denom):
+        return 0.0
+    return float(np.clip((pc * yc).sum() / denom, -1.0, 1.0))
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty_like(x)
+    ranks[order] = np.arange(len(x), dtype=np.float64)
+    # average the ranks of ties
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.zeros(len(counts))
+    np.add.at(sums, inverse, ranks)
+    return sums[inverse] / counts[inverse]
+
+
+def spearman(predictions: Sequence[float] | np.ndarray, labels: Sequence[float] | np.ndarray) -> float:
+    """Spearman rank correlation (Pearson r of average ranks)."""
+    p, y = _arrays(predictions, labels)
+    return pearson(_ranks(p), _ranks(y))
+
+
+_METRIC_FNS = {"accuracy": accuracy, "pearson": pearson, "spearman": spearman}
+
+
+def normalized_score(metric: str, value: float) -> float:
+    """Map a metric to [0, 1]: accuracy as is, correlations as ``(r + 1) / 2``."""
+    if metric == "accuracy":
+        return float(value)
+    if metric in ("pearson", "spearman"):
+        return (float(value) + 1.0) / 2.0
+    raise ValueError(f"Unknown metric {metric!r}")
+
+
+def overall_score(scores: Mapping[str, float]) -> float:
+    """Mean of per-task normalised scores.
+
+    For the reference trio this is ``(sst_acc + qqp_acc + (sts_r + 1) / 2) / 3``, the
+    overall score of the CS224N multitask BERT work.
+    """
+    if not scores:
+        raise ValueError("overall_score needs at least one task score")
+    return float(np.mean(list(scores.values())))
+
+
+def predictions_from_logits(spec: TaskSpec, logits: np.ndarray) -> np.ndarray:
+    """Class indices (argmax) for classification, the scalar output for regression."""
+    logits = np.asarray(logits)
+    if spec.kind == "classification":
+        return logits.reshape(len(logits), -1).argmax(-1)
+    return logits.reshape(-1).astype(np.float64)
+
+
+def compute_task_metrics(
+    spec: TaskSpec, predictions: Sequence[float] | np.ndarray, labels: Sequence[float] | np.ndarray
+) -> dict[str, float]:
+    """``{metric_name: value, "score": normalised value}`` for one task."""
+    metric = spec.metric or "accuracy"
+    value = _METRIC_FNS[metric](predictions, labels)
+    return {metric: value, "score": normalized_score(metric, value)}

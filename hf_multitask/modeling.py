@@ -1,0 +1,255 @@
+"""`MultitaskModel`: one shared ``AutoModel`` encoder, one head per task."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration import MultitaskConfig
+from .heads import CosineHead, MLPHead, pair_features
+from .tasks import TaskSpec
+
+try:  # transformers >= 5: initialisers that respect already-loaded weights
+    from transformers import initialization as init
+except ImportError:  # pragma: no cover - older transformers
+    from torch.nn import init
+
+
+@dataclass
+class MultitaskOutput(ModelOutput):
+    """Output of :meth:`MultitaskModel.forward`.
+
+    Attributes:
+        loss: Cross-entropy (classification) or mean squared error (regression), when
+            ``labels`` were given.
+        logits: ``(batch, num_labels)`` scores; ``(batch, 1)`` predictions for regression.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+def _pad_right(x: torch.Tensor, length: int, value: int) -> torch.Tensor:
+    if x.shape[1] == length:
+        return x
+    pad = x.new_full((x.shape[0], length - x.shape[1]), value)
+    return torch.cat([x, pad], dim=1)
+
+
+class MultitaskModel(PreTrainedModel):
+    """A shared encoder with one head per task.
+
+    Build one from a pretrained encoder with :meth:`from_encoder`, or load a saved
+    multitask checkpoint with ``AutoModel.from_pretrained`` (after ``import hf_multitask``)
+    or ``MultitaskModel.from_pretrained``. Call it with the task name::
+
+        out = model(task="sst", input_ids=ids, attention_mask=mask, labels=y)
+
+    Sentence-pair tasks with the ``"bi"`` or ``"cosine"`` encoding take the second
+    sentence as ``input_ids_b`` / ``attention_mask_b`` (/ ``token_type_ids_b``).
+    """
+
+    config_class = MultitaskConfig
+    base_model_prefix = "encoder"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    # forward takes task=...; keep the Trainer from passing num_items_in_batch (see README).
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: MultitaskConfig) -> None:
+        super().__init__(config)
+        if config.encoder_config is None:
+            raise ValueError("MultitaskConfig.encoder_config is required")
+        if not config.tasks:
+            raise ValueError("MultitaskConfig.tasks is empty: give at least one TaskSpec")
+        self.encoder = AutoModel.from_config(config.encoder_config)
+        if getattr(self.encoder, "pooler", None) is not None:
+            # The task heads read token states; an unused pooler would only confuse DDP.
+            self.encoder.pooler = None
+        hidden = int(config.encoder_config.hidden_size)
+        self._encoder_accepts_token_types = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
+        self.heads = nn.ModuleDict()
+        self._specs: dict[str, TaskSpec] = {}
+        for spec in config.task_specs:
+            self._specs[spec.name] = spec
+            encoding = config.task_pair_encoding(spec)
+            if encoding == "cosine":
+                self.heads[spec.name] = CosineHead(spec)
+            else:
+                in_features = 4 * hidden if encoding == "bi" else hidden
+                sizes = config.head_hidden_sizes if config.head_type == "mlp" else []
+                self.heads[spec.name] = MLPHead(in_features, spec.num_labels, sizes, config.head_dropout)
+        self.post_init()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_encoder(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        tasks: list[TaskSpec | dict[str, Any]],
+        **config_kwargs: Any,
+    ) -> MultitaskModel:
+        """Pretrained encoder weights from ``name_or_path`` plus freshly initialised heads.
+
+        ``name_or_path`` is anything ``AutoModel.from_pretrained`` takes (a local folder or
+        a Hub id; Hub ids need the network or a warm cache). Extra keyword arguments go to
+        :class:`MultitaskConfig` (``pair_encoding``, ``head_type``, ...). Weights are loaded
+        in float32, which is what AMP training wants.
+        """
+        from transformers import AutoConfig
+
+        encoder_config = AutoConfig.from_pretrained(name_or_path)
+        config = MultitaskConfig(encoder_config=encoder_config, tasks=tasks, **config_kwargs)
+        model = cls(config)
+        pretrained = AutoModel.from_pretrained(name_or_path, dtype=torch.float32)
+        missing, unexpected = model.encoder.load_state_dict(pretrained.state_dict(), strict=False)
+        unexpected = [k for k in unexpected if not k.startswith("pooler.")]
+        if missing or unexpected:
+            raise ValueError(f"Encoder weights from {name_or_path} do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        model.config.name_or_path = str(name_or_path)
+        return model
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only our own modules reach this: the encoder (a PreTrainedModel) initialises itself.
+        std = float(getattr(self.config.encoder_config, "initializer_range", 0.02))
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, CosineHead) and module.kind == "classification":
+            init.constant_(module.scale, 5.0)
+            init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def task_names(self) -> list[str]:
+        return list(self._specs)
+
+    def get_task(self, task: str) -> TaskSpec:
+        """The :class:`TaskSpec` of ``task``; unknown names raise ``KeyError`` listing known tasks."""
+        try:
+            return self._specs[task]
+        except KeyError:
+            raise KeyError(f"Unknown task {task!r}; this model knows {list(self._specs)}") from None
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters shared by all tasks (the encoder): the ones gradient surgery acts on."""
+        return (p for n, p in self.named_parameters() if not n.startswith("heads."))
+
+    def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
+        """Parameters owned by one task's head."""
+        self.get_task(task)
+        return self.heads[task].parameters()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.encoder.set_input_embeddings(value)
+
+    # ------------------------------------------------------------------ forward
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Sentence representations ``(batch, hidden)`` with the configured pooling."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and self._encoder_accepts_token_types:
+            kwargs["token_type_ids"] = token_type_ids
+        states = self.encoder(**kwargs).last_hidden_state
+        if self.config.pooling == "cls":
+            return states[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        return (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def _encode_pair(self, a: dict[str, torch.Tensor | None], b: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode both sides of a siamese pair in one encoder call."""
+        length = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+        pad_id = int(getattr(self.config.encoder_config, "pad_token_id", 0) or 0)
+        batch = a["input_ids"].shape[0]
+        merged: dict[str, torch.Tensor | None] = {}
+        for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
+            xa, xb = a.get(key), b.get(key)
+            if xa is None and key == "attention_mask":
+                xa = torch.ones_like(a["input_ids"])
+            if xb is None and key == "attention_mask":
+                xb = torch.ones_like(b["input_ids"])
+            merged[key] = None if xa is None or xb is None else torch.cat([_pad_right(xa, length, fill), _pad_right(xb, length, fill)])
+        pooled = self.encode(merged["input_ids"], merged["attention_mask"], merged["token_type_ids"])
+        return pooled[:batch], pooled[batch:]
+
+    def forward(
+        self,
+        task: str,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        input_ids_b: torch.Tensor | None = None,
+        attention_mask_b: torch.Tensor | None = None,
+        token_type_ids_b: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> MultitaskOutput | tuple[torch.Tensor, ...]:
+        """Run ``task`` on a batch.
+
+        Args:
+            task: Name of one of the model's tasks.
+            input_ids, attention_mask, token_type_ids: The (first) sentence, or both
+                sentences joined for the ``"cross"`` pair encoding.
+            input_ids_b, attention_mask_b, token_type_ids_b: The second sentence for the
+                siamese ``"bi"`` / ``"cosine"`` encodings.
+            labels: Class indices (classification) or float targets (regression).
+        """
+        spec = self.get_task(task)
+        encoding = self.config.task_pair_encoding(spec)
+        head = self.heads[task]
+        if encoding in ("bi", "cosine"):
+            if input_ids_b is None:
+                raise ValueError(f"Task {task!r} uses the {encoding!r} pair encoding: pass the second sentence as input_ids_b")
+            u, v = self._encode_pair(
+                {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids},
+                {"input_ids": input_ids_b, "attention_mask": attention_mask_b, "token_type_ids": token_type_ids_b},
+            )
+            logits = head(u, v) if encoding == "cosine" else head(pair_features(u, v))
+        else:
+            logits = head(self.encode(input_ids, attention_mask, token_type_ids))
+
+        loss = None
+        if labels is not None:
+            loss = self.compute_task_loss(spec, logits, labels)
+        if return_dict is False:
+            return tuple(x for x in (loss, logits) if x is not None)
+        return MultitaskOutput(loss=loss, logits=logits)
+
+    @staticmethod
+    def compute_task_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy for classification, mean squared error for regression (in fp32)."""
+        if spec.kind == "classification":
+            if labels.is_floating_point():
+                if not torch.equal(labels, labels.round()):
+                    raise ValueError(f"Task {spec.name!r}: classification labels must be whole numbers")
+                labels = labels.long()
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_labels):
+                raise ValueError(
+                    f"Task {spec.name!r}: labels must be in 0..{spec.num_labels - 1}, got values in "
+                    f"{int(labels.min())}..{int(labels.max())}"
+                )
+            return nn.functional.cross_entropy(logits.float(), labels.view(-1))
+        return nn.functional.mse_loss(logits.float().view(-1), labels.float().view(-1))
+
+
+MultitaskConfig.register_for_auto_class()
+MultitaskModel.register_for_auto_class("AutoModel")

@@ -1,0 +1,110 @@
+"""Prediction, evaluation and CS224N-format prediction files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .encoding import MultitaskCollator
+from .metrics import compute_task_metrics, overall_score, predictions_from_logits
+from .tasks import TaskSpec
+
+__all__ = ["TaskPredictions", "predict", "evaluate", "write_predictions"]
+
+
+@dataclass
+class TaskPredictions:
+    """Predictions of one task: example ids, predictions, and gold labels when the data had them."""
+
+    task: str
+    ids: list[str]
+    predictions: np.ndarray
+    labels: np.ndarray | None
+
+
+@torch.inference_mode()
+def predict(
+    model: torch.nn.Module,
+    dataset: datasets.Dataset,
+    task: str,
+    *,
+    pad_token_id: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> TaskPredictions:
+    """Run ``model`` on an encoded dataset (see :func:`~hf_multitask.encoding.encode_task`).
+
+    Sorting by length is not done here: batches follow dataset order, so ids line up.
+    """
+    spec: TaskSpec = model.get_task(task)
+    was_training = model.training
+    model.eval()
+    collate = MultitaskCollator(pad_token_id, task=task, keep_ids=True)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    device = next(model.parameters()).device
+    ids: list[str] = []
+    preds: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for batch in tqdm(loader, desc=f"Predicting {task}", disable=not progress):
+        ids.extend(batch.pop("ids", []))
+        gold = batch.pop("labels", None)
+        inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        logits = model(**inputs).logits.float().cpu().numpy()
+        preds.append(predictions_from_logits(spec, logits))
+        if gold is not None:
+            labels.append(gold.numpy())
+    model.train(was_training)
+    return TaskPredictions(
+        task=task,
+        ids=ids,
+        predictions=np.concatenate(preds) if preds else np.zeros(0),
+        labels=np.concatenate(labels) if labels else None,
+    )
+
+
+def evaluate(
+    model: torch.nn.Module,
+    datasets_by_task: dict[str, datasets.Dataset],
+    *,
+    pad_token_id: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Metrics of every task plus ``overall`` (mean of normalised task scores).
+
+    Keys are ``{task}_{metric}`` and ``{task}_score`` for each task, and ``overall``.
+    """
+    results: dict[str, float] = {}
+    scores: dict[str, float] = {}
+    for task, ds in datasets_by_task.items():
+        out = predict(model, ds, task, pad_token_id=pad_token_id, batch_size=batch_size, progress=progress)
+        if out.labels is None:
+            raise ValueError(f"Task {task!r}: the evaluation data has no labels")
+        metrics = compute_task_metrics(model.get_task(task), out.predictions, out.labels)
+        scores[task] = metrics["score"]
+        results.update({f"{task}_{k}": v for k, v in metrics.items()})
+    results["overall"] = overall_score(scores)
+    return results
+
+
+def write_predictions(path: str | os.PathLike[str], spec: TaskSpec, predictions: TaskPredictions) -> Path:
+    """Write predictions in the CS224N output format.
+
+    The first line is ``id \\t Predicted_<label_column>``, then one ``<id> , <prediction>``
+    line per example, as the CS224N default project's scripts write and read them.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"id \t Predicted_{spec.label_column} \n")
+        for ident, pred in zip(predictions.ids, predictions.predictions):
+            value = int(pred) if spec.kind == "classification" else float(pred)
+            f.write(f"{ident} , {value} \n")
+    return path

@@ -1,0 +1,148 @@
+"""Task specifications: one :class:`TaskSpec` drives heads, losses, metrics and data loading."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+TaskKind = Literal["classification", "regression"]
+PairEncoding = Literal["cross", "bi", "cosine"]
+
+PAIR_ENCODINGS: tuple[str, ...] = ("cross", "bi", "cosine")
+METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy",),
+    "regression": ("pearson", "spearman"),
+}
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything the library needs to know about one task.
+
+    Args:
+        name: Unique task name, used as the ``task=`` argument of the model and as the
+            metric prefix. Letters, digits, ``_`` and ``-``; must start with a letter.
+        kind: ``"classification"`` (cross-entropy loss, accuracy) or ``"regression"``
+            (mean squared error, Pearson r).
+        num_labels: Number of classes for classification; must be 1 for regression.
+        text_columns: One column for a single-sentence task, two for a sentence-pair task.
+        label_column: Column holding the gold label.
+        label_range: ``(low, high)`` of valid labels for regression (inclusive). Used to
+            validate data, to scale the cosine pair head and to normalise the metric.
+            Classification labels are always ``0 .. num_labels - 1``.
+        metric: Metric reported for this task; defaults to ``accuracy`` for classification
+            and ``pearson`` for regression.
+        pair_encoding: Overrides the model-wide pair encoding for this task
+            (``"cross"``, ``"bi"`` or ``"cosine"``). Ignored by single-sentence tasks.
+        id_column: Column holding the example id (generated from the row number if absent).
+    """
+
+    name: str
+    kind: TaskKind
+    num_labels: int
+    text_columns: tuple[str, ...]
+    label_column: str = "label"
+    label_range: tuple[float, float] | None = None
+    metric: str | None = None
+    pair_encoding: PairEncoding | None = None
+    id_column: str = "id"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise ValueError(f"TaskSpec name {self.name!r} must start with a letter and hold only letters, digits, '_' or '-'")
+        if self.kind not in METRICS:
+            raise ValueError(f"TaskSpec {self.name!r}: kind must be 'classification' or 'regression', got {self.kind!r}")
+        cols = self.text_columns
+        if isinstance(cols, str):
+            cols = (cols,)
+        object.__setattr__(self, "text_columns", tuple(cols))
+        if len(self.text_columns) not in (1, 2) or not all(isinstance(c, str) and c for c in self.text_columns):
+            raise ValueError(f"TaskSpec {self.name!r}: text_columns must be one or two column names, got {self.text_columns!r}")
+        if self.kind == "classification":
+            if int(self.num_labels) < 2:
+                raise ValueError(f"TaskSpec {self.name!r}: classification needs num_labels >= 2, got {self.num_labels}")
+            if self.label_range is not None:
+                raise ValueError(f"TaskSpec {self.name!r}: label_range is for regression tasks only")
+        else:
+            if int(self.num_labels) != 1:
+                raise ValueError(f"TaskSpec {self.name!r}: regression needs num_labels == 1, got {self.num_labels}")
+        object.__setattr__(self, "num_labels", int(self.num_labels))
+        if self.label_range is not None:
+            lo, hi = (float(x) for x in self.label_range)
+            if not lo < hi:
+                raise ValueError(f"TaskSpec {self.name!r}: label_range must be (low, high) with low < high, got {self.label_range!r}")
+            object.__setattr__(self, "label_range", (lo, hi))
+        metric = self.metric or METRICS[self.kind][0]
+        if metric not in METRICS[self.kind]:
+            raise ValueError(
+                f"TaskSpec {self.name!r}: metric {metric!r} is not available for {self.kind}; choose from {METRICS[self.kind]}"
+            )
+        object.__setattr__(self, "metric", metric)
+        if self.pair_encoding is not None and self.pair_encoding not in PAIR_ENCODINGS:
+            raise ValueError(f"TaskSpec {self.name!r}: pair_encoding must be one of {PAIR_ENCODINGS}, got {self.pair_encoding!r}")
+        if self.pair_encoding == "cosine" and self.kind == "classification" and self.num_labels != 2:
+            raise ValueError(f"TaskSpec {self.name!r}: the cosine pair head supports regression or binary classification only")
+
+    @property
+    def is_pair(self) -> bool:
+        """True for sentence-pair tasks (two text columns)."""
+        return len(self.text_columns) == 2
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form, stored in :class:`MultitaskConfig`."""
+        d = dataclasses.asdict(self)
+        d["text_columns"] = list(self.text_columns)
+        if self.label_range is not None:
+            d["label_range"] = list(self.label_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskSpec:
+        """Inverse of :meth:`to_dict`; unknown keys raise a clear error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"Unknown TaskSpec field(s) {sorted(unknown)}; known fields are {sorted(known)}")
+        data = dict(data)
+        if data.get("label_range") is not None:
+            data["label_range"] = tuple(data["label_range"])
+        return cls(**data)
+
+
+def sst_task(name: str = "sst") -> TaskSpec:
+    """SST-5 sentiment in the CS224N file format (5 classes, accuracy)."""
+    return TaskSpec(name=name, kind="classification", num_labels=5, text_columns=("sentence",), label_column="sentiment")
+
+
+def quora_task(name: str = "quora") -> TaskSpec:
+    """Quora Question Pairs paraphrase detection in the CS224N format (binary, accuracy)."""
+    return TaskSpec(name=name, kind="classification", num_labels=2, text_columns=("sentence1", "sentence2"), label_column="is_duplicate")
+
+
+def sts_task(name: str = "sts") -> TaskSpec:
+    """STS-B similarity in the CS224N format (0-5 regression, Pearson r)."""
+    return TaskSpec(
+        name=name,
+        kind="regression",
+        num_labels=1,
+        text_columns=("sentence1", "sentence2"),
+        label_column="similarity",
+        label_range=(0.0, 5.0),
+    )
+
+
+def reference_tasks() -> list[TaskSpec]:
+    """The reference trio: SST-5, Quora and STS-B."""
+    return [sst_task(), quora_task(), sts_task()]
+
+
+def as_task_spec(task: TaskSpec | dict[str, Any]) -> TaskSpec:
+    """Accept a TaskSpec or its dict form."""
+    if isinstance(task, TaskSpec):
+        return task
+    if isinstance(task, dict):
+        return TaskSpec.from_dict(task)
+    raise TypeError(f"Expected a TaskSpec or dict, got {type(task).__name__}")

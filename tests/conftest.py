@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny random-init encoders and a tiny character-level WordPiece tokenizer."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertTokenizerFast, DistilBertConfig, RobertaConfig
+
+import hf_multitask as hm
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+VOCAB = (
+    SPECIALS
+    + list(string.ascii_lowercase + string.digits + string.punctuation)
+    + [f"##{c}" for c in string.ascii_lowercase + string.digits]
+)
+
+
+def tiny_encoder_config(arch: str = "bert"):
+    common = dict(vocab_size=len(VOCAB) + 2, max_position_embeddings=128)
+    if arch == "bert":
+        return BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, **common)
+    if arch == "roberta":
+        return RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, pad_token_id=0, **common)
+    if arch == "distilbert":
+        return DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, pad_token_id=0, **common)
+    raise ValueError(arch)
+
+
+def tiny_model(tasks=None, arch: str = "bert", seed: int = 0, **kwargs) -> hm.MultitaskModel:
+    torch.manual_seed(seed)
+    config = hm.MultitaskConfig(encoder_config=tiny_encoder_config(arch), tasks=tasks or hm.reference_tasks(), **kwargs)
+    return hm.MultitaskModel(config)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory) -> BertTokenizerFast:
+    folder = tmp_path_factory.mktemp("tok")
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n")
+    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+
+
+def write_tsv(path: Path, header: list[str], rows: list[list[str]], cs224n: bool = True) -> Path:
+    """Write a CS224N-style file: leading unnamed index column, tab-separated."""
+    lines = []
+    if cs224n:
+        lines.append("\t".join([""] + header))
+        lines += ["\t".join([str(i)] + [str(x) for x in r]) for i, r in enumerate(rows)]
+    else:
+        lines.append("\t".join(header))
+        lines += ["\t".join(str(x) for x in r) for r in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from conftest import tiny_model
+
+import hf_multitask as hm
+from hf_multitask.metrics import normalized_score, predictions_from_logits, spearman
+
+
+def test_accuracy_by_hand():
+    assert hm.accuracy([0, 1, 2, 2], [0, 1, 1, 2]) == 0.75
+    with pytest.raises(ValueError, match="differ in length"):
+        hm.accuracy([0, 1], [0])
+    with pytest.raises(ValueError, match="zero examples"):
+        hm.accuracy([], [])
+
+
+def test_correlations_match_scipy():
+    rng = np.random.default_rng(0)
+    y = rng.uniform(0, 5, 200)
+    p = y + rng.normal(0, 1.5, 200)
+    assert hm.pearson(p, y) == pytest.approx(scipy.stats.pearsonr(p, y)[0], abs=1e-12)
+    ties = np.round(p)
+    assert spearman(ties, y) == pytest.approx(scipy.stats.spearmanr(ties, y)[0], abs=1e-12)
+    assert hm.pearson(np.ones(5), np.arange(5)) == 0.0, "constant predictions: r undefined, reported as 0"
+
+
+def test_overall_score_is_the_published_formula():
+    sst_acc, qqp_acc, sts_r = 0.52, 0.81, 0.64
+    scores = {"sst": sst_acc, "quora": qqp_acc, "sts": normalized_score("pearson", sts_r)}
+    assert hm.overall_score(scores) == pytest.approx((sst_acc + qqp_acc + (sts_r + 1) / 2) / 3)
+    assert normalized_score("pearson", -1.0) == 0.0
+    with pytest.raises(ValueError):
+        hm.overall_score({})
+
+
+def test_compute_task_metrics_and_predictions_from_logits():
+    sst, _, sts = hm.reference_tasks()
+    logits = np.array([[0.1, 2.0, 0, 0, 0], [3.0, 0, 0, 0, 0]])
+    assert predictions_from_logits(sst, logits).tolist() == [1, 0]
+    assert hm.compute_task_metrics(sst, [1, 0], [1, 1]) == {"accuracy": 0.5, "score": 0.5}
+    m = hm.compute_task_metrics(sts, [1.0, 2.0, 3.5], [1.0, 2.5, 3.0])
+    assert m["score"] == pytest.approx((m["pearson"] + 1) / 2)
+
+
+def test_evaluate_and_prediction_files_match_a_hand_computation(tokenizer, tmp_path):
+    import datasets
+
+    model = tiny_model().eval()
+    raw = datasets.Dataset.from_dict({"id": ["a", "b", "c"], "sentence": ["good", "bad film", "ok"], "label": [1, 2, 3]})
+    enc = hm.encode_task(raw, hm.sst_task(), tokenizer)
+    out = hm.predict(model, enc, "sst", pad_token_id=tokenizer.pad_token_id, batch_size=2, progress=False)
+    manual = []
+    for row in enc:
+        logits = model(task="sst", input_ids=torch.tensor([row["input_ids"]]), token_type_ids=torch.tensor([row["token_type_ids"]])).logits
+        manual.append(int(logits.argmax()))
+    assert out.ids == ["a", "b", "c"] and out.predictions.tolist() == manual and out.labels.tolist() == [1, 2, 3]
+    results = hm.evaluate(model, {"sst": enc}, pad_token_id=tokenizer.pad_token_id, progress=False)
+    acc = float(np.mean(np.array(manual) == np.array([1, 2, 3])))
+    assert results["sst_accuracy"] == pytest.approx(acc) and results["overall"] == pytest.approx(acc)
+    path = hm.write_predictions(tmp_path / "out" / "sst-dev-output.csv", hm.sst_task(), out)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "id \t Predicted_sentiment "
+    assert lines[1:] == [f"{i} , {p} " for i, p in zip("abc", manual)]
