@@ -1,0 +1,63 @@
+"""Gradient aggregators ("gradient surgery") over a (tasks x shared params) gradient matrix.
+
+``get_aggregator(name, **kwargs)`` returns a callable ``agg(grads, counts=None, tasks=None)``
+mapping the ``(T, P)`` matrix to one ``(P,)`` update.
+
+| name | method |
+|---|---|
+| ``sum`` | plain summed-loss multitask |
+| ``mean`` | mean of the task gradients |
+| ``pcgrad`` | PCGrad (Yu et al. 2020) |
+| ``weighted_pcgrad`` | sample-weighted PCGrad (rows scaled by 1/n_i) |
+| ``gradvac`` | Gradient Vaccine (Wang et al. 2021) |
+| ``cagrad`` | CAGrad (Liu et al. 2021) |
+| ``aligned_mtl`` | Aligned-MTL (Senushkin et al. 2023) |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .aligned_mtl import AlignedMTL
+from .base import Aggregator, gram_matrix, projected_norms
+from .cagrad import CAGrad
+from .gradvac import GradVac
+from .pcgrad import PCGrad, WeightedPCGrad, pcgrad_coefficients
+from .simple import Mean, Sum
+
+AGGREGATORS: dict[str, type[Aggregator]] = {cls.name: cls for cls in (Sum, Mean, PCGrad, WeightedPCGrad, GradVac, CAGrad, AlignedMTL)}
+
+
+def get_aggregator(name: str, **kwargs: Any) -> Aggregator:
+    """Build an aggregator by name (see the module docstring for the list)."""
+    try:
+        cls = AGGREGATORS[name]
+    except KeyError:
+        raise KeyError(f"Unknown aggregator {name!r}; choose from {sorted(AGGREGATORS)}") from None
+    return cls(**kwargs)
+
+
+def register_aggregator(cls: type[Aggregator]) -> type[Aggregator]:
+    """Register a custom :class:`Aggregator` subclass under ``cls.name`` (usable as a decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, Aggregator)):
+        raise TypeError("register_aggregator takes an Aggregator subclass")
+    AGGREGATORS[cls.name] = cls
+    return cls
+
+
+__all__ = [
+    "AGGREGATORS",
+    "Aggregator",
+    "AlignedMTL",
+    "CAGrad",
+    "GradVac",
+    "Mean",
+    "PCGrad",
+    "Sum",
+    "WeightedPCGrad",
+    "get_aggregator",
+    "gram_matrix",
+    "pcgrad_coefficients",
+    "projected_norms",
+    "register_aggregator",
+]

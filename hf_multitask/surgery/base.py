@@ -1,0 +1,107 @@
+"""Shared machinery of gradient aggregators: the Gram matrix and the weighted sum of rows.
+
+Every aggregator maps a ``(T, P)`` matrix of per-task gradients of the shared parameters to
+one ``(P,)`` update. The projection methods never touch the big matrix beyond two passes:
+``G = grads @ grads.T`` (T x T, fp32 accumulation) and the final ``weights @ grads``. Their
+whole logic runs on the small Gram matrix in float64, which keeps surgery near free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["Aggregator", "gram_matrix", "projected_norms"]
+
+_SAFE_MAX = 1e15
+_SAFE_MIN = 1e-15
+
+
+def gram_matrix(grads: torch.Tensor) -> torch.Tensor:
+    """``grads @ grads.T`` in float64, up to a positive global factor.
+
+    Dot products accumulate in fp32 (``grads`` is cast if it is half precision). When the
+    entries are so large that the products overflow, or so small that they underflow, the
+    rows are first divided by their largest entry: every aggregator here is positively
+    homogeneous, so its weights do not change. Non-finite gradients give a non-finite Gram.
+    """
+    g = grads if grads.dtype in (torch.float32, torch.float64) else grads.float()
+    gram = (g @ g.T).double()
+    if not torch.isfinite(gram).all():
+        scale = g.abs().amax()
+        if not torch.isfinite(scale):
+            return gram  # inf/NaN in the gradients: let them propagate
+        gram = ((g / scale) @ (g / scale).T).double()
+    else:
+        diag = gram.diagonal()
+        if bool(((diag == 0) | (diag < _SAFE_MIN**2)).any()) or bool((diag > _SAFE_MAX**2).any()):
+            scale = g.abs().amax()
+            if scale > 0:
+                gram = ((g / scale) @ (g / scale).T).double()
+    return gram
+
+
+def projected_norms(gram: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """``||g_i - sum_k C[i, k] g_k||`` for every row i, from the Gram matrix alone."""
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    diff = eye - coeffs
+    sq = torch.einsum("ik,kl,il->i", diff, gram, diff)
+    return sq.clamp_min(0).sqrt()
+
+
+class Aggregator:
+    """Base class: subclasses implement :meth:`weights` on the Gram matrix.
+
+    Calling an aggregator ``agg(grads, counts=None, tasks=None)`` returns the ``(P,)``
+    update ``w @ grads`` with ``w = agg.weights(G, counts, tasks)``. ``counts`` holds the
+    number of samples of each row's task in the step; ``tasks`` names the rows (stateful
+    methods such as GradVac key their state by task name).
+
+    After each call ``last_info`` holds telemetry: the Gram matrix, the weights and, for
+    methods that modify each task's gradient, ``coeffs`` (row i of the modified gradients
+    is ``coeffs[i] @ grads``) and ``removed`` (``||g_i - g_i'||`` per task).
+    """
+
+    name = "base"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.last_info: dict[str, Any] = {}
+
+    def weights(self, gram: torch.Tensor, counts: torch.Tensor | None, tasks: Sequence[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(
+        self, grads: torch.Tensor, counts: torch.Tensor | Sequence[float] | None = None, tasks: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        if grads.ndim != 2:
+            raise ValueError(f"expected a (tasks, params) matrix, got shape {tuple(grads.shape)}")
+        t = grads.shape[0]
+        tasks = [str(i) for i in range(t)] if tasks is None else list(tasks)
+        if len(tasks) != t:
+            raise ValueError(f"{len(tasks)} task names for {t} gradient rows")
+        if counts is not None:
+            counts = torch.as_tensor(counts, dtype=torch.float64).reshape(-1)
+            if counts.numel() != t or bool((counts <= 0).any()):
+                raise ValueError(f"counts must be {t} positive numbers, got {counts.tolist()}")
+        gram = gram_matrix(grads)
+        self.last_info = {"gram": gram, "tasks": tasks}
+        if not torch.isfinite(gram).all():
+            # inf/NaN gradients (fp16 overflow): keep them so the GradScaler skips the step
+            w = torch.ones(t, dtype=torch.float64)
+        else:
+            w = self.weights(gram, counts, tasks)
+        self.last_info["weights"] = w
+        return w.to(device=grads.device, dtype=grads.dtype) @ grads
+
+    # checkpointing -------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def _permutation(self, n: int) -> list[int]:
+        return torch.randperm(n, generator=self.generator).tolist()
