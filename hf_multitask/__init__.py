@@ -10,6 +10,8 @@ from .metrics import accuracy, compute_task_metrics, overall_score, pearson
 from .modeling import MultitaskModel, MultitaskOutput
 from .predict import TaskPredictions, evaluate, predict, write_predictions
 from .tasks import TaskSpec, quora_task, reference_tasks, sst_task, sts_task
+from .telemetry import ConflictTelemetryCallback, plot_conflicts
+from .trainer import MultitaskTrainer, MultitaskTrainingArguments
 
 __version__ = "0.1.0"
 
@@ -17,6 +19,10 @@ AutoConfig.register(MultitaskConfig.model_type, MultitaskConfig, exist_ok=True)
 AutoModel.register(MultitaskConfig, MultitaskModel, exist_ok=True)
 
 __all__ = [
+    "ConflictTelemetryCallback",
+    "MultitaskTrainer",
+    "MultitaskTrainingArguments",
+    "plot_conflicts",
     "DataError",
     "DataWarning",
     "MultitaskCollator",

@@ -57,3 +57,59 @@ def write_tsv(path: Path, header: list[str], rows: list[list[str]], cs224n: bool
         lines += ["\t".join(str(x) for x in r) for r in rows]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+WORDS = ["good", "bad", "great", "awful", "fine", "dull", "fun", "sad", "film", "plot"]
+
+
+def toy_task_data(n: int = 64, seed: int = 0):
+    """Raw toy datasets for the reference trio with learnable labels."""
+    import random
+
+    import datasets
+
+    rng = random.Random(seed)
+
+    def sent():
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6)))
+
+    singles = [sent() for _ in range(n)]
+    pairs = [(sent(), sent()) for _ in range(n)]
+    ids = [str(i) for i in range(n)]
+    sst = datasets.Dataset.from_dict({"id": ids, "sentence": singles, "label": [s.count("good") % 5 for s in singles]})
+    quora = datasets.Dataset.from_dict(
+        {
+            "id": ids,
+            "sentence1": [a for a, _ in pairs],
+            "sentence2": [b for _, b in pairs],
+            "label": [int(a.split()[0] == b.split()[0]) for a, b in pairs],
+        }
+    )
+    sts = datasets.Dataset.from_dict(
+        {
+            "id": ids,
+            "sentence1": [a for a, _ in pairs],
+            "sentence2": [b for _, b in pairs],
+            "label": [float(min(5, len(set(a.split()) & set(b.split())))) for a, b in pairs],
+        }
+    )
+    return {"sst": sst, "quora": quora, "sts": sts}
+
+
+def toy_encoded(tokenizer, model, n: int = 64, seed: int = 0):
+    import hf_multitask as hm
+
+    raw = toy_task_data(n, seed)
+    return {
+        s.name: hm.encode_task(raw[s.name], s, tokenizer, pair_encoding=model.config.task_pair_encoding(s)) for s in model.config.task_specs
+    }
+
+
+def deterministic_model(seed: int = 0, **kwargs):
+    """Tiny model with every dropout off, so runs can be compared bit for bit."""
+    cfg = tiny_encoder_config("bert")
+    cfg.hidden_dropout_prob = 0.0
+    cfg.attention_probs_dropout_prob = 0.0
+    torch.manual_seed(seed)
+    config = hm.MultitaskConfig(encoder_config=cfg, tasks=hm.reference_tasks(), head_dropout=0.0, **kwargs)
+    return hm.MultitaskModel(config)

@@ -13,34 +13,40 @@ from typing import Any
 
 import torch
 
-__all__ = ["Aggregator", "gram_matrix", "projected_norms"]
+__all__ = ["Aggregator", "gram_matrix", "gram_with_factor", "projected_norms"]
 
 _SAFE_MAX = 1e15
 _SAFE_MIN = 1e-15
 
 
-def gram_matrix(grads: torch.Tensor) -> torch.Tensor:
-    """``grads @ grads.T`` in float64, up to a positive global factor.
+def gram_with_factor(grads: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``(G, f)`` with ``grads @ grads.T == f * G``, ``G`` in float64.
 
     Dot products accumulate in fp32 (``grads`` is cast if it is half precision). When the
     entries are so large that the products overflow, or so small that they underflow, the
-    rows are first divided by their largest entry: every aggregator here is positively
-    homogeneous, so its weights do not change. Non-finite gradients give a non-finite Gram.
+    rows are first divided by their largest entry ``s`` (and ``f = s**2``): every aggregator
+    here is positively homogeneous, so its weights do not change. Non-finite gradients give
+    a non-finite ``G``.
     """
     g = grads if grads.dtype in (torch.float32, torch.float64) else grads.float()
     gram = (g @ g.T).double()
-    if not torch.isfinite(gram).all():
+    finite = bool(torch.isfinite(gram).all())
+    if finite:
+        diag = gram.diagonal()
+        ill = bool(((diag < _SAFE_MIN**2) | (diag > _SAFE_MAX**2)).any())
+    if not finite or ill:
         scale = g.abs().amax()
         if not torch.isfinite(scale):
-            return gram  # inf/NaN in the gradients: let them propagate
-        gram = ((g / scale) @ (g / scale).T).double()
-    else:
-        diag = gram.diagonal()
-        if bool(((diag == 0) | (diag < _SAFE_MIN**2)).any()) or bool((diag > _SAFE_MAX**2).any()):
-            scale = g.abs().amax()
-            if scale > 0:
-                gram = ((g / scale) @ (g / scale).T).double()
-    return gram
+            return gram, 1.0  # inf/NaN in the gradients: let them propagate
+        if scale > 0:
+            scaled = g / scale
+            return (scaled @ scaled.T).double(), float(scale) ** 2
+    return gram, 1.0
+
+
+def gram_matrix(grads: torch.Tensor) -> torch.Tensor:
+    """``grads @ grads.T`` in float64, up to a positive global factor (see :func:`gram_with_factor`)."""
+    return gram_with_factor(grads)[0]
 
 
 def projected_norms(gram: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
@@ -86,8 +92,8 @@ class Aggregator:
             counts = torch.as_tensor(counts, dtype=torch.float64).reshape(-1)
             if counts.numel() != t or bool((counts <= 0).any()):
                 raise ValueError(f"counts must be {t} positive numbers, got {counts.tolist()}")
-        gram = gram_matrix(grads)
-        self.last_info = {"gram": gram, "tasks": tasks}
+        gram, factor = gram_with_factor(grads)
+        self.last_info = {"gram": gram, "gram_factor": factor, "tasks": tasks}
         if not torch.isfinite(gram).all():
             # inf/NaN gradients (fp16 overflow): keep them so the GradScaler skips the step
             w = torch.ones(t, dtype=torch.float64)

@@ -1,0 +1,310 @@
+"""`MultitaskTrainer`: a `transformers.Trainer` whose training step performs gradient surgery.
+
+Per optimizer step, for every task batch of every micro-batch: one forward, one
+``torch.autograd.grad`` (no ``retain_graph``, no ``.grad`` juggling) whose shared-parameter
+part lands in row ``t`` of a preallocated ``(T, P)`` fp32 buffer and whose head part lands in
+the head section of the same flat buffer. On the last micro-batch of the accumulation window
+the buffer is all-reduced once (DDP), the aggregator turns the active rows into one update,
+and the update is written into ``.grad`` for the Trainer's clipping, unscaling and
+``optimizer.step()``. Task heads get their own task's gradient untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+import torch
+from torch import nn
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .mixing import MultitaskStepSampler, make_train_dataloader
+from .predict import evaluate as evaluate_tasks
+from .surgery import Aggregator, get_aggregator
+from .telemetry import ConflictTelemetryCallback, conflict_metrics
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MultitaskTrainer", "MultitaskTrainingArguments"]
+
+SURGERY_STATE_NAME = "multitask_state.pt"
+
+
+@dataclass
+class MultitaskTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the multitask knobs.
+
+    ``per_device_train_batch_size`` is the batch size of *each task* in a step.
+    """
+
+    aggregator: str = field(
+        default="pcgrad", metadata={"help": "Gradient aggregator: sum, mean, pcgrad, weighted_pcgrad, gradvac, cagrad, aligned_mtl"}
+    )
+    aggregator_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Keyword arguments of the aggregator (dict or JSON string)"}
+    )
+    surgery_seed: int | None = field(default=None, metadata={"help": "Seed of the projection order (defaults to --seed)"})
+    schedule: str = field(default="round_robin", metadata={"help": "Task schedule of the training steps"})
+    task_batch_sizes: dict | str | None = field(default=None, metadata={"help": "Per-task batch sizes (dict or JSON string)"})
+    telemetry_steps: int = field(default=0, metadata={"help": "Log gradient-conflict telemetry every N optimizer steps (0: off)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("aggregator_kwargs", "task_batch_sizes"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, json.loads(value) if value.strip() else None)
+        if self.telemetry_steps < 0:
+            raise ValueError(f"telemetry_steps must be >= 0, got {self.telemetry_steps}")
+        # per-task sub-batches are nested dicts: never drop their columns
+        self.remove_unused_columns = False
+
+
+class _SurgeryBuffers:
+    """The flat fp32 buffer ``[T x P_shared | P_heads | T counts]`` and views into it."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.tasks: list[str] = list(model.task_names)
+        self.index = {t: i for i, t in enumerate(self.tasks)}
+        head_ids = {id(p) for t in self.tasks for p in model.task_parameters(t)}
+        self.shared = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+        self.heads = {t: [p for p in model.task_parameters(t) if p.requires_grad] for t in self.tasks}
+        t_count = len(self.tasks)
+        self.p_shared = sum(p.numel() for p in self.shared)
+        p_heads = sum(p.numel() for ps in self.heads.values() for p in ps)
+        self.flat = torch.zeros(t_count * self.p_shared + p_heads + t_count, dtype=torch.float32, device=device)
+        self.matrix = self.flat[: t_count * self.p_shared].view(t_count, self.p_shared)
+        head_flat = self.flat[t_count * self.p_shared : t_count * self.p_shared + p_heads]
+        self.counts = self.flat[t_count * self.p_shared + p_heads :]
+        self.update = torch.zeros(self.p_shared, dtype=torch.float32, device=device)
+        self.row_views = {t: self._views(self.matrix[self.index[t]], self.shared) for t in self.tasks}
+        self.update_views = self._views(self.update, self.shared)
+        self.head_views: dict[str, list[torch.Tensor]] = {}
+        offset = 0
+        for t in self.tasks:
+            n = sum(p.numel() for p in self.heads[t])
+            self.head_views[t] = self._views(head_flat[offset : offset + n], self.heads[t])
+            offset += n
+
+    @staticmethod
+    def _views(flat: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor]:
+        views, offset = [], 0
+        for p in params:
+            views.append(flat[offset : offset + p.numel()].view(p.shape))
+            offset += p.numel()
+        return views
+
+    def nbytes(self) -> int:
+        return self.flat.numel() * 4 + self.update.numel() * 4
+
+
+class MultitaskTrainer(Trainer):
+    """A `Trainer` for :class:`~hf_multitask.MultitaskModel` with gradient surgery.
+
+    Args:
+        model: A :class:`~hf_multitask.MultitaskModel` (or anything with ``task_names``,
+            ``task_parameters(task)`` and ``forward(task=..., **batch)`` returning ``loss``).
+        args: :class:`MultitaskTrainingArguments`.
+        train_dataset: ``{task: encoded dataset}`` (see :func:`~hf_multitask.encode_task`).
+        eval_dataset: ``{task: encoded dataset}`` with labels; evaluation reports each task's
+            metric, ``{task}_score`` and ``overall``.
+        aggregator: An :class:`~hf_multitask.surgery.Aggregator` instance; by default built
+            from ``args.aggregator`` / ``args.aggregator_kwargs``.
+        Other keyword arguments go to ``transformers.Trainer``.
+
+    Mixed precision: bf16 autocast (no scaler; a step whose gradients are not finite is
+    skipped); fp16 with a GradScaler: per-task gradients stay loss-scaled (every aggregator
+    is positively homogeneous), the Trainer unscales the result once, and inf/NaN reach
+    ``.grad`` so the scaler skips the step. Gradient accumulation: per-task gradients add up
+    over micro-batches and surgery runs once per optimizer step. DDP: the model's forward is
+    called on the unwrapped module, and the flat buffer is all-reduced once per step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args: MultitaskTrainingArguments,
+        train_dataset: dict[str, datasets.Dataset] | None = None,
+        eval_dataset: dict[str, datasets.Dataset] | None = None,
+        aggregator: Aggregator | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(args, MultitaskTrainingArguments):
+            raise TypeError("MultitaskTrainer needs MultitaskTrainingArguments")
+        for name, value in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            if value is not None:
+                if not isinstance(value, dict):
+                    raise TypeError(f"{name} must be a dict {{task: dataset}}, got {type(value).__name__}")
+                unknown = [t for t in value if t not in model.task_names]
+                if unknown:
+                    raise KeyError(f"{name} names unknown task(s) {unknown}; the model knows {model.task_names}")
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        seed = args.seed if args.surgery_seed is None else args.surgery_seed
+        self.aggregator = (
+            aggregator if aggregator is not None else get_aggregator(args.aggregator, seed=seed, **(args.aggregator_kwargs or {}))
+        )
+        self.telemetry: ConflictTelemetryCallback | None = None
+        if args.telemetry_steps > 0:
+            self.telemetry = ConflictTelemetryCallback(args.telemetry_steps)
+            self.add_callback(self.telemetry)
+        self._buffers: _SurgeryBuffers | None = None
+        self.task_steps: dict[str, int] = {t: 0 for t in model.task_names}
+        self.skipped_steps = 0
+
+    # ------------------------------------------------------------------ data
+    def _pad_token_id(self) -> int:
+        pad = getattr(self.processing_class, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(self.model.config.encoder_config, "pad_token_id", None)
+        return int(pad or 0)
+
+    def get_train_dataloader(self):
+        if self.train_dataset is None:
+            raise ValueError("MultitaskTrainer: training requires train_dataset={task: dataset}")
+        sizes = {t: len(d) for t, d in self.train_dataset.items()}
+        batch = self.args.per_device_train_batch_size
+        batch_sizes = {t: int((self.args.task_batch_sizes or {}).get(t, batch)) for t in sizes}
+        sampler = MultitaskStepSampler(
+            sizes,
+            batch_sizes,
+            schedule=self.args.schedule,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            rank=self.args.process_index,
+            world_size=self.args.world_size,
+        )
+        return make_train_dataloader(self.train_dataset, sampler, self._pad_token_id(), num_workers=self.args.dataloader_num_workers)
+
+    # ------------------------------------------------------------------ the step
+    def _get_buffers(self, core: nn.Module) -> _SurgeryBuffers:
+        if self._buffers is None:
+            self._buffers = _SurgeryBuffers(core, self.args.device)
+        return self._buffers
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        model.train()
+        core = self.accelerator.unwrap_model(model)
+        buffers = self._get_buffers(core)
+        inputs = self._prepare_inputs(inputs)
+        scaler = getattr(self.accelerator, "scaler", None)
+        accumulation = max(1, int(getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)))
+        total = torch.zeros((), device=self.args.device)
+        for task, batch in inputs.items():
+            if task not in buffers.index:
+                raise KeyError(f"Batch for unknown task {task!r}; the model knows {buffers.tasks}")
+            batch = {k: v for k, v in batch.items() if k != "task"}
+            with self.accelerator.autocast():
+                loss = core(task=task, **batch).loss
+            if loss is None:
+                raise ValueError(f"Task {task!r}: the batch has no labels, so there is no loss to train on")
+            if scaler is None and not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"Task {task!r} gave a non-finite loss ({loss.item()}) at step {self.state.global_step}: "
+                    "check the learning rate, the labels and the data"
+                )
+            scaled = loss / accumulation
+            if scaler is not None:
+                scaled = scaler.scale(scaled)
+            params = buffers.shared + buffers.heads[task]
+            grads = torch.autograd.grad(scaled, params, allow_unused=True)
+            targets = buffers.row_views[task] + buffers.head_views[task]
+            pairs = [(v, g) for v, g in zip(targets, grads) if g is not None]
+            if pairs:
+                torch._foreach_add_([v for v, _ in pairs], [g.float() if g.dtype != torch.float32 else g for _, g in pairs])
+            first = batch.get("input_ids")
+            buffers.counts[buffers.index[task]] += float(first.shape[0]) if first is not None else 1.0
+            total += loss.detach().float()
+        if self.accelerator.sync_gradients:
+            self._apply_surgery(core, buffers, scaler)
+        return total / accumulation
+
+    def _apply_surgery(self, core: nn.Module, buffers: _SurgeryBuffers, scaler: Any) -> None:
+        if self.args.world_size > 1:
+            reduced = self.accelerator.reduce(buffers.flat, reduction="mean")
+            if reduced.data_ptr() != buffers.flat.data_ptr():
+                buffers.flat.copy_(reduced)
+            buffers.counts.mul_(self.args.world_size)
+        active = [i for i in range(len(buffers.tasks)) if buffers.counts[i] > 0]
+        if not active:
+            raise RuntimeError("An optimizer step with no task batches")
+        names = [buffers.tasks[i] for i in active]
+        rows = buffers.matrix[active] if len(active) < len(buffers.tasks) else buffers.matrix
+        update = self.aggregator(rows, counts=buffers.counts[active].double().cpu(), tasks=names)
+        buffers.update.copy_(update)
+        finite = bool(torch.isfinite(self.aggregator.last_info["gram"]).all())
+        if not finite and scaler is None:
+            self.skipped_steps += 1
+            logger.warning("Skipping step %d: non-finite gradients (tasks %s)", self.state.global_step, names)
+            for p in buffers.shared + [p for ps in buffers.heads.values() for p in ps]:
+                p.grad = None
+        else:
+            for p, view in zip(buffers.shared, buffers.update_views):
+                p.grad = view if p.dtype == torch.float32 else view.to(p.dtype)
+            for t in names:
+                for p, view in zip(buffers.heads[t], buffers.head_views[t]):
+                    p.grad = view.clone() if p.dtype == torch.float32 else view.to(p.dtype)
+            for t in names:
+                self.task_steps[t] += 1
+        step = self.state.global_step + 1
+        if self.telemetry is not None and self.telemetry.is_due(step):
+            grad_scale = float(scaler.get_scale()) if scaler is not None else 1.0
+            self.telemetry.record(step, conflict_metrics(self.aggregator.last_info, grad_scale))
+        buffers.flat.zero_()
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self.telemetry is not None and not any(k.startswith("eval_") for k in logs):
+            logs = {**logs, **self.telemetry.pop_pending()}
+        super().log(logs, *args, **kwargs)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(
+        self, eval_dataset: dict[str, datasets.Dataset] | None = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Each task's metric, ``{task}_score`` and ``overall`` on the evaluation sets."""
+        data = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if not data:
+            raise ValueError("MultitaskTrainer.evaluate needs eval_dataset={task: dataset}")
+        core = self.accelerator.unwrap_model(self.model)
+        results = evaluate_tasks(
+            core,
+            data,
+            pad_token_id=self._pad_token_id(),
+            batch_size=self.args.per_device_eval_batch_size,
+            progress=not self.args.disable_tqdm,
+        )
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in results.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def _multitask_state(self) -> dict[str, Any]:
+        return {"aggregator": self.aggregator.state_dict(), "task_steps": dict(self.task_steps), "skipped_steps": self.skipped_steps}
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            torch.save(self._multitask_state(), os.path.join(folder, SURGERY_STATE_NAME))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, SURGERY_STATE_NAME)
+        if not os.path.isfile(path):
+            logger.warning("No %s in %s: aggregator state starts fresh", SURGERY_STATE_NAME, checkpoint)
+            return
+        state = torch.load(path, weights_only=False)
+        self.aggregator.load_state_dict(state["aggregator"])
+        self.task_steps = dict(state["task_steps"])
+        self.skipped_steps = int(state["skipped_steps"])
+
+
+def surgery_overhead_bytes(trainer: MultitaskTrainer) -> int:
+    """Bytes held by the surgery buffers (``(T + 1) x P x 4`` plus heads)."""
+    return 0 if trainer._buffers is None else trainer._buffers.nbytes()

@@ -1,0 +1,201 @@
+"""MultitaskTrainer: surgery inside training_step, accumulation, AMP contracts, checkpoints, telemetry."""
+
+import pytest
+import torch
+from conftest import deterministic_model, toy_encoded
+
+import hf_multitask as hm
+from hf_multitask.surgery import get_aggregator
+
+
+def make_trainer(tmp_path, tokenizer, model=None, **overrides):
+    model = model or deterministic_model()
+    data = toy_encoded(tokenizer, model)
+    kwargs = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        max_steps=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    args = hm.MultitaskTrainingArguments(**kwargs)
+    return hm.MultitaskTrainer(model=model, args=args, train_dataset=data, eval_dataset=data, processing_class=tokenizer)
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _step_batches(trainer, n):
+    loader = trainer.get_train_dataloader()
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+def test_sum_aggregator_equals_plain_summed_loss_backward(tmp_path, tokenizer):
+    trainer = make_trainer(tmp_path, tokenizer, aggregator="sum")
+    batch = _step_batches(trainer, 1)[0]
+    reference = deterministic_model()
+    total = sum(reference(task=t, **b).loss for t, b in batch.items())
+    total.backward()
+    trainer.model.train()
+    trainer.accelerator.gradient_state._set_sync_gradients(True)
+    trainer.current_gradient_accumulation_steps = 1
+    loss = trainer.training_step(trainer.model, batch)
+    assert float(loss) == pytest.approx(float(total.detach()), rel=1e-5)
+    for (name, p), (_, q) in zip(trainer.model.named_parameters(), reference.named_parameters()):
+        if q.grad is None:
+            assert p.grad is None or torch.count_nonzero(p.grad) == 0, name
+        else:
+            assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-5), name
+
+
+def test_pcgrad_step_matches_the_aggregator_on_per_task_gradients(tmp_path, tokenizer):
+    trainer = make_trainer(tmp_path, tokenizer, aggregator="pcgrad")
+    batch = _step_batches(trainer, 1)[0]
+    reference = deterministic_model()
+    shared = [p for n, p in reference.named_parameters() if not n.startswith("heads.")]
+    rows, head_grads = [], {}
+    for t, b in batch.items():
+        loss = reference(task=t, **b).loss
+        grads = torch.autograd.grad(loss, shared + list(reference.heads[t].parameters()), allow_unused=True)
+        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads[: len(shared)], shared)]))
+        head_grads[t] = grads[len(shared) :]
+    expected = get_aggregator("pcgrad", seed=0)(torch.stack(rows), tasks=list(batch))
+    trainer.accelerator.gradient_state._set_sync_gradients(True)
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.training_step(trainer.model, batch)
+    got = torch.cat([p.grad.flatten() for n, p in trainer.model.named_parameters() if not n.startswith("heads.")])
+    assert torch.allclose(got, expected, atol=1e-6)
+    for t, grads in head_grads.items():
+        for p, g in zip(trainer.model.heads[t].parameters(), grads):
+            assert torch.allclose(p.grad, g, atol=1e-7), "heads keep their own task's gradient"
+
+
+@pytest.mark.parametrize("aggregator", ["pcgrad", "gradvac"])
+def test_gradient_accumulation_equals_one_big_batch(tmp_path, tokenizer, aggregator):
+    big = make_trainer(tmp_path / "a", tokenizer, aggregator=aggregator, per_device_train_batch_size=8, max_steps=2)
+    big.train()
+    small = make_trainer(
+        tmp_path / "b", tokenizer, aggregator=aggregator, per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=2
+    )
+    small.train()
+    for (name, p), (_, q) in zip(big.model.named_parameters(), small.model.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+
+
+@pytest.mark.parametrize("aggregator", ["sum", "mean", "pcgrad", "weighted_pcgrad", "gradvac", "cagrad", "aligned_mtl"])
+def test_training_lowers_every_task_loss(tmp_path, tokenizer, aggregator):
+    trainer = make_trainer(tmp_path, tokenizer, aggregator=aggregator, max_steps=40, learning_rate=3e-3)
+    model = trainer.model
+    data = trainer.train_dataset
+    collate = hm.MultitaskCollator(tokenizer.pad_token_id)
+
+    def task_losses():
+        model.eval()
+        with torch.no_grad():
+            return {t: float(model(task=t, **collate([d[i] for i in range(len(d))])).loss) for t, d in data.items()}
+
+    before = task_losses()
+    trainer.train()
+    after = task_losses()
+    for t in before:
+        assert after[t] < before[t], (aggregator, t, before[t], after[t])
+
+
+def test_bf16_autocast_training_runs_on_cpu(tmp_path, tokenizer):
+    trainer = make_trainer(tmp_path, tokenizer, aggregator="pcgrad", bf16=True, max_steps=10, learning_rate=3e-3)
+    trainer.train()
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+def test_fp16_scaler_contract_scaled_grads_and_overflow_skip(tmp_path, tokenizer):
+    """fp16 on CPU runs without a scaler, so drive the scaler path with GradScaler('cpu') directly."""
+    plain = make_trainer(tmp_path / "a", tokenizer, aggregator="pcgrad")
+    scaled = make_trainer(tmp_path / "b", tokenizer, aggregator="pcgrad")
+    batch = _step_batches(plain, 1)[0]
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaled.accelerator.scaler = scaler
+    for tr in (plain, scaled):
+        tr.accelerator.gradient_state._set_sync_gradients(True)
+        tr.current_gradient_accumulation_steps = 1
+        tr.training_step(tr.model, batch)
+    for (name, p), (_, q) in zip(plain.model.named_parameters(), scaled.model.named_parameters()):
+        if p.grad is not None:
+            assert torch.allclose(q.grad, 1024.0 * p.grad, rtol=1e-4, atol=1e-6), name
+    # an overflow reaches .grad as inf, so the scaler skips the optimizer step
+    opt = torch.optim.SGD(scaled.model.parameters(), lr=0.1)
+    first = next(p for n, p in scaled.model.named_parameters() if not n.startswith("heads."))
+    first.grad[0].fill_(float("inf"))
+    before = _params(scaled.model)
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() < 1024.0
+    after = _params(scaled.model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_overflowing_step_keeps_inf_for_the_scaler(tmp_path, tokenizer):
+    trainer = make_trainer(tmp_path, tokenizer, aggregator="pcgrad")
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)
+    batch = _step_batches(trainer, 1)[0]
+    trainer.accelerator.gradient_state._set_sync_gradients(True)
+    trainer.current_gradient_accumulation_steps = 1
+    with torch.no_grad():
+        trainer.model.heads["sts"].net[-1].weight.mul_(1e30)
+    trainer.training_step(trainer.model, batch)
+    grads = torch.cat([p.grad.flatten() for n, p in trainer.model.named_parameters() if not n.startswith("heads.")])
+    assert not torch.isfinite(grads).all()
+
+
+def test_nan_loss_is_a_clear_error(tmp_path, tokenizer):
+    trainer = make_trainer(tmp_path, tokenizer)
+    with torch.no_grad():
+        trainer.model.heads["quora"].net[-1].bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="Task 'quora' gave a non-finite loss"):
+        trainer.train()
+
+
+def test_unknown_task_in_datasets_is_rejected(tmp_path, tokenizer):
+    model = deterministic_model()
+    data = toy_encoded(tokenizer, model)
+    data["mnli"] = data.pop("sst")
+    args = hm.MultitaskTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    with pytest.raises(KeyError, match="unknown task"):
+        hm.MultitaskTrainer(model=model, args=args, train_dataset=data)
+
+
+def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path, tokenizer):
+    full = make_trainer(tmp_path / "full", tokenizer, aggregator="gradvac", max_steps=6)
+    full.train()
+    first = make_trainer(tmp_path / "part", tokenizer, aggregator="gradvac", max_steps=6, save_strategy="steps", save_steps=3)
+    first.train()
+    ckpt = tmp_path / "part" / "out" / "checkpoint-3"
+    assert (ckpt / "multitask_state.pt").is_file()
+    resumed = make_trainer(tmp_path / "part", tokenizer, aggregator="gradvac", max_steps=6, save_strategy="steps", save_steps=3)
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    assert resumed.aggregator.targets == pytest.approx(full.aggregator.targets)
+    assert resumed.task_steps == full.task_steps == {"sst": 6, "quora": 6, "sts": 6}
+    for (name, p), (_, q) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_telemetry_reaches_the_logs_and_plots(tmp_path, tokenizer):
+    trainer = make_trainer(tmp_path, tokenizer, aggregator="gradvac", max_steps=6, telemetry_steps=2)
+    trainer.train()
+    rows = [r for r in trainer.state.log_history if "conflict/rate" in r]
+    assert [r["step"] for r in rows] == [1, 2, 4, 6]
+    row = rows[-1]
+    for key in ("conflict/cos_sst_quora", "conflict/grad_norm_sts", "conflict/removed_sst", "conflict/gradvac_target_sst_quora"):
+        assert key in row, key
+    assert -1.0 <= row["conflict/cos_sst_quora"] <= 1.0 and row["conflict/grad_norm_sts"] > 0
+    png = hm.plot_conflicts(trainer.state.log_history, tmp_path / "conflicts.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
