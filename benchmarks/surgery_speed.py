@@ -1,0 +1,154 @@
+"""Step time and memory of PCGrad vs summed-loss steps on the packaged MiniLM, 3 tasks.
+
+    python benchmarks/surgery_speed.py [--steps 8] [--batch 32] [--aggregators sum,pcgrad]
+
+Three ways to take one optimizer step on identical batches (one batch of each task):
+  plain    -- sum the three task losses, one loss.backward() (what summed-loss multitask does)
+  sum      -- MultitaskTrainer.training_step with the ``sum`` aggregator
+  <agg>    -- MultitaskTrainer.training_step with a surgery aggregator (pcgrad by default)
+Modes run interleaved (plain, sum, pcgrad, plain, ...) in one process so machine noise hits
+them alike; ratios of medians are reported. Peak RSS per mode comes from a fresh subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import torch
+from transformers import AutoTokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import load_reference  # noqa: E402
+
+import hf_multitask as hm  # noqa: E402
+
+
+def build(aggregator: str, batch: int):
+    backbone = hm.default_backbone()
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    torch.manual_seed(0)
+    model = hm.MultitaskModel.from_encoder(backbone, tasks=hm.reference_tasks(), pair_encoding="cross")
+    data = load_reference(tokenizer, model.config, limit=batch * 4)
+    args = hm.MultitaskTrainingArguments(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, report_to=[], use_cpu=True, disable_tqdm=True, aggregator=aggregator
+    )
+    trainer = hm.MultitaskTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer.create_optimizer_and_scheduler(num_training_steps=1000)
+    trainer.accelerator.gradient_state._set_sync_gradients(True)
+    trainer.current_gradient_accumulation_steps = 1
+    batches = [b for _, b in zip(range(4), trainer.get_train_dataloader())]
+    return trainer, batches
+
+
+def plain_step(trainer, batch) -> None:
+    model = trainer.model
+    model.train()
+    total = sum(model(task=t, **b).loss for t, b in batch.items())
+    total.backward()
+    trainer.optimizer.step()
+    model.zero_grad(set_to_none=True)
+
+
+def surgery_step(trainer, batch) -> None:
+    trainer.training_step(trainer.model, batch)
+    trainer.optimizer.step()
+    trainer.model.zero_grad(set_to_none=True)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_child(mode: str, aggregator: str, batch: int) -> None:
+    """Peak RSS of the training steps alone: loading the backbone peaks higher, so the
+    high-water mark is reset (Linux ``clear_refs``) once the model and batches are built."""
+    trainer, batches = build("sum" if mode == "plain" else aggregator, batch)
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_mb("VmRSS")
+    for b in batches[:3]:
+        (plain_step if mode == "plain" else surgery_step)(trainer, b)
+    print(json.dumps({"rss_before_steps_mb": base, "peak_rss_during_steps_mb": _status_mb("VmHWM")}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--aggregator", default="pcgrad")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    if args.memory_child:
+        memory_child(args.memory_child, args.aggregator, args.batch)
+        return
+
+    trainers = {"plain": build("sum", args.batch), "sum": build("sum", args.batch), args.aggregator: build(args.aggregator, args.batch)}
+    # the three models start identical; batches are identical across modes
+    batches = trainers["plain"][1]
+    times: dict[str, list[float]] = {m: [] for m in trainers}
+    for step in range(args.steps + 1):
+        for mode, (trainer, _) in trainers.items():
+            fn = plain_step if mode == "plain" else surgery_step
+            t = timed(lambda fn=fn, trainer=trainer: fn(trainer, batches[step % len(batches)]))
+            if step > 0:  # first step warms up allocators and the optimizer state
+                times[mode].append(t)
+    med = {m: statistics.median(v) for m, v in times.items()}
+    trainer = trainers[args.aggregator][0]
+    buffers = _buffers_info(trainer)
+    mem = {}
+    for mode in ("plain", args.aggregator):
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", mode, "--aggregator", args.aggregator, "--batch", str(args.batch)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        mem[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    report = {
+        "median_step_s": med,
+        f"{args.aggregator}_over_plain": med[args.aggregator] / med["plain"],
+        f"{args.aggregator}_over_sum": med[args.aggregator] / med["sum"],
+        "sum_over_plain": med["sum"] / med["plain"],
+        "tasks": buffers["tasks"],
+        "shared_params": buffers["p_shared"],
+        "T_x_P_x_4_mb": buffers["tasks"] * buffers["p_shared"] * 4 / 2**20,
+        "surgery_buffer_mb": buffers["bytes"] / 2**20,
+        "peak_rss_during_steps_mb": {m: round(v["peak_rss_during_steps_mb"], 1) for m, v in mem.items()},
+        "extra_peak_rss_mb": round(mem[args.aggregator]["peak_rss_during_steps_mb"] - mem["plain"]["peak_rss_during_steps_mb"], 1),
+        "steps": args.steps,
+        "batch_per_task": args.batch,
+        "torch_threads": torch.get_num_threads(),
+    }
+    print(json.dumps(report, indent=2))
+
+
+def _buffers_info(trainer) -> dict:
+    b = trainer._buffers
+    return {"tasks": len(b.tasks), "p_shared": b.p_shared, "bytes": b.nbytes()}
+
+
+if __name__ == "__main__":
+    main()
