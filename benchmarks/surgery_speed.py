@@ -40,7 +40,12 @@ def build(aggregator: str, batch: int):
     model = hm.MultitaskModel.from_encoder(backbone, tasks=hm.reference_tasks(), pair_encoding="cross")
     data = load_reference(tokenizer, model.config, limit=batch * 4)
     args = hm.MultitaskTrainingArguments(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, report_to=[], use_cpu=True, disable_tqdm=True, aggregator=aggregator
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=batch,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        aggregator=aggregator,
     )
     trainer = hm.MultitaskTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     trainer.create_optimizer_and_scheduler(num_training_steps=1000)
@@ -112,7 +117,8 @@ def main() -> None:
     for step in range(args.steps + 1):
         for mode, (trainer, _) in trainers.items():
             fn = plain_step if mode == "plain" else surgery_step
-            t = timed(lambda fn=fn, trainer=trainer: fn(trainer, batches[step % len(batches)]))
+            batch = batches[step % len(batches)]
+            t = timed(lambda fn=fn, trainer=trainer, batch=batch: fn(trainer, batch))
             if step > 0:  # first step warms up allocators and the optimizer state
                 times[mode].append(t)
     med = {m: statistics.median(v) for m, v in times.items()}
