@@ -199,3 +199,13 @@ def test_telemetry_reaches_the_logs_and_plots(tmp_path, tokenizer):
     assert -1.0 <= row["conflict/cos_sst_quora"] <= 1.0 and row["conflict/grad_norm_sts"] > 0
     png = hm.plot_conflicts(trainer.state.log_history, tmp_path / "conflicts.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fp16_flag_trains_on_cpu(tmp_path, tokenizer):
+    """On CPU accelerate runs fp16 autocast without a GradScaler: the no-scaler path must hold."""
+    trainer = make_trainer(tmp_path, tokenizer, aggregator="pcgrad", fp16=True, max_steps=8, learning_rate=3e-3)
+    assert trainer.accelerator.mixed_precision == "fp16"
+    trainer.train()
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    assert len(losses) == 8 and all(map(torch.isfinite, torch.tensor(losses)))
+    assert losses[-1] < losses[0]
