@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,13 +50,20 @@ class MultitaskTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Keyword arguments of the aggregator (dict or JSON string)"}
     )
     surgery_seed: int | None = field(default=None, metadata={"help": "Seed of the projection order (defaults to --seed)"})
-    schedule: str = field(default="round_robin", metadata={"help": "Task schedule of the training steps"})
+    schedule: str = field(
+        default="round_robin",
+        metadata={"help": "Task schedule: round_robin, proportional, annealed, temperature, uniform, staggered, gradient_compromise"},
+    )
+    schedule_kwargs: dict | str | None = field(default=None, metadata={"help": "Keyword arguments of the schedule (dict or JSON string)"})
+    schedule_epochs: int | None = field(
+        default=None, metadata={"help": "E of the annealed schedules (default: num_train_epochs, or the epochs max_steps spans)"}
+    )
     task_batch_sizes: dict | str | None = field(default=None, metadata={"help": "Per-task batch sizes (dict or JSON string)"})
     telemetry_steps: int = field(default=0, metadata={"help": "Log gradient-conflict telemetry every N optimizer steps (0: off)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("aggregator_kwargs", "task_batch_sizes"):
+        for name in ("aggregator_kwargs", "schedule_kwargs", "task_batch_sizes"):
             value = getattr(self, name)
             if isinstance(value, str):
                 setattr(self, name, json.loads(value) if value.strip() else None)
@@ -169,14 +177,29 @@ class MultitaskTrainer(Trainer):
         sizes = {t: len(d) for t, d in self.train_dataset.items()}
         batch = self.args.per_device_train_batch_size
         batch_sizes = {t: int((self.args.task_batch_sizes or {}).get(t, batch)) for t in sizes}
-        sampler = MultitaskStepSampler(
-            sizes,
-            batch_sizes,
-            schedule=self.args.schedule,
-            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-            rank=self.args.process_index,
-            world_size=self.args.world_size,
-        )
+        unknown = [t for t in (self.args.task_batch_sizes or {}) if t not in sizes]
+        if unknown:
+            raise KeyError(f"task_batch_sizes names task(s) {unknown} with no training data; tasks are {list(sizes)}")
+
+        def build(num_epochs: int) -> MultitaskStepSampler:
+            return MultitaskStepSampler(
+                sizes,
+                batch_sizes,
+                schedule=self.args.schedule,
+                schedule_kwargs=self.args.schedule_kwargs,
+                num_epochs=num_epochs,
+                seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+                rank=self.args.process_index,
+                world_size=self.args.world_size,
+            )
+
+        if self.args.schedule_epochs is not None:
+            sampler = build(self.args.schedule_epochs)
+        else:
+            sampler = build(max(1, math.ceil(self.args.num_train_epochs)))
+            if self.args.max_steps > 0:
+                micro_steps = self.args.max_steps * self.args.gradient_accumulation_steps
+                sampler = build(max(1, math.ceil(micro_steps / len(sampler))))
         return make_train_dataloader(self.train_dataset, sampler, self._pad_token_id(), num_workers=self.args.dataloader_num_workers)
 
     # ------------------------------------------------------------------ the step
@@ -196,7 +219,8 @@ class MultitaskTrainer(Trainer):
         for task, batch in inputs.items():
             if task not in buffers.index:
                 raise KeyError(f"Batch for unknown task {task!r}; the model knows {buffers.tasks}")
-            batch = {k: v for k, v in batch.items() if k != "task"}
+            weight = batch.get("loss_weight")
+            batch = {k: v for k, v in batch.items() if k not in ("task", "loss_weight")}
             with self.accelerator.autocast():
                 loss = core(task=task, **batch).loss
             if loss is None:
@@ -206,7 +230,7 @@ class MultitaskTrainer(Trainer):
                     f"Task {task!r} gave a non-finite loss ({loss.item()}) at step {self.state.global_step}: "
                     "check the learning rate, the labels and the data"
                 )
-            scaled = loss / accumulation
+            scaled = loss / accumulation if weight is None else loss * weight / accumulation
             if scaler is not None:
                 scaled = scaler.scale(scaled)
             params = buffers.shared + buffers.heads[task]

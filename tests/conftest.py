@@ -113,3 +113,14 @@ def deterministic_model(seed: int = 0, **kwargs):
     torch.manual_seed(seed)
     config = hm.MultitaskConfig(encoder_config=cfg, tasks=hm.reference_tasks(), head_dropout=0.0, **kwargs)
     return hm.MultitaskModel(config)
+
+
+def task_losses(model, data, pad_token_id: int = 0) -> dict:
+    """Each task's loss on its whole dataset (eval mode, no gradient)."""
+    collate = hm.MultitaskCollator(pad_token_id)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = {t: float(model(task=t, **collate([d[i] for i in range(len(d))])).loss) for t, d in data.items()}
+    model.train(was_training)
+    return out

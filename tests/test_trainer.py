@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import deterministic_model, toy_encoded
+from conftest import deterministic_model, task_losses, toy_encoded
 
 import hf_multitask as hm
 from hf_multitask.surgery import get_aggregator
@@ -93,18 +93,10 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, tokenizer, aggrega
 @pytest.mark.parametrize("aggregator", ["sum", "mean", "pcgrad", "weighted_pcgrad", "gradvac", "cagrad", "aligned_mtl"])
 def test_training_lowers_every_task_loss(tmp_path, tokenizer, aggregator):
     trainer = make_trainer(tmp_path, tokenizer, aggregator=aggregator, max_steps=40, learning_rate=3e-3)
-    model = trainer.model
-    data = trainer.train_dataset
-    collate = hm.MultitaskCollator(tokenizer.pad_token_id)
-
-    def task_losses():
-        model.eval()
-        with torch.no_grad():
-            return {t: float(model(task=t, **collate([d[i] for i in range(len(d))])).loss) for t, d in data.items()}
-
-    before = task_losses()
+    model, data = trainer.model, trainer.train_dataset
+    before = task_losses(model, data, tokenizer.pad_token_id)
     trainer.train()
-    after = task_losses()
+    after = task_losses(model, data, tokenizer.pad_token_id)
     for t in before:
         assert after[t] < before[t], (aggregator, t, before[t], after[t])
 

@@ -1,0 +1,39 @@
+"""Task mixing: schedules that decide which task trains when, and the step loader.
+
+See :mod:`hf_multitask.mixing.schedules` for the schedules and their formulas.
+"""
+
+from .loader import MultitaskStepSampler, TaskIndexedDataset, derive_seed, make_train_dataloader
+from .schedules import (
+    SCHEDULE_NAMES,
+    GradientCompromise,
+    RoundRobin,
+    Sampled,
+    Schedule,
+    Slot,
+    Staggered,
+    annealed_alpha,
+    build_schedule,
+    compromise_beta,
+    parse_ratios,
+    task_probabilities,
+)
+
+__all__ = [
+    "SCHEDULE_NAMES",
+    "GradientCompromise",
+    "MultitaskStepSampler",
+    "RoundRobin",
+    "Sampled",
+    "Schedule",
+    "Slot",
+    "Staggered",
+    "TaskIndexedDataset",
+    "annealed_alpha",
+    "build_schedule",
+    "compromise_beta",
+    "derive_seed",
+    "make_train_dataloader",
+    "parse_ratios",
+    "task_probabilities",
+]

@@ -1,0 +1,166 @@
+"""Step sampler and DataLoader: turn a schedule's epoch plan into padded ``{task: batch}`` steps."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import datasets
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..encoding import MultitaskCollator
+from .schedules import Schedule, build_schedule
+
+__all__ = ["MultitaskStepSampler", "TaskIndexedDataset", "make_train_dataloader"]
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from several parts, the same in every process (unlike ``hash``)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFFFFFFFFFFFFFF
+
+
+class MultitaskStepSampler(Sampler):
+    """Yields, for each step, the ``(task, index, loss_weight)`` items of this rank.
+
+    The schedule decides how many examples of which tasks form each step (see
+    :mod:`hf_multitask.mixing.schedules`). Examples of each task come from an endless stream
+    of seeded permutations (a fresh one each pass; the streams restart every epoch), so
+    small tasks cycle and every task's examples are seen in a new order each pass.
+
+    DDP: with ``world_size`` ranks a slot of ``k`` examples takes ``k * world_size``
+    examples from the stream and rank r keeps items ``[r*k, (r+1)*k)``: ranks see disjoint
+    examples, and since the plan depends only on ``(seed, epoch)`` all ranks agree on the
+    tasks of every step.
+    """
+
+    def __init__(
+        self,
+        task_sizes: Mapping[str, int],
+        batch_sizes: int | Mapping[str, int],
+        *,
+        schedule: str | Schedule = "round_robin",
+        schedule_kwargs: Mapping[str, Any] | None = None,
+        num_epochs: int = 1,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not task_sizes:
+            raise ValueError("MultitaskStepSampler needs at least one task")
+        self.tasks = list(task_sizes)
+        self.sizes = {t: int(n) for t, n in task_sizes.items()}
+        empty = [t for t, n in self.sizes.items() if n <= 0]
+        if empty:
+            raise ValueError(f"Tasks with no training examples: {empty}")
+        if isinstance(batch_sizes, int):
+            batch_sizes = {t: batch_sizes for t in self.tasks}
+        missing = [t for t in self.tasks if t not in batch_sizes]
+        if missing:
+            raise ValueError(f"No batch size for task(s) {missing}")
+        self.batch_sizes = {t: int(batch_sizes[t]) for t in self.tasks}
+        if any(b <= 0 for b in self.batch_sizes.values()):
+            raise ValueError(f"Batch sizes must be positive, got {self.batch_sizes}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.schedule = build_schedule(schedule, **dict(schedule_kwargs or {}))
+        self.num_epochs = max(1, int(num_epochs))
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.epoch = 0
+        self._len: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if self._len is None:
+            self._len = self.schedule.max_steps_per_epoch(self.num_epochs, self.sizes, self.batch_sizes, self.world_size)
+        return self._len
+
+    def plan(self, epoch: int | None = None):
+        """The schedule's plan of an epoch (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, "plan"))
+        return self.schedule.plan(epoch, self.num_epochs, self.sizes, self.batch_sizes, gen, self.world_size)
+
+    def _stream(self, task: str) -> Iterator[int]:
+        n, p = self.sizes[task], 0
+        while True:
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, task, p))
+            yield from torch.randperm(n, generator=gen).tolist()
+            p += 1
+
+    def __iter__(self) -> Iterator[list[tuple[str, int, float]]]:
+        streams = {t: self._stream(t) for t in self.tasks}
+        for step in self.plan():
+            items: list[tuple[str, int, float]] = []
+            for slot in step:
+                k = slot.examples
+                global_batch = [next(streams[slot.task]) for _ in range(k * self.world_size)]
+                items += [(slot.task, i, slot.loss_weight) for i in global_batch[self.rank * k : (self.rank + 1) * k]]
+            yield items
+
+
+class TaskIndexedDataset(Dataset):
+    """Map-style view of several encoded task datasets, indexed by ``(task, index, weight)``."""
+
+    def __init__(self, datasets_by_task: Mapping[str, datasets.Dataset]) -> None:
+        self.data = dict(datasets_by_task)
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.data.values())
+
+    def __getitem__(self, key: tuple[str, int, float]) -> tuple[str, dict[str, Any], float]:
+        task, index, weight = key
+        return task, self.data[task][int(index)], float(weight)
+
+
+class _StepCollator:
+    def __init__(self, pad_token_id: int, tasks: list[str], pad_to_multiple_of: int | None) -> None:
+        self.collators = {t: MultitaskCollator(pad_token_id, pad_to_multiple_of=pad_to_multiple_of) for t in tasks}
+
+    def __call__(self, items: list[tuple[str, dict[str, Any], float]]) -> dict[str, dict[str, Any]]:
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        weights: dict[str, float] = {}
+        for task, example, weight in items:
+            grouped.setdefault(task, []).append(example)
+            weights[task] = weight
+        out = {}
+        for t, rows in grouped.items():
+            batch = self.collators[t](rows)
+            if weights[t] != 1.0:
+                batch["loss_weight"] = torch.tensor(weights[t], dtype=torch.float32)
+            out[t] = batch
+        return out
+
+
+class _StepLoader(DataLoader):
+    """A DataLoader whose ``set_epoch`` reaches the step sampler (the Trainer calls it)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+
+def make_train_dataloader(
+    datasets_by_task: Mapping[str, datasets.Dataset],
+    sampler: MultitaskStepSampler,
+    pad_token_id: int,
+    *,
+    pad_to_multiple_of: int | None = None,
+    num_workers: int = 0,
+) -> DataLoader:
+    """DataLoader yielding ``{task: padded batch}`` steps in the sampler's order.
+
+    A batch whose schedule sets a loss weight other than 1 carries it as ``loss_weight``.
+    """
+    unknown = [t for t in sampler.tasks if t not in datasets_by_task]
+    if unknown:
+        raise ValueError(f"The sampler names task(s) {unknown} with no dataset")
+    return _StepLoader(
+        TaskIndexedDataset(datasets_by_task),
+        batch_sampler=sampler,
+        collate_fn=_StepCollator(pad_token_id, sampler.tasks, pad_to_multiple_of),
+        num_workers=num_workers,
+    )
