@@ -54,6 +54,8 @@ def spearman(predictions: Sequence[float] | np.ndarray, labels: Sequence[float] 
     return pearson(_ranks(p), _ranks(y))
 
 
+METRIC_DISPLAY = {"accuracy": "accuracy", "pearson": "pearsonr", "spearman": "spearmanr"}
+
 _METRIC_FNS = {"accuracy": accuracy, "pearson": pearson, "spearman": spearman}
 
 

@@ -76,15 +76,19 @@ def evaluate(
     pad_token_id: int = 0,
     batch_size: int = 64,
     progress: bool = True,
+    predictions: dict[str, TaskPredictions] | None = None,
 ) -> dict[str, float]:
     """Metrics of every task plus ``overall`` (mean of normalised task scores).
 
     Keys are ``{task}_{metric}`` and ``{task}_score`` for each task, and ``overall``.
+    Pass a dict as ``predictions`` to get each task's :class:`TaskPredictions` as well.
     """
     results: dict[str, float] = {}
     scores: dict[str, float] = {}
     for task, ds in datasets_by_task.items():
         out = predict(model, ds, task, pad_token_id=pad_token_id, batch_size=batch_size, progress=progress)
+        if predictions is not None:
+            predictions[task] = out
         if out.labels is None:
             raise ValueError(f"Task {task!r}: the evaluation data has no labels")
         metrics = compute_task_metrics(model.get_task(task), out.predictions, out.labels)

@@ -59,6 +59,7 @@ class MultitaskTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "E of the annealed schedules (default: num_train_epochs, or the epochs max_steps spans)"}
     )
     task_batch_sizes: dict | str | None = field(default=None, metadata={"help": "Per-task batch sizes (dict or JSON string)"})
+    length_grouping: bool = field(default=True, metadata={"help": "Batch examples of similar length together (less padding, faster steps)"})
     telemetry_steps: int = field(default=0, metadata={"help": "Log gradient-conflict telemetry every N optimizer steps (0: off)"})
 
     def __post_init__(self) -> None:
@@ -71,6 +72,14 @@ class MultitaskTrainingArguments(TrainingArguments):
             raise ValueError(f"telemetry_steps must be >= 0, got {self.telemetry_steps}")
         # per-task sub-batches are nested dicts: never drop their columns
         self.remove_unused_columns = False
+
+
+def example_lengths(dataset: datasets.Dataset) -> list[int]:
+    """Token count of every example (both sides for siamese pairs)."""
+    lengths = [len(x) for x in dataset["input_ids"]]
+    if "input_ids_b" in dataset.column_names:
+        lengths = [a + len(b) for a, b in zip(lengths, dataset["input_ids_b"])]
+    return lengths
 
 
 class _SurgeryBuffers:
@@ -161,7 +170,9 @@ class MultitaskTrainer(Trainer):
             self.telemetry = ConflictTelemetryCallback(args.telemetry_steps)
             self.add_callback(self.telemetry)
         self._buffers: _SurgeryBuffers | None = None
+        self.last_predictions: dict[str, Any] = {}
         self.task_steps: dict[str, int] = {t: 0 for t in model.task_names}
+        self.examples_seen: dict[str, int] = {t: 0 for t in model.task_names}
         self.skipped_steps = 0
 
     # ------------------------------------------------------------------ data
@@ -181,6 +192,8 @@ class MultitaskTrainer(Trainer):
         if unknown:
             raise KeyError(f"task_batch_sizes names task(s) {unknown} with no training data; tasks are {list(sizes)}")
 
+        lengths = {t: example_lengths(d) for t, d in self.train_dataset.items()} if self.args.length_grouping else None
+
         def build(num_epochs: int) -> MultitaskStepSampler:
             return MultitaskStepSampler(
                 sizes,
@@ -191,6 +204,8 @@ class MultitaskTrainer(Trainer):
                 seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
                 rank=self.args.process_index,
                 world_size=self.args.world_size,
+                lengths=lengths,
+                accumulation=self.args.gradient_accumulation_steps,
             )
 
         if self.args.schedule_epochs is not None:
@@ -271,8 +286,9 @@ class MultitaskTrainer(Trainer):
             for t in names:
                 for p, view in zip(buffers.heads[t], buffers.head_views[t]):
                     p.grad = view.clone() if p.dtype == torch.float32 else view.to(p.dtype)
-            for t in names:
+            for t, i in zip(names, active):
                 self.task_steps[t] += 1
+                self.examples_seen[t] += int(round(float(buffers.counts[i])))
         step = self.state.global_step + 1
         if self.telemetry is not None and self.telemetry.is_due(step):
             grad_scale = float(scaler.get_scale()) if scaler is not None else 1.0
@@ -288,17 +304,22 @@ class MultitaskTrainer(Trainer):
     def evaluate(
         self, eval_dataset: dict[str, datasets.Dataset] | None = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"
     ) -> dict[str, float]:
-        """Each task's metric, ``{task}_score`` and ``overall`` on the evaluation sets."""
+        """Each task's metric, ``{task}_score`` and ``overall`` on the evaluation sets.
+
+        The predictions behind them stay in ``self.last_predictions`` (``{task: TaskPredictions}``).
+        """
         data = eval_dataset if eval_dataset is not None else self.eval_dataset
         if not data:
             raise ValueError("MultitaskTrainer.evaluate needs eval_dataset={task: dataset}")
         core = self.accelerator.unwrap_model(self.model)
+        self.last_predictions = {}
         results = evaluate_tasks(
             core,
             data,
             pad_token_id=self._pad_token_id(),
             batch_size=self.args.per_device_eval_batch_size,
             progress=not self.args.disable_tqdm,
+            predictions=self.last_predictions,
         )
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in results.items()}
         self.log(metrics)
@@ -307,7 +328,12 @@ class MultitaskTrainer(Trainer):
 
     # ------------------------------------------------------------------ checkpoints
     def _multitask_state(self) -> dict[str, Any]:
-        return {"aggregator": self.aggregator.state_dict(), "task_steps": dict(self.task_steps), "skipped_steps": self.skipped_steps}
+        return {
+            "aggregator": self.aggregator.state_dict(),
+            "task_steps": dict(self.task_steps),
+            "examples_seen": dict(self.examples_seen),
+            "skipped_steps": self.skipped_steps,
+        }
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
@@ -326,6 +352,7 @@ class MultitaskTrainer(Trainer):
         state = torch.load(path, weights_only=False)
         self.aggregator.load_state_dict(state["aggregator"])
         self.task_steps = dict(state["task_steps"])
+        self.examples_seen = dict(state.get("examples_seen", self.examples_seen))
         self.skipped_steps = int(state["skipped_steps"])
 
 

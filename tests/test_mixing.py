@@ -230,3 +230,30 @@ def test_schedules_train_with_surgery(tmp_path, tokenizer, schedule, kwargs, agg
     if schedule == "proportional":
         widths = {len([k for k in r if k.startswith("conflict/grad_norm_")]) for r in trainer.telemetry.history}
         assert max(widths) > 1, "accumulated one-task steps give surgery several tasks"
+
+
+def test_length_grouping_cuts_padding_and_keeps_coverage():
+    import random
+
+    rng = random.Random(0)
+    sizes = {"a": 640, "b": 320}
+    lengths = {t: [rng.randint(5, 60) for _ in range(n)] for t, n in sizes.items()}
+
+    def padded_tokens(sampler):
+        total, seen = 0, Counter()
+        for step in sampler:
+            for t in sizes:
+                batch = [lengths[t][i] for task, i, _ in step if task == t]
+                total += max(batch) * len(batch)
+            seen.update((task, i) for task, i, _ in step if task == "a")
+        return total, seen
+
+    plain, seen_plain = padded_tokens(MultitaskStepSampler(sizes, 16, seed=4))
+    grouped, seen_grouped = padded_tokens(MultitaskStepSampler(sizes, 16, seed=4, lengths=lengths, megabatch=10))
+    assert grouped < 0.8 * plain, (grouped, plain)
+    assert seen_grouped == seen_plain == Counter({("a", i): 1 for i in range(640)}), "still one pass over the largest task"
+    s1 = MultitaskStepSampler(sizes, 16, seed=4, lengths=lengths)
+    s2 = MultitaskStepSampler(sizes, 16, seed=4, lengths=lengths)
+    assert list(s1) == list(s2)
+    with pytest.raises(ValueError, match="one length per example"):
+        MultitaskStepSampler(sizes, 16, lengths={"a": [1] * 640})

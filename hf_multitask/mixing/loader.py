@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import datasets
@@ -34,6 +34,10 @@ class MultitaskStepSampler(Sampler):
     examples from the stream and rank r keeps items ``[r*k, (r+1)*k)``: ranks see disjoint
     examples, and since the plan depends only on ``(seed, epoch)`` all ranks agree on the
     tasks of every step.
+
+    With ``lengths`` (token counts per example of every task) batches are length-grouped
+    (see :meth:`_length_grouped`), which cuts padding on real text; pass the gradient
+    ``accumulation`` steps so that groups match optimizer steps.
     """
 
     def __init__(
@@ -47,6 +51,9 @@ class MultitaskStepSampler(Sampler):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        lengths: Mapping[str, Sequence[int]] | None = None,
+        megabatch: int = 50,
+        accumulation: int = 1,
     ) -> None:
         if not task_sizes:
             raise ValueError("MultitaskStepSampler needs at least one task")
@@ -70,6 +77,16 @@ class MultitaskStepSampler(Sampler):
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.epoch = 0
         self._len: int | None = None
+        self.lengths = None
+        if lengths is not None:
+            bad = [t for t in self.tasks if t not in lengths or len(lengths[t]) != self.sizes[t]]
+            if bad:
+                raise ValueError(f"lengths must give one length per example of every task; wrong for {bad}")
+            self.lengths = {t: list(lengths[t]) for t in self.tasks}
+        if megabatch <= 0:
+            raise ValueError(f"megabatch must be positive, got {megabatch}")
+        self.megabatch = int(megabatch)
+        self.accumulation = max(1, int(accumulation))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -87,10 +104,28 @@ class MultitaskStepSampler(Sampler):
 
     def _stream(self, task: str) -> Iterator[int]:
         n, p = self.sizes[task], 0
+        # one optimizer step's examples (all ranks, all micro-batches) form one length group,
+        # so gradient accumulation sees the same examples per step as one big batch
+        chunk = self.batch_sizes[task] * self.world_size * self.accumulation
         while True:
             gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, task, p))
-            yield from torch.randperm(n, generator=gen).tolist()
+            order = torch.randperm(n, generator=gen).tolist()
+            if self.lengths is None:
+                yield from order
+            else:
+                yield from self._length_grouped(order, self.lengths[task], chunk, gen)
             p += 1
+
+    def _length_grouped(self, order: list[int], lengths: list[int], chunk: int, gen: torch.Generator) -> Iterator[int]:
+        """Length grouping: cut the shuffled pass into megabatches of ``megabatch`` global
+        batches, sort each by length, split it into batches and shuffle their order. Batches
+        then hold examples of similar length (less padding) while staying random."""
+        size = self.megabatch * chunk
+        for start in range(0, len(order), size):
+            mega = sorted(order[start : start + size], key=lambda i: -lengths[i])
+            batches = [mega[j : j + chunk] for j in range(0, len(mega), chunk)]
+            for b in torch.randperm(len(batches), generator=gen).tolist():
+                yield from batches[b]
 
     def __iter__(self) -> Iterator[list[tuple[str, int, float]]]:
         streams = {t: self._stream(t) for t in self.tasks}

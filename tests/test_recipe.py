@@ -1,0 +1,128 @@
+"""The front-door recipe, every config in recipes/configs, and the Hub push (offline)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import VOCAB, tiny_encoder_config, write_tsv
+from huggingface_hub import HfApi
+from transformers import AutoModel, BertModel, BertTokenizerFast
+
+import hf_multitask as hm
+from hf_multitask.recipe import parse_args, run
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
+WORDS = ["good", "bad", "great", "awful", "fine", "dull", "fun", "sad"]
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("backbone")
+    torch.manual_seed(0)
+    BertModel(tiny_encoder_config("bert")).save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    n = 48
+    sent = [" ".join(WORDS[(i * 7 + k) % 8] for k in range(2 + i % 4)) for i in range(n)]
+    write_tsv(folder / "ids-sst-train.csv", ["id", "sentence", "sentiment"], [[f"s{i}", sent[i], i % 5] for i in range(n)])
+    write_tsv(
+        folder / "quora-train.csv",
+        ["id", "sentence1", "sentence2", "is_duplicate"],
+        [[f"q{i}", sent[i], sent[(i + 1) % n], float(i % 2)] for i in range(n)],
+    )
+    write_tsv(
+        folder / "sts-train.csv",
+        ["id", "sentence1", "sentence2", "similarity"],
+        [[f"t{i}", sent[i], sent[(i * 3) % n], float(i % 6)] for i in range(n)],
+    )
+    return folder
+
+
+def _common(tiny_backbone, tiny_data, out):
+    return ["--backbone", str(tiny_backbone), "--data-dir", str(tiny_data), "--output-dir", str(out), "--max-steps", "3",
+            "--per_device_train_batch_size", "4", "--use_cpu", "true", "--disable_tqdm", "true", "--telemetry_steps", "1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_config_runs_as_written(config, tiny_backbone, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    metrics = run(["--config", str(config), *_common(tiny_backbone, tiny_data, out)])
+    assert 0.0 <= metrics["eval_overall"] <= 1.0
+    for key in ("eval_sst_accuracy", "eval_quora_accuracy", "eval_sts_pearson"):
+        assert key in metrics
+    best = AutoModel.from_pretrained(out / "best")
+    assert isinstance(best, hm.MultitaskModel)
+    settings = yaml.safe_load(config.read_text())
+    if "pair_encoding" in settings:
+        assert best.config.pair_encoding == settings["pair_encoding"]
+    assert (out / "metrics.json").is_file() and (out / "conflicts.png").is_file()
+    lines = (out / "predictions" / "sts-dev-output.csv").read_text().splitlines()
+    assert lines[0] == "id \t Predicted_similarity " and len(lines) == 1 + 5  # 10 % of 48 rows
+
+
+def test_yaml_values_are_overridden_by_flags(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("aggregator: gradvac\nlearning_rate: 0.001\ntasks: [sst, sts]\nhead_hidden_sizes: [8, 4]\n")
+    model_args, data_args, args = parse_args(["--config", str(config), "--learning_rate", "0.5", "--output_dir", str(tmp_path)])
+    assert args.aggregator == "gradvac" and args.learning_rate == 0.5
+    assert data_args.tasks == ["sst", "sts"] and model_args.head_hidden_sizes == [8, 4]
+    with pytest.raises(SystemExit, match="no such file"):
+        parse_args(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_custom_task_needs_no_code(tiny_backbone, tiny_data, tmp_path):
+    write_tsv(tmp_path / "topic.tsv", ["id", "text", "topic"], [[f"x{i}", WORDS[i % 8] + " story", i % 3] for i in range(40)], cs224n=False)
+    custom = [{"name": "topic", "kind": "classification", "num_labels": 3, "text_columns": ["text"], "label_column": "topic",
+               "train_file": str(tmp_path / "topic.tsv")}]  # fmt: skip
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"tasks": ["sts"], "custom_tasks": custom}))
+    metrics = run(["--config", str(config), *_common(tiny_backbone, tiny_data, tmp_path / "out")])
+    assert "eval_topic_accuracy" in metrics and "eval_sts_pearson" in metrics
+
+
+def test_unknown_task_and_offline_hub_backbone_errors(tiny_data, tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="Unknown task 'mnli'"):
+        run(["--tasks", "mnli", "--data-dir", str(tiny_data), "--output-dir", str(tmp_path)])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit, match="pass --backbone packaged"):
+        run(["--backbone", "someone/not-cached-model", "--data-dir", str(tiny_data), "--output-dir", str(tmp_path)])
+
+
+def test_push_to_hub_uploads_weights_code_and_card(tiny_backbone, tmp_path, monkeypatch):
+    calls = {}
+
+    def fake_create_repo(self, repo_id, **kwargs):
+        calls["repo"] = (repo_id, kwargs.get("private"))
+
+    def fake_create_commit(self, repo_id, operations, **kwargs):
+        calls["files"] = sorted(op.path_in_repo for op in operations)
+        calls["repo_id"] = repo_id
+
+        class Info:
+            commit_url = f"https://hub.invalid/{repo_id}/commit/1"
+
+        return Info()
+
+    monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", fake_create_commit)
+    model = hm.MultitaskModel.from_encoder(tiny_backbone, tasks=hm.reference_tasks())
+    tokenizer = BertTokenizerFast.from_pretrained(tiny_backbone)
+    metrics = {"eval_sst_accuracy": 0.41, "eval_quora_accuracy": 0.77, "eval_sts_pearson": 0.63, "eval_overall": 0.665}
+    folder = tmp_path / "push"
+    url = hm.hub.push_to_hub(model, tokenizer, "me/tiny-mt", metrics, folder=folder, private=True)
+    assert url.endswith("/commit/1") and calls["repo"] == ("me/tiny-mt", True)
+    for name in ("README.md", "config.json", "model.safetensors", "modeling.py", "configuration.py", "tokenizer.json", "metrics.json"):
+        assert name in calls["files"], name
+    card = (folder / "README.md").read_text()
+    assert "model-index:" in card and "value: 0.63" in card and "type: pearsonr" in card
+    assert 'AutoModel.from_pretrained("me/tiny-mt")' in card and "| sts | pearson | 0.6300 |" in card
+    loaded = AutoModel.from_pretrained(folder)
+    ids = torch.tensor([[2, 10, 11, 3]])
+    assert torch.equal(loaded.eval()(task="sst", input_ids=ids).logits, model.eval()(task="sst", input_ids=ids).logits)
