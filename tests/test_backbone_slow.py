@@ -32,3 +32,31 @@ def test_packaged_minilm_forward_on_shared_data():
         emb = model.encode(ids["input_ids"], ids["attention_mask"])
     cos = torch.nn.functional.cosine_similarity
     assert cos(emb[0], emb[1], dim=0) > cos(emb[0], emb[2], dim=0) + 0.2
+
+
+@pytest.mark.slow
+def test_front_door_command_on_the_packaged_backbone(tmp_path):
+    """The README's front door: `accelerate launch recipes/train_pcgrad.py --data-dir ../shared/data --max-steps 20`."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoModel
+
+    root = Path(__file__).resolve().parents[1]
+    accelerate = Path(sys.executable).with_name("accelerate")
+    out = tmp_path / "run"
+    cmd = [str(accelerate), "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "recipes/train_pcgrad.py", "--data-dir", str(SHARED_DATA), "--max-steps", "20", "--output-dir", str(out)]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 < metrics["eval_overall"] < 1.0 and metrics["train_examples"] == 20 * 3 * 32
+    model = AutoModel.from_pretrained(out / "best")
+    assert isinstance(model, hm.MultitaskModel) and model.config.encoder_config.hidden_size == 384
+    for task in ("sst", "quora", "sts"):
+        lines = (out / "predictions" / f"{task}-dev-output.csv").read_text().splitlines()
+        assert len(lines) > 500 and lines[1].count(" , ") == 1

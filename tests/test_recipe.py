@@ -126,3 +126,24 @@ def test_push_to_hub_uploads_weights_code_and_card(tiny_backbone, tmp_path, monk
     loaded = AutoModel.from_pretrained(folder)
     ids = torch.tensor([[2, 10, 11, 3]])
     assert torch.equal(loaded.eval()(task="sst", input_ids=ids).logits, model.eval()(task="sst", input_ids=ids).logits)
+
+
+def test_quickstart_notebook_runs_on_a_tiny_checkpoint(tiny_backbone, tiny_data, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    run_dir = tmp_path / "run"
+    run([*_common(tiny_backbone, tiny_data, run_dir), "--save_strategy", "steps", "--save_steps", "3", "--load_best_model_at_end", "false"])
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
+    nb = nbformat.read(notebook, as_version=4)
+    env_cell = nbformat.v4.new_code_cell(
+        f"import os\nos.environ['HF_MULTITASK_RUN'] = {str(run_dir)!r}\nos.environ['HF_MULTITASK_DATA'] = {str(tiny_data)!r}"
+    )
+    nb.cells.insert(0, env_cell)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "MultitaskModel tasks: ['sst', 'quora', 'sts']" in text
+    assert "accuracy" in text
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 2, "the confusion matrix and the conflict curves are drawn"
+    assert (run_dir / "conflicts-notebook.png").is_file()
