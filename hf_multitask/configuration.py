@@ -26,6 +26,14 @@ class MultitaskConfig(PretrainedConfig):
         head_hidden_sizes: Hidden layer sizes of the MLP head.
         head_dropout: Dropout before every head layer.
         pooling: Sentence representation: ``"cls"`` (first token) or ``"mean"`` (masked mean).
+        pal_tasks: Tasks that get Projected Attention Layers (``["all"]`` for every task;
+            empty: no PALs). See :mod:`hf_multitask.pal`.
+        pal_rank: PAL width r (divisible by ``pal_heads``).
+        pal_heads: Attention heads inside the r-dimensional PAL space.
+        pal_shared_projections: Share V_E / V_D across layers (per task), as in the paper.
+        pal_init: ``"zero"`` (V_D = 0: adding PALs leaves the model's outputs unchanged) or
+            ``"xavier"``.
+        lora: LoRA settings written by :meth:`MultitaskModel.add_lora` (re-injected on load).
     """
 
     model_type = "hf_multitask"
@@ -40,6 +48,12 @@ class MultitaskConfig(PretrainedConfig):
         head_hidden_sizes: list[int] | tuple[int, ...] = (),
         head_dropout: float = 0.1,
         pooling: str = "cls",
+        pal_tasks: list[str] | tuple[str, ...] | None = None,
+        pal_rank: int = 96,
+        pal_heads: int = 12,
+        pal_shared_projections: bool = True,
+        pal_init: str = "zero",
+        lora: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(encoder_config, dict):
@@ -69,6 +83,22 @@ class MultitaskConfig(PretrainedConfig):
         self.head_hidden_sizes = sizes
         self.head_dropout = float(head_dropout)
         self.pooling = pooling
+        pal_tasks = list(pal_tasks or [])
+        if pal_tasks == ["all"]:
+            pal_tasks = list(names)
+        unknown = [t for t in pal_tasks if t not in names]
+        if unknown:
+            raise ValueError(f"pal_tasks names unknown task(s) {unknown}; tasks are {names}")
+        if pal_init not in ("zero", "xavier"):
+            raise ValueError(f"pal_init must be 'zero' or 'xavier', got {pal_init!r}")
+        if int(pal_rank) <= 0 or int(pal_heads) <= 0 or int(pal_rank) % int(pal_heads):
+            raise ValueError(f"pal_rank ({pal_rank}) must be a positive multiple of pal_heads ({pal_heads})")
+        self.pal_tasks = pal_tasks
+        self.pal_rank = int(pal_rank)
+        self.pal_heads = int(pal_heads)
+        self.pal_shared_projections = bool(pal_shared_projections)
+        self.pal_init = pal_init
+        self.lora = dict(lora) if lora else None
         for spec in specs:
             if spec.is_pair and self.task_pair_encoding(spec) == "cosine" and spec.kind == "classification" and spec.num_labels != 2:
                 raise ValueError(f"Task {spec.name!r}: the cosine pair head supports regression or binary classification only")

@@ -15,6 +15,7 @@ from transformers.utils import ModelOutput
 
 from .configuration import MultitaskConfig
 from .heads import CosineHead, MLPHead, pair_features
+from .pal import PALAdapter, PALRouter, init_pal_linear, make_pal_hook, pal_attention_sites
 from .tasks import TaskSpec
 
 try:  # transformers >= 5: initialisers that respect already-loaded weights
@@ -88,6 +89,14 @@ class MultitaskModel(PreTrainedModel):
                 in_features = 4 * hidden if encoding == "bi" else hidden
                 sizes = config.head_hidden_sizes if config.head_type == "mlp" else []
                 self.heads[spec.name] = MLPHead(in_features, spec.num_labels, sizes, config.head_dropout)
+        self._pal_router = PALRouter()
+        self._pal_hooks: list[Any] = []
+        self.pals = nn.ModuleDict()
+        if config.pal_tasks:
+            self._build_pals(config.pal_tasks)
+        self._lora_layers: list[nn.Module] = []
+        if config.lora:
+            self._inject_lora(config.lora)
         self.post_init()
 
     # ------------------------------------------------------------------ construction
@@ -118,10 +127,130 @@ class MultitaskModel(PreTrainedModel):
         model.config.name_or_path = str(name_or_path)
         return model
 
+    # ------------------------------------------------------------------ PAL adapters
+    def _build_pals(self, tasks: list[str]) -> list[PALAdapter]:
+        sites = pal_attention_sites(self.encoder)
+        cfg = self.config
+        hidden = int(cfg.encoder_config.hidden_size)
+        created = []
+        for task in tasks:
+            if task not in self.pals:
+                self.pals[task] = PALAdapter(hidden, cfg.pal_rank, cfg.pal_heads, len(sites), cfg.pal_shared_projections)
+                created.append(self.pals[task])
+        if not self._pal_hooks:
+            for layer, site in enumerate(sites):
+                self._pal_hooks.append(site.register_forward_pre_hook(make_pal_hook(layer, self.pals, self._pal_router), with_kwargs=True))
+        return created
+
+    def add_pal(
+        self,
+        tasks: list[str] | None = None,
+        *,
+        rank: int | None = None,
+        heads: int | None = None,
+        shared_projections: bool | None = None,
+        init: str = "zero",
+    ) -> None:
+        """Add PALs to an existing (e.g. already fine-tuned) model; recorded in the config.
+
+        With ``init="zero"`` (V_D = 0) the model's outputs are unchanged until the PALs train.
+        Settings of PALs already present win: ``rank``/``heads``/``shared_projections`` can
+        only be given for the first PALs of a model.
+        """
+        tasks = list(tasks or self.task_names)
+        for t in tasks:
+            self.get_task(t)
+        cfg = self.config
+        if cfg.pal_tasks and any(v is not None for v in (rank, heads, shared_projections)):
+            raise ValueError("This model has PALs already: their rank/heads/projection sharing are fixed")
+        if rank is not None:
+            cfg.pal_rank = int(rank)
+        if heads is not None:
+            cfg.pal_heads = int(heads)
+        if shared_projections is not None:
+            cfg.pal_shared_projections = bool(shared_projections)
+        if cfg.pal_rank % cfg.pal_heads:
+            raise ValueError(f"pal_rank ({cfg.pal_rank}) must be a multiple of pal_heads ({cfg.pal_heads})")
+        if init not in ("zero", "xavier"):
+            raise ValueError(f"init must be 'zero' or 'xavier', got {init!r}")
+        cfg.pal_init = init
+        created = self._build_pals(tasks)
+        device = next(self.encoder.parameters()).device
+        for adapter in created:
+            adapter.to(device)
+            for module in adapter.modules():
+                self._init_weights(module)
+        cfg.pal_tasks = [t for t in self.task_names if t in self.pals]
+
+    # ------------------------------------------------------------------ LoRA (peft)
+    def _inject_lora(self, settings: dict[str, Any]) -> None:
+        from .lora import SHARED_ADAPTER, inject_lora
+
+        adapters = self.task_names if settings["per_task"] else [SHARED_ADAPTER]
+        self._lora_layers = inject_lora(self.encoder, settings, adapters)
+
+    def add_lora(
+        self, *, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules=("query", "value"), per_task: bool = False
+    ) -> None:
+        """Add LoRA adapters (through ``peft``) to the encoder and record them in the config.
+
+        ``per_task=False``: one adapter shared by every task. ``per_task=True``: one adapter per
+        task, switched with the task. LoRA's B starts at zero, so outputs are unchanged until
+        it trains. Use :meth:`set_trainable` (``"lora"`` / ``"lora_and_heads"``) to train only them.
+        """
+        from .lora import lora_settings
+
+        if self.config.lora:
+            raise ValueError("This model has LoRA adapters already")
+        settings = lora_settings(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules, per_task=per_task)
+        self._inject_lora(settings)
+        self.to(next(self.heads.parameters()).device)
+        self.config.lora = settings
+
+    def set_trainable(self, mode: str) -> dict[str, int]:
+        """Choose what trains: ``"all"``, ``"heads"`` (LP / linear probing), ``"pal"`` (PALs
+        only) or ``"pal_and_heads"``. Returns :meth:`parameter_counts`."""
+        modes = ("all", "heads", "pal", "pal_and_heads", "lora", "lora_and_heads")
+        if mode not in modes:
+            raise ValueError(f"trainable mode must be one of {modes}, got {mode!r}")
+        if mode.startswith("pal") and not len(self.pals):
+            raise ValueError("This model has no PALs: set pal_tasks or call add_pal() first")
+        if mode.startswith("lora") and not self._lora_layers:
+            raise ValueError("This model has no LoRA adapters: call add_lora() first")
+        for name, p in self.named_parameters():
+            kind = self._parameter_kind(name)
+            p.requires_grad = mode == "all" or (kind == "heads" and mode.endswith("heads")) or (kind != "heads" and mode.startswith(kind))
+        return self.parameter_counts()
+
+    @staticmethod
+    def _parameter_kind(name: str) -> str:
+        part = name.split(".", 1)[0]
+        if part in ("heads", "pals"):
+            return "heads" if part == "heads" else "pal"
+        return "lora" if ".lora_" in name else "encoder"
+
+    def parameter_counts(self) -> dict[str, int]:
+        """``total``, ``trainable``, and the sizes of ``encoder``, ``heads``, ``pals`` and ``lora``."""
+        counts = {"total": 0, "trainable": 0, "encoder": 0, "heads": 0, "pals": 0, "lora": 0}
+        for name, p in self.named_parameters():
+            counts["total"] += p.numel()
+            counts["trainable"] += p.numel() if p.requires_grad else 0
+            kind = self._parameter_kind(name)
+            counts["pals" if kind == "pal" else kind] += p.numel()
+        return counts
+
     def _init_weights(self, module: nn.Module) -> None:
         # Only our own modules reach this: the encoder (a PreTrainedModel) initialises itself.
         std = float(getattr(self.config.encoder_config, "initializer_range", 0.02))
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) and hasattr(module, "_pal_role"):
+            init_pal_linear(module, self.config.pal_init, std, init)
+        elif isinstance(module, nn.Linear) and hasattr(module, "_lora_role"):
+            # LoRA as peft initialises it: B = 0 (no influence), A random
+            if module._lora_role == "B":
+                init.zeros_(module.weight)
+            else:
+                init.kaiming_uniform_(module.weight, a=5**0.5)
+        elif isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -141,14 +270,26 @@ class MultitaskModel(PreTrainedModel):
         except KeyError:
             raise KeyError(f"Unknown task {task!r}; this model knows {list(self._specs)}") from None
 
+    def _owner(self, name: str) -> str | None:
+        """The task that owns a parameter (head, PAL, per-task LoRA), or None if shared."""
+        parts = name.split(".")
+        if parts[0] in ("heads", "pals"):
+            return parts[1]
+        if self.config.lora and self.config.lora["per_task"] and ".lora_" in name:
+            for i, part in enumerate(parts[:-1]):
+                if part.startswith("lora_") and parts[i + 1] in self._specs:
+                    return parts[i + 1]
+        return None
+
     def shared_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters shared by all tasks (the encoder): the ones gradient surgery acts on."""
-        return (p for n, p in self.named_parameters() if not n.startswith("heads."))
+        """Parameters shared by all tasks (the encoder, a shared LoRA): what surgery acts on."""
+        return (p for n, p in self.named_parameters() if self._owner(n) is None)
 
     def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
-        """Parameters owned by one task's head."""
+        """Parameters owned by one task: its head, its PALs and its per-task LoRA (never
+        projected by surgery)."""
         self.get_task(task)
-        return self.heads[task].parameters()
+        return (p for n, p in self.named_parameters() if self._owner(n) == task)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.encoder.get_input_embeddings()
@@ -169,6 +310,7 @@ class MultitaskModel(PreTrainedModel):
         kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and self._encoder_accepts_token_types:
             kwargs["token_type_ids"] = token_type_ids
+        self._pal_router.attention_mask = attention_mask
         states = self.encoder(**kwargs).last_hidden_state
         if self.config.pooling == "cls":
             return states[:, 0]
@@ -214,6 +356,27 @@ class MultitaskModel(PreTrainedModel):
             labels: Class indices (classification) or float targets (regression).
         """
         spec = self.get_task(task)
+        self._pal_router.task = task
+        if self._lora_layers and self.config.lora["per_task"]:
+            from .lora import activate
+
+            activate(self._lora_layers, task)
+        try:
+            logits = self._task_logits(spec, input_ids, attention_mask, token_type_ids, input_ids_b, attention_mask_b, token_type_ids_b)
+        finally:
+            self._pal_router.task = None
+            self._pal_router.attention_mask = None
+        loss = None
+        if labels is not None:
+            loss = self.compute_task_loss(spec, logits, labels)
+        if return_dict is False:
+            return tuple(x for x in (loss, logits) if x is not None)
+        return MultitaskOutput(loss=loss, logits=logits)
+
+    def _task_logits(
+        self, spec, input_ids, attention_mask, token_type_ids, input_ids_b, attention_mask_b, token_type_ids_b
+    ) -> torch.Tensor:
+        task = spec.name
         encoding = self.config.task_pair_encoding(spec)
         head = self.heads[task]
         if encoding in ("bi", "cosine"):
@@ -226,13 +389,7 @@ class MultitaskModel(PreTrainedModel):
             logits = head(u, v) if encoding == "cosine" else head(pair_features(u, v))
         else:
             logits = head(self.encode(input_ids, attention_mask, token_type_ids))
-
-        loss = None
-        if labels is not None:
-            loss = self.compute_task_loss(spec, logits, labels)
-        if return_dict is False:
-            return tuple(x for x in (loss, logits) if x is not None)
-        return MultitaskOutput(loss=loss, logits=logits)
+        return logits
 
     @staticmethod
     def compute_task_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

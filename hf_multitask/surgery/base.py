@@ -30,6 +30,8 @@ def gram_with_factor(grads: torch.Tensor) -> tuple[torch.Tensor, float]:
     """
     g = grads if grads.dtype in (torch.float32, torch.float64) else grads.float()
     gram = (g @ g.T).double()
+    if g.numel() == 0:  # no shared parameters (e.g. only per-task adapters train)
+        return gram, 1.0
     finite = bool(torch.isfinite(gram).all())
     if finite:
         diag = gram.diagonal()

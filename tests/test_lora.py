@@ -1,0 +1,93 @@
+"""LoRA through peft: shared and per-task adapters, routing, freezing, save/load."""
+
+import pytest
+import torch
+from conftest import deterministic_model, task_losses, toy_encoded
+from transformers import AutoModel
+
+import hf_multitask as hm
+
+
+def _x():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 60, (3, 7), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def test_adding_lora_leaves_outputs_unchanged_and_counts_parameters():
+    model = deterministic_model().eval()
+    x = _x()
+    before = model(task="sst", **x).logits
+    model.add_lora(r=4, per_task=True)
+    assert torch.equal(model.eval()(task="sst", **x).logits, before), "LoRA B starts at zero"
+    counts = model.set_trainable("lora")
+    # per task: 2 layers x (query, value) x (A: 32x4 + B: 4x32)
+    assert counts["lora"] == 3 * 2 * 2 * (32 * 4 + 4 * 32) == counts["trainable"]
+    with pytest.raises(ValueError, match="already"):
+        model.add_lora()
+
+
+def test_per_task_lora_routes_by_task_and_belongs_to_the_task():
+    model = deterministic_model()
+    model.add_lora(r=4, per_task=True)
+    x = _x()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B.sst." in name:
+                p.normal_()
+    base = deterministic_model().eval()
+    assert not torch.allclose(model.eval()(task="sst", **x).logits, base(task="sst", **x).logits)
+    assert torch.equal(model(task="quora", **x).logits, base(task="quora", **x).logits), "quora's own LoRA is still zero"
+    owned = {id(p) for p in model.task_parameters("sst")}
+    lora_sst = {id(p) for n, p in model.named_parameters() if ".lora_A.sst." in n or ".lora_B.sst." in n}
+    assert lora_sst and lora_sst <= owned
+    assert not lora_sst & {id(p) for p in model.shared_parameters()}
+
+
+def test_shared_lora_is_shared():
+    model = deterministic_model()
+    model.add_lora(r=4)
+    shared_names = [n for n, p in model.named_parameters() if ".lora_" in n]
+    assert shared_names and all(".shared." in n for n in shared_names)
+    shared = {id(p) for p in model.shared_parameters()}
+    assert all(id(p) in shared for n, p in model.named_parameters() if ".lora_" in n)
+
+
+@pytest.mark.parametrize("per_task", [False, True])
+def test_lora_save_load_roundtrip(tmp_path, per_task):
+    model = deterministic_model()
+    model.add_lora(r=4, per_task=per_task, target_modules=["query", "key", "value"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(std=0.1)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert loaded.config.lora["per_task"] == per_task
+    x = _x()
+    for task in ("sst", "quora", "sts"):
+        assert torch.equal(model.eval()(task=task, **x).logits, loaded.eval()(task=task, **x).logits)
+
+
+def test_bad_targets_are_a_clear_error():
+    with pytest.raises(ValueError, match="not found in the encoder"):
+        deterministic_model().add_lora(target_modules=["q_proj"])
+
+
+def test_lora_only_training_changes_only_lora_and_heads(tmp_path, tokenizer):
+    model = deterministic_model()
+    model.add_lora(r=4, per_task=True)
+    model.set_trainable("lora_and_heads")
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    data = toy_encoded(tokenizer, model)
+    args = hm.MultitaskTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=15, learning_rate=1e-2,
+                                         report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, aggregator="pcgrad")  # fmt: skip
+    trainer = hm.MultitaskTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    before = task_losses(model, data, tokenizer.pad_token_id)
+    trainer.train()
+    after = task_losses(model, data, tokenizer.pad_token_id)
+    assert sum(after.values()) < sum(before.values())
+    for name, p in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(frozen[name], p), name
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if ".lora_B.sts." in n)
