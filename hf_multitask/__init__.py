@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel
 
+from . import schemes, surgery
 from .backbone import default_backbone
 from .configuration import MultitaskConfig
 from .data import DataError, DataWarning, load_task_data, train_validation_split

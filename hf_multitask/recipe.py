@@ -116,6 +116,10 @@ class RecipeTrainingArguments(MultitaskTrainingArguments):
     hub_private: bool = False
     write_predictions: bool = True
     plot_telemetry: bool = True
+    lp_steps: int = field(default=0, metadata={"help": "LP-FT: train only the heads (encoder frozen) for this many steps first"})
+    lp_learning_rate: float = field(default=1e-3, metadata={"help": "LP-FT: learning rate of the head-only phase"})
+    simcse_steps: int = field(default=0, metadata={"help": "Unsupervised SimCSE steps on the tasks' own sentences before training"})
+    simcse_learning_rate: float = 3e-5
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, RecipeTrainingArguments]:
@@ -220,8 +224,9 @@ def load_model(model_args: ModelArguments, specs: list[TaskSpec]) -> tuple[Multi
     return model, tokenizer
 
 
-def prepare_data(data_args: DataArguments, tasks, model: MultitaskModel, tokenizer) -> tuple[dict, dict]:
-    train, validation = {}, {}
+def prepare_data(data_args: DataArguments, tasks, model: MultitaskModel, tokenizer) -> tuple[dict, dict, dict]:
+    """Encoded training and validation sets per task, and the raw training texts (for SimCSE)."""
+    train, validation, texts = {}, {}, {}
     for spec, train_file, validation_file in tasks:
         raw = load_task_data(spec, train_file, strict=data_args.strict_data)
         if validation_file:
@@ -231,13 +236,14 @@ def prepare_data(data_args: DataArguments, tasks, model: MultitaskModel, tokeniz
         limit = data_args.train_limits.get(spec.name)
         if limit is not None and limit < len(raw):
             raw = raw.select(range(int(limit)))
+        texts[spec.name] = {c: raw[c] for c in spec.text_columns}
         encoding = model.config.task_pair_encoding(spec)
         train[spec.name] = encode_task(
             raw, spec, tokenizer, pair_encoding=encoding, max_length=data_args.max_length, drop_longest=data_args.drop_longest
         )
         validation[spec.name] = encode_task(raw_val, spec, tokenizer, pair_encoding=encoding, max_length=data_args.max_length)
         logger.info("task %s: %d training and %d validation examples", spec.name, len(train[spec.name]), len(validation[spec.name]))
-    return train, validation
+    return train, validation, texts
 
 
 def run(argv: list[str] | None = None) -> dict[str, float]:
@@ -247,7 +253,23 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     set_seed(args.seed)
     tasks = build_tasks(data_args)
     model, tokenizer = load_model(model_args, [s for s, _, _ in tasks])
-    train, validation = prepare_data(data_args, tasks, model, tokenizer)
+    train, validation, raw_texts = prepare_data(data_args, tasks, model, tokenizer)
+    if args.simcse_steps > 0:
+        from .schemes import simcse_pretrain
+
+        sentences = sorted({t for spec, _, _ in tasks for c in spec.text_columns for t in raw_texts[spec.name][c]})
+        losses = simcse_pretrain(model, sentences, tokenizer, steps=args.simcse_steps, batch_size=args.per_device_train_batch_size,
+                                 learning_rate=args.simcse_learning_rate, max_length=data_args.max_length, seed=args.seed,
+                                 progress=not args.disable_tqdm)  # fmt: skip
+        logger.info("SimCSE: loss %.4f -> %.4f", losses[0], losses[-1])
+    if args.lp_steps > 0:
+        from dataclasses import replace
+
+        from .schemes.lpft import linear_probe
+
+        probe_args = replace(args, max_steps=args.lp_steps, learning_rate=args.lp_learning_rate, eval_strategy="no", save_strategy="no",
+                             load_best_model_at_end=False, output_dir=str(Path(args.output_dir) / "lp"), lp_steps=0)  # fmt: skip
+        linear_probe(model, train, probe_args, processing_class=tokenizer)
     trainer = MultitaskTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer)
     start = time.perf_counter()
     trainer.train()

@@ -147,3 +147,9 @@ def test_quickstart_notebook_runs_on_a_tiny_checkpoint(tiny_backbone, tiny_data,
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 2, "the confusion matrix and the conflict curves are drawn"
     assert (run_dir / "conflicts-notebook.png").is_file()
+
+
+def test_recipe_lp_ft_and_simcse_phases(tiny_backbone, tiny_data, tmp_path):
+    metrics = run([*_common(tiny_backbone, tiny_data, tmp_path / "out"), "--lp_steps", "2", "--simcse_steps", "2"])
+    assert "eval_overall" in metrics
+    assert (tmp_path / "out" / "best" / "config.json").is_file()
