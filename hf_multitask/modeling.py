@@ -15,7 +15,7 @@ from transformers.utils import ModelOutput
 
 from .configuration import MultitaskConfig
 from .heads import CosineHead, MLPHead, pair_features
-from .pal import PALAdapter, PALRouter, init_pal_linear, make_pal_hook, pal_attention_sites
+from .pal import PALAdapter, PALRouter, attach_pal_hook, init_pal_linear, pal_attention_sites
 from .tasks import TaskSpec
 
 try:  # transformers >= 5: initialisers that respect already-loaded weights
@@ -138,8 +138,7 @@ class MultitaskModel(PreTrainedModel):
                 self.pals[task] = PALAdapter(hidden, cfg.pal_rank, cfg.pal_heads, len(sites), cfg.pal_shared_projections)
                 created.append(self.pals[task])
         if not self._pal_hooks:
-            for layer, site in enumerate(sites):
-                self._pal_hooks.append(site.register_forward_pre_hook(make_pal_hook(layer, self.pals, self._pal_router), with_kwargs=True))
+            self._pal_hooks = [attach_pal_hook(site, layer, self) for layer, site in enumerate(sites)]
         return created
 
     def add_pal(

@@ -101,22 +101,31 @@ class PALRouter:
         self.attention_mask: torch.Tensor | None = None
 
 
-def make_pal_hook(layer: int, adapters: nn.ModuleDict, router: PALRouter):
-    """Forward pre-hook for layer ``layer``'s attention output: adds PAL(h) to the residual."""
+def attach_pal_hook(site: nn.Module, layer: int, owner: nn.Module) -> Any:
+    """Register the PAL pre-hook on one attention-output module.
 
-    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]):
-        task = router.task
-        if task is None or task not in adapters:
-            return None
-        if len(args) >= 2:
-            attention_output, h = args[0], args[1]
-            return (attention_output, h + adapters[task](layer, h, router.attention_mask), *args[2:]), kwargs
-        if "input_tensor" in kwargs:
-            h = kwargs["input_tensor"]
-            return args, {**kwargs, "input_tensor": h + adapters[task](layer, h, router.attention_mask)}
-        raise RuntimeError("PAL hook could not find the residual input of the attention output module")
+    The hook finds its layer index and the owning model through attributes of ``site``
+    (kept out of ``_modules``), not through a closure, so ``copy.deepcopy`` of the model
+    (EMA teachers, ensembles, two-step copies) gives hooks that route through the *copy's* PALs.
+    """
+    object.__setattr__(site, "_pal_layer", layer)
+    object.__setattr__(site, "_pal_owner", owner)
+    return site.register_forward_pre_hook(_pal_pre_hook, with_kwargs=True)
 
-    return hook
+
+def _pal_pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]):
+    owner = module._pal_owner
+    router, adapters, layer = owner._pal_router, owner.pals, module._pal_layer
+    task = router.task
+    if task is None or task not in adapters:
+        return None
+    if len(args) >= 2:
+        h = args[1]
+        return (args[0], h + adapters[task](layer, h, router.attention_mask), *args[2:]), kwargs
+    if "input_tensor" in kwargs:
+        h = kwargs["input_tensor"]
+        return args, {**kwargs, "input_tensor": h + adapters[task](layer, h, router.attention_mask)}
+    raise RuntimeError("PAL hook could not find the residual input of the attention output module")
 
 
 def init_pal_linear(module: nn.Linear, init_mode: str, std: float, initializer) -> None:

@@ -120,6 +120,11 @@ class RecipeTrainingArguments(MultitaskTrainingArguments):
     lp_learning_rate: float = field(default=1e-3, metadata={"help": "LP-FT: learning rate of the head-only phase"})
     simcse_steps: int = field(default=0, metadata={"help": "Unsupervised SimCSE steps on the tasks' own sentences before training"})
     simcse_learning_rate: float = 3e-5
+    smart_lambda_s: float = field(default=0.0, metadata={"help": "SMART adversarial weight lambda_s (0: off)"})
+    smart_mu: float = field(default=1.0, metadata={"help": "SMART Bregman proximal weight mu"})
+    smart_epsilon: float = 1e-5
+    smart_step_size: float = 1e-3
+    smart_steps: int = 1
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, RecipeTrainingArguments]:
@@ -270,7 +275,15 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
         probe_args = replace(args, max_steps=args.lp_steps, learning_rate=args.lp_learning_rate, eval_strategy="no", save_strategy="no",
                              load_best_model_at_end=False, output_dir=str(Path(args.output_dir) / "lp"), lp_steps=0)  # fmt: skip
         linear_probe(model, train, probe_args, processing_class=tokenizer)
-    trainer = MultitaskTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer)
+    loss_hook = None
+    if args.smart_lambda_s > 0:
+        from .schemes import SmartRegularizer
+
+        loss_hook = SmartRegularizer(model, lambda_s=args.smart_lambda_s, mu=args.smart_mu, epsilon=args.smart_epsilon,
+                                     step_size=args.smart_step_size, steps=args.smart_steps)  # fmt: skip
+    trainer = MultitaskTrainer(
+        model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer, loss_hook=loss_hook
+    )
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start

@@ -21,7 +21,7 @@ from typing import Any
 import datasets
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .mixing import MultitaskStepSampler, make_train_dataloader
@@ -120,6 +120,14 @@ class _SurgeryBuffers:
         return self.flat.numel() * 4 + self.update.numel() * 4
 
 
+class _AfterOptimizerStep(TrainerCallback):
+    def __init__(self, trainer: MultitaskTrainer) -> None:
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.optimizer_step_done()
+
+
 class MultitaskTrainer(Trainer):
     """A `Trainer` for :class:`~hf_multitask.MultitaskModel` with gradient surgery.
 
@@ -132,6 +140,9 @@ class MultitaskTrainer(Trainer):
             metric, ``{task}_score`` and ``overall``.
         aggregator: An :class:`~hf_multitask.surgery.Aggregator` instance; by default built
             from ``args.aggregator`` / ``args.aggregator_kwargs``.
+        loss_hook: Optional ``hook(model, task, batch, output) -> loss`` that replaces each task's
+            loss before its gradient is taken (e.g. :class:`~hf_multitask.schemes.SmartRegularizer`);
+            an ``update_ema(model)`` method on it is called after every optimizer step.
         Other keyword arguments go to ``transformers.Trainer``.
 
     Mixed precision: bf16 autocast (no scaler; a step whose gradients are not finite is
@@ -149,6 +160,7 @@ class MultitaskTrainer(Trainer):
         train_dataset: dict[str, datasets.Dataset] | None = None,
         eval_dataset: dict[str, datasets.Dataset] | None = None,
         aggregator: Aggregator | None = None,
+        loss_hook: Any = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(args, MultitaskTrainingArguments):
@@ -169,6 +181,9 @@ class MultitaskTrainer(Trainer):
         if args.telemetry_steps > 0:
             self.telemetry = ConflictTelemetryCallback(args.telemetry_steps)
             self.add_callback(self.telemetry)
+        self.loss_hook = loss_hook
+        if getattr(loss_hook, "update_ema", None) is not None:
+            self.add_callback(_AfterOptimizerStep(self))
         self._buffers: _SurgeryBuffers | None = None
         self.last_predictions: dict[str, Any] = {}
         self.task_steps: dict[str, int] = {t: 0 for t in model.task_names}
@@ -237,7 +252,10 @@ class MultitaskTrainer(Trainer):
             weight = batch.get("loss_weight")
             batch = {k: v for k, v in batch.items() if k not in ("task", "loss_weight")}
             with self.accelerator.autocast():
-                loss = core(task=task, **batch).loss
+                output = core(task=task, **batch)
+                loss = output.loss
+                if self.loss_hook is not None and loss is not None:
+                    loss = self.loss_hook(core, task, batch, output)
             if loss is None:
                 raise ValueError(f"Task {task!r}: the batch has no labels, so there is no loss to train on")
             if scaler is None and not torch.isfinite(loss):
@@ -260,6 +278,12 @@ class MultitaskTrainer(Trainer):
         if self.accelerator.sync_gradients:
             self._apply_surgery(core, buffers, scaler)
         return total / accumulation
+
+    def optimizer_step_done(self) -> None:
+        """Called after each optimizer step (EMA teachers of loss hooks follow the model)."""
+        update = getattr(self.loss_hook, "update_ema", None)
+        if update is not None:
+            update(self.accelerator.unwrap_model(self.model))
 
     def _apply_surgery(self, core: nn.Module, buffers: _SurgeryBuffers, scaler: Any) -> None:
         if self.args.world_size > 1:

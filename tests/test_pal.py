@@ -136,3 +136,17 @@ def test_pal_model_trains_with_surgery(tmp_path, tokenizer):
     after = task_losses(model, data, tokenizer.pad_token_id)
     assert all(after[t] < before[t] for t in before)
     assert any(p.abs().sum() > 0 for p in model.pals["sst"].up.parameters()), "PALs trained away from zero"
+
+
+def test_deepcopy_routes_through_the_copys_own_pals():
+    import copy
+
+    model = deterministic_model(pal_tasks=["sst"], pal_rank=8, pal_heads=2, pal_init="xavier").eval()
+    twin = copy.deepcopy(model)
+    x = _x()
+    assert torch.equal(model(task="sst", **x).logits, twin(task="sst", **x).logits)
+    with torch.no_grad():
+        for p in twin.pals["sst"].parameters():
+            p.mul_(3.0)
+    assert not torch.allclose(model(task="sst", **x).logits, twin(task="sst", **x).logits), "the copy uses its own PALs"
+    assert torch.equal(model(task="sst", **x).logits, copy.deepcopy(model)(task="sst", **x).logits)

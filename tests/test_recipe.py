@@ -149,7 +149,9 @@ def test_quickstart_notebook_runs_on_a_tiny_checkpoint(tiny_backbone, tiny_data,
     assert (run_dir / "conflicts-notebook.png").is_file()
 
 
-def test_recipe_lp_ft_and_simcse_phases(tiny_backbone, tiny_data, tmp_path):
-    metrics = run([*_common(tiny_backbone, tiny_data, tmp_path / "out"), "--lp_steps", "2", "--simcse_steps", "2"])
+def test_recipe_lp_ft_simcse_and_smart(tiny_backbone, tiny_data, tmp_path):
+    metrics = run(
+        [*_common(tiny_backbone, tiny_data, tmp_path / "out"), "--lp_steps", "2", "--simcse_steps", "2", "--smart_lambda_s", "1.0"]
+    )
     assert "eval_overall" in metrics
     assert (tmp_path / "out" / "best" / "config.json").is_file()

@@ -164,3 +164,52 @@ def test_lp_ft_freezes_exactly_the_encoder_then_unfreezes(tmp_path, tokenizer):
         processing_class=tokenizer,
     ).train()
     assert any(not torch.equal(p, enc_before[n]) for n, p in model.encoder.named_parameters())
+
+
+def _batch(task, encoding="cross"):
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(5, 60, (4, 6), generator=g)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if encoding != "cross" and task != "sst":
+        batch.update(input_ids_b=ids[:, :4], attention_mask_b=torch.ones_like(ids[:, :4]))
+    labels = {"sst": torch.tensor([0, 1, 2, 3]), "quora": torch.tensor([0, 1, 1, 0]), "sts": torch.tensor([0.5, 1.0, 4.0, 2.0])}[task]
+    return batch, labels
+
+
+@pytest.mark.parametrize("encoding", ["cross", "bi"])
+def test_smart_loss_is_zero_without_perturbation_and_positive_with_it(encoding):
+    from hf_multitask.schemes import SmartRegularizer
+
+    model = deterministic_model(pair_encoding=encoding).eval()  # no dropout: only delta changes the output
+    for task in ("sst", "sts", "quora"):
+        batch, _ = _batch(task, encoding)
+        logits = model(task=task, **batch).logits
+        zero = SmartRegularizer(model, epsilon=0.0, noise_std=0.0, mu=0.0)
+        assert float(zero.adversarial_loss(model, task, batch, logits).detach()) == pytest.approx(0.0, abs=1e-10)
+        zero.remove()
+        smart = SmartRegularizer(model, epsilon=1.0, noise_std=0.5, step_size=0.5, mu=0.0)
+        r = smart.adversarial_loss(model, task, batch, logits)
+        assert float(r) > 1e-6
+        r.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters()), "its gradient flows"
+        model.zero_grad()
+        smart.remove()
+
+
+def test_smart_bregman_term_tracks_an_ema_teacher(tmp_path, tokenizer):
+    from hf_multitask.schemes import SmartRegularizer
+
+    model = deterministic_model()
+    smart = SmartRegularizer(model, lambda_s=1.0, mu=1.0, beta=0.5)
+    batch, labels = _batch("sst")
+    out = model.eval()(task="sst", labels=labels, **batch)
+    assert float(smart.bregman(model, "sst", batch, out.logits).detach()) == pytest.approx(0.0, abs=1e-10), "teacher starts as the model"
+    data = toy_encoded(tokenizer, model)
+    args = hm.MultitaskTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=6, learning_rate=3e-3,
+                                         report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, aggregator="pcgrad")  # fmt: skip
+    hm.MultitaskTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, loss_hook=smart).train()
+    teacher = dict(smart.ema.named_parameters())
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p, teacher[n])]
+    assert moved, "the EMA teacher lags the trained model"
+    first = next(n for n, _ in model.encoder.named_parameters())
+    assert not torch.equal(teacher["encoder." + first], deterministic_model().state_dict()["encoder." + first]), "the EMA teacher moved"

@@ -1,0 +1,115 @@
+"""SMART (Jiang et al. 2020): smoothness-inducing adversarial regularisation + Bregman proximal point."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..tasks import TaskSpec
+
+
+def symmetric_divergence(spec: TaskSpec, p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """``l_s`` of SMART: symmetric KL ``KL(p||q) + KL(q||p)`` (batch mean) for classification,
+    squared error (mean) for regression."""
+    if spec.kind == "regression":
+        return ((p_logits.float() - q_logits.float()) ** 2).mean()
+    p_log, q_log = p_logits.float().log_softmax(-1), q_logits.float().log_softmax(-1)
+    return ((p_log.exp() * (p_log - q_log)).sum(-1) + (q_log.exp() * (q_log - p_log)).sum(-1)).mean()
+
+
+class SmartRegularizer:
+    """Adds SMART's two terms to a task loss: ``L + lambda_s R_s + mu D_breg``.
+
+    * ``R_s = l_s(f(x + delta), f(x))`` with ``delta`` on the input embeddings, started from
+      ``N(0, noise_std^2)`` and moved ``steps`` times by normalised gradient ascent of step
+      ``step_size``, projected into the L-inf ball of radius ``epsilon``;
+    * ``D_breg = l_s(f(x; theta), f(x; theta_ema))`` against an EMA copy of the model,
+      ``theta_ema <- beta theta_ema + (1 - beta) theta`` after every optimizer step (:meth:`update_ema`).
+
+    Use it as ``MultitaskTrainer(..., loss_hook=SmartRegularizer(model))``: it is part of each
+    task's loss, so gradient surgery sees the regularised per-task gradients.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        lambda_s: float = 1.0,
+        epsilon: float = 1e-5,
+        step_size: float = 1e-3,
+        noise_std: float = 1e-5,
+        steps: int = 1,
+        mu: float = 1.0,
+        beta: float = 0.99,
+    ) -> None:
+        if steps < 0 or epsilon < 0 or noise_std < 0 or not 0.0 <= beta < 1.0:
+            raise ValueError("SMART needs steps >= 0, epsilon >= 0, noise_std >= 0 and beta in [0, 1)")
+        self.lambda_s, self.epsilon, self.step_size, self.noise_std, self.steps = lambda_s, epsilon, step_size, noise_std, steps
+        self.mu, self.beta = mu, beta
+        self.ema = copy.deepcopy(model).eval() if mu > 0 else None
+        if self.ema is not None:
+            for p in self.ema.parameters():
+                p.requires_grad_(False)
+        self._delta: torch.Tensor | None = None
+        self._handle = model.get_input_embeddings().register_forward_hook(self._perturb)
+
+    def _perturb(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
+        if self._delta is None:
+            return None
+        if self._delta.shape != output.shape:
+            raise RuntimeError("SMART perturbation shape does not match the embeddings: one forward per perturbed call")
+        return output + self._delta.to(output.dtype)
+
+    def _forward_perturbed(self, model: nn.Module, task: str, batch: dict[str, Any], delta: torch.Tensor) -> torch.Tensor:
+        self._delta = delta
+        try:
+            return model(task=task, **batch).logits
+        finally:
+            self._delta = None
+
+    def _embedding_shape(self, model: nn.Module, batch: dict[str, Any]) -> tuple[int, int, int]:
+        ids = batch["input_ids"]
+        hidden = model.get_input_embeddings().embedding_dim
+        if "input_ids_b" in batch and batch["input_ids_b"] is not None and model.config.task_pair_encoding is not None:
+            length = max(ids.shape[1], batch["input_ids_b"].shape[1])
+            return (2 * ids.shape[0], length, hidden)
+        return (ids.shape[0], ids.shape[1], hidden)
+
+    def adversarial_loss(self, model: nn.Module, task: str, batch: dict[str, Any], logits: torch.Tensor) -> torch.Tensor:
+        spec = model.get_task(task)
+        shape = self._embedding_shape(model, batch)
+        delta = torch.randn(shape, device=logits.device) * self.noise_std
+        for _ in range(self.steps):
+            delta.requires_grad_(True)
+            adv = self._forward_perturbed(model, task, batch, delta)
+            (grad,) = torch.autograd.grad(symmetric_divergence(spec, adv, logits.detach()), delta)
+            norm = grad.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+            delta = (delta.detach() + self.step_size * grad / norm).clamp(-self.epsilon, self.epsilon)
+        adv = self._forward_perturbed(model, task, batch, delta.detach())
+        return symmetric_divergence(spec, adv, logits)
+
+    def bregman(self, model: nn.Module, task: str, batch: dict[str, Any], logits: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher = self.ema(task=task, **batch).logits
+        return symmetric_divergence(model.get_task(task), logits, teacher)
+
+    def __call__(self, model: nn.Module, task: str, batch: dict[str, Any], output: Any) -> torch.Tensor:
+        loss = output.loss
+        if self.lambda_s > 0:
+            loss = loss + self.lambda_s * self.adversarial_loss(model, task, batch, output.logits)
+        if self.ema is not None and self.mu > 0:
+            loss = loss + self.mu * self.bregman(model, task, batch, output.logits)
+        return loss
+
+    @torch.no_grad()
+    def update_ema(self, model: nn.Module) -> None:
+        if self.ema is None:
+            return
+        for p_ema, p in zip(self.ema.parameters(), model.parameters()):
+            p_ema.mul_(self.beta).add_(p.detach(), alpha=1.0 - self.beta)
+
+    def remove(self) -> None:
+        self._handle.remove()
