@@ -124,3 +124,20 @@ def task_losses(model, data, pad_token_id: int = 0) -> dict:
         out = {t: float(model(task=t, **collate([d[i] for i in range(len(d))])).loss) for t, d in data.items()}
     model.train(was_training)
     return out
+
+
+def train_args(output_dir, **overrides) -> hm.MultitaskTrainingArguments:
+    """Quiet CPU training arguments for tiny-model runs."""
+    kwargs = dict(output_dir=str(output_dir), per_device_train_batch_size=8, max_steps=4, learning_rate=1e-3, report_to=[], use_cpu=True,
+                  save_strategy="no", disable_tqdm=True, seed=0)  # fmt: skip
+    kwargs.update(overrides)
+    return hm.MultitaskTrainingArguments(**kwargs)
+
+
+def train_and_measure(model, tokenizer, output_dir, **overrides):
+    """Train ``model`` on the toy data; returns (trainer, task losses before, task losses after)."""
+    data = toy_encoded(tokenizer, model)
+    trainer = hm.MultitaskTrainer(model=model, args=train_args(output_dir, **overrides), train_dataset=data, processing_class=tokenizer)
+    before = task_losses(model, data, tokenizer.pad_token_id)
+    trainer.train()
+    return trainer, before, task_losses(model, data, tokenizer.pad_token_id)

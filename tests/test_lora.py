@@ -2,10 +2,8 @@
 
 import pytest
 import torch
-from conftest import deterministic_model, task_losses, toy_encoded
+from conftest import deterministic_model, train_and_measure
 from transformers import AutoModel
-
-import hf_multitask as hm
 
 
 def _x():
@@ -79,13 +77,7 @@ def test_lora_only_training_changes_only_lora_and_heads(tmp_path, tokenizer):
     model.add_lora(r=4, per_task=True)
     model.set_trainable("lora_and_heads")
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    data = toy_encoded(tokenizer, model)
-    args = hm.MultitaskTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=15, learning_rate=1e-2,
-                                         report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, aggregator="pcgrad")  # fmt: skip
-    trainer = hm.MultitaskTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-    before = task_losses(model, data, tokenizer.pad_token_id)
-    trainer.train()
-    after = task_losses(model, data, tokenizer.pad_token_id)
+    _, before, after = train_and_measure(model, tokenizer, tmp_path, max_steps=15, learning_rate=1e-2, aggregator="pcgrad")
     assert sum(after.values()) < sum(before.values())
     for name, p in model.named_parameters():
         if name in frozen:

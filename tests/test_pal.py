@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import deterministic_model, tiny_encoder_config
+from conftest import deterministic_model, tiny_encoder_config, train_and_measure
 from transformers import AutoModel
 
 import hf_multitask as hm
@@ -124,16 +124,8 @@ def test_unsupported_encoder_is_a_clear_error():
 
 
 def test_pal_model_trains_with_surgery(tmp_path, tokenizer):
-    from conftest import task_losses, toy_encoded
-
     model = deterministic_model(pal_tasks=["all"], pal_rank=8, pal_heads=2)
-    data = toy_encoded(tokenizer, model)
-    args = hm.MultitaskTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=20, learning_rate=3e-3,
-                                         report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, aggregator="pcgrad")  # fmt: skip
-    trainer = hm.MultitaskTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-    before = task_losses(model, data, tokenizer.pad_token_id)
-    trainer.train()
-    after = task_losses(model, data, tokenizer.pad_token_id)
+    _, before, after = train_and_measure(model, tokenizer, tmp_path, max_steps=20, learning_rate=3e-3, aggregator="pcgrad")
     assert all(after[t] < before[t] for t in before)
     assert any(p.abs().sum() > 0 for p in model.pals["sst"].up.parameters()), "PALs trained away from zero"
 

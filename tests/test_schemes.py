@@ -6,7 +6,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import WORDS, deterministic_model, tiny_model, toy_encoded
+from conftest import WORDS, deterministic_model, tiny_model, toy_encoded, train_args
 
 import hf_multitask as hm
 from hf_multitask.schemes import EDA, EnsembleModel, simcse_loss, simcse_pretrain
@@ -205,8 +205,7 @@ def test_smart_bregman_term_tracks_an_ema_teacher(tmp_path, tokenizer):
     out = model.eval()(task="sst", labels=labels, **batch)
     assert float(smart.bregman(model, "sst", batch, out.logits).detach()) == pytest.approx(0.0, abs=1e-10), "teacher starts as the model"
     data = toy_encoded(tokenizer, model)
-    args = hm.MultitaskTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=6, learning_rate=3e-3,
-                                         report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, aggregator="pcgrad")  # fmt: skip
+    args = train_args(tmp_path, max_steps=6, learning_rate=3e-3, aggregator="pcgrad")
     hm.MultitaskTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, loss_hook=smart).train()
     teacher = dict(smart.ema.named_parameters())
     moved = [n for n, p in model.named_parameters() if not torch.equal(p, teacher[n])]

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import deterministic_model, task_losses, toy_encoded
+from conftest import deterministic_model, task_losses, toy_encoded, train_args
 
 import hf_multitask as hm
 from hf_multitask.surgery import get_aggregator
@@ -11,20 +11,7 @@ from hf_multitask.surgery import get_aggregator
 def make_trainer(tmp_path, tokenizer, model=None, **overrides):
     model = model or deterministic_model()
     data = toy_encoded(tokenizer, model)
-    kwargs = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        max_steps=4,
-        learning_rate=1e-3,
-        logging_steps=1,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-    )
-    kwargs.update(overrides)
-    args = hm.MultitaskTrainingArguments(**kwargs)
+    args = train_args(tmp_path / "out", logging_steps=1, **overrides)
     return hm.MultitaskTrainer(model=model, args=args, train_dataset=data, eval_dataset=data, processing_class=tokenizer)
 
 
