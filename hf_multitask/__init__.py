@@ -2,7 +2,7 @@
 
 from transformers import AutoConfig, AutoModel
 
-from . import schemes, surgery
+from . import hub, schemes, surgery
 from .backbone import default_backbone
 from .configuration import MultitaskConfig
 from .data import DataError, DataWarning, load_task_data, train_validation_split
@@ -45,6 +45,9 @@ __all__ = [
     "default_backbone",
     "quora_task",
     "reference_tasks",
+    "hub",
+    "schemes",
+    "surgery",
     "sst_task",
     "sts_task",
 ]
