@@ -189,7 +189,7 @@ def test_smart_loss_is_zero_without_perturbation_and_positive_with_it(encoding):
         zero.remove()
         smart = SmartRegularizer(model, epsilon=1.0, noise_std=0.5, step_size=0.5, mu=0.0)
         r = smart.adversarial_loss(model, task, batch, logits)
-        assert float(r) > 1e-6
+        assert r.item() > 1e-6
         r.backward()
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters()), "its gradient flows"
         model.zero_grad()
