@@ -212,3 +212,35 @@ def test_smart_bregman_term_tracks_an_ema_teacher(tmp_path, tokenizer):
     assert moved, "the EMA teacher lags the trained model"
     first = next(n for n, _ in model.encoder.named_parameters())
     assert not torch.equal(teacher["encoder." + first], deterministic_model().state_dict()["encoder." + first]), "the EMA teacher moved"
+
+
+def test_head_pretraining_keeps_each_tasks_best_head(tmp_path, tokenizer):
+    from hf_multitask.schemes import pretrain_heads
+
+    model = deterministic_model()
+    data = toy_encoded(tokenizer, model, n=32)
+    encoder_before = {n: p.detach().clone() for n, p in model.encoder.named_parameters()}
+    args = train_args(tmp_path, max_steps=6, learning_rate=5e-2, eval_strategy="steps", eval_steps=2, logging_steps=2)
+    best = pretrain_heads(model, data, data, args, processing_class=tokenizer)
+    assert set(best) == {"sst", "quora", "sts"}
+    assert all(torch.equal(p, encoder_before[n]) for n, p in model.encoder.named_parameters()), "the encoder never changes"
+    scores = hm.evaluate(model, data, pad_token_id=tokenizer.pad_token_id, progress=False)
+    for task, value in best.items():
+        assert scores[f"{task}_score"] == pytest.approx(value, abs=1e-6), "the loaded head is the best-scoring one"
+
+
+def test_two_step_gives_task_specific_encoders(tmp_path, tokenizer):
+    from hf_multitask.schemes import specialise
+
+    model = deterministic_model()
+    data = toy_encoded(tokenizer, model, n=32)
+    special = specialise(model, data, train_args(tmp_path, max_steps=3, learning_rate=1e-3), tasks=["sst", "sts"], fresh_heads=True,
+                         save_dir=tmp_path / "special", processing_class=tokenizer)  # fmt: skip
+    first = "encoder.embeddings.word_embeddings.weight"
+    base = model.state_dict()[first]
+    a, b = special["sst"].state_dict()[first], special["sts"].state_dict()[first]
+    assert not torch.equal(a, b) and not torch.equal(a, base) and not torch.equal(b, base)
+    from transformers import AutoModel
+
+    loaded = AutoModel.from_pretrained(tmp_path / "special" / "sts")
+    assert torch.equal(loaded.state_dict()[first], b)

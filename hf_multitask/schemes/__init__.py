@@ -1,19 +1,23 @@
-"""Training schemes from the published multitask-BERT work: ensembles, EDA, SimCSE, LP-FT."""
+"""Training schemes from the published multitask-BERT work: LP-FT, head pretraining, two-step
+specialisation, SMART, SimCSE, EDA and ensembles."""
 
 from . import lpft
 from .eda import EDA, SynonymSource, wordnet_synonyms
 from .ensemble import EnsembleModel
 from .simcse import simcse_loss, simcse_pretrain
 from .smart import SmartRegularizer, symmetric_divergence
+from .specialise import pretrain_heads, specialise
 
 __all__ = [
     "EDA",
     "EnsembleModel",
     "SmartRegularizer",
-    "lpft",
-    "symmetric_divergence",
     "SynonymSource",
+    "lpft",
+    "pretrain_heads",
     "simcse_loss",
     "simcse_pretrain",
+    "specialise",
+    "symmetric_divergence",
     "wordnet_synonyms",
 ]
