@@ -8,7 +8,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from .tasks import PAIR_ENCODINGS, TaskSpec, as_task_spec
 
-HEAD_TYPES = ("linear", "mlp")
+HEAD_TYPES = ("linear", "mlp", "lstm")
 POOLINGS = ("cls", "mean")
 
 
@@ -22,7 +22,8 @@ class MultitaskConfig(PretrainedConfig):
         pair_encoding: Default encoding of sentence-pair tasks: ``"cross"`` (both sentences
             in one sequence), ``"bi"`` (siamese, features ``[u, v, |u-v|, u*v]``) or
             ``"cosine"`` (siamese, cosine similarity scaled into the label range).
-        head_type: ``"linear"`` or ``"mlp"``.
+        head_type: ``"linear"``, ``"mlp"`` or ``"lstm"`` (a BiLSTM over the token states plus
+            [CLS]; siamese ``"bi"`` pairs keep an MLP head).
         head_hidden_sizes: Hidden layer sizes of the MLP head.
         head_dropout: Dropout before every head layer.
         pooling: Sentence representation: ``"cls"`` (first token) or ``"mean"`` (masked mean).
@@ -33,6 +34,8 @@ class MultitaskConfig(PretrainedConfig):
         pal_shared_projections: Share V_E / V_D across layers (per task), as in the paper.
         pal_init: ``"zero"`` (V_D = 0: adding PALs leaves the model's outputs unchanged) or
             ``"xavier"``.
+        adjustment_tasks: Classification tasks whose output probabilities go through a learned
+            C x C adjustment matrix (initialised to the identity), as for SST in the published work.
         lora: LoRA settings written by :meth:`MultitaskModel.add_lora` (re-injected on load).
     """
 
@@ -54,6 +57,7 @@ class MultitaskConfig(PretrainedConfig):
         pal_shared_projections: bool = True,
         pal_init: str = "zero",
         lora: dict[str, Any] | None = None,
+        adjustment_tasks: list[str] | tuple[str, ...] | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(encoder_config, dict):
@@ -99,6 +103,12 @@ class MultitaskConfig(PretrainedConfig):
         self.pal_shared_projections = bool(pal_shared_projections)
         self.pal_init = pal_init
         self.lora = dict(lora) if lora else None
+        adjustment_tasks = list(adjustment_tasks or [])
+        for t in adjustment_tasks:
+            spec = next((s for s in specs if s.name == t), None)
+            if spec is None or spec.kind != "classification":
+                raise ValueError(f"adjustment_tasks: {t!r} is not a classification task of this model")
+        self.adjustment_tasks = adjustment_tasks
         for spec in specs:
             if spec.is_pair and self.task_pair_encoding(spec) == "cosine" and spec.kind == "classification" and spec.num_labels != 2:
                 raise ValueError(f"Task {spec.name!r}: the cosine pair head supports regression or binary classification only")

@@ -57,3 +57,39 @@ class CosineHead(nn.Module):
 def pair_features(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Siamese pair features ``[u, v, |u - v|, u * v]`` (Reimers & Gurevych 2019)."""
     return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
+
+
+class LSTMHead(nn.Module):
+    """A bidirectional LSTM over the token states; its final states, concatenated with the
+    first ([CLS]) token state, feed an MLP (``hidden_sizes``) / linear output layer.
+
+    ``hidden_sizes[0]`` (default 128) is the LSTM width per direction.
+    """
+
+    def __init__(self, hidden: int, out_features: int, hidden_sizes: list[int], dropout: float) -> None:
+        super().__init__()
+        width = hidden_sizes[0] if hidden_sizes else 128
+        self.lstm = nn.LSTM(hidden, width, batch_first=True, bidirectional=True)
+        self.out = MLPHead(2 * width + hidden, out_features, list(hidden_sizes[1:]), dropout)
+
+    def forward(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        lengths = attention_mask.sum(1).clamp_min(1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(states.float(), lengths, batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.lstm(packed)
+        final = torch.cat([h[-2], h[-1]], dim=-1)
+        return self.out(torch.cat([final.to(states.dtype), states[:, 0]], dim=-1))
+
+
+class AdjustmentMatrix(nn.Module):
+    """A learned ``C x C`` matrix applied to a classifier's output probabilities (the SST
+    adjustment of the published work): ``p' = softmax(z) A`` with ``A`` initialised to the
+    identity; returns ``log p'`` so the usual cross-entropy applies (``log_softmax(log p') =
+    log p'`` when the rows of A keep p' normalised; otherwise it renormalises)."""
+
+    def __init__(self, num_labels: int) -> None:
+        super().__init__()
+        self.matrix = nn.Parameter(torch.empty(num_labels, num_labels))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        probs = logits.float().softmax(-1) @ self.matrix
+        return probs.clamp_min(1e-12).log()

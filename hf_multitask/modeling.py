@@ -14,7 +14,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration import MultitaskConfig
-from .heads import CosineHead, MLPHead, pair_features
+from .heads import AdjustmentMatrix, CosineHead, LSTMHead, MLPHead, pair_features
 from .pal import PALAdapter, PALRouter, attach_pal_hook, init_pal_linear, pal_attention_sites
 from .tasks import TaskSpec
 
@@ -85,10 +85,13 @@ class MultitaskModel(PreTrainedModel):
             encoding = config.task_pair_encoding(spec)
             if encoding == "cosine":
                 self.heads[spec.name] = CosineHead(spec)
+            elif config.head_type == "lstm" and encoding != "bi":
+                self.heads[spec.name] = LSTMHead(hidden, spec.num_labels, config.head_hidden_sizes, config.head_dropout)
             else:
                 in_features = 4 * hidden if encoding == "bi" else hidden
                 sizes = config.head_hidden_sizes if config.head_type == "mlp" else []
                 self.heads[spec.name] = MLPHead(in_features, spec.num_labels, sizes, config.head_dropout)
+        self.adjustments = nn.ModuleDict({t: AdjustmentMatrix(self._specs[t].num_labels) for t in config.adjustment_tasks})
         self._pal_router = PALRouter()
         self._pal_hooks: list[Any] = []
         self.pals = nn.ModuleDict()
@@ -224,8 +227,8 @@ class MultitaskModel(PreTrainedModel):
     @staticmethod
     def _parameter_kind(name: str) -> str:
         part = name.split(".", 1)[0]
-        if part in ("heads", "pals"):
-            return "heads" if part == "heads" else "pal"
+        if part in ("heads", "pals", "adjustments"):
+            return "pal" if part == "pals" else "heads"
         return "lora" if ".lora_" in name else "encoder"
 
     def parameter_counts(self) -> dict[str, int]:
@@ -253,6 +256,11 @@ class MultitaskModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
+        elif isinstance(module, AdjustmentMatrix):
+            init.eye_(module.matrix)
+        elif isinstance(module, nn.LSTM):
+            for name, param in module.named_parameters():
+                (init.zeros_ if "bias" in name else init.xavier_uniform_)(param)
         elif isinstance(module, CosineHead) and module.kind == "classification":
             init.constant_(module.scale, 5.0)
             init.zeros_(module.bias)
@@ -272,7 +280,7 @@ class MultitaskModel(PreTrainedModel):
     def _owner(self, name: str) -> str | None:
         """The task that owns a parameter (head, PAL, per-task LoRA), or None if shared."""
         parts = name.split(".")
-        if parts[0] in ("heads", "pals"):
+        if parts[0] in ("heads", "pals", "adjustments"):
             return parts[1]
         if self.config.lora and self.config.lora["per_task"] and ".lora_" in name:
             for i, part in enumerate(parts[:-1]):
@@ -306,15 +314,21 @@ class MultitaskModel(PreTrainedModel):
         """Sentence representations ``(batch, hidden)`` with the configured pooling."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None and self._encoder_accepts_token_types:
-            kwargs["token_type_ids"] = token_type_ids
-        self._pal_router.attention_mask = attention_mask
-        states = self.encoder(**kwargs).last_hidden_state
+        states = self.encode_tokens(input_ids, attention_mask, token_type_ids)
         if self.config.pooling == "cls":
             return states[:, 0]
         mask = attention_mask.unsqueeze(-1).to(states.dtype)
         return (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def encode_tokens(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token states ``(batch, length, hidden)`` of the shared encoder."""
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and self._encoder_accepts_token_types:
+            kwargs["token_type_ids"] = token_type_ids
+        self._pal_router.attention_mask = attention_mask
+        return self.encoder(**kwargs).last_hidden_state
 
     def _encode_pair(self, a: dict[str, torch.Tensor | None], b: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode both sides of a siamese pair in one encoder call."""
@@ -386,8 +400,13 @@ class MultitaskModel(PreTrainedModel):
                 {"input_ids": input_ids_b, "attention_mask": attention_mask_b, "token_type_ids": token_type_ids_b},
             )
             logits = head(u, v) if encoding == "cosine" else head(pair_features(u, v))
+        elif isinstance(head, LSTMHead):
+            mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+            logits = head(self.encode_tokens(input_ids, mask, token_type_ids), mask)
         else:
             logits = head(self.encode(input_ids, attention_mask, token_type_ids))
+        if task in self.adjustments:
+            logits = self.adjustments[task](logits)
         return logits
 
     @staticmethod

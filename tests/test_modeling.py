@@ -164,3 +164,31 @@ def test_from_encoder_unknown_path_raises():
 def test_model_needs_tasks():
     with pytest.raises(ValueError, match="at least one"):
         hm.MultitaskModel(hm.MultitaskConfig(encoder_config=tiny_encoder_config(), tasks=[]))
+
+
+@pytest.mark.parametrize("encoding", ["cross", "bi"])
+def test_lstm_head_and_adjustment_matrix(tmp_path, encoding):
+    model = tiny_model(head_type="lstm", head_hidden_sizes=[8], pair_encoding=encoding, adjustment_tasks=["sst"])
+    assert torch.equal(model.adjustments["sst"].matrix, torch.eye(5)), "the adjustment starts as the identity"
+    x = _inputs("cross")
+    model.eval()
+    out = model(task="sst", labels=LABELS["sst"], **x)
+    head = model.heads["sst"]
+    states = model.encode_tokens(x["input_ids"], x["attention_mask"])
+    plain = head(states, x["attention_mask"])
+    assert torch.allclose(out.logits.exp(), plain.softmax(-1), atol=1e-6), "identity adjustment = the head's probabilities"
+    model.train()
+    model(task="sst", labels=LABELS["sst"], **x).loss.backward()
+    assert model.adjustments["sst"].matrix.grad is not None and head.lstm.weight_ih_l0.grad is not None
+    assert {id(p) for p in model.adjustments["sst"].parameters()} <= {id(p) for p in model.task_parameters("sst")}
+    # the padded tail of example 0 does not change the LSTM's result
+    ids = x["input_ids"][:1, :6]
+    trimmed = head(model.eval().encode_tokens(ids, torch.ones_like(ids)), torch.ones_like(ids))
+    assert torch.allclose(
+        trimmed, head(model.encode_tokens(x["input_ids"][:1], x["attention_mask"][:1]), x["attention_mask"][:1]), atol=1e-5
+    )
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded(task="sst", **x).logits, model(task="sst", **x).logits)
+    with pytest.raises(ValueError, match="not a classification task"):
+        tiny_model(adjustment_tasks=["sts"])
