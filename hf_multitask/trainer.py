@@ -99,6 +99,9 @@ class _SurgeryBuffers:
         head_flat = self.flat[t_count * self.p_shared : t_count * self.p_shared + p_heads]
         self.counts = self.flat[t_count * self.p_shared + p_heads :]
         self.update = torch.zeros(self.p_shared, dtype=torch.float32, device=device)
+        # a row is "fresh" at the start of an optimizer step: its first gradient is copied in,
+        # later micro-batches add, so the buffer never needs a separate zeroing pass
+        self.fresh = [True] * t_count
         self.row_views = {t: self._views(self.matrix[self.index[t]], self.shared) for t in self.tasks}
         self.update_views = self._views(self.update, self.shared)
         self.head_views: dict[str, list[torch.Tensor]] = {}
@@ -268,12 +271,20 @@ class MultitaskTrainer(Trainer):
                 scaled = scaler.scale(scaled)
             params = buffers.shared + buffers.heads[task]
             grads = torch.autograd.grad(scaled, params, allow_unused=True)
+            row = buffers.index[task]
             targets = buffers.row_views[task] + buffers.head_views[task]
-            pairs = [(v, g) for v, g in zip(targets, grads) if g is not None]
-            if pairs:
-                torch._foreach_add_([v for v, _ in pairs], [g.float() if g.dtype != torch.float32 else g for _, g in pairs])
+            pairs = [(v, g.float() if g.dtype != torch.float32 else g) for v, g in zip(targets, grads) if g is not None]
+            if buffers.fresh[row]:
+                unused = [v for v, g in zip(targets, grads) if g is None]
+                if unused:
+                    torch._foreach_zero_(unused)
+                if pairs:
+                    torch._foreach_copy_([v for v, _ in pairs], [g for _, g in pairs])
+                buffers.fresh[row] = False
+            elif pairs:
+                torch._foreach_add_([v for v, _ in pairs], [g for _, g in pairs])
             first = batch.get("input_ids")
-            buffers.counts[buffers.index[task]] += float(first.shape[0]) if first is not None else 1.0
+            buffers.counts[row] += float(first.shape[0]) if first is not None else 1.0
             total += loss.detach().float()
         if self.accelerator.sync_gradients:
             self._apply_surgery(core, buffers, scaler)
@@ -296,8 +307,7 @@ class MultitaskTrainer(Trainer):
             raise RuntimeError("An optimizer step with no task batches")
         names = [buffers.tasks[i] for i in active]
         rows = buffers.matrix[active] if len(active) < len(buffers.tasks) else buffers.matrix
-        update = self.aggregator(rows, counts=buffers.counts[active].double().cpu(), tasks=names)
-        buffers.update.copy_(update)
+        self.aggregator(rows, counts=buffers.counts[active].double().cpu(), tasks=names, out=buffers.update)
         finite = bool(torch.isfinite(self.aggregator.last_info["gram"]).all())
         if not finite and scaler is None:
             self.skipped_steps += 1
@@ -317,7 +327,10 @@ class MultitaskTrainer(Trainer):
         if self.telemetry is not None and self.telemetry.is_due(step):
             grad_scale = float(scaler.get_scale()) if scaler is not None else 1.0
             self.telemetry.record(step, conflict_metrics(self.aggregator.last_info, grad_scale))
-        buffers.flat.zero_()
+        # rows of tasks absent from a step keep stale values: they are never read, since a
+        # row only counts when its task's sample count (zeroed here) is positive
+        buffers.counts.zero_()
+        buffers.fresh = [True] * len(buffers.tasks)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self.telemetry is not None and not any(k.startswith("eval_") for k in logs):

@@ -62,8 +62,9 @@ def projected_norms(gram: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
 class Aggregator:
     """Base class: subclasses implement :meth:`weights` on the Gram matrix.
 
-    Calling an aggregator ``agg(grads, counts=None, tasks=None)`` returns the ``(P,)``
-    update ``w @ grads`` with ``w = agg.weights(G, counts, tasks)``. ``counts`` holds the
+    Calling an aggregator ``agg(grads, counts=None, tasks=None, out=None)`` returns the
+    ``(P,)`` update ``w @ grads`` with ``w = agg.weights(G, counts, tasks)`` (written into
+    ``out`` when given). ``counts`` holds the
     number of samples of each row's task in the step; ``tasks`` names the rows (stateful
     methods such as GradVac key their state by task name).
 
@@ -82,7 +83,11 @@ class Aggregator:
         raise NotImplementedError
 
     def __call__(
-        self, grads: torch.Tensor, counts: torch.Tensor | Sequence[float] | None = None, tasks: Sequence[str] | None = None
+        self,
+        grads: torch.Tensor,
+        counts: torch.Tensor | Sequence[float] | None = None,
+        tasks: Sequence[str] | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if grads.ndim != 2:
             raise ValueError(f"expected a (tasks, params) matrix, got shape {tuple(grads.shape)}")
@@ -102,7 +107,8 @@ class Aggregator:
         else:
             w = self.weights(gram, counts, tasks)
         self.last_info["weights"] = w
-        return w.to(device=grads.device, dtype=grads.dtype) @ grads
+        w = w.to(device=grads.device, dtype=grads.dtype)
+        return w @ grads if out is None else torch.mv(grads.t(), w, out=out)
 
     # checkpointing -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
