@@ -33,7 +33,16 @@ RUNS = {
     "pcgrad_cosine": ["--config", "recipes/configs/pcgrad_cosine.yaml", "--schedule_kwargs", '{"steps_per_epoch": 220}'],
     "gradvac": ["--aggregator", "gradvac", "--schedule_kwargs", '{"steps_per_epoch": 220}'],
     "annealed_pcgrad": ["--aggregator", "pcgrad", "--schedule", "annealed", "--gradient_accumulation_steps", "3"],
-    "lpft_pcgrad": ["--aggregator", "pcgrad", "--schedule_kwargs", '{"steps_per_epoch": 220}', "--lp_steps", "100", "--lp_learning_rate", "1e-3"],
+    "lpft_pcgrad": [
+        "--aggregator",
+        "pcgrad",
+        "--schedule_kwargs",
+        '{"steps_per_epoch": 220}',
+        "--lp_steps",
+        "100",
+        "--lp_learning_rate",
+        "1e-3",
+    ],
 }
 
 
