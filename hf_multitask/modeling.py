@@ -38,6 +38,10 @@ class MultitaskOutput(ModelOutput):
     logits: torch.Tensor | None = None
 
 
+# top-level modules whose children are keyed by task name: each child belongs to its task
+TASK_OWNED_MODULES = ("heads", "pals", "adjustments")
+
+
 def _pad_right(x: torch.Tensor, length: int, value: int) -> torch.Tensor:
     if x.shape[1] == length:
         return x
@@ -227,7 +231,7 @@ class MultitaskModel(PreTrainedModel):
     @staticmethod
     def _parameter_kind(name: str) -> str:
         part = name.split(".", 1)[0]
-        if part in ("heads", "pals", "adjustments"):
+        if part in TASK_OWNED_MODULES:
             return "pal" if part == "pals" else "heads"
         return "lora" if ".lora_" in name else "encoder"
 
@@ -280,7 +284,7 @@ class MultitaskModel(PreTrainedModel):
     def _owner(self, name: str) -> str | None:
         """The task that owns a parameter (head, PAL, per-task LoRA), or None if shared."""
         parts = name.split(".")
-        if parts[0] in ("heads", "pals", "adjustments"):
+        if parts[0] in TASK_OWNED_MODULES:
             return parts[1]
         if self.config.lora and self.config.lora["per_task"] and ".lora_" in name:
             for i, part in enumerate(parts[:-1]):

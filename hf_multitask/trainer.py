@@ -88,8 +88,7 @@ class _SurgeryBuffers:
     def __init__(self, model: nn.Module, device: torch.device) -> None:
         self.tasks: list[str] = list(model.task_names)
         self.index = {t: i for i, t in enumerate(self.tasks)}
-        head_ids = {id(p) for t in self.tasks for p in model.task_parameters(t)}
-        self.shared = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+        self.shared = [p for p in model.shared_parameters() if p.requires_grad]
         self.heads = {t: [p for p in model.task_parameters(t) if p.requires_grad] for t in self.tasks}
         t_count = len(self.tasks)
         self.p_shared = sum(p.numel() for p in self.shared)
@@ -136,7 +135,8 @@ class MultitaskTrainer(Trainer):
 
     Args:
         model: A :class:`~hf_multitask.MultitaskModel` (or anything with ``task_names``,
-            ``task_parameters(task)`` and ``forward(task=..., **batch)`` returning ``loss``).
+            ``shared_parameters()``, ``task_parameters(task)`` and ``forward(task=..., **batch)``
+            returning ``loss``).
         args: :class:`MultitaskTrainingArguments`.
         train_dataset: ``{task: encoded dataset}`` (see :func:`~hf_multitask.encode_task`).
         eval_dataset: ``{task: encoded dataset}`` with labels; evaluation reports each task's

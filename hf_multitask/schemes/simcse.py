@@ -41,7 +41,7 @@ def simcse_pretrain(
         raise ValueError("SimCSE needs at least two sentences (in-batch negatives)")
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    params = [p for n, p in model.named_parameters() if not n.startswith(("heads.", "pals.")) and p.requires_grad]
+    params = [p for p in model.shared_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate)
     was_training = model.training
     model.train()

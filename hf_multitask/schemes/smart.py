@@ -73,7 +73,7 @@ class SmartRegularizer:
     def _embedding_shape(self, model: nn.Module, batch: dict[str, Any]) -> tuple[int, int, int]:
         ids = batch["input_ids"]
         hidden = model.get_input_embeddings().embedding_dim
-        if "input_ids_b" in batch and batch["input_ids_b"] is not None and model.config.task_pair_encoding is not None:
+        if batch.get("input_ids_b") is not None:  # siamese: both sides go through one encoder call
             length = max(ids.shape[1], batch["input_ids_b"].shape[1])
             return (2 * ids.shape[0], length, hidden)
         return (ids.shape[0], ids.shape[1], hidden)
