@@ -10,6 +10,7 @@ from .encoding import MultitaskCollator, encode_task
 from .metrics import accuracy, compute_task_metrics, overall_score, pearson
 from .modeling import MultitaskModel, MultitaskOutput
 from .predict import TaskPredictions, evaluate, predict, write_predictions
+from .routed import RoutedMultitaskConfig, RoutedMultitaskModel
 from .tasks import TaskSpec, quora_task, reference_tasks, sst_task, sts_task
 from .telemetry import ConflictTelemetryCallback, plot_conflicts
 from .trainer import MultitaskTrainer, MultitaskTrainingArguments
@@ -18,6 +19,8 @@ __version__ = "0.1.0"
 
 AutoConfig.register(MultitaskConfig.model_type, MultitaskConfig, exist_ok=True)
 AutoModel.register(MultitaskConfig, MultitaskModel, exist_ok=True)
+AutoConfig.register(RoutedMultitaskConfig.model_type, RoutedMultitaskConfig, exist_ok=True)
+AutoModel.register(RoutedMultitaskConfig, RoutedMultitaskModel, exist_ok=True)
 
 __all__ = [
     "ConflictTelemetryCallback",
@@ -41,6 +44,8 @@ __all__ = [
     "MultitaskConfig",
     "MultitaskModel",
     "MultitaskOutput",
+    "RoutedMultitaskConfig",
+    "RoutedMultitaskModel",
     "TaskSpec",
     "default_backbone",
     "quora_task",

@@ -141,3 +141,35 @@ def train_and_measure(model, tokenizer, output_dir, **overrides):
     before = task_losses(model, data, tokenizer.pad_token_id)
     trainer.train()
     return trainer, before, task_losses(model, data, tokenizer.pad_token_id)
+
+
+def assert_loads_without_package(folder: Path, task: str, inputs: dict, expected: torch.Tensor) -> None:
+    """Load ``folder`` with ``trust_remote_code`` in a fresh interpreter where importing
+    hf_multitask fails, and check ``model(task=task, **inputs).logits == expected``."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    torch.save({"x": inputs, "expected": expected}, folder / "probe.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys, importlib.abc, torch
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "hf_multitask" or name.startswith("hf_multitask."):
+                    raise ImportError("hf_multitask is not installed here")
+        sys.meta_path.insert(0, Block())
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        assert "hf_multitask" not in sys.modules
+        probe = torch.load({str(folder / "probe.pt")!r})
+        got = model(task={task!r}, **probe["x"]).logits
+        assert torch.equal(got, probe["expected"]), (got, probe["expected"])
+        print("REMOTE-OK", type(model).__module__)
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(folder / "modules")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=folder, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "REMOTE-OK transformers_modules" in proc.stdout

@@ -1,11 +1,6 @@
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
-from conftest import tiny_encoder_config, tiny_model
+from conftest import assert_loads_without_package, tiny_encoder_config, tiny_model
 from transformers import AutoConfig, AutoModel, BertModel
 
 import hf_multitask as hm
@@ -117,29 +112,7 @@ def test_saved_folder_loads_with_trust_remote_code_without_the_package(tmp_path)
     for name in ("modeling.py", "configuration.py", "tasks.py", "heads.py"):
         assert (tmp_path / name).is_file(), f"{name} must ship with the checkpoint for trust_remote_code"
     x = _inputs("bi")
-    expected = model(task="sts", **x).logits
-    torch.save({"x": x, "expected": expected}, tmp_path / "probe.pt")
-    script = textwrap.dedent(
-        f"""
-        import sys, importlib.abc, torch
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "hf_multitask" or name.startswith("hf_multitask."):
-                    raise ImportError("hf_multitask is not installed here")
-        sys.meta_path.insert(0, Block())
-        from transformers import AutoModel
-        model = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
-        assert "hf_multitask" not in sys.modules
-        probe = torch.load({str(tmp_path / "probe.pt")!r})
-        got = model(task="sts", **probe["x"]).logits
-        assert torch.equal(got, probe["expected"]), (got, probe["expected"])
-        print("REMOTE-OK", type(model).__module__)
-        """
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "REMOTE-OK transformers_modules" in proc.stdout
+    assert_loads_without_package(tmp_path, "sts", x, model(task="sts", **x).logits)
 
 
 def test_from_encoder_loads_pretrained_weights_and_fresh_heads(tmp_path):

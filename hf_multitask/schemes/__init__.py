@@ -6,7 +6,7 @@ from .eda import EDA, SynonymSource, wordnet_synonyms
 from .ensemble import EnsembleModel
 from .simcse import simcse_loss, simcse_pretrain
 from .smart import SmartRegularizer, symmetric_divergence
-from .specialise import pretrain_heads, specialise
+from .specialise import pretrain_heads, route, specialise
 
 __all__ = [
     "EDA",
@@ -15,6 +15,7 @@ __all__ = [
     "SynonymSource",
     "lpft",
     "pretrain_heads",
+    "route",
     "simcse_loss",
     "simcse_pretrain",
     "specialise",

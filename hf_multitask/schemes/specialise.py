@@ -12,6 +12,7 @@ import datasets
 import torch
 from torch import nn
 
+from ..routed import RoutedMultitaskModel
 from ..trainer import MultitaskTrainer, MultitaskTrainingArguments
 
 
@@ -78,10 +79,20 @@ def specialise(
 ) -> dict[str, Any]:
     """Two-step specialisation: after multitask training, one copy of the model per task
     fine-tuned on that task alone (whole encoder, its head kept or, with ``fresh_heads``,
-    re-initialised). Returns ``{task: specialised model}``; with ``save_dir`` each is saved
-    to ``save_dir/{task}`` (loadable with ``AutoModel.from_pretrained``)."""
+    re-initialised). ``model`` itself is not changed.
+
+    Returns ``{task: specialised model}``. With ``save_dir``, each is saved to
+    ``save_dir/{task}``, and all of them together as one
+    :class:`~hf_multitask.RoutedMultitaskModel` in ``save_dir/routed`` (tasks left out of
+    ``tasks`` route to ``model``); every folder loads with ``AutoModel.from_pretrained``.
+    Build the routed model in memory with :func:`route`.
+    """
+    names = tasks or list(train)
+    unknown = [t for t in names if t not in train]
+    if unknown:
+        raise KeyError(f"specialise: no training data for task(s) {unknown}; have {list(train)}")
     out = {}
-    for task in tasks or list(train):
+    for task in names:
         special = copy.deepcopy(model)
         special.set_trainable("all")
         if fresh_heads:
@@ -91,4 +102,12 @@ def specialise(
         if save_dir is not None:
             special.save_pretrained(Path(save_dir) / task)
         out[task] = special
+    if save_dir is not None:
+        route(out, model).save_pretrained(Path(save_dir) / "routed")
     return out
+
+
+def route(specialised: dict[str, Any], multitask: Any | None = None) -> Any:
+    """One :class:`~hf_multitask.RoutedMultitaskModel` from :func:`specialise`'s models; tasks
+    without a specialised model run ``multitask`` (stored only if some task needs it)."""
+    return RoutedMultitaskModel.from_models(specialised, multitask)
