@@ -125,6 +125,12 @@ class RecipeTrainingArguments(MultitaskTrainingArguments):
     smart_epsilon: float = 1e-5
     smart_step_size: float = 1e-3
     smart_steps: int = 1
+    specialise_steps: int = field(
+        default=0, metadata={"help": "Two-step specialisation: after multitask training, fine-tune one copy per task for this many steps"}
+    )
+    specialise_learning_rate: float = field(default=3e-5, metadata={"help": "Two-step specialisation: learning rate"})
+    specialise_fresh_heads: bool = field(default=False, metadata={"help": "Two-step specialisation: re-initialise each task's head"})
+    specialise_tasks: list[str] = field(default_factory=list, metadata={"help": "Two-step specialisation: only these tasks (default all)"})
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, RecipeTrainingArguments]:
@@ -295,15 +301,25 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
         "train_examples_per_second": sum(trainer.examples_seen.values()) / train_seconds,
     }
     out = Path(args.output_dir)
+    final_model, predictions = trainer.model, trainer.last_predictions
+    training = f"Trained with `recipes/train_pcgrad.py`: aggregator `{args.aggregator}`, schedule `{args.schedule}`."
+    if args.specialise_steps > 0:
+        final_model, predictions, specialised, special_metrics = _specialise(args, trainer, train, validation, tokenizer)
+        # the routed model's scores become the run's eval_* metrics; the multitask model's stay as multitask_eval_*
+        metrics = {**{f"multitask_{k}": v for k, v in metrics.items() if k.startswith("eval_")}, **metrics, **special_metrics}
+        training += f" Then two-step specialisation: {args.specialise_steps} single-task steps per task."
+        logger.info("two-step specialisation: overall %.4f -> %.4f", metrics["multitask_eval_overall"], metrics["eval_overall"])
+        if trainer.is_world_process_zero():
+            for task, model in specialised.items():
+                model.save_pretrained(out / "specialised" / task)
     if trainer.is_world_process_zero():
         final = out / "best"
         repo_id = args.push_to_hub_repo or f"hf-multitask/{out.name}"
-        training = f"Trained with `recipes/train_pcgrad.py`: aggregator `{args.aggregator}`, schedule `{args.schedule}`."
-        save_for_hub(trainer.model, tokenizer, final, repo_id, metrics, training=training)
+        save_for_hub(final_model, tokenizer, final, repo_id, metrics, training=training)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         if args.write_predictions:
             for spec, _, _ in tasks:
-                write_predictions(out / "predictions" / f"{spec.name}-dev-output.csv", spec, trainer.last_predictions[spec.name])
+                write_predictions(out / "predictions" / f"{spec.name}-dev-output.csv", spec, predictions[spec.name])
         if args.plot_telemetry and args.telemetry_steps > 0:
             try:
                 from .telemetry import plot_conflicts
@@ -313,11 +329,41 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
                 logger.warning("No telemetry plot: %s", err)
         if args.push_to_hub_repo:
             url = push_to_hub(
-                trainer.model, tokenizer, args.push_to_hub_repo, metrics, folder=final, private=args.hub_private, training=training
+                final_model, tokenizer, args.push_to_hub_repo, metrics, folder=final, private=args.hub_private, training=training
             )
             logger.info("pushed to %s", url)
         logger.info("metrics: %s", json.dumps(metrics))
     return metrics
+
+
+def _specialise(args: RecipeTrainingArguments, trainer: MultitaskTrainer, train: dict, validation: dict, tokenizer) -> tuple:
+    """Two-step specialisation of the trained multitask model; returns the routed model, its
+    validation predictions, the specialised models and ``eval_*`` metrics (plus each
+    specialised model's own task score as ``specialised_eval_{task}_score``)."""
+    from dataclasses import replace
+
+    from .predict import evaluate
+    from .schemes.specialise import route, specialise
+
+    tasks = args.specialise_tasks or list(train)
+    special_args = replace(args, max_steps=args.specialise_steps, learning_rate=args.specialise_learning_rate, eval_strategy="no",
+                           save_strategy="no", load_best_model_at_end=False, output_dir=str(Path(args.output_dir) / "specialise"),
+                           schedule="round_robin", schedule_kwargs=None, gradient_accumulation_steps=1, lp_steps=0,
+                           specialise_steps=0, push_to_hub_repo=None)  # fmt: skip
+    start = time.perf_counter()
+    specialised = specialise(trainer.model, train, special_args, tasks=tasks, fresh_heads=args.specialise_fresh_heads,
+                             processing_class=tokenizer)  # fmt: skip
+    routed = route(specialised, trainer.model)
+    predictions: dict = {}
+    scores = evaluate(routed, validation, pad_token_id=tokenizer.pad_token_id, batch_size=args.per_device_eval_batch_size,
+                      progress=not args.disable_tqdm, predictions=predictions)  # fmt: skip
+    metrics = {f"eval_{k}": v for k, v in scores.items()}
+    metrics["specialise_seconds"] = time.perf_counter() - start
+    sizes = args.task_batch_sizes or {}
+    metrics["specialise_examples"] = sum(
+        args.specialise_steps * int(sizes.get(t, args.per_device_train_batch_size)) * args.world_size for t in tasks
+    )
+    return routed, predictions, specialised, metrics
 
 
 def main() -> None:

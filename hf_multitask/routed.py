@@ -64,6 +64,11 @@ class RoutedMultitaskConfig(PretrainedConfig):
     def get_task(self, name: str) -> TaskSpec:
         return self.expert_config.get_task(name)
 
+    @property
+    def encoder_config(self) -> PretrainedConfig:
+        """The experts' encoder config."""
+        return self.expert_config.encoder_config
+
     def route(self, task: str) -> str:
         """The expert that runs ``task``."""
         self.get_task(task)
@@ -112,6 +117,7 @@ class RoutedMultitaskModel(PreTrainedModel):
         missing = [t for t in config.task_names if t not in specialised]
         if missing and multitask is None:
             raise ValueError(f"Tasks {missing} have no specialised model: pass the multitask model for them")
+        config.name_or_path = base.config.name_or_path
         routed = cls(config)
         sources = {**specialised, **({SHARED_EXPERT: multitask} if missing else {})}
         for name, model in sources.items():

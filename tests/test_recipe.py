@@ -58,8 +58,8 @@ def test_every_config_runs_as_written(config, tiny_backbone, tiny_data, tmp_path
     for key in ("eval_sst_accuracy", "eval_quora_accuracy", "eval_sts_pearson"):
         assert key in metrics
     best = AutoModel.from_pretrained(out / "best")
-    assert isinstance(best, hm.MultitaskModel)
     settings = yaml.safe_load(config.read_text())
+    assert isinstance(best, hm.RoutedMultitaskModel if settings.get("specialise_steps") else hm.MultitaskModel)
     if "pair_encoding" in settings:
         assert best.config.pair_encoding == settings["pair_encoding"]
     assert (out / "metrics.json").is_file() and (out / "conflicts.png").is_file()
@@ -155,3 +155,27 @@ def test_recipe_lp_ft_simcse_and_smart(tiny_backbone, tiny_data, tmp_path):
     )
     assert "eval_overall" in metrics
     assert (tmp_path / "out" / "best" / "config.json").is_file()
+
+
+def test_recipe_two_step_specialisation_saves_a_routed_model(tiny_backbone, tiny_data, tmp_path):
+    out = tmp_path / "out"
+    args = [*_common(tiny_backbone, tiny_data, out), "--specialise_steps", "3", "--specialise_tasks", "sst", "sts",
+            "--specialise_learning_rate", "1e-2", "--specialise_fresh_heads", "true"]  # fmt: skip
+    metrics = run(args)
+    best = AutoModel.from_pretrained(out / "best")
+    assert isinstance(best, hm.RoutedMultitaskModel) and list(best.experts) == ["sst", "sts", "multitask"]
+    # quora was not specialised: it runs the multitask model and scores exactly what it scored
+    assert metrics["eval_quora_accuracy"] == metrics["multitask_eval_quora_accuracy"]
+    assert (
+        metrics["eval_sst_accuracy"] != metrics["multitask_eval_sst_accuracy"]
+        or metrics["eval_sts_pearson"] != metrics["multitask_eval_sts_pearson"]
+    ), "specialisation changed nothing"
+    assert metrics["specialise_examples"] == 2 * 3 * 4
+    sst = AutoModel.from_pretrained(out / "specialised" / "sst")
+    key = "encoder.embeddings.word_embeddings.weight"
+    assert torch.equal(best.experts["sst"].state_dict()[key], sst.state_dict()[key])
+    assert not torch.equal(best.experts["sst"].state_dict()[key], best.experts["multitask"].state_dict()[key])
+    assert not torch.equal(best.experts["sst"].state_dict()[key], best.experts["sts"].state_dict()[key])
+    card = (out / "best" / "README.md").read_text()
+    assert "two-step specialisation" in card
+    assert (out / "predictions" / "sst-dev-output.csv").is_file()
