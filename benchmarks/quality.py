@@ -26,23 +26,22 @@ PROTOCOL = ["--train_limits", '{"quora": 8000}', "--max_length", "64", "--per_de
             "--num_train_epochs", "1", "--validation_seed", "0", "--validation_fraction", "0.1",
             "--write_predictions", "false", "--logging_steps", "20"]  # fmt: skip
 
+ROUND_ROBIN = ["--schedule_kwargs", '{"steps_per_epoch": 220}']  # 220 steps x 3 tasks x 32 = one pass
+ANNEALED = ["--aggregator", "pcgrad", "--schedule", "annealed", "--gradient_accumulation_steps", "3"]
+LP_FT = ["--lp_steps", "100", "--lp_learning_rate", "1e-3"]
+
 # name -> extra recipe arguments (on top of a config file, if the name is one)
 RUNS = {
-    "plain": ["--config", "recipes/configs/plain.yaml", "--schedule_kwargs", '{"steps_per_epoch": 220}'],
-    "pcgrad": ["--aggregator", "pcgrad", "--schedule_kwargs", '{"steps_per_epoch": 220}'],
-    "pcgrad_cosine": ["--config", "recipes/configs/pcgrad_cosine.yaml", "--schedule_kwargs", '{"steps_per_epoch": 220}'],
-    "gradvac": ["--aggregator", "gradvac", "--schedule_kwargs", '{"steps_per_epoch": 220}'],
-    "annealed_pcgrad": ["--aggregator", "pcgrad", "--schedule", "annealed", "--gradient_accumulation_steps", "3"],
-    "lpft_pcgrad": [
-        "--aggregator",
-        "pcgrad",
-        "--schedule_kwargs",
-        '{"steps_per_epoch": 220}',
-        "--lp_steps",
-        "100",
-        "--lp_learning_rate",
-        "1e-3",
-    ],
+    "plain": ["--config", "recipes/configs/plain.yaml", *ROUND_ROBIN],
+    "pcgrad": ["--aggregator", "pcgrad", *ROUND_ROBIN],
+    "pcgrad_cosine": ["--config", "recipes/configs/pcgrad_cosine.yaml", *ROUND_ROBIN],
+    "gradvac": ["--aggregator", "gradvac", *ROUND_ROBIN],
+    "annealed_pcgrad": ANNEALED,
+    "lpft_pcgrad": ["--aggregator", "pcgrad", *ROUND_ROBIN, *LP_FT],
+    "lpft_annealed": [*ANNEALED, *LP_FT],
+    "smart_pcgrad": ["--aggregator", "pcgrad", *ROUND_ROBIN, "--smart_lambda_s", "1.0"],
+    # annealed PCGrad, then 60 single-task steps per task; reports both in one run
+    "two_step_annealed": ["--config", "recipes/configs/two_step.yaml"],
 }
 
 
@@ -61,7 +60,8 @@ def main() -> None:
         print("running", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         metrics = json.loads((out / "metrics.json").read_text())
-        results[name] = {k: metrics[k] for k in sorted(metrics) if k.startswith("eval_") or k.startswith("train_")}
+        keep = ("eval_", "train_", "multitask_eval_", "specialise_")
+        results[name] = {k: metrics[k] for k in sorted(metrics) if k.startswith(keep)}
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=2))
         print(name, json.dumps(results[name]), flush=True)
