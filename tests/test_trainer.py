@@ -188,3 +188,20 @@ def test_fp16_flag_trains_on_cpu(tmp_path, tokenizer):
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     assert len(losses) == 8 and all(map(torch.isfinite, torch.tensor(losses)))
     assert losses[-1] < losses[0]
+
+
+def test_activation_checkpointing_gives_the_same_surgery_step(tmp_path, tokenizer):
+    """Checkpointed layers recompute their forward inside each task's autograd.grad call; the
+    per-task gradients, and so the PCGrad update, must not change."""
+    weights, calls = {}, {}
+    for checkpointing in (False, True):
+        model = deterministic_model()
+        data = toy_encoded(tokenizer, model, n=32)
+        count = [0]
+        model.encoder.encoder.layer[0].attention.register_forward_hook(lambda *_, c=count: c.__setitem__(0, c[0] + 1))
+        args = train_args(tmp_path / str(checkpointing), aggregator="pcgrad", max_steps=2, activation_checkpointing=checkpointing)
+        hm.MultitaskTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer).train()
+        weights[checkpointing], calls[checkpointing] = model.state_dict(), count[0]
+    assert calls[True] == 2 * calls[False], "checkpointing was not active (each layer forward must run again in backward)"
+    for name, value in weights[False].items():
+        torch.testing.assert_close(weights[True][name], value, rtol=0, atol=1e-6, msg=name)
