@@ -306,7 +306,10 @@ class MultitaskTrainer(Trainer):
         if not active:
             raise RuntimeError("An optimizer step with no task batches")
         names = [buffers.tasks[i] for i in active]
-        rows = buffers.matrix[active] if len(active) < len(buffers.tasks) else buffers.matrix
+        if active[-1] - active[0] + 1 == len(active):
+            rows = buffers.matrix[active[0] : active[-1] + 1]  # a view (one-task steps included): no copy
+        else:
+            rows = buffers.matrix[active]
         self.aggregator(rows, counts=buffers.counts[active].double().cpu(), tasks=names, out=buffers.update)
         finite = bool(torch.isfinite(self.aggregator.last_info["gram"]).all())
         if not finite and scaler is None:
