@@ -122,7 +122,8 @@ class RoutedMultitaskModel(PreTrainedModel):
         sources = {**specialised, **({SHARED_EXPERT: multitask} if missing else {})}
         for name, model in sources.items():
             routed.experts[name].load_state_dict(model.state_dict())
-        return routed.to(next(base.parameters()).device)
+        first_param = next(base.parameters())
+        return routed.to(device=first_param.device, dtype=first_param.dtype)
 
     def _init_weights(self, module: nn.Module) -> None:
         # Nothing of our own to initialise: transformers dispatches every module inside an

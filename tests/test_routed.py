@@ -53,6 +53,8 @@ def test_fully_specialised_model_stores_no_shared_expert(experts):
     routed = route({"sst": models[0], "quora": models[1], "sts": models[2]})
     assert list(routed.experts) == ["sst", "quora", "sts"]
     assert torch.equal(_logits(routed, data, "quora"), _logits(models[1], data, "quora"))
+    half = route({t: m.to(torch.bfloat16) for t, m in zip(["sst", "quora", "sts"], models.values())})
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}, "experts keep the dtype of the models they come from"
 
 
 def test_routed_model_evaluates_like_its_experts(experts):
