@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +51,13 @@ class ModelArguments:
     backbone: str = field(default="packaged", metadata={"help": "'packaged' (the offline MiniLM), a local model folder or a Hub id"})
     pair_encoding: str = field(default="cross", metadata={"help": "cross, bi or cosine"})
     task_pair_encodings: dict | str | None = field(default=None, metadata={"help": 'Per-task pair encoding, e.g. {"sts": "cosine"}'})
-    head_type: str = field(default="linear", metadata={"help": "linear or mlp"})
+    head_type: str = field(default="linear", metadata={"help": "linear, mlp or lstm (an LSTM over token states plus [CLS])"})
     head_hidden_sizes: list[int] = field(default_factory=list, metadata={"help": "Hidden sizes of the MLP heads"})
     head_dropout: float = 0.1
     pooling: str = field(default="cls", metadata={"help": "cls or mean"})
+    adjustment_tasks: list[str] = field(
+        default_factory=list, metadata={"help": "Classification tasks that get a learned KxK adjustment matrix on their probabilities"}
+    )
     pal_tasks: list[str] = field(default_factory=list, metadata={"help": "Tasks that get PAL adapters ('all' for every task)"})
     pal_rank: int = 96
     pal_heads: int = 12
@@ -87,6 +90,13 @@ class DataArguments:
     max_length: int = 64
     drop_longest: float = field(default=0.0, metadata={"help": "Drop this fraction of the longest training examples"})
     strict_data: bool = field(default=False, metadata={"help": "Malformed rows are errors instead of skipped"})
+    eda_tasks: list[str] = field(
+        default_factory=list, metadata={"help": "EDA: classification tasks whose training classes are rebalanced with EDA copies"}
+    )
+    eda_synonyms: str | None = field(
+        default=None, metadata={"help": "EDA: JSON file {word: [synonyms]} (default: WordNet through nltk, if installed with its data)"}
+    )
+    eda_alpha: float = field(default=0.1, metadata={"help": "EDA: rate of each operation (alpha_sr = alpha_ri = alpha_rs = p_rd)"})
 
     def __post_init__(self) -> None:
         self.custom_tasks = _json_arg(self.custom_tasks)
@@ -131,6 +141,15 @@ class RecipeTrainingArguments(MultitaskTrainingArguments):
     specialise_learning_rate: float = field(default=3e-5, metadata={"help": "Two-step specialisation: learning rate"})
     specialise_fresh_heads: bool = field(default=False, metadata={"help": "Two-step specialisation: re-initialise each task's head"})
     specialise_tasks: list[str] = field(default_factory=list, metadata={"help": "Two-step specialisation: only these tasks (default all)"})
+    head_pretrain_steps: int = field(
+        default=0, metadata={"help": "Per-task head pretraining: frozen-encoder steps for each task alone, keeping its best head"}
+    )
+    head_pretrain_learning_rate: float = 1e-3
+    head_pretrain_eval_steps: int = field(default=0, metadata={"help": "Per-task head pretraining: evaluate every N steps (0: steps/4)"})
+    ensemble: list[str] = field(
+        default_factory=list, metadata={"help": "No training: evaluate and predict with the ensemble of these checkpoint folders"}
+    )
+    ensemble_vote: str = field(default="mean", metadata={"help": "Ensemble: mean (averaged probabilities) or majority"})
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, RecipeTrainingArguments]:
@@ -220,6 +239,7 @@ def load_model(model_args: ModelArguments, specs: list[TaskSpec]) -> tuple[Multi
             pal_heads=model_args.pal_heads,
             pal_shared_projections=model_args.pal_shared_projections,
             pal_init=model_args.pal_init,
+            adjustment_tasks=model_args.adjustment_tasks,
         )
     except OSError as err:
         raise SystemExit(
@@ -247,6 +267,10 @@ def prepare_data(data_args: DataArguments, tasks, model: MultitaskModel, tokeniz
         limit = data_args.train_limits.get(spec.name)
         if limit is not None and limit < len(raw):
             raw = raw.select(range(int(limit)))
+        if spec.name in data_args.eda_tasks:
+            before = len(raw)
+            raw = _eda(data_args).rebalance(raw, spec)
+            logger.info("task %s: EDA rebalancing added %d training examples", spec.name, len(raw) - before)
         texts[spec.name] = {c: raw[c] for c in spec.text_columns}
         encoding = model.config.task_pair_encoding(spec)
         train[spec.name] = encode_task(
@@ -257,12 +281,64 @@ def prepare_data(data_args: DataArguments, tasks, model: MultitaskModel, tokeniz
     return train, validation, texts
 
 
+def _eda(data_args: DataArguments):
+    from .schemes import EDA
+
+    synonyms = None
+    if data_args.eda_synonyms:
+        path = Path(data_args.eda_synonyms)
+        if not path.is_file():
+            raise SystemExit(f"--eda_synonyms: no such file {path}")
+        synonyms = json.loads(path.read_text())
+    a = data_args.eda_alpha
+    return EDA(synonyms, alpha_sr=a, alpha_ri=a, alpha_rs=a, p_rd=a, seed=data_args.validation_seed)
+
+
+def _check_task_names(data_args: DataArguments, args: RecipeTrainingArguments, model_args: ModelArguments, names: list[str]) -> None:
+    for flag, values in (("--eda_tasks", data_args.eda_tasks), ("--specialise_tasks", args.specialise_tasks),
+                         ("--adjustment_tasks", model_args.adjustment_tasks)):  # fmt: skip
+        unknown = [t for t in values if t not in names]
+        if unknown:
+            raise SystemExit(f"{flag} names unknown task(s) {unknown}; the run's tasks are {names}")
+
+
+def run_ensemble(model_args: ModelArguments, data_args: DataArguments, args: RecipeTrainingArguments) -> dict[str, float]:
+    """``--ensemble dir1 dir2 ...``: evaluate the ensemble on the validation data and write
+    ``metrics.json`` and the prediction files (no training)."""
+    from .predict import evaluate
+    from .schemes import EnsembleModel
+
+    missing = [p for p in args.ensemble if not Path(p).is_dir()]
+    if missing:
+        raise SystemExit(f"--ensemble: no such checkpoint folder(s) {missing}")
+    ensemble = EnsembleModel.from_pretrained(args.ensemble, vote=args.ensemble_vote).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.ensemble[0])
+    tasks = build_tasks(data_args)
+    _check_task_names(data_args, args, model_args, [s.name for s, _, _ in tasks])
+    _, validation, _ = prepare_data(data_args, tasks, ensemble.members[0], tokenizer)
+    predictions: dict = {}
+    scores = evaluate(ensemble, validation, pad_token_id=tokenizer.pad_token_id, batch_size=args.per_device_eval_batch_size,
+                      progress=not args.disable_tqdm, predictions=predictions)  # fmt: skip
+    metrics = {f"eval_{k}": v for k, v in scores.items()}
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    if args.write_predictions:
+        for spec, _, _ in tasks:
+            write_predictions(out / "predictions" / f"{spec.name}-dev-output.csv", spec, predictions[spec.name])
+    logger.info("ensemble of %d: %s", len(args.ensemble), json.dumps(metrics))
+    return metrics
+
+
 def run(argv: list[str] | None = None) -> dict[str, float]:
     """Train, evaluate, save the best model, metrics, predictions and telemetry plot."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     model_args, data_args, args = parse_args(argv)
     set_seed(args.seed)
+    if args.ensemble:
+        return run_ensemble(model_args, data_args, args)
     tasks = build_tasks(data_args)
+    _check_task_names(data_args, args, model_args, [s.name for s, _, _ in tasks])
     model, tokenizer = load_model(model_args, [s for s, _, _ in tasks])
     train, validation, raw_texts = prepare_data(data_args, tasks, model, tokenizer)
     if args.simcse_steps > 0:
@@ -273,9 +349,17 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
                                  learning_rate=args.simcse_learning_rate, max_length=data_args.max_length, seed=args.seed,
                                  progress=not args.disable_tqdm)  # fmt: skip
         logger.info("SimCSE: loss %.4f -> %.4f", losses[0], losses[-1])
-    if args.lp_steps > 0:
-        from dataclasses import replace
+    if args.head_pretrain_steps > 0:
+        from .schemes import pretrain_heads
 
+        every = args.head_pretrain_eval_steps or max(1, args.head_pretrain_steps // 4)
+        head_args = replace(args, max_steps=args.head_pretrain_steps, learning_rate=args.head_pretrain_learning_rate, eval_strategy="steps",
+                            eval_steps=every, save_strategy="steps", save_steps=every, output_dir=str(Path(args.output_dir) / "head-pretraining"), head_pretrain_steps=0,
+                            lp_steps=0, specialise_steps=0, schedule="round_robin", schedule_kwargs=None, gradient_accumulation_steps=1,
+                            push_to_hub_repo=None)  # fmt: skip
+        best = pretrain_heads(model, train, validation, head_args, processing_class=tokenizer)
+        logger.info("per-task head pretraining: best scores %s", best)
+    if args.lp_steps > 0:
         from .schemes.lpft import linear_probe
 
         probe_args = replace(args, max_steps=args.lp_steps, learning_rate=args.lp_learning_rate, eval_strategy="no", save_strategy="no",
@@ -340,8 +424,6 @@ def _specialise(args: RecipeTrainingArguments, trainer: MultitaskTrainer, train:
     """Two-step specialisation of the trained multitask model; returns the routed model, its
     validation predictions, the specialised models and ``eval_*`` metrics (plus each
     specialised model's own task score as ``specialised_eval_{task}_score``)."""
-    from dataclasses import replace
-
     from .predict import evaluate
     from .schemes.specialise import route, specialise
 

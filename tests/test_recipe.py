@@ -179,3 +179,67 @@ def test_recipe_two_step_specialisation_saves_a_routed_model(tiny_backbone, tiny
     card = (out / "best" / "README.md").read_text()
     assert "two-step specialisation" in card
     assert (out / "predictions" / "sst-dev-output.csv").is_file()
+
+
+def test_recipe_head_pretraining_eda_adjustment_and_lstm(tiny_backbone, tiny_data, tmp_path):
+    import json
+
+    synonyms = tmp_path / "synonyms.json"
+    synonyms.write_text(json.dumps({w: [v for v in WORDS if v != w][:2] for w in WORDS}))
+    out = tmp_path / "out"
+    args = [*_common(tiny_backbone, tiny_data, out), "--head_pretrain_steps", "4", "--head_pretrain_eval_steps", "2",
+            "--eda_tasks", "sst", "--eda_synonyms", str(synonyms), "--adjustment_tasks", "sst", "--head_type", "lstm",
+            "--head_hidden_sizes", "8"]  # fmt: skip
+    metrics = run(args)
+    assert 0.0 <= metrics["eval_overall"] <= 1.0
+    best = AutoModel.from_pretrained(out / "best")
+    assert best.config.adjustment_tasks == ["sst"] and "sst" in best.adjustments
+    assert type(best.heads["sst"]).__name__ == "LSTMHead"
+    for task in ("sst", "quora", "sts"):
+        assert (out / "head-pretraining" / f"heads-{task}").is_dir(), "each task's head was pretrained on its own"
+    with pytest.raises(SystemExit, match="--eda_tasks names unknown"):
+        run([*_common(tiny_backbone, tiny_data, tmp_path / "bad"), "--eda_tasks", "nli"])
+    with pytest.raises(SystemExit, match="no such file"):
+        run([*_common(tiny_backbone, tiny_data, tmp_path / "bad"), "--eda_tasks", "sst", "--eda_synonyms", str(tmp_path / "none.json")])
+
+
+def test_recipe_eda_rebalances_the_training_classes(tiny_backbone, tiny_data, tmp_path, caplog):
+    import logging
+
+    from hf_multitask.recipe import DataArguments, build_tasks, load_model, prepare_data
+
+    data_args = DataArguments(data_dir=str(tiny_data), eda_tasks=["sst"], eda_synonyms=None, eda_alpha=0.2)
+    synonyms = tmp_path / "synonyms.json"
+    synonyms.write_text('{"good": ["fine"], "bad": ["awful"]}')
+    data_args.eda_synonyms = str(synonyms)
+    tasks = build_tasks(data_args)
+    model, tokenizer = load_model(hm.recipe.ModelArguments(backbone=str(tiny_backbone)), [s for s, _, _ in tasks])
+    with caplog.at_level(logging.INFO, logger="hf_multitask.recipe"):
+        train, validation, _ = prepare_data(data_args, tasks, model, tokenizer)
+    labels = train["sst"]["labels"]
+    counts = [labels.count(c) for c in range(5)]
+    assert len(set(counts)) == 1, f"every SST class is as large as the largest: {counts}"
+    assert len(train["quora"]) == 43 and len(validation["sst"]) == 5, "other tasks and the validation split are untouched"
+    assert any("EDA rebalancing added" in r.getMessage() for r in caplog.records)
+
+
+def test_recipe_ensemble_mode_evaluates_checkpoints_without_training(tiny_backbone, tiny_data, tmp_path):
+    import json
+
+    for seed in ("1", "2"):
+        run([*_common(tiny_backbone, tiny_data, tmp_path / f"m{seed}"), "--seed", seed, "--write_predictions", "false"])
+    members = [str(tmp_path / f"m{seed}" / "best") for seed in ("1", "2")]
+    out = tmp_path / "ens"
+    metrics = run(["--ensemble", *members, "--data-dir", str(tiny_data), "--output-dir", str(out), "--disable_tqdm", "true"])
+    ensemble = hm.schemes.EnsembleModel.from_pretrained(members)
+    from hf_multitask.recipe import DataArguments, build_tasks, prepare_data
+
+    data_args = DataArguments(data_dir=str(tiny_data))
+    tokenizer = BertTokenizerFast.from_pretrained(members[0])
+    _, validation, _ = prepare_data(data_args, build_tasks(data_args), ensemble.members[0], tokenizer)
+    expected = hm.evaluate(ensemble, validation, pad_token_id=tokenizer.pad_token_id, progress=False)
+    assert metrics["eval_overall"] == pytest.approx(expected["overall"])
+    assert json.loads((out / "metrics.json").read_text())["eval_overall"] == pytest.approx(expected["overall"])
+    assert (out / "predictions" / "sst-dev-output.csv").is_file() and not (out / "best").exists()
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        run(["--ensemble", str(tmp_path / "nowhere"), "--data-dir", str(tiny_data), "--output-dir", str(out)])
