@@ -39,9 +39,13 @@ RUNS = {
     "annealed_pcgrad": ANNEALED,
     "lpft_pcgrad": ["--aggregator", "pcgrad", *ROUND_ROBIN, *LP_FT],
     "lpft_annealed": [*ANNEALED, *LP_FT],
+    "lpft_annealed_seed1": [*ANNEALED, *LP_FT, "--seed", "1"],  # the same run with another training seed
     "smart_pcgrad": ["--aggregator", "pcgrad", *ROUND_ROBIN, "--smart_lambda_s", "1.0"],
     # annealed PCGrad, then 60 single-task steps per task; reports both in one run
     "two_step_annealed": ["--config", "recipes/configs/two_step.yaml"],
+    "lpft_two_step": ["--config", "recipes/configs/two_step.yaml", *LP_FT],
+    # everything that helped on its own, together (multitask_eval_* is the run without two-step)
+    "lpft_smart_two_step": ["--config", "recipes/configs/two_step.yaml", *LP_FT, "--smart_lambda_s", "1.0"],
 }
 
 
