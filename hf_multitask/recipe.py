@@ -353,9 +353,10 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
         from .schemes import pretrain_heads
 
         every = args.head_pretrain_eval_steps or max(1, args.head_pretrain_steps // 4)
-        head_args = replace(args, max_steps=args.head_pretrain_steps, learning_rate=args.head_pretrain_learning_rate, eval_strategy="steps",
-                            eval_steps=every, save_strategy="steps", save_steps=every, output_dir=str(Path(args.output_dir) / "head-pretraining"), head_pretrain_steps=0,
-                            lp_steps=0, specialise_steps=0, schedule="round_robin", schedule_kwargs=None, gradient_accumulation_steps=1,
+        head_args = replace(args, max_steps=args.head_pretrain_steps, learning_rate=args.head_pretrain_learning_rate,
+                            eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every,
+                            output_dir=str(Path(args.output_dir) / "head-pretraining"), head_pretrain_steps=0, lp_steps=0,
+                            specialise_steps=0, schedule="round_robin", schedule_kwargs=None, gradient_accumulation_steps=1,
                             push_to_hub_repo=None)  # fmt: skip
         best = pretrain_heads(model, train, validation, head_args, processing_class=tokenizer)
         logger.info("per-task head pretraining: best scores %s", best)
@@ -422,8 +423,8 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
 
 def _specialise(args: RecipeTrainingArguments, trainer: MultitaskTrainer, train: dict, validation: dict, tokenizer) -> tuple:
     """Two-step specialisation of the trained multitask model; returns the routed model, its
-    validation predictions, the specialised models and ``eval_*`` metrics (plus each
-    specialised model's own task score as ``specialised_eval_{task}_score``)."""
+    validation predictions, the specialised models and the routed model's ``eval_*`` metrics
+    (with ``specialise_seconds`` and ``specialise_examples``)."""
     from .predict import evaluate
     from .schemes.specialise import route, specialise
 
