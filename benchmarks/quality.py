@@ -44,6 +44,7 @@ RUNS = {
     # annealed PCGrad, then 60 single-task steps per task; reports both in one run
     "two_step_annealed": ["--config", "recipes/configs/two_step.yaml"],
     "lpft_two_step": ["--config", "recipes/configs/two_step.yaml", *LP_FT],
+    "lpft_two_step_seed1": ["--config", "recipes/configs/two_step.yaml", *LP_FT, "--seed", "1"],
     # everything that helped on its own, together (multitask_eval_* is the run without two-step)
     "lpft_smart_two_step": ["--config", "recipes/configs/two_step.yaml", *LP_FT, "--smart_lambda_s", "1.0"],
 }
