@@ -12,7 +12,7 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from .configuration import MultitaskConfig
 from .metrics import METRIC_DISPLAY
 
-__all__ = ["make_model_card", "save_for_hub", "push_to_hub"]
+__all__ = ["make_model_card", "save_for_hub", "push_to_hub", "upload_folder"]
 
 _CARD_TEMPLATE = """---
 {{ card_data }}
@@ -162,6 +162,20 @@ def push_to_hub(
 
     folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="hf-multitask-push-"))
     save_for_hub(model, tokenizer, folder, repo_id, metrics, **card_kwargs)
+    return upload_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
+
+
+def upload_folder(
+    folder: str | os.PathLike[str],
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload hf-multitask model",
+) -> str:
+    """Upload a folder written by :func:`save_for_hub` to ``repo_id`` (created if missing) in
+    one commit; returns the commit URL."""
+    folder = Path(folder)
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     operations = [

@@ -23,7 +23,7 @@ from transformers import AutoTokenizer, HfArgumentParser, set_seed
 from .backbone import default_backbone
 from .data import load_task_data, train_validation_split
 from .encoding import encode_task
-from .hub import push_to_hub, save_for_hub
+from .hub import save_for_hub, upload_folder
 from .modeling import MultitaskModel
 from .predict import write_predictions
 from .tasks import TaskSpec, quora_task, sst_task, sts_task
@@ -281,6 +281,25 @@ def prepare_data(data_args: DataArguments, tasks, model: MultitaskModel, tokeniz
     return train, validation, texts
 
 
+def _write_prediction_files(out: Path, tasks: list, predictions: dict) -> None:
+    """CS224N-format ``predictions/{task}-dev-output.csv`` for every task of the run."""
+    for spec, _, _ in tasks:
+        write_predictions(out / "predictions" / f"{spec.name}-dev-output.csv", spec, predictions[spec.name])
+
+
+def _phase_args(args: RecipeTrainingArguments, phase: str, steps: int, learning_rate: float, **overrides: Any):
+    """Training arguments of a phase around the main run (LP, head pretraining, specialisation):
+    ``steps`` steps at ``learning_rate`` into ``output_dir/phase``, no evaluation or saving
+    unless ``overrides`` say otherwise."""
+    settings = {"max_steps": steps, "learning_rate": learning_rate, "eval_strategy": "no", "save_strategy": "no",
+                "load_best_model_at_end": False, "output_dir": str(Path(args.output_dir) / phase)}  # fmt: skip
+    return replace(args, **{**settings, **overrides})
+
+
+# single-task phases: plain batches of per_device_train_batch_size, one per optimizer step
+_SINGLE_TASK = {"schedule": "round_robin", "schedule_kwargs": None, "gradient_accumulation_steps": 1}
+
+
 def _eda(data_args: DataArguments):
     from .schemes import EDA
 
@@ -324,8 +343,7 @@ def run_ensemble(model_args: ModelArguments, data_args: DataArguments, args: Rec
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     if args.write_predictions:
-        for spec, _, _ in tasks:
-            write_predictions(out / "predictions" / f"{spec.name}-dev-output.csv", spec, predictions[spec.name])
+        _write_prediction_files(out, tasks, predictions)
     logger.info("ensemble of %d: %s", len(args.ensemble), json.dumps(metrics))
     return metrics
 
@@ -353,18 +371,15 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
         from .schemes import pretrain_heads
 
         every = args.head_pretrain_eval_steps or max(1, args.head_pretrain_steps // 4)
-        head_args = replace(args, max_steps=args.head_pretrain_steps, learning_rate=args.head_pretrain_learning_rate,
-                            eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every,
-                            output_dir=str(Path(args.output_dir) / "head-pretraining"), head_pretrain_steps=0, lp_steps=0,
-                            specialise_steps=0, schedule="round_robin", schedule_kwargs=None, gradient_accumulation_steps=1,
-                            push_to_hub_repo=None)  # fmt: skip
+        head_args = _phase_args(args, "head-pretraining", args.head_pretrain_steps, args.head_pretrain_learning_rate,
+                                eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every,
+                                **_SINGLE_TASK)  # fmt: skip
         best = pretrain_heads(model, train, validation, head_args, processing_class=tokenizer)
         logger.info("per-task head pretraining: best scores %s", best)
     if args.lp_steps > 0:
         from .schemes.lpft import linear_probe
 
-        probe_args = replace(args, max_steps=args.lp_steps, learning_rate=args.lp_learning_rate, eval_strategy="no", save_strategy="no",
-                             load_best_model_at_end=False, output_dir=str(Path(args.output_dir) / "lp"), lp_steps=0)  # fmt: skip
+        probe_args = _phase_args(args, "lp", args.lp_steps, args.lp_learning_rate)
         linear_probe(model, train, probe_args, processing_class=tokenizer)
     loss_hook = None
     if args.smart_lambda_s > 0:
@@ -403,8 +418,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
         save_for_hub(final_model, tokenizer, final, repo_id, metrics, training=training)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         if args.write_predictions:
-            for spec, _, _ in tasks:
-                write_predictions(out / "predictions" / f"{spec.name}-dev-output.csv", spec, predictions[spec.name])
+            _write_prediction_files(out, tasks, predictions)
         if args.plot_telemetry and args.telemetry_steps > 0:
             try:
                 from .telemetry import plot_conflicts
@@ -413,9 +427,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
             except (ImportError, ValueError) as err:
                 logger.warning("No telemetry plot: %s", err)
         if args.push_to_hub_repo:
-            url = push_to_hub(
-                final_model, tokenizer, args.push_to_hub_repo, metrics, folder=final, private=args.hub_private, training=training
-            )
+            url = upload_folder(final, args.push_to_hub_repo, private=args.hub_private)
             logger.info("pushed to %s", url)
         logger.info("metrics: %s", json.dumps(metrics))
     return metrics
@@ -429,10 +441,7 @@ def _specialise(args: RecipeTrainingArguments, trainer: MultitaskTrainer, train:
     from .schemes.specialise import route, specialise
 
     tasks = args.specialise_tasks or list(train)
-    special_args = replace(args, max_steps=args.specialise_steps, learning_rate=args.specialise_learning_rate, eval_strategy="no",
-                           save_strategy="no", load_best_model_at_end=False, output_dir=str(Path(args.output_dir) / "specialise"),
-                           schedule="round_robin", schedule_kwargs=None, gradient_accumulation_steps=1, lp_steps=0,
-                           specialise_steps=0, push_to_hub_repo=None)  # fmt: skip
+    special_args = _phase_args(args, "specialise", args.specialise_steps, args.specialise_learning_rate, **_SINGLE_TASK)
     start = time.perf_counter()
     specialised = specialise(trainer.model, train, special_args, tasks=tasks, fresh_heads=args.specialise_fresh_heads,
                              processing_class=tokenizer)  # fmt: skip

@@ -95,7 +95,8 @@ def test_unknown_task_and_offline_hub_backbone_errors(tiny_data, tmp_path, monke
         run(["--backbone", "someone/not-cached-model", "--data-dir", str(tiny_data), "--output-dir", str(tmp_path)])
 
 
-def test_push_to_hub_uploads_weights_code_and_card(tiny_backbone, tmp_path, monkeypatch):
+def _fake_hub(monkeypatch) -> dict:
+    """Patch the two HfApi calls an upload makes; returns what they were called with."""
     calls = {}
 
     def fake_create_repo(self, repo_id, **kwargs):
@@ -112,6 +113,11 @@ def test_push_to_hub_uploads_weights_code_and_card(tiny_backbone, tmp_path, monk
 
     monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
     monkeypatch.setattr(HfApi, "create_commit", fake_create_commit)
+    return calls
+
+
+def test_push_to_hub_uploads_weights_code_and_card(tiny_backbone, tmp_path, monkeypatch):
+    calls = _fake_hub(monkeypatch)
     model = hm.MultitaskModel.from_encoder(tiny_backbone, tasks=hm.reference_tasks())
     tokenizer = BertTokenizerFast.from_pretrained(tiny_backbone)
     metrics = {"eval_sst_accuracy": 0.41, "eval_quora_accuracy": 0.77, "eval_sts_pearson": 0.63, "eval_overall": 0.665}
@@ -208,10 +214,9 @@ def test_recipe_eda_rebalances_the_training_classes(tiny_backbone, tiny_data, tm
 
     from hf_multitask.recipe import DataArguments, build_tasks, load_model, prepare_data
 
-    data_args = DataArguments(data_dir=str(tiny_data), eda_tasks=["sst"], eda_synonyms=None, eda_alpha=0.2)
     synonyms = tmp_path / "synonyms.json"
     synonyms.write_text('{"good": ["fine"], "bad": ["awful"]}')
-    data_args.eda_synonyms = str(synonyms)
+    data_args = DataArguments(data_dir=str(tiny_data), eda_tasks=["sst"], eda_synonyms=str(synonyms), eda_alpha=0.2)
     tasks = build_tasks(data_args)
     model, tokenizer = load_model(hm.recipe.ModelArguments(backbone=str(tiny_backbone)), [s for s, _, _ in tasks])
     with caplog.at_level(logging.INFO, logger="hf_multitask.recipe"):
@@ -243,3 +248,17 @@ def test_recipe_ensemble_mode_evaluates_checkpoints_without_training(tiny_backbo
     assert (out / "predictions" / "sst-dev-output.csv").is_file() and not (out / "best").exists()
     with pytest.raises(SystemExit, match="no such checkpoint"):
         run(["--ensemble", str(tmp_path / "nowhere"), "--data-dir", str(tiny_data), "--output-dir", str(out)])
+
+
+def test_recipe_pushes_the_saved_best_folder_once(tiny_backbone, tiny_data, tmp_path, monkeypatch):
+    calls = _fake_hub(monkeypatch)
+    saves = []
+    original = hm.MultitaskModel.save_pretrained
+    monkeypatch.setattr(hm.MultitaskModel, "save_pretrained", lambda self, *a, **k: saves.append(a[0]) or original(self, *a, **k))
+    out = tmp_path / "out"
+    run([*_common(tiny_backbone, tiny_data, out), "--push_to_hub_repo", "me/run", "--hub_private", "true"])
+    assert calls["repo"] == ("me/run", True) and calls["repo_id"] == "me/run"
+    for name in ("README.md", "config.json", "model.safetensors", "metrics.json", "tokenizer.json"):
+        assert name in calls["files"], name
+    assert [Path(p) for p in saves].count(out / "best") == 1, "the best model is written once, then uploaded"
+    assert "me/run" in (out / "best" / "README.md").read_text()
