@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import assert_loads_without_package, tiny_encoder_config, tiny_model
+from conftest import assert_loads_without_package, assert_same_outputs, assert_same_weights, tiny_encoder_config, tiny_model
 from transformers import AutoConfig, AutoModel, BertModel
 
 import hf_multitask as hm
@@ -101,9 +101,10 @@ def test_save_and_automodel_roundtrip_gives_identical_logits(tmp_path, arch, enc
     assert isinstance(loaded, hm.MultitaskModel)
     assert loaded.config.task_specs == model.config.task_specs
     assert loaded.config.encoder_config.model_type == arch
+    assert_same_weights(loaded, model)
     for task in model.task_names:
         x = _inputs(encoding if model.get_task(task).is_pair else "cross")
-        assert torch.equal(model(task=task, **x).logits, loaded(task=task, **x).logits)
+        assert_same_outputs(model(task=task, **x).logits, loaded(task=task, **x).logits, task)
 
 
 def test_saved_folder_loads_with_trust_remote_code_without_the_package(tmp_path):
@@ -162,6 +163,6 @@ def test_lstm_head_and_adjustment_matrix(tmp_path, encoding):
     )
     model.save_pretrained(tmp_path)
     loaded = AutoModel.from_pretrained(tmp_path).eval()
-    assert torch.equal(loaded(task="sst", **x).logits, model(task="sst", **x).logits)
+    assert_same_outputs(loaded(task="sst", **x).logits, model(task="sst", **x).logits)
     with pytest.raises(ValueError, match="not a classification task"):
         tiny_model(adjustment_tasks=["sts"])

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import deterministic_model, tiny_encoder_config, train_and_measure
+from conftest import assert_same_outputs, assert_same_weights, deterministic_model, tiny_encoder_config, train_and_measure
 from transformers import AutoModel
 
 import hf_multitask as hm
@@ -27,11 +27,11 @@ def test_no_influence_init_leaves_outputs_exactly_unchanged():
     with_pal.load_state_dict(plain.state_dict(), strict=False)
     x = _x()
     for task in ("sst", "quora", "sts"):
-        assert torch.equal(_logits(plain, task, x), _logits(with_pal, task, x))
+        assert_same_outputs(_logits(plain, task, x), _logits(with_pal, task, x), task)
     added = deterministic_model()
     added.load_state_dict(plain.state_dict())
     added.add_pal(["sst"], rank=8, heads=2)
-    assert torch.equal(_logits(plain, "sst", x), _logits(added, "sst", x))
+    assert_same_outputs(_logits(plain, "sst", x), _logits(added, "sst", x))
     assert added.config.pal_tasks == ["sst"]
 
 
@@ -41,7 +41,7 @@ def test_xavier_init_changes_outputs_and_tasks_route_through_their_own_pal():
     plain.load_state_dict(model.state_dict(), strict=False)
     x = _x()
     assert not torch.allclose(_logits(model, "sst", x), _logits(plain, "sst", x))
-    assert torch.equal(_logits(model, "quora", x), _logits(plain, "quora", x)), "quora has no PAL"
+    assert_same_outputs(_logits(model, "quora", x), _logits(plain, "quora", x), "quora has no PAL")
     before_sts = _logits(model, "sts", x)
     before_sst = _logits(model, "sst", x)
     with torch.no_grad():
@@ -105,10 +105,11 @@ def test_save_load_roundtrip_with_pals(tmp_path, arch):
     model = hm.MultitaskModel(config).eval()
     model.save_pretrained(tmp_path)
     loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert_same_weights(loaded, model)
     assert loaded.config.pal_tasks == ["sst", "quora"] and set(loaded.pals) == {"sst", "quora"}
     x = _x()
     for task in ("sst", "quora", "sts"):
-        assert torch.equal(model(task=task, **x).logits, loaded(task=task, **x).logits)
+        assert_same_outputs(model(task=task, **x).logits, loaded(task=task, **x).logits, task)
 
 
 def test_unsupported_encoder_is_a_clear_error():
@@ -136,9 +137,9 @@ def test_deepcopy_routes_through_the_copys_own_pals():
     model = deterministic_model(pal_tasks=["sst"], pal_rank=8, pal_heads=2, pal_init="xavier").eval()
     twin = copy.deepcopy(model)
     x = _x()
-    assert torch.equal(model(task="sst", **x).logits, twin(task="sst", **x).logits)
+    assert_same_outputs(model(task="sst", **x).logits, twin(task="sst", **x).logits)
     with torch.no_grad():
         for p in twin.pals["sst"].parameters():
             p.mul_(3.0)
     assert not torch.allclose(model(task="sst", **x).logits, twin(task="sst", **x).logits), "the copy uses its own PALs"
-    assert torch.equal(model(task="sst", **x).logits, copy.deepcopy(model)(task="sst", **x).logits)
+    assert_same_outputs(model(task="sst", **x).logits, copy.deepcopy(model)(task="sst", **x).logits)
