@@ -48,33 +48,57 @@ class BadRow:
         return f"{self.origin}: line {self.line}{col}: {self.reason}"
 
 
-def _csv_field_limit() -> None:
-    # Quora rows with an unbalanced quote can swallow long stretches of text.
-    csv.field_size_limit(min(2**31 - 1, 1 << 28))
+class _TableRow(list):
+    """The fields of one physical line, or the reason that line cannot be a row."""
+
+    problem: str | None = None
 
 
 def _read_table(path: Path, delimiter: str | None) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """Header and (line number, fields) rows of a delimited file, parsed with the csv module.
+    """Header and (line number, fields) rows of a delimited file.
 
-    ``line`` is the physical line (1-based, header = line 1) on which the row ends.
+    Every physical line is one record (header = line 1), parsed on its own with the csv
+    module: a quote that does not close on its line can never swallow the lines after it.
+    Such a line, and a field holding the delimiter tab, come back as a :class:`_TableRow`
+    whose ``problem`` says what is wrong, so the caller reports and skips exactly that line.
+    The file is read as UTF-8 (an optional byte-order mark is dropped); a line that is not
+    UTF-8 is an error naming it.
     """
-    _csv_field_limit()
-    handle = open(path, newline="", encoding="utf-8")
-    first = handle.readline()
-    if not first:
+    handle = open(path, "rb")  # decoded line by line, so an encoding error names its line
+
+    def decode(raw: bytes, line: int) -> str:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            handle.close()
+            raise DataError(f"{path}: line {line} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        return text.removeprefix("\ufeff") if line == 1 else text
+
+    first = decode(handle.readline(), 1)
+    if not first.strip():
         handle.close()
-        raise DataError(f"{path}: the file is empty")
+        raise DataError(f"{path}: the file is empty" if not first else f"{path}: line 1 (the header) is empty")
     if delimiter is None:
         delimiter = "\t" if (path.suffix == ".tsv" or "\t" in first) else ","
-    header = next(csv.reader([first], delimiter=delimiter))
-    reader = csv.reader(handle, delimiter=delimiter)
+    header = next(csv.reader([first.rstrip("\r\n")], delimiter=delimiter))
 
     def rows() -> Iterator[tuple[int, list[str]]]:
         with handle:
-            for fields in reader:
-                if not fields:
+            for line, raw in enumerate(handle, start=2):
+                text = decode(raw, line).rstrip("\r\n")
+                if not text.strip():
                     continue
-                yield reader.line_num + 1, fields
+                try:
+                    fields = _TableRow(next(csv.reader([text], delimiter=delimiter, strict=True)))
+                except csv.Error as err:
+                    fields = _TableRow(text.split(delimiter))
+                    fields.problem = f"malformed quoting ({err}): a quote opens a field that does not close on this line"
+                else:
+                    if delimiter == "\t" and any("\t" in f for f in fields):
+                        fields.problem = "a field holds a tab (quoted): in a tab-separated file that is a stray quote"
+                    elif any("\r" in f for f in fields):
+                        fields.problem = "a field holds a carriage return"
+                yield line, fields
 
     return header, rows()
 
@@ -133,6 +157,33 @@ def _parse_label(spec: TaskSpec, raw: Any) -> tuple[float | int | None, str | No
     return value, None
 
 
+ABSURD_LABEL = 1e6
+
+
+def _check_row(
+    spec: TaskSpec, origin: str, line: int, row: Any, columns: list[str], index: dict[str, int]
+) -> BadRow | tuple[dict[str, str], float | int]:
+    """The row's (texts, label), or the :class:`BadRow` that says why it cannot be used."""
+    if isinstance(row, list):  # delimited file: the quoting and the field count first
+        if getattr(row, "problem", None):
+            return BadRow(origin, line, None, row.problem)
+        if len(row) != len(columns):
+            return BadRow(origin, line, None, f"row has {len(row)} fields, the header has {len(columns)}")
+        get = lambda c: row[index[c]]  # noqa: E731
+    else:
+        get = row.get
+    texts = {}
+    for c in spec.text_columns:
+        text = get(c)
+        if text is None or not str(text).strip():
+            return BadRow(origin, line, c, "empty text")
+        texts[c] = str(text).strip()
+    label, reason = _parse_label(spec, get(spec.label_column))
+    if reason is not None:
+        return BadRow(origin, line, spec.label_column, reason)
+    return texts, label
+
+
 def _validate(
     spec: TaskSpec,
     origin: str,
@@ -152,42 +203,34 @@ def _validate(
     out: dict[str, list[Any]] = {"id": [], **{c: [] for c in spec.text_columns}, "label": []}
     bad: list[BadRow] = []
     total = 0
+    absurd: list[tuple[int, float]] = []  # regression labels of absurd magnitude (no label_range to check them)
     for line, row in rows:
         if limit is not None and len(out["label"]) >= limit:
             break
         total += 1
-        if isinstance(row, list):  # delimited file: check the field count first
-            if len(row) != len(columns):
-                problem = BadRow(origin, line, None, f"row has {len(row)} fields, the header has {len(columns)}")
-                if strict:
-                    raise DataError(str(problem))
-                bad.append(problem)
-                continue
-            get = lambda c, row=row: row[index[c]]  # noqa: E731
-        else:
-            get = row.get
-        problem = None
-        texts = {}
-        for c in spec.text_columns:
-            text = get(c)
-            if text is None or not str(text).strip():
-                problem = BadRow(origin, line, c, "empty text")
-                break
-            texts[c] = str(text).strip()
-        if problem is None:
-            label, reason = _parse_label(spec, get(spec.label_column))
-            if reason is not None:
-                problem = BadRow(origin, line, spec.label_column, reason)
-        if problem is not None:
+        checked = _check_row(spec, origin, line, row, columns, index)
+        if isinstance(checked, BadRow):
             if strict:
-                raise DataError(str(problem))
-            bad.append(problem)
+                raise DataError(str(checked))
+            bad.append(checked)
             continue
+        texts, label = checked
+        if spec.kind == "regression" and spec.label_range is None and abs(label) > ABSURD_LABEL:
+            absurd.append((line, label))
+        get = (lambda c, row=row: row[index[c]]) if isinstance(row, list) else row.get
         ident = get(spec.id_column) if has_id else None
         out["id"].append(str(ident) if ident not in (None, "") else str(total - 1))
         for c, t in texts.items():
             out[c].append(t)
         out["label"].append(label)
+    if absurd:
+        where = ", ".join(f"line {ln}: {v:g}" for ln, v in absurd[:3])
+        warnings.warn(
+            f"{origin}: {len(absurd)} regression label(s) of task {spec.name!r} exceed {ABSURD_LABEL:g} in magnitude ({where}); "
+            "declare the task's label_range to reject such rows",
+            DataWarning,
+            stacklevel=3,
+        )
     if total == 0:
         raise DataError(f"{origin}: no data rows")
     if bad and (not out["label"] or len(bad) > max(1, max_bad_fraction * total)):

@@ -154,3 +154,100 @@ def test_train_validation_split_is_seeded(tmp_path):
     _, c_val = hm.train_validation_split(ds, 0.2, seed=8)
     assert a_val["id"] == b_val["id"] and a_val["id"] != c_val["id"]
     assert len(a_val) == 20 and not set(a_train["id"]) & set(a_val["id"])
+
+
+# ---------------------------------------------------------------- hostile files
+STS_HEADER = "\tid\tsentence1\tsentence2\tsimilarity\n"
+
+
+def _sts_lines(n: int, start: int = 0) -> list[str]:
+    return [f"{i}\tt{i}\tsentence {i} here\tanother {i}\t{i % 6}.0\n" for i in range(start, start + n)]
+
+
+def _caught(fn):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn()
+    return result, [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+
+
+def test_stray_quote_that_closes_lines_later_costs_only_its_own_line(tmp_path):
+    # the csv module would read a quote opening sentence1 on line 12 up to the quote on line 21,
+    # merging 10 lines into one record labelled with line 21's label
+    lines = _sts_lines(10) + ['10\tt10\t"A stray quote opens here\tsecond side\t1.0\n'] + _sts_lines(8, 11)
+    lines += ['19\tt19\tthe quote "closes" inside this one\tpair\t2.0\n'] + _sts_lines(120, 20)
+    path = tmp_path / "sts.csv"
+    path.write_text(STS_HEADER + "".join(lines))
+    ds, messages = _caught(lambda: load_task_data(hm.sts_task(), path))
+    assert len(messages) == 1 and "sts.csv: line 12:" in messages[0] and "quote" in messages[0]
+    ids = [f"t{i}" for i in range(140) if i != 10]
+    assert ds["id"] == ids, "every other line is its own row"
+    assert ds["label"] == pytest.approx([float(i % 6) for i in range(140) if i not in (10, 19)][:18] + [2.0] + [float(i % 6) for i in range(20, 140)])
+    assert ds["sentence1"][18] == 'the quote "closes" inside this one'
+    assert all("\t" not in s and "\n" not in s for c in ("sentence1", "sentence2") for s in ds[c])
+    with pytest.raises(DataError, match=r"sts.csv: line 12: malformed quoting"):
+        load_task_data(hm.sts_task(), path, strict=True)
+
+
+def test_quote_that_never_closes_is_one_bad_line_not_the_rest_of_the_file(tmp_path):
+    lines = _sts_lines(150) + ['150\tt150\t"never closed\tside\t3.0\n'] + _sts_lines(49, 151)
+    path = tmp_path / "sts.csv"
+    path.write_text(STS_HEADER + "".join(lines))
+    ds, messages = _caught(lambda: load_task_data(hm.sts_task(), path))
+    assert len(ds) == 199 and "t150" not in ds["id"] and ds["id"][-1] == "t199"
+    assert len(messages) == 1 and "line 152" in messages[0]
+
+
+def test_tolerance_counts_lines_so_a_run_of_broken_lines_is_an_error(tmp_path):
+    # 3 broken lines out of 100 (3 %) is over the 1 % tolerance, whatever a csv reader would call a record
+    lines = _sts_lines(50) + [f'{i}\tt{i}\t"open\tside\t1.0\n' for i in range(50, 53)] + _sts_lines(47, 53)
+    path = tmp_path / "sts.csv"
+    path.write_text(STS_HEADER + "".join(lines))
+    with pytest.raises(DataError, match=r"(?s)3 of 100 rows are malformed.*line 52: malformed quoting.*line 53.*line 54"):
+        load_task_data(hm.sts_task(), path)
+
+
+def test_quoted_tab_inside_a_field_is_reported(tmp_path):
+    lines = _sts_lines(3) + ['3\tt3\t"a quoted\ttab"\tside\t1.0\n'] + _sts_lines(2, 4)
+    path = tmp_path / "sts.csv"
+    path.write_text(STS_HEADER + "".join(lines))
+    with pytest.raises(DataError, match=r"line 5: a field holds a tab"):
+        load_task_data(hm.sts_task(), path, strict=True)
+    ds, messages = _caught(lambda: load_task_data(hm.sts_task(), path, max_bad_fraction=0.5))
+    assert ds["id"] == ["t0", "t1", "t2", "t4", "t5"] and "line 5" in messages[0]
+
+
+def test_byte_order_mark_in_the_header_keeps_the_ids(tmp_path):
+    path = tmp_path / "topic.csv"
+    path.write_bytes("\ufeffid,text,y\nx7,hello,1\nx9,bye,0\n".encode())
+    spec = hm.TaskSpec(name="topic", kind="classification", num_labels=2, text_columns=("text",), label_column="y")
+    assert load_task_data(spec, path)["id"] == ["x7", "x9"]
+    cs224n = tmp_path / "sst.csv"
+    cs224n.write_bytes(("\ufeff\tid\tsentence\tsentiment\n0\tmine-1\tgood\t4\n").encode())
+    assert load_task_data(hm.sst_task(), cs224n)["id"] == ["mine-1"]
+
+
+def test_non_utf8_file_names_the_line(tmp_path):
+    path = tmp_path / "sst.csv"
+    path.write_bytes(b"\tid\tsentence\tsentiment\n0\ta\tgood\t1\n1\tb\tcaf\xe9\t2\n")
+    with pytest.raises(DataError, match=r"sst.csv: line 3 is not UTF-8"):
+        load_task_data(hm.sst_task(), path)
+
+
+def test_absurd_regression_labels_warn_without_a_range_and_are_bad_rows_with_one(tmp_path):
+    spec = hm.TaskSpec(name="score", kind="regression", num_labels=1, text_columns=("text",), label_column="y")
+    path = tmp_path / "score.tsv"
+    path.write_text("text\ty\n" + "".join(f"row {i}\t{i / 10}\n" for i in range(200)) + "huge\t1e18\n")
+    ds, messages = _caught(lambda: load_task_data(spec, path))
+    assert len(ds) == 201 and len(messages) == 1
+    assert "1 regression label(s) of task 'score' exceed 1e+06" in messages[0] and "line 202: 1e+18" in messages[0]
+    ranged = hm.TaskSpec(name="score", kind="regression", num_labels=1, text_columns=("text",), label_column="y", label_range=(0, 25))
+    ds, messages = _caught(lambda: load_task_data(ranged, path))
+    assert len(ds) == 200 and "line 202, column 'y': label '1e18' is out of range [0, 25]" in messages[0]
+
+
+@pytest.mark.parametrize("name, rows", [("ids-sst-train.csv", 8544), ("sts-train.csv", 6040)])
+def test_shared_sst_and_sts_files_load_every_row_without_a_warning(name, rows):
+    spec = hm.sst_task() if name.startswith("ids-sst") else hm.sts_task()
+    ds, messages = _caught(lambda: load_task_data(spec, SHARED_DATA / name))
+    assert messages == [] and len(ds) == rows
