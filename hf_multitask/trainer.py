@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,18 +23,25 @@ import datasets
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from .mixing import MultitaskStepSampler, make_train_dataloader
+from .checkpoints import (
+    SURGERY_STATE_NAME,
+    CheckpointError,
+    atomic_torch_save,
+    latest_complete_checkpoint,
+    load_surgery_state,
+    verify_checkpoint,
+    write_marker,
+)
+from .mixing import SCHEDULE_NAMES, MultitaskStepSampler, make_train_dataloader
 from .predict import evaluate as evaluate_tasks
-from .surgery import Aggregator, get_aggregator
+from .surgery import AGGREGATORS, Aggregator, get_aggregator
 from .telemetry import ConflictTelemetryCallback, conflict_metrics
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["MultitaskTrainer", "MultitaskTrainingArguments"]
-
-SURGERY_STATE_NAME = "multitask_state.pt"
 
 
 @dataclass
@@ -61,15 +69,31 @@ class MultitaskTrainingArguments(TrainingArguments):
     task_batch_sizes: dict | str | None = field(default=None, metadata={"help": "Per-task batch sizes (dict or JSON string)"})
     length_grouping: bool = field(default=True, metadata={"help": "Batch examples of similar length together (less padding, faster steps)"})
     telemetry_steps: int = field(default=0, metadata={"help": "Log gradient-conflict telemetry every N optimizer steps (0: off)"})
+    resume_without_surgery_state: bool = field(
+        default=False,
+        metadata={"help": "Accept resuming from a checkpoint without multitask_state.pt (surgery state and task counters restart)"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("aggregator_kwargs", "schedule_kwargs", "task_batch_sizes"):
             value = getattr(self, name)
             if isinstance(value, str):
-                setattr(self, name, json.loads(value) if value.strip() else None)
+                try:
+                    setattr(self, name, json.loads(value) if value.strip() else None)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"--{name}: not valid JSON ({err}): {value!r}") from None
         if self.telemetry_steps < 0:
             raise ValueError(f"telemetry_steps must be >= 0, got {self.telemetry_steps}")
+        # names are checked here, before any data or model is built
+        if self.aggregator not in AGGREGATORS:
+            raise ValueError(f"--aggregator: unknown aggregator {self.aggregator!r}; choose from {sorted(AGGREGATORS)}")
+        try:
+            get_aggregator(self.aggregator, **(self.aggregator_kwargs or {}))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"--aggregator_kwargs {self.aggregator_kwargs} do not fit aggregator {self.aggregator!r}: {err}") from None
+        if self.schedule not in SCHEDULE_NAMES:
+            raise ValueError(f"--schedule: unknown schedule {self.schedule!r}; choose from {list(SCHEDULE_NAMES)}")
         # per-task sub-batches are nested dicts: never drop their columns
         self.remove_unused_columns = False
 
@@ -373,27 +397,69 @@ class MultitaskTrainer(Trainer):
             "task_steps": dict(self.task_steps),
             "examples_seen": dict(self.examples_seen),
             "skipped_steps": self.skipped_steps,
+            "loss_hook": self.loss_hook.state_dict() if hasattr(self.loss_hook, "state_dict") else None,
         }
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            torch.save(self._multitask_state(), os.path.join(folder, SURGERY_STATE_NAME))
+        """Write the checkpoint so that a kill at any moment leaves a complete one on disk.
 
-    def _load_rng_state(self, checkpoint: str | None) -> None:
-        super()._load_rng_state(checkpoint)
-        if checkpoint is None:
-            return
-        path = os.path.join(checkpoint, SURGERY_STATE_NAME)
-        if not os.path.isfile(path):
-            logger.warning("No %s in %s: aggregator state starts fresh", SURGERY_STATE_NAME, checkpoint)
-            return
-        state = torch.load(path, weights_only=False)
-        self.aggregator.load_state_dict(state["aggregator"])
-        self.task_steps = dict(state["task_steps"])
-        self.examples_seen = dict(state.get("examples_seen", self.examples_seen))
-        self.skipped_steps = int(state["skipped_steps"])
+        Order: the surgery state, then everything ``transformers`` saves (rotation held
+        back), then the completion marker (see :mod:`hf_multitask.checkpoints`), and only
+        then the rotation of older checkpoints.
+        """
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save:
+            if os.path.isdir(folder):  # a partial leftover of a killed run, or a step written again after a resume
+                shutil.rmtree(folder)
+            os.makedirs(folder, exist_ok=True)
+            atomic_torch_save(self._multitask_state(), os.path.join(folder, SURGERY_STATE_NAME))
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            write_marker(folder, self.state.global_step)
+            rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    def resolve_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
+        """The checkpoint folder to resume from, verified complete and intact.
+
+        ``True`` takes the newest complete checkpoint of ``output_dir`` (partial folders of a
+        killed run are skipped, with a log line saying so). Raises :class:`CheckpointError`
+        for a partial, truncated or surgery-state-less checkpoint (the last one is accepted
+        with ``resume_without_surgery_state``).
+        """
+        if resume_from_checkpoint is None or resume_from_checkpoint is False:
+            return None
+        if resume_from_checkpoint is True:
+            found, skipped = latest_complete_checkpoint(self.args.output_dir)
+            partial = f"; incomplete folders skipped: {[p.name for p in skipped]}" if skipped else ""
+            if found is None:
+                raise CheckpointError(f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir}{partial}")
+            logger.warning("Resuming from %s, the newest complete checkpoint%s", found, partial)
+            resume_from_checkpoint = str(found)
+        verify_checkpoint(resume_from_checkpoint, require_surgery_state=not self.args.resume_without_surgery_state)
+        return str(resume_from_checkpoint)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any):
+        """``Trainer.train``; resuming verifies the checkpoint first and restores the surgery state
+        (aggregator RNG and state, per-task step and example counters) with it."""
+        checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
+        if checkpoint is not None:
+            state = load_surgery_state(checkpoint)
+            if state is None:
+                logger.warning("%s has no %s: the surgery state and task counters start fresh (as asked)", checkpoint, SURGERY_STATE_NAME)
+            else:
+                self.aggregator.load_state_dict(state["aggregator"])
+                self.task_steps = dict(state["task_steps"])
+                self.examples_seen = dict(state["examples_seen"])
+                self.skipped_steps = int(state["skipped_steps"])
+                if state.get("loss_hook") is not None and hasattr(self.loss_hook, "load_state_dict"):
+                    self.loss_hook.load_state_dict(state["loss_hook"])
+        return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
 
 
 def surgery_overhead_bytes(trainer: MultitaskTrainer) -> int:

@@ -182,7 +182,9 @@ def test_stray_quote_that_closes_lines_later_costs_only_its_own_line(tmp_path):
     assert len(messages) == 1 and "sts.csv: line 12:" in messages[0] and "quote" in messages[0]
     ids = [f"t{i}" for i in range(140) if i != 10]
     assert ds["id"] == ids, "every other line is its own row"
-    assert ds["label"] == pytest.approx([float(i % 6) for i in range(140) if i not in (10, 19)][:18] + [2.0] + [float(i % 6) for i in range(20, 140)])
+    assert ds["label"] == pytest.approx(
+        [float(i % 6) for i in range(140) if i not in (10, 19)][:18] + [2.0] + [float(i % 6) for i in range(20, 140)]
+    )
     assert ds["sentence1"][18] == 'the quote "closes" inside this one'
     assert all("\t" not in s and "\n" not in s for c in ("sentence1", "sentence2") for s in ds[c])
     with pytest.raises(DataError, match=r"sts.csv: line 12: malformed quoting"):

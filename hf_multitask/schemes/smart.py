@@ -111,5 +111,21 @@ class SmartRegularizer:
         for p_ema, p in zip(self.ema.parameters(), model.parameters()):
             p_ema.mul_(self.beta).add_(p.detach(), alpha=1.0 - self.beta)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The EMA teacher's parameters: saved in checkpoints so a resumed run keeps its teacher."""
+        return {"ema": None if self.ema is None else [p.detach().clone() for p in self.ema.parameters()]}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("ema")
+        if (saved is None) != (self.ema is None):
+            raise ValueError("SMART state: the checkpoint's EMA teacher does not match this regulariser (mu > 0 in one only)")
+        if saved is not None:
+            params = list(self.ema.parameters())
+            if len(saved) != len(params):
+                raise ValueError(f"SMART state: {len(saved)} EMA tensors for {len(params)} parameters")
+            for p, value in zip(params, saved):
+                p.copy_(value)
+
     def remove(self) -> None:
         self._handle.remove()
