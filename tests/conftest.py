@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertTokenizerFast, DistilBertConfig, RobertaConfig
+from transformers import BertConfig, BertModel, BertTokenizerFast, DistilBertConfig, RobertaConfig
 
 import hf_multitask as hm
 
@@ -194,3 +194,43 @@ def assert_loads_without_package(folder: Path, task: str, inputs: dict, expected
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=folder, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "REMOTE-OK transformers_modules" in proc.stdout
+
+
+RECIPE_WORDS = ["good", "bad", "great", "awful", "fine", "dull", "fun", "sad"]
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> Path:
+    """A saved tiny BERT encoder with its tokenizer: what the recipe takes as --backbone."""
+    folder = tmp_path_factory.mktemp("backbone")
+    torch.manual_seed(0)
+    BertModel(tiny_encoder_config("bert")).save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """CS224N-format reference files with 48 rows each: what the recipe takes as --data-dir."""
+    folder = tmp_path_factory.mktemp("data")
+    n = 48
+    sent = [" ".join(RECIPE_WORDS[(i * 7 + k) % 8] for k in range(2 + i % 4)) for i in range(n)]
+    write_tsv(folder / "ids-sst-train.csv", ["id", "sentence", "sentiment"], [[f"s{i}", sent[i], i % 5] for i in range(n)])
+    write_tsv(
+        folder / "quora-train.csv",
+        ["id", "sentence1", "sentence2", "is_duplicate"],
+        [[f"q{i}", sent[i], sent[(i + 1) % n], float(i % 2)] for i in range(n)],
+    )
+    write_tsv(
+        folder / "sts-train.csv",
+        ["id", "sentence1", "sentence2", "similarity"],
+        [[f"t{i}", sent[i], sent[(i * 3) % n], float(i % 6)] for i in range(n)],
+    )
+    return folder
+
+
+def recipe_flags(backbone: Path, data: Path, out: Path) -> list[str]:
+    """The recipe flags of a quiet 3-step CPU run on the tiny backbone and data."""
+    return ["--backbone", str(backbone), "--data-dir", str(data), "--output-dir", str(out), "--max-steps", "3",
+            "--per_device_train_batch_size", "4", "--use_cpu", "true", "--disable_tqdm", "true", "--telemetry_steps", "1"]  # fmt: skip

@@ -5,49 +5,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import VOCAB, tiny_encoder_config, write_tsv
+from conftest import RECIPE_WORDS, assert_same_outputs, assert_same_weights, recipe_flags, write_tsv
 from huggingface_hub import HfApi
-from transformers import AutoModel, BertModel, BertTokenizerFast
+from transformers import AutoModel, BertTokenizerFast
 
 import hf_multitask as hm
-from hf_multitask.recipe import parse_args, run
+from hf_multitask.recipe import RecipeError, parse_args, run
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
-WORDS = ["good", "bad", "great", "awful", "fine", "dull", "fun", "sad"]
+WORDS = RECIPE_WORDS
 
 
-@pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("backbone")
-    torch.manual_seed(0)
-    BertModel(tiny_encoder_config("bert")).save_pretrained(folder)
-    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data")
-    n = 48
-    sent = [" ".join(WORDS[(i * 7 + k) % 8] for k in range(2 + i % 4)) for i in range(n)]
-    write_tsv(folder / "ids-sst-train.csv", ["id", "sentence", "sentiment"], [[f"s{i}", sent[i], i % 5] for i in range(n)])
-    write_tsv(
-        folder / "quora-train.csv",
-        ["id", "sentence1", "sentence2", "is_duplicate"],
-        [[f"q{i}", sent[i], sent[(i + 1) % n], float(i % 2)] for i in range(n)],
-    )
-    write_tsv(
-        folder / "sts-train.csv",
-        ["id", "sentence1", "sentence2", "similarity"],
-        [[f"t{i}", sent[i], sent[(i * 3) % n], float(i % 6)] for i in range(n)],
-    )
-    return folder
-
-
-def _common(tiny_backbone, tiny_data, out):
-    return ["--backbone", str(tiny_backbone), "--data-dir", str(tiny_data), "--output-dir", str(out), "--max-steps", "3",
-            "--per_device_train_batch_size", "4", "--use_cpu", "true", "--disable_tqdm", "true", "--telemetry_steps", "1"]  # fmt: skip
+_common = recipe_flags
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
@@ -73,7 +42,7 @@ def test_yaml_values_are_overridden_by_flags(tmp_path):
     model_args, data_args, args = parse_args(["--config", str(config), "--learning_rate", "0.5", "--output_dir", str(tmp_path)])
     assert args.aggregator == "gradvac" and args.learning_rate == 0.5
     assert data_args.tasks == ["sst", "sts"] and model_args.head_hidden_sizes == [8, 4]
-    with pytest.raises(SystemExit, match="no such file"):
+    with pytest.raises(RecipeError, match="no such file"):
         parse_args(["--config", str(tmp_path / "missing.yaml")])
 
 
@@ -88,10 +57,10 @@ def test_custom_task_needs_no_code(tiny_backbone, tiny_data, tmp_path):
 
 
 def test_unknown_task_and_offline_hub_backbone_errors(tiny_data, tmp_path, monkeypatch):
-    with pytest.raises(SystemExit, match="Unknown task 'mnli'"):
+    with pytest.raises(RecipeError, match="unknown task .mnli."):
         run(["--tasks", "mnli", "--data-dir", str(tiny_data), "--output-dir", str(tmp_path)])
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(SystemExit, match="pass --backbone packaged"):
+    with pytest.raises(RecipeError, match="pass --backbone packaged"):
         run(["--backbone", "someone/not-cached-model", "--data-dir", str(tiny_data), "--output-dir", str(tmp_path)])
 
 
@@ -131,7 +100,8 @@ def test_push_to_hub_uploads_weights_code_and_card(tiny_backbone, tmp_path, monk
     assert 'AutoModel.from_pretrained("me/tiny-mt")' in card and "| sts | pearson | 0.6300 |" in card
     loaded = AutoModel.from_pretrained(folder)
     ids = torch.tensor([[2, 10, 11, 3]])
-    assert torch.equal(loaded.eval()(task="sst", input_ids=ids).logits, model.eval()(task="sst", input_ids=ids).logits)
+    assert_same_weights(loaded, model)
+    assert_same_outputs(loaded.eval()(task="sst", input_ids=ids).logits, model.eval()(task="sst", input_ids=ids).logits)
 
 
 def test_quickstart_notebook_runs_on_a_tiny_checkpoint(tiny_backbone, tiny_data, tmp_path):
@@ -203,9 +173,9 @@ def test_recipe_head_pretraining_eda_adjustment_and_lstm(tiny_backbone, tiny_dat
     assert type(best.heads["sst"]).__name__ == "LSTMHead"
     for task in ("sst", "quora", "sts"):
         assert (out / "head-pretraining" / f"heads-{task}").is_dir(), "each task's head was pretrained on its own"
-    with pytest.raises(SystemExit, match="--eda_tasks names unknown"):
+    with pytest.raises(RecipeError, match="--eda_tasks names unknown"):
         run([*_common(tiny_backbone, tiny_data, tmp_path / "bad"), "--eda_tasks", "nli"])
-    with pytest.raises(SystemExit, match="no such file"):
+    with pytest.raises(RecipeError, match="no such file"):
         run([*_common(tiny_backbone, tiny_data, tmp_path / "bad"), "--eda_tasks", "sst", "--eda_synonyms", str(tmp_path / "none.json")])
 
 
@@ -246,7 +216,7 @@ def test_recipe_ensemble_mode_evaluates_checkpoints_without_training(tiny_backbo
     assert metrics["eval_overall"] == pytest.approx(expected["overall"])
     assert json.loads((out / "metrics.json").read_text())["eval_overall"] == pytest.approx(expected["overall"])
     assert (out / "predictions" / "sst-dev-output.csv").is_file() and not (out / "best").exists()
-    with pytest.raises(SystemExit, match="no such checkpoint"):
+    with pytest.raises(RecipeError, match="no such checkpoint"):
         run(["--ensemble", str(tmp_path / "nowhere"), "--data-dir", str(tiny_data), "--output-dir", str(out)])
 
 
