@@ -27,7 +27,7 @@ def conflict_metrics(info: dict[str, Any], grad_scale: float = 1.0) -> dict[str,
     """
     gram: torch.Tensor = info["gram"]
     tasks: Sequence[str] = info["tasks"]
-    factor = math.sqrt(float(info.get("gram_factor", 1.0))) / float(grad_scale)
+    factor = float(info.get("gram_scale", math.sqrt(float(info.get("gram_factor", 1.0))))) / float(grad_scale)
     out: dict[str, float] = {}
     if not torch.isfinite(gram).all():
         return out

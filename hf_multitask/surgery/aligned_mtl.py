@@ -21,18 +21,26 @@ class AlignedMTL(Aggregator):
     i.e. every singular value of J is set to the smallest non-zero one, so no task dominates
     and the condition number is 1. The update is ``d = J_hat^T alpha`` with ``alpha`` the task
     weights (all ones), so the aggregation weights are ``B alpha``.
+
+    Which eigenvalues count as non-zero: those above ``T * eps * lambda_max``, with ``eps`` the
+    machine epsilon of the precision the Gram matrix was accumulated in (float32 for float32
+    gradients: the rounding noise of ``J J^T`` is about that large, so a smaller cut-off would
+    keep noise eigenvalues and shrink the update by orders of magnitude). This is the
+    authors' choice; ``rtol`` overrides it with ``rtol * lambda_max``.
     """
 
     name = "aligned_mtl"
 
-    def __init__(self, seed: int = 0, rtol: float = 1e-8) -> None:
+    def __init__(self, seed: int = 0, rtol: float | None = None) -> None:
         super().__init__(seed)
-        self.rtol = float(rtol)
+        self.rtol = None if rtol is None else float(rtol)
 
     def weights(self, gram: torch.Tensor, counts: torch.Tensor | None, tasks: Sequence[str]) -> torch.Tensor:
         t = gram.shape[0]
         lam, vec = torch.linalg.eigh(gram)
-        keep = lam > self.rtol * lam.max().clamp_min(0)
+        eps = float(self.last_info.get("gram_eps", torch.finfo(torch.float32).eps))
+        rtol = t * eps if self.rtol is None else self.rtol
+        keep = lam > rtol * lam.max().clamp_min(0)
         if not bool(keep.any()):
             return torch.ones(t, dtype=gram.dtype)
         lam, vec = lam[keep], vec[:, keep]

@@ -13,20 +13,21 @@ from typing import Any
 
 import torch
 
-__all__ = ["Aggregator", "gram_matrix", "gram_with_factor", "projected_norms"]
+__all__ = ["Aggregator", "accumulation_eps", "gram_matrix", "gram_with_factor", "projected_norms", "scaled_gram"]
 
 _SAFE_MAX = 1e15
 _SAFE_MIN = 1e-15
 
 
-def gram_with_factor(grads: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """``(G, f)`` with ``grads @ grads.T == f * G``, ``G`` in float64.
+def scaled_gram(grads: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``(G, s)`` with ``grads @ grads.T == s**2 * G``, ``G`` in float64.
 
-    Dot products accumulate in fp32 (``grads`` is cast if it is half precision). When the
-    entries are so large that the products overflow, or so small that they underflow, the
-    rows are first divided by their largest entry ``s`` (and ``f = s**2``): every aggregator
-    here is positively homogeneous, so its weights do not change. Non-finite gradients give
-    a non-finite ``G``.
+    Dot products accumulate in fp32 (``grads`` is cast if it is half precision) or in float64
+    for float64 gradients. When the entries are so large that the products overflow, or so
+    small that they underflow, the rows are first divided by their largest entry ``s``: every
+    aggregator here is positively homogeneous, so its weights do not change. ``s`` is kept
+    as a number, never squared, so float64 entries up to the largest finite float work.
+    Non-finite gradients give a non-finite ``G``.
     """
     g = grads if grads.dtype in (torch.float32, torch.float64) else grads.float()
     gram = (g @ g.T).double()
@@ -42,8 +43,20 @@ def gram_with_factor(grads: torch.Tensor) -> tuple[torch.Tensor, float]:
             return gram, 1.0  # inf/NaN in the gradients: let them propagate
         if scale > 0:
             scaled = g / scale
-            return (scaled @ scaled.T).double(), float(scale) ** 2
+            return (scaled @ scaled.T).double(), float(scale)
     return gram, 1.0
+
+
+def gram_with_factor(grads: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``(G, f)`` with ``grads @ grads.T == f * G`` (``f = s**2`` of :func:`scaled_gram`; it may be
+    ``inf`` in float arithmetic for entries beyond 1e154, which never raises)."""
+    gram, scale = scaled_gram(grads)
+    return gram, float(torch.tensor(scale, dtype=torch.float64) ** 2)
+
+
+def accumulation_eps(grads: torch.Tensor) -> float:
+    """Machine epsilon of the precision the Gram matrix of ``grads`` is accumulated in."""
+    return torch.finfo(torch.float64 if grads.dtype == torch.float64 else torch.float32).eps
 
 
 def gram_matrix(grads: torch.Tensor) -> torch.Tensor:
@@ -68,7 +81,9 @@ class Aggregator:
     number of samples of each row's task in the step; ``tasks`` names the rows (stateful
     methods such as GradVac key their state by task name).
 
-    After each call ``last_info`` holds telemetry: the Gram matrix, the weights and, for
+    After each call ``last_info`` holds telemetry: the Gram matrix (``gram``, with
+    ``grads @ grads.T = gram_scale**2 * gram``; ``gram_eps`` is the epsilon of the precision it
+    was accumulated in), the weights and, for
     methods that modify each task's gradient, ``coeffs`` (row i of the modified gradients
     is ``coeffs[i] @ grads``) and ``removed`` (``||g_i - g_i'||`` per task).
     """
@@ -99,8 +114,9 @@ class Aggregator:
             counts = torch.as_tensor(counts, dtype=torch.float64).reshape(-1)
             if counts.numel() != t or bool((counts <= 0).any()):
                 raise ValueError(f"counts must be {t} positive numbers, got {counts.tolist()}")
-        gram, factor = gram_with_factor(grads)
-        self.last_info = {"gram": gram, "gram_factor": factor, "tasks": tasks}
+        gram, scale = scaled_gram(grads)
+        factor = float(torch.tensor(scale, dtype=torch.float64) ** 2)
+        self.last_info = {"gram": gram, "gram_scale": scale, "gram_factor": factor, "gram_eps": accumulation_eps(grads), "tasks": tasks}
         if not torch.isfinite(gram).all():
             # inf/NaN gradients (fp16 overflow): keep them so the GradScaler skips the step
             w = torch.ones(t, dtype=torch.float64)
