@@ -90,7 +90,11 @@ class ModelArguments:
 class DataArguments:
     """Where the task data comes from and how it is cut."""
 
-    data_dir: str = field(default="../shared/data", metadata={"help": "Folder of the CS224N-format training files"})
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of the CS224N-format training files (default: the reference tasks from Hub presets)"},
+    )
+    demo: bool = field(default=False, metadata={"help": "Train on the built-in demo examples (no data files, no network)"})
     tasks: list[str] = field(default_factory=lambda: ["sst", "quora", "sts"], metadata={"help": "Reference task names to train"})
     custom_tasks: list | str | None = field(
         default=None,
@@ -221,6 +225,21 @@ def load_config(path: Path) -> dict[str, Any]:
     return settings
 
 
+# --demo: a short run sized for a few dozen examples per task (flags and configs override these)
+DEMO_DEFAULTS = {"output_dir": "outputs/demo", "num_train_epochs": 3.0, "per_device_train_batch_size": 8, "validation_fraction": 0.25,
+                 "logging_steps": 5, "telemetry_steps": 2, "learning_rate": 1e-4}  # fmt: skip
+
+
+def _demo_requested(argv: list[str]) -> bool:
+    for i, token in enumerate(argv):
+        if token == "--demo":
+            value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else "true"
+            return value.lower() in ("true", "yes", "1")
+        if token.startswith("--demo="):
+            return token.split("=", 1)[1].lower() in ("true", "yes", "1")
+    return False
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, RecipeTrainingArguments]:
     """``--config file.yaml`` (or ``--config=file.yaml``) gives defaults; every other flag overrides them.
 
@@ -230,6 +249,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     argv = list(sys.argv[1:] if argv is None else argv)
     config = _pop_config(argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, RecipeTrainingArguments))
+    if _demo_requested(argv):
+        parser.set_defaults(**DEMO_DEFAULTS)
     if config is not None:
         parser.set_defaults(**load_config(config))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
@@ -242,16 +263,21 @@ def _data_path(data_dir: Path, name: str) -> str:
     return str(path if path.is_absolute() or path.exists() else data_dir / path)
 
 
+HUB_PRESET = "<hub preset>"
+
+
 def build_tasks(data_args: DataArguments) -> list[tuple[TaskSpec, str, str | None]]:
-    """(spec, train file, validation file or None) for every task of the run."""
+    """(spec, train file or :data:`HUB_PRESET`, validation file or None) for every task of the run."""
     out = []
-    data_dir = Path(data_args.data_dir)
+    data_dir = Path(data_args.data_dir or ".")
     validation_files = {task: _data_path(data_dir, f) for task, f in data_args.validation_files.items()}
     for name in data_args.tasks:
         if name not in REFERENCE:
             raise RecipeError(f"--tasks: unknown task {name!r}; reference tasks are {sorted(REFERENCE)} (add others with --custom_tasks)")
         make, filename = REFERENCE[name]
-        out.append((make(), str(data_dir / filename), validation_files.get(name)))
+        # without --data-dir the reference tasks come from their Hub presets (hf_multitask.presets)
+        train = str(data_dir / filename) if data_args.data_dir else HUB_PRESET
+        out.append((make(), train, validation_files.get(name)))
     for item in data_args.custom_tasks or []:
         item = dict(item)
         train_file = item.pop("train_file", None)
@@ -379,30 +405,61 @@ def load_model(model_args: ModelArguments, specs: list[TaskSpec], max_length: in
     return model, tokenizer
 
 
-def prepare_data(data_args: DataArguments, tasks, model: MultitaskModel, tokenizer) -> tuple[dict, dict, dict]:
+def load_raw_data(data_args: DataArguments, tasks) -> dict[str, tuple[Any, Any]]:
+    """``{task: (training rows, validation rows)}``, read and validated before any model is built.
+
+    Hub presets that cannot be loaded (offline, no cache) stop the run with one message naming
+    the datasets tried and the other ways to get data.
+    """
+    from .presets import PresetUnavailable, load_preset, offline_message
+
+    raw: dict[str, tuple[Any, Any]] = {}
+    unavailable: list[tuple[str, str]] = []
+    for spec, train_file, validation_file in tasks:
+        try:
+            if train_file == HUB_PRESET:
+                train = load_preset(spec, "train", strict=data_args.strict_data)
+                val = None if validation_file else load_preset(spec, "validation", strict=data_args.strict_data)
+            else:
+                train, val = load_task_data(spec, train_file, strict=data_args.strict_data), None
+        except PresetUnavailable as err:
+            unavailable.append((spec.name, str(err)))
+            continue
+        if validation_file:
+            val = load_task_data(spec, validation_file, strict=data_args.strict_data)
+        elif val is None:
+            train, val = train_validation_split(train, data_args.validation_fraction, seed=data_args.validation_seed)
+        limit = data_args.train_limits.get(spec.name)
+        if limit is not None and limit < len(train):
+            train = train.select(range(int(limit)))
+        if spec.name in data_args.eda_tasks:
+            before = len(train)
+            train = _eda(data_args).rebalance(train, spec)
+            logger.info("task %s: EDA rebalancing added %d training examples", spec.name, len(train) - before)
+        raw[spec.name] = (train, val)
+    if unavailable:
+        raise RecipeError(offline_message([t for t, _ in unavailable], [r for _, r in unavailable]))
+    return raw
+
+
+def encode_data(data_args: DataArguments, tasks, raw: dict, model: MultitaskModel, tokenizer) -> tuple[dict, dict, dict]:
     """Encoded training and validation sets per task, and the raw training texts (for SimCSE)."""
     train, validation, texts = {}, {}, {}
-    for spec, train_file, validation_file in tasks:
-        raw = load_task_data(spec, train_file, strict=data_args.strict_data)
-        if validation_file:
-            raw_val = load_task_data(spec, validation_file, strict=data_args.strict_data)
-        else:
-            raw, raw_val = train_validation_split(raw, data_args.validation_fraction, seed=data_args.validation_seed)
-        limit = data_args.train_limits.get(spec.name)
-        if limit is not None and limit < len(raw):
-            raw = raw.select(range(int(limit)))
-        if spec.name in data_args.eda_tasks:
-            before = len(raw)
-            raw = _eda(data_args).rebalance(raw, spec)
-            logger.info("task %s: EDA rebalancing added %d training examples", spec.name, len(raw) - before)
-        texts[spec.name] = {c: raw[c] for c in spec.text_columns}
+    for spec, _, _ in tasks:
+        rows, val_rows = raw[spec.name]
+        texts[spec.name] = {c: rows[c] for c in spec.text_columns}
         encoding = model.config.task_pair_encoding(spec)
         train[spec.name] = encode_task(
-            raw, spec, tokenizer, pair_encoding=encoding, max_length=data_args.max_length, drop_longest=data_args.drop_longest
+            rows, spec, tokenizer, pair_encoding=encoding, max_length=data_args.max_length, drop_longest=data_args.drop_longest
         )
-        validation[spec.name] = encode_task(raw_val, spec, tokenizer, pair_encoding=encoding, max_length=data_args.max_length)
+        validation[spec.name] = encode_task(val_rows, spec, tokenizer, pair_encoding=encoding, max_length=data_args.max_length)
         logger.info("task %s: %d training and %d validation examples", spec.name, len(train[spec.name]), len(validation[spec.name]))
     return train, validation, texts
+
+
+def prepare_data(data_args: DataArguments, tasks, model: MultitaskModel, tokenizer) -> tuple[dict, dict, dict]:
+    """:func:`load_raw_data` then :func:`encode_data`."""
+    return encode_data(data_args, tasks, load_raw_data(data_args, tasks), model, tokenizer)
 
 
 def _write_prediction_files(out: Path, tasks: list, predictions: dict) -> None:
@@ -568,19 +625,28 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
         return run_ensemble(model_args, data_args, args)
     _check_settings(args)
     resume = resume_setting(args.resume_from_checkpoint)
+    if data_args.demo:
+        if data_args.data_dir:
+            raise RecipeError("--demo trains on the built-in examples; it does not take --data-dir")
+        from .demo import write_demo_data
+
+        data_args.data_dir = str(write_demo_data(Path(args.output_dir) / "demo-data"))
+        logger.info("--demo: %s holds the built-in examples", data_args.data_dir)
     tasks = build_tasks(data_args)
     _check_task_names(data_args, args, model_args, [s.name for s, _, _ in tasks])
     lock = _claim_output_dir(args, resuming=resume is not None)
     try:
-        return _train(model_args, data_args, args, tasks, resume)
+        raw = load_raw_data(data_args, tasks)
+        return _train(model_args, data_args, args, tasks, raw, resume)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(model_args: ModelArguments, data_args: DataArguments, args: RecipeTrainingArguments, tasks: list, resume) -> dict[str, float]:
+def _train(model_args: ModelArguments, data_args: DataArguments, args: RecipeTrainingArguments, tasks: list, raw: dict,
+           resume) -> dict[str, float]:  # fmt: skip
     model, tokenizer = load_model(model_args, [s for s, _, _ in tasks], max_length=data_args.max_length)
-    train, validation, raw_texts = prepare_data(data_args, tasks, model, tokenizer)
+    train, validation, raw_texts = encode_data(data_args, tasks, raw, model, tokenizer)
     if resume is not None and (args.simcse_steps or args.head_pretrain_steps or args.lp_steps):
         logger.info("resuming: SimCSE, head pretraining and LP are skipped (their result is in the checkpoint's weights)")
     elif args.simcse_steps > 0:
@@ -714,4 +780,15 @@ if __name__ == "__main__":  # pragma: no cover
     main()
 
 
-__all__ = ["DataArguments", "ModelArguments", "RecipeError", "RecipeTrainingArguments", "load_config", "parse_args", "run", "main"]
+__all__ = [
+    "DataArguments",
+    "ModelArguments",
+    "RecipeError",
+    "encode_data",
+    "load_raw_data",
+    "RecipeTrainingArguments",
+    "load_config",
+    "parse_args",
+    "run",
+    "main",
+]

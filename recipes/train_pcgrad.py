@@ -1,5 +1,6 @@
 """Train a multitask model with gradient surgery.
 
+    accelerate launch recipes/train_pcgrad.py --demo          # built-in examples, no data, no network
     accelerate launch recipes/train_pcgrad.py --data-dir ../shared/data --max-steps 20
     accelerate launch recipes/train_pcgrad.py --config recipes/configs/pcgrad_cosine.yaml
 

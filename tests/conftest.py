@@ -13,6 +13,16 @@ import hf_multitask as hm
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The reference data beside the repository (``../shared/data``). Our CI has it and runs
+    these tests; on a machine without it (a user's fresh clone) they are skipped, saying why."""
+    if not (SHARED_DATA / "quora-train.csv").is_file():
+        pytest.skip(f"needs the CS224N reference data in {SHARED_DATA}, which this machine does not have")
+    return SHARED_DATA
+
+
 # Two model instances with equal weights give outputs equal only up to rounding: CPU kernels
 # may take other code paths for differently aligned buffers (a reload once differed by 5.6e-9).
 # Outputs are therefore compared with a tight tolerance, which still catches a wrong head, a

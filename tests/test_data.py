@@ -3,7 +3,7 @@ import warnings
 
 import datasets
 import pytest
-from conftest import SHARED_DATA, write_tsv
+from conftest import write_tsv
 
 import hf_multitask as hm
 from hf_multitask import DataError, DataWarning, load_task_data
@@ -135,9 +135,8 @@ def test_wrong_field_count_is_malformed(tmp_path):
         load_task_data(hm.sst_task(), tmp_path / "sst.csv", strict=True)
 
 
-def test_shared_quora_file_skips_exactly_its_one_malformed_row():
-    path = SHARED_DATA / "quora-train.csv"
-    assert path.is_file(), f"reference data expected beside the repo at {SHARED_DATA}"
+def test_shared_quora_file_skips_exactly_its_one_malformed_row(shared_data):
+    path = shared_data / "quora-train.csv"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = load_task_data(hm.quora_task(), path)
@@ -249,7 +248,7 @@ def test_absurd_regression_labels_warn_without_a_range_and_are_bad_rows_with_one
 
 
 @pytest.mark.parametrize("name, rows", [("ids-sst-train.csv", 8544), ("sts-train.csv", 6040)])
-def test_shared_sst_and_sts_files_load_every_row_without_a_warning(name, rows):
+def test_shared_sst_and_sts_files_load_every_row_without_a_warning(name, rows, shared_data):
     spec = hm.sst_task() if name.startswith("ids-sst") else hm.sts_task()
-    ds, messages = _caught(lambda: load_task_data(spec, SHARED_DATA / name))
+    ds, messages = _caught(lambda: load_task_data(spec, shared_data / name))
     assert messages == [] and len(ds) == rows
