@@ -16,7 +16,7 @@ from .encoding import MultitaskCollator
 from .metrics import compute_task_metrics, overall_score, predictions_from_logits
 from .tasks import TaskSpec
 
-__all__ = ["TaskPredictions", "predict", "evaluate", "write_predictions"]
+__all__ = ["TaskPredictions", "predict", "evaluate", "metrics_from_predictions", "write_predictions"]
 
 
 @dataclass
@@ -27,6 +27,7 @@ class TaskPredictions:
     ids: list[str]
     predictions: np.ndarray
     labels: np.ndarray | None
+    loss: float | None = None  # the task's mean loss over the examples, when they have labels
 
 
 @torch.inference_mode()
@@ -52,20 +53,26 @@ def predict(
     ids: list[str] = []
     preds: list[np.ndarray] = []
     labels: list[np.ndarray] = []
+    loss_sum, loss_n = 0.0, 0
     for batch in tqdm(loader, desc=f"Predicting {task}", disable=not progress):
         ids.extend(batch.pop("ids", []))
-        gold = batch.pop("labels", None)
+        gold = batch.get("labels")
         inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-        logits = model(**inputs).logits.float().cpu().numpy()
+        out = model(**inputs)
+        logits = out.logits.float().cpu().numpy()
         preds.append(predictions_from_logits(spec, logits))
         if gold is not None:
             labels.append(gold.numpy())
+            if getattr(out, "loss", None) is not None:
+                loss_sum += float(out.loss) * len(gold)
+                loss_n += len(gold)
     model.train(was_training)
     return TaskPredictions(
         task=task,
         ids=ids,
         predictions=np.concatenate(preds) if preds else np.zeros(0),
         labels=np.concatenate(labels) if labels else None,
+        loss=loss_sum / loss_n if loss_n else None,
     )
 
 
@@ -80,21 +87,36 @@ def evaluate(
 ) -> dict[str, float]:
     """Metrics of every task plus ``overall`` (mean of normalised task scores).
 
-    Keys are ``{task}_{metric}`` and ``{task}_score`` for each task, and ``overall``.
+    Keys are ``{task}_{metric}``, ``{task}_score`` and ``{task}_loss`` for each task, ``overall``
+    and ``loss`` (the sum of the per-task mean losses).
     Pass a dict as ``predictions`` to get each task's :class:`TaskPredictions` as well.
     """
+    outputs = {}
+    for task, ds in datasets_by_task.items():
+        outputs[task] = predict(model, ds, task, pad_token_id=pad_token_id, batch_size=batch_size, progress=progress)
+        if predictions is not None:
+            predictions[task] = outputs[task]
+    return metrics_from_predictions(model, outputs)
+
+
+def metrics_from_predictions(model: torch.nn.Module, outputs: dict[str, TaskPredictions]) -> dict[str, float]:
+    """``{task}_{metric}``, ``{task}_score``, ``{task}_loss`` per task, ``overall`` and ``loss``
+    (the sum of the tasks' mean losses, the summed-loss objective) from labelled predictions."""
     results: dict[str, float] = {}
     scores: dict[str, float] = {}
-    for task, ds in datasets_by_task.items():
-        out = predict(model, ds, task, pad_token_id=pad_token_id, batch_size=batch_size, progress=progress)
-        if predictions is not None:
-            predictions[task] = out
+    losses: list[float] = []
+    for task, out in outputs.items():
         if out.labels is None:
             raise ValueError(f"Task {task!r}: the evaluation data has no labels")
         metrics = compute_task_metrics(model.get_task(task), out.predictions, out.labels)
         scores[task] = metrics["score"]
         results.update({f"{task}_{k}": v for k, v in metrics.items()})
+        if out.loss is not None:
+            results[f"{task}_loss"] = out.loss
+            losses.append(out.loss)
     results["overall"] = overall_score(scores)
+    if losses and len(losses) == len(outputs):
+        results["loss"] = float(sum(losses))
     return results
 
 

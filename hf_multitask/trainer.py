@@ -23,7 +23,7 @@ import datasets
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, PredictionOutput, rotate_checkpoints
 
 from .checkpoints import (
     SURGERY_STATE_NAME,
@@ -34,8 +34,10 @@ from .checkpoints import (
     verify_checkpoint,
     write_marker,
 )
-from .mixing import SCHEDULE_NAMES, MultitaskStepSampler, make_train_dataloader
+from .mixing import SCHEDULE_NAMES, WINDOW_KEY, MultitaskStepSampler, make_train_dataloader
 from .predict import evaluate as evaluate_tasks
+from .predict import metrics_from_predictions
+from .predict import predict as predict_task
 from .surgery import AGGREGATORS, Aggregator, get_aggregator
 from .telemetry import ConflictTelemetryCallback, conflict_metrics
 
@@ -94,6 +96,19 @@ class MultitaskTrainingArguments(TrainingArguments):
             raise ValueError(f"--aggregator_kwargs {self.aggregator_kwargs} do not fit aggregator {self.aggregator!r}: {err}") from None
         if self.schedule not in SCHEDULE_NAMES:
             raise ValueError(f"--schedule: unknown schedule {self.schedule!r}; choose from {list(SCHEDULE_NAMES)}")
+        for name, (default, why) in _REFUSED_FIELDS.items():
+            if getattr(self, name) != default:
+                raise ValueError(f"--{name} is not supported by MultitaskTrainer: {why}")
+        if self.train_sampling_strategy != "random":
+            raise ValueError(
+                f"--train_sampling_strategy {self.train_sampling_strategy!r} is not supported by MultitaskTrainer: the "
+                "task schedule decides the batches (--schedule); length grouping is --length_grouping"
+            )
+        if self.aggregator == "weighted_pcgrad" and self.gradient_accumulation_steps > 1 and self.schedule != "round_robin":
+            raise ValueError(
+                "--aggregator weighted_pcgrad with --gradient_accumulation_steps > 1 needs --schedule round_robin: its rows "
+                "must be each task's mean-loss gradient over the step, which holds only when every task is in every micro-batch"
+            )
         # per-task sub-batches are nested dicts: never drop their columns
         self.remove_unused_columns = False
 
@@ -107,31 +122,40 @@ def example_lengths(dataset: datasets.Dataset) -> list[int]:
 
 
 class _SurgeryBuffers:
-    """The flat fp32 buffer ``[T x P_shared | P_heads | T counts]`` and views into it."""
+    """The flat fp32 buffer ``[T x P_shared | P_heads | T counts]`` and views into it.
 
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
-        self.tasks: list[str] = list(model.task_names)
+    ``tasks`` are the tasks that train (those with training data), ``shared`` / ``heads`` the
+    parameters that require gradients when the buffers were built (``signature`` tells when
+    that set changed, so the trainer rebuilds them).
+    """
+
+    def __init__(self, model: nn.Module, tasks: list[str], device: torch.device) -> None:
+        self.tasks: list[str] = list(tasks)
         self.index = {t: i for i, t in enumerate(self.tasks)}
         self.shared = [p for p in model.shared_parameters() if p.requires_grad]
         self.heads = {t: [p for p in model.task_parameters(t) if p.requires_grad] for t in self.tasks}
+        self.signature = _trainable_signature(model)
         t_count = len(self.tasks)
         self.p_shared = sum(p.numel() for p in self.shared)
         p_heads = sum(p.numel() for ps in self.heads.values() for p in ps)
         self.flat = torch.zeros(t_count * self.p_shared + p_heads + t_count, dtype=torch.float32, device=device)
         self.matrix = self.flat[: t_count * self.p_shared].view(t_count, self.p_shared)
         head_flat = self.flat[t_count * self.p_shared : t_count * self.p_shared + p_heads]
-        self.counts = self.flat[t_count * self.p_shared + p_heads :]
+        self.counts = self.flat[t_count * self.p_shared + p_heads :]  # device copy, for the DDP all-reduce
         self.update = torch.zeros(self.p_shared, dtype=torch.float32, device=device)
         # a row is "fresh" at the start of an optimizer step: its first gradient is copied in,
         # later micro-batches add, so the buffer never needs a separate zeroing pass
         self.fresh = [True] * t_count
+        self.host_counts = [0.0] * t_count  # samples per task in this step, on the host (no syncs)
         self.row_views = {t: self._views(self.matrix[self.index[t]], self.shared) for t in self.tasks}
         self.update_views = self._views(self.update, self.shared)
         self.head_views: dict[str, list[torch.Tensor]] = {}
+        self.head_flat: dict[str, torch.Tensor] = {}
         offset = 0
         for t in self.tasks:
             n = sum(p.numel() for p in self.heads[t])
-            self.head_views[t] = self._views(head_flat[offset : offset + n], self.heads[t])
+            self.head_flat[t] = head_flat[offset : offset + n]
+            self.head_views[t] = self._views(self.head_flat[t], self.heads[t])
             offset += n
 
     @staticmethod
@@ -146,6 +170,10 @@ class _SurgeryBuffers:
         return self.flat.numel() * 4 + self.update.numel() * 4
 
 
+def _trainable_signature(model: nn.Module) -> tuple[int, ...]:
+    return tuple(id(p) for p in model.parameters() if p.requires_grad)
+
+
 class _AfterOptimizerStep(TrainerCallback):
     def __init__(self, trainer: MultitaskTrainer) -> None:
         self.trainer = trainer
@@ -154,36 +182,51 @@ class _AfterOptimizerStep(TrainerCallback):
         self.trainer.optimizer_step_done()
 
 
+# TrainingArguments that cannot work with per-task surgery steps: refused when the arguments are built
+_REFUSED_FIELDS = {
+    "auto_find_batch_size": (
+        False,
+        "each task's batch size comes from per_device_train_batch_size / task_batch_sizes, and a retried step would "
+        "reuse half-filled surgery rows; pick the batch sizes yourself",
+    ),
+    "label_smoothing_factor": (0.0, "each task's head computes its own loss; label smoothing is not implemented there"),
+}
+
+
 class MultitaskTrainer(Trainer):
     """A `Trainer` for :class:`~hf_multitask.MultitaskModel` with gradient surgery.
 
     Args:
         model: A :class:`~hf_multitask.MultitaskModel` (or anything with ``task_names``,
             ``shared_parameters()``, ``task_parameters(task)`` and ``forward(task=..., **batch)``
-            returning ``loss``).
+            returning ``loss``); or ``None`` with ``model_init`` (hyperparameter search).
         args: :class:`MultitaskTrainingArguments`.
         train_dataset: ``{task: encoded dataset}`` (see :func:`~hf_multitask.encode_task`).
         eval_dataset: ``{task: encoded dataset}`` with labels; evaluation reports each task's
-            metric, ``{task}_score`` and ``overall``.
+            metric and loss, ``{task}_score``, ``overall`` and ``loss`` (the summed task losses).
         aggregator: An :class:`~hf_multitask.surgery.Aggregator` instance; by default built
             from ``args.aggregator`` / ``args.aggregator_kwargs``.
         loss_hook: Optional ``hook(model, task, batch, output) -> loss`` that replaces each task's
             loss before its gradient is taken (e.g. :class:`~hf_multitask.schemes.SmartRegularizer`);
-            an ``update_ema(model)`` method on it is called after every optimizer step.
-        Other keyword arguments go to ``transformers.Trainer``.
+            an ``update_ema(model)`` method on it is called after every optimizer step, and its
+            ``state_dict()`` / ``load_state_dict()`` (if any) go into checkpoints.
+        Other keyword arguments go to ``transformers.Trainer`` (``compute_loss_func`` is refused:
+        the task heads compute the losses; use ``loss_hook``).
 
     Mixed precision: bf16 autocast (no scaler; a step whose gradients are not finite is
     skipped); fp16 with a GradScaler: per-task gradients stay loss-scaled (every aggregator
     is positively homogeneous), the Trainer unscales the result once, and inf/NaN reach
-    ``.grad`` so the scaler skips the step. Gradient accumulation: per-task gradients add up
-    over micro-batches and surgery runs once per optimizer step. DDP: the model's forward is
-    called on the unwrapped module, and the flat buffer is all-reduced once per step.
+    ``.grad`` so the scaler skips the step (and the step is not counted). Gradient
+    accumulation: per-task gradients add up over micro-batches and surgery runs once per
+    optimizer step. DDP: the model's forward is called on the unwrapped module, and the flat
+    buffer is all-reduced once per step, each task's rows weighted by its sample counts.
+    DeepSpeed, FSDP and ``nn.DataParallel`` are refused with a clear error.
     """
 
     def __init__(
         self,
-        model: nn.Module,
-        args: MultitaskTrainingArguments,
+        model: nn.Module | None = None,
+        args: MultitaskTrainingArguments | None = None,
         train_dataset: dict[str, datasets.Dataset] | None = None,
         eval_dataset: dict[str, datasets.Dataset] | None = None,
         aggregator: Aggregator | None = None,
@@ -192,14 +235,20 @@ class MultitaskTrainer(Trainer):
     ) -> None:
         if not isinstance(args, MultitaskTrainingArguments):
             raise TypeError("MultitaskTrainer needs MultitaskTrainingArguments")
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError(
+                "compute_loss_func is not supported by MultitaskTrainer: each task's head computes its loss; "
+                "pass loss_hook=fn(model, task, batch, output) -> loss to change it"
+            )
         for name, value in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-            if value is not None:
-                if not isinstance(value, dict):
-                    raise TypeError(f"{name} must be a dict {{task: dataset}}, got {type(value).__name__}")
-                unknown = [t for t in value if t not in model.task_names]
-                if unknown:
-                    raise KeyError(f"{name} names unknown task(s) {unknown}; the model knows {model.task_names}")
+            if value is not None and not isinstance(value, dict):
+                raise TypeError(f"{name} must be a dict {{task: dataset}}, got {type(value).__name__}")
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        self._refuse_parallelism()
+        for name, value in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            unknown = [t for t in (value or {}) if t not in self.model.task_names]
+            if unknown:
+                raise KeyError(f"{name} names unknown task(s) {unknown}; the model knows {self.model.task_names}")
         seed = args.seed if args.surgery_seed is None else args.surgery_seed
         self.aggregator = (
             aggregator if aggregator is not None else get_aggregator(args.aggregator, seed=seed, **(args.aggregator_kwargs or {}))
@@ -209,13 +258,39 @@ class MultitaskTrainer(Trainer):
             self.telemetry = ConflictTelemetryCallback(args.telemetry_steps)
             self.add_callback(self.telemetry)
         self.loss_hook = loss_hook
-        if getattr(loss_hook, "update_ema", None) is not None:
-            self.add_callback(_AfterOptimizerStep(self))
+        self.add_callback(_AfterOptimizerStep(self))
         self._buffers: _SurgeryBuffers | None = None
         self.last_predictions: dict[str, Any] = {}
-        self.task_steps: dict[str, int] = {t: 0 for t in model.task_names}
-        self.examples_seen: dict[str, int] = {t: 0 for t in model.task_names}
+        self._reset_counters()
+
+    def _refuse_parallelism(self) -> None:
+        """Set-ups whose gradients the per-task ``autograd.grad`` path cannot collect correctly."""
+        if getattr(self, "is_deepspeed_enabled", False):
+            raise ValueError(
+                "MultitaskTrainer does not support DeepSpeed: the engine only updates weights through its own backward, "
+                "which per-task gradient surgery bypasses, so training would silently not learn. Use DDP "
+                "(accelerate launch --multi_gpu, or torchrun) on one machine or several."
+            )
+        if getattr(self, "is_fsdp_enabled", False):
+            raise ValueError(
+                "MultitaskTrainer does not support FSDP yet: sharded parameters give per-task gradients that the "
+                "replicated surgery buffer cannot hold. Use DDP (accelerate launch --multi_gpu, or torchrun)."
+            )
+        if self.args.n_gpu > 1:
+            raise ValueError(
+                f"{self.args.n_gpu} GPUs in one process would run nn.DataParallel, whose per-task gradients stay on one "
+                "GPU. Launch one process per GPU instead: accelerate launch --multi_gpu, or torchrun --nproc_per_node."
+            )
+
+    def _reset_counters(self) -> None:
+        names = list(self.model.task_names) if self.model is not None else []
+        self.task_steps: dict[str, int] = {t: 0 for t in names}
+        self.examples_seen: dict[str, int] = {t: 0 for t in names}
         self.skipped_steps = 0
+        self._pending_step: dict[str, int] | None = None  # counts of the step awaiting optimizer.step()
+        self._task_loss_log: dict[str, list[float]] = {}
+        self._step_losses: dict[str, torch.Tensor] = {}
+        self._step_loss_batches: dict[str, int] = {}
 
     # ------------------------------------------------------------------ data
     def _pad_token_id(self) -> int:
@@ -223,6 +298,10 @@ class MultitaskTrainer(Trainer):
         if pad is None:
             pad = getattr(self.model.config.encoder_config, "pad_token_id", None)
         return int(pad or 0)
+
+    def _train_tasks(self) -> list[str]:
+        names = self.model.task_names
+        return [t for t in names if t in (self.train_dataset or {})] or list(names)
 
     def get_train_dataloader(self):
         if self.train_dataset is None:
@@ -255,27 +334,78 @@ class MultitaskTrainer(Trainer):
         else:
             sampler = build(max(1, math.ceil(self.args.num_train_epochs)))
             if self.args.max_steps > 0:
-                micro_steps = self.args.max_steps * self.args.gradient_accumulation_steps
-                sampler = build(max(1, math.ceil(micro_steps / len(sampler))))
-        return make_train_dataloader(self.train_dataset, sampler, self._pad_token_id(), num_workers=self.args.dataloader_num_workers)
+                sampler = build(sampler.epochs_for_updates(self.args.max_steps))
+        self._train_sampler = sampler
+        args = self.args
+        return make_train_dataloader(
+            self.train_dataset,
+            sampler,
+            self._pad_token_id(),
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory and torch.cuda.is_available(),
+            persistent_workers=args.dataloader_persistent_workers,
+            prefetch_factor=args.dataloader_prefetch_factor,
+        )
+
+    def set_initial_training_values(self, args: TrainingArguments, dataloader: Any):
+        """``Trainer.set_initial_training_values`` with the exact step count of schedules whose
+        epochs differ in length (``staggered``): the Trainer plans every epoch as long as the
+        longest, which cut training short and mis-planned the learning-rate schedule."""
+        values = list(super().set_initial_training_values(args, dataloader))
+        sampler = getattr(self, "_train_sampler", None)
+        if sampler is None or not sampler.uneven:
+            return tuple(values)
+        # (num_train_epochs, num_update_steps_per_epoch, num_examples, num_train_samples, total_batch, steps_in_epoch, max_steps)
+        updates = sampler.updates_per_epoch()
+        total_batch = values[4]
+        if args.max_steps > 0:
+            max_steps = args.max_steps
+            epochs = sampler.epochs_for_updates(max_steps)
+        else:
+            epochs = max(1, math.ceil(args.num_train_epochs))
+            max_steps = sum(updates[:epochs])
+        values[0], values[3], values[6] = epochs, max_steps * total_batch, max_steps
+        return tuple(values)
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
+        # Private Trainer method (no public hook): on resume it locates the epoch and the batch
+        # to continue from as global_step // steps-per-epoch, which is wrong when epochs differ
+        # in length. Recompute both from the schedule's real epoch lengths.
+        epochs_trained, steps_in_epoch = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        sampler = getattr(self, "_train_sampler", None)
+        if resume_from_checkpoint is None or sampler is None or not sampler.uneven:
+            return epochs_trained, steps_in_epoch
+        done, epoch = self.state.global_step, 0
+        for updates in sampler.updates_per_epoch(max(num_train_epochs, 1)):
+            if done < updates:
+                break
+            done -= updates
+            epoch += 1
+        skip = 0 if self.args.ignore_data_skip else done * self.args.gradient_accumulation_steps
+        return epoch, skip
 
     # ------------------------------------------------------------------ the step
     def _get_buffers(self, core: nn.Module) -> _SurgeryBuffers:
-        if self._buffers is None:
-            self._buffers = _SurgeryBuffers(core, self.args.device)
+        if self._buffers is None or self._buffers.signature != _trainable_signature(core):
+            self._buffers = _SurgeryBuffers(core, self._train_tasks(), self.args.device)
         return self._buffers
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()  # schedule-free optimizers
         core = self.accelerator.unwrap_model(model)
         buffers = self._get_buffers(core)
-        inputs = self._prepare_inputs(inputs)
+        window = inputs.pop(WINDOW_KEY, None)  # real micro-batches of a padded last window (uneven epochs)
+        accumulation = int(window) if window else int(getattr(self, "current_gradient_accumulation_steps", 0) or 0)
+        accumulation = max(1, accumulation or self.args.gradient_accumulation_steps)
+        inputs = self._prepare_inputs(inputs) if inputs else inputs
         scaler = getattr(self.accelerator, "scaler", None)
-        accumulation = max(1, int(getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)))
-        total = torch.zeros((), device=self.args.device)
         for task, batch in inputs.items():
             if task not in buffers.index:
-                raise KeyError(f"Batch for unknown task {task!r}; the model knows {buffers.tasks}")
+                raise KeyError(f"Batch for task {task!r}, which has no training data here; training tasks are {buffers.tasks}")
             weight = batch.get("loss_weight")
             batch = {k: v for k, v in batch.items() if k not in ("task", "loss_weight")}
             with self.accelerator.autocast():
@@ -285,12 +415,9 @@ class MultitaskTrainer(Trainer):
                     loss = self.loss_hook(core, task, batch, output)
             if loss is None:
                 raise ValueError(f"Task {task!r}: the batch has no labels, so there is no loss to train on")
-            if scaler is None and not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"Task {task!r} gave a non-finite loss ({loss.item()}) at step {self.state.global_step}: "
-                    "check the learning rate, the labels and the data"
-                )
-            scaled = loss / accumulation if weight is None else loss * weight / accumulation
+            if weight is not None:
+                loss = loss * weight
+            scaled = loss / accumulation
             if scaler is not None:
                 scaled = scaler.scale(scaled)
             params = buffers.shared + buffers.heads[task]
@@ -308,34 +435,74 @@ class MultitaskTrainer(Trainer):
             elif pairs:
                 torch._foreach_add_([v for v, _ in pairs], [g for _, g in pairs])
             first = batch.get("input_ids")
-            buffers.counts[row] += float(first.shape[0]) if first is not None else 1.0
-            total += loss.detach().float()
+            buffers.host_counts[row] += float(first.shape[0]) if first is not None else 1.0
+            detached = loss.detach().float()
+            self._step_losses[task] = self._step_losses[task] + detached if task in self._step_losses else detached
+            self._step_loss_batches[task] = self._step_loss_batches.get(task, 0) + 1
         if self.accelerator.sync_gradients:
-            self._apply_surgery(core, buffers, scaler)
-        return total / accumulation
+            return self._apply_surgery(core, buffers, scaler)
+        return torch.zeros((), device=self.args.device)
 
     def optimizer_step_done(self) -> None:
-        """Called after each optimizer step (EMA teachers of loss hooks follow the model)."""
+        """After each optimizer step: count the step (unless the GradScaler skipped it) and let
+        loss hooks with an EMA teacher follow the model."""
+        pending, self._pending_step = self._pending_step, None
+        if pending is not None:
+            if self.accelerator.optimizer_step_was_skipped:
+                self.skipped_steps += 1
+            else:
+                for t, n in pending.items():
+                    self.task_steps[t] = self.task_steps.get(t, 0) + 1
+                    self.examples_seen[t] = self.examples_seen.get(t, 0) + n
         update = getattr(self.loss_hook, "update_ema", None)
         if update is not None:
             update(self.accelerator.unwrap_model(self.model))
 
-    def _apply_surgery(self, core: nn.Module, buffers: _SurgeryBuffers, scaler: Any) -> None:
-        if self.args.world_size > 1:
-            reduced = self.accelerator.reduce(buffers.flat, reduction="mean")
-            if reduced.data_ptr() != buffers.flat.data_ptr():
-                buffers.flat.copy_(reduced)
-            buffers.counts.mul_(self.args.world_size)
-        active = [i for i in range(len(buffers.tasks)) if buffers.counts[i] > 0]
+    def _reduce_across_ranks(self, buffers: _SurgeryBuffers) -> list[float]:
+        """DDP: one all-reduce of the whole buffer, each task's rows weighted by its local sample
+        count, so the result is the gradient of the pooled batch. Rows of tasks absent on a rank
+        are zeroed first (they hold an earlier step's values). Returns the global counts."""
+        local = buffers.host_counts
+        for t, i in buffers.index.items():
+            if local[i] == 0:
+                buffers.matrix[i].zero_()
+                buffers.head_flat[t].zero_()
+            elif local[i] != 1.0:
+                buffers.matrix[i].mul_(local[i])
+                buffers.head_flat[t].mul_(local[i])
+        buffers.counts.copy_(torch.tensor(local, dtype=torch.float32))
+        reduced = self.accelerator.reduce(buffers.flat, reduction="sum")
+        if reduced.data_ptr() != buffers.flat.data_ptr():
+            buffers.flat.copy_(reduced)
+        totals = buffers.counts.tolist()  # the step's one host sync
+        for t, i in buffers.index.items():
+            if totals[i] > 0:
+                buffers.matrix[i].div_(totals[i])
+                buffers.head_flat[t].div_(totals[i])
+        return totals
+
+    def _apply_surgery(self, core: nn.Module, buffers: _SurgeryBuffers, scaler: Any) -> torch.Tensor:
+        counts = self._reduce_across_ranks(buffers) if self.args.world_size > 1 else list(buffers.host_counts)
+        active = [i for i in range(len(buffers.tasks)) if counts[i] > 0]
         if not active:
             raise RuntimeError("An optimizer step with no task batches")
         names = [buffers.tasks[i] for i in active]
+        losses = {t: self._step_losses[t] / self._step_loss_batches[t] for t in names if t in self._step_losses}
+        if scaler is None and losses:
+            stacked = torch.stack(list(losses.values()))
+            if not bool(torch.isfinite(stacked).all()):  # one host sync per step, not one per task batch
+                bad = next(t for t, v in losses.items() if not bool(torch.isfinite(v)))
+                raise FloatingPointError(
+                    f"Task {bad!r} gave a non-finite loss ({float(losses[bad])}) at step {self.state.global_step}: "
+                    "check the learning rate, the labels and the data"
+                )
         if active[-1] - active[0] + 1 == len(active):
             rows = buffers.matrix[active[0] : active[-1] + 1]  # a view (one-task steps included): no copy
         else:
             rows = buffers.matrix[active]
-        self.aggregator(rows, counts=buffers.counts[active].double().cpu(), tasks=names, out=buffers.update)
+        self.aggregator(rows, counts=torch.tensor([counts[i] for i in active], dtype=torch.float64), tasks=names, out=buffers.update)
         finite = bool(torch.isfinite(self.aggregator.last_info["gram"]).all())
+        loss_weights = self.aggregator.loss_weights(self.aggregator.last_info["weights"]).tolist()
         if not finite and scaler is None:
             self.skipped_steps += 1
             logger.warning("Skipping step %d: non-finite gradients (tasks %s)", self.state.global_step, names)
@@ -344,37 +511,85 @@ class MultitaskTrainer(Trainer):
         else:
             for p, view in zip(buffers.shared, buffers.update_views):
                 p.grad = view if p.dtype == torch.float32 else view.to(p.dtype)
-            for t in names:
+            for t, w in zip(names, loss_weights):
+                if w != 1.0:
+                    buffers.head_flat[t].mul_(w)  # the head follows its task's weight in the objective
                 for p, view in zip(buffers.heads[t], buffers.head_views[t]):
                     p.grad = view.clone() if p.dtype == torch.float32 else view.to(p.dtype)
-            for t, i in zip(names, active):
-                self.task_steps[t] += 1
-                self.examples_seen[t] += int(round(float(buffers.counts[i])))
+            self._pending_step = {t: int(round(counts[i])) for t, i in zip(names, active)}
         step = self.state.global_step + 1
         if self.telemetry is not None and self.telemetry.is_due(step):
             grad_scale = float(scaler.get_scale()) if scaler is not None else 1.0
             self.telemetry.record(step, conflict_metrics(self.aggregator.last_info, grad_scale))
-        # rows of tasks absent from a step keep stale values: they are never read, since a
-        # row only counts when its task's sample count (zeroed here) is positive
-        buffers.counts.zero_()
+        # what is optimised: sum_i loss_weight_i * L_i (L_i: task i's mean loss over the step's micro-batches)
+        objective = torch.zeros((), device=self.args.device)
+        for t, w in zip(names, loss_weights):
+            if t in losses:
+                objective = objective + w * losses[t]
+                self._task_loss_log.setdefault(t, []).append(losses[t])
+        # rows of tasks absent from a step keep stale values: they are never read, since a row
+        # only counts when its task's sample count (reset here) is positive
+        buffers.host_counts = [0.0] * len(buffers.tasks)
         buffers.fresh = [True] * len(buffers.tasks)
+        self._step_losses, self._step_loss_batches = {}, {}
+        return objective
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if self.telemetry is not None and not any(k.startswith("eval_") for k in logs):
-            logs = {**logs, **self.telemetry.pop_pending()}
+        if not any(k.startswith("eval_") for k in logs):
+            if self.telemetry is not None:
+                logs = {**logs, **self.telemetry.pop_pending()}
+            if "loss" in logs and self._task_loss_log:
+                means = {t: float(torch.stack(v).mean()) for t, v in self._task_loss_log.items()}  # one sync per log
+                logs = {**logs, **{f"loss/{t}": m for t, m in means.items()}}
+                self._task_loss_log = {}
         super().log(logs, *args, **kwargs)
+
+    # ------------------------------------------------------------------ accounting
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        """``6 x tokens x parameters`` summed over the step's task batches (the Trainer's
+        estimate, which sees no top-level ``input_ids`` in a multitask step)."""
+        core = self.accelerator.unwrap_model(self.model)
+        params = core.num_parameters(exclude_embeddings=True) if hasattr(core, "num_parameters") else 0
+        tokens = 0
+        for batch in inputs.values():
+            if isinstance(batch, dict):
+                for key in ("input_ids", "input_ids_b"):
+                    if key in batch:
+                        tokens += batch[key].numel()
+        return 6 * tokens * params
+
+    def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:
+        # Private Trainer hook (no public one): it looks for a top-level input_ids, which a
+        # multitask step does not have, and warned on every step. Count over the task batches.
+        mode = self.args.include_num_input_tokens_seen
+        if mode in (None, False, "no"):
+            return
+        tokens = 0
+        for batch in inputs.values():
+            if not isinstance(batch, dict):
+                continue
+            for ids, mask in (("input_ids", "attention_mask"), ("input_ids_b", "attention_mask_b")):
+                if ids in batch:
+                    tokens += int(batch[mask].sum()) if mode == "non_padding" and mask in batch else batch[ids].numel()
+        total = self.accelerator.gather(torch.tensor(tokens, device=self.args.device, dtype=torch.int64)).sum()
+        self.state.num_input_tokens_seen += int(total)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(
         self, eval_dataset: dict[str, datasets.Dataset] | None = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"
     ) -> dict[str, float]:
-        """Each task's metric, ``{task}_score`` and ``overall`` on the evaluation sets.
+        """Each task's metric and loss, ``{task}_score``, ``overall`` and ``loss`` (the summed
+        per-task mean losses) on the evaluation sets, as ``{metric_key_prefix}_...``.
 
         The predictions behind them stay in ``self.last_predictions`` (``{task: TaskPredictions}``).
         """
         data = eval_dataset if eval_dataset is not None else self.eval_dataset
         if not data:
             raise ValueError("MultitaskTrainer.evaluate needs eval_dataset={task: dataset}")
+        if not isinstance(data, dict):
+            raise TypeError(f"eval_dataset must be a dict {{task: dataset}}, got {type(data).__name__}")
+        if hasattr(self.optimizer, "eval") and callable(self.optimizer.eval):
+            self.optimizer.eval()  # schedule-free optimizers evaluate at their averaged weights
         core = self.accelerator.unwrap_model(self.model)
         self.last_predictions = {}
         results = evaluate_tasks(
@@ -389,6 +604,34 @@ class MultitaskTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def predict(
+        self, test_dataset: dict[str, datasets.Dataset], ignore_keys: Any = None, metric_key_prefix: str = "test"
+    ) -> PredictionOutput:
+        """Predictions of every task: ``predictions`` and ``label_ids`` are ``{task: array}``
+        (``label_ids[task]`` is None for unlabelled data); ``metrics`` holds the evaluation
+        metrics (prefixed ``test_``) when every task has labels."""
+        if not isinstance(test_dataset, dict):
+            raise TypeError(f"test_dataset must be a dict {{task: dataset}}, got {type(test_dataset).__name__}")
+        core = self.accelerator.unwrap_model(self.model)
+        outputs = {
+            t: predict_task(
+                core,
+                ds,
+                t,
+                pad_token_id=self._pad_token_id(),
+                batch_size=self.args.per_device_eval_batch_size,
+                progress=not self.args.disable_tqdm,
+            )  # fmt: skip
+            for t, ds in test_dataset.items()
+        }
+        metrics: dict[str, float] = {}
+        if all(o.labels is not None for o in outputs.values()):
+            metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics_from_predictions(core, outputs).items()}
+        self.last_predictions = outputs
+        return PredictionOutput(
+            predictions={t: o.predictions for t, o in outputs.items()}, label_ids={t: o.labels for t, o in outputs.items()}, metrics=metrics
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def _multitask_state(self) -> dict[str, Any]:
@@ -446,8 +689,12 @@ class MultitaskTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any):
         """``Trainer.train``; resuming verifies the checkpoint first and restores the surgery state
-        (aggregator RNG and state, per-task step and example counters) with it."""
+        (aggregator RNG and state, per-task step and example counters) with it. Counters start
+        at zero for each call that does not resume; surgery buffers are built afresh (the model
+        may be a new one from ``model_init``)."""
         checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
+        self._buffers = None
+        self._reset_counters()
         if checkpoint is not None:
             state = load_surgery_state(checkpoint)
             if state is None:

@@ -1,8 +1,12 @@
-"""Worker for the DDP equivalence test: trains a tiny model and saves the final parameters.
+"""Worker for the DDP tests: trains a tiny model (or takes one hand-made step) and saves the result.
 
-Run as ``python -m torch.distributed.run --nproc_per_node N ddp_worker.py OUT VOCAB BATCH AGG``.
+Run as ``python -m torch.distributed.run --nproc_per_node N ddp_worker.py OUT VOCAB BATCH AGG [OVERRIDES_JSON] [MODE]``.
+MODE ``train`` (default) trains 3 steps and saves the parameters; MODE ``missing`` takes one
+step in which the ranks hold different tasks (and different numbers of one shared task) and
+saves the encoder and head gradients, with the single-process gradient of the pooled batch.
 """
 
+import json
 import os
 import sys
 
@@ -14,26 +18,37 @@ from transformers import BertTokenizerFast  # noqa: E402
 
 import hf_multitask as hm  # noqa: E402
 
+# rank -> {task: example indices}: quora is on both ranks with 4 and 2 examples, sst and sts on one each
+MISSING_SPLIT = {0: {"sst": range(0, 4), "quora": range(0, 4)}, 1: {"sts": range(0, 3), "quora": range(4, 6)}}
+
 
 def main() -> None:
     out, vocab, batch, aggregator = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    overrides = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+    mode = sys.argv[6] if len(sys.argv) > 6 else "train"
     tokenizer = BertTokenizerFast(vocab_file=vocab, do_lower_case=True)
     model = deterministic_model()
     data = toy_encoded(tokenizer, model)
-    args = hm.MultitaskTrainingArguments(
-        output_dir=os.path.join(os.path.dirname(out), "run"),
-        per_device_train_batch_size=batch,
-        max_steps=3,
-        learning_rate=1e-3,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-        aggregator=aggregator,
-        telemetry_steps=1,
-    )
+    settings = dict(output_dir=os.path.join(os.path.dirname(out), "run"), per_device_train_batch_size=batch, max_steps=3,
+                    learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0,
+                    aggregator=aggregator, telemetry_steps=1)  # fmt: skip
+    settings.update(overrides)
+    args = hm.MultitaskTrainingArguments(**settings)
     trainer = hm.MultitaskTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    if mode == "missing":
+        collate = hm.MultitaskCollator(tokenizer.pad_token_id)
+        rank = trainer.args.process_index
+        inputs = {t: collate([data[t][i] for i in idx]) for t, idx in MISSING_SPLIT[rank].items()}
+        trainer.training_step(trainer.model, inputs)
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        if rank == 0:
+            reference = deterministic_model()
+            pooled = {t: [i for r in MISSING_SPLIT.values() for i in r.get(t, [])] for t in ("sst", "quora", "sts")}
+            total = sum(reference(task=t, **collate([data[t][i] for i in idx])).loss for t, idx in pooled.items())
+            total.backward()
+            expected = {n: p.grad.detach().clone() for n, p in reference.named_parameters() if p.grad is not None}
+            torch.save({"world": trainer.args.world_size, "grads": grads, "expected": expected}, out)
+        return
     trainer.train()
     if trainer.args.process_index == 0:
         torch.save(

@@ -1,5 +1,6 @@
 """Two real gloo processes on CPU give the same update as one process on the combined batch."""
 
+import json
 import os
 import socket
 import subprocess
@@ -18,7 +19,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(nproc: int, out: Path, vocab: Path, batch: int, aggregator: str) -> dict:
+def _run(nproc: int, out: Path, vocab: Path, batch: int, aggregator: str, overrides: dict | None = None, mode: str = "train") -> dict:
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [
         sys.executable,
@@ -32,6 +33,8 @@ def _run(nproc: int, out: Path, vocab: Path, batch: int, aggregator: str) -> dic
         str(vocab),
         str(batch),
         aggregator,
+        json.dumps(overrides or {}),
+        mode,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -55,3 +58,31 @@ def test_two_process_ddp_equals_one_process_on_the_combined_batch(tmp_path, toke
     assert [r["conflict/cos_sst_quora"] for r in two["history"]] == pytest.approx(
         [r["conflict/cos_sst_quora"] for r in one["history"]], abs=1e-5
     )
+
+
+def test_ddp_with_sgd_accumulation_and_task_batch_sizes_equals_one_process(tmp_path, tokenizer):
+    """No AdamW and no clipping to hide a global scale: summing instead of averaging the ranks
+    doubles the SGD step and fails here."""
+    vocab = Path(tokenizer.vocab_file)
+    common = {"optim": "sgd", "max_grad_norm": 0.0, "gradient_accumulation_steps": 2, "learning_rate": 0.05, "aggregator": "pcgrad",
+              "length_grouping": False}  # fmt: skip
+    two = _run(2, tmp_path / "two.pt", vocab, 2, "pcgrad", {**common, "task_batch_sizes": {"sst": 2, "quora": 3, "sts": 1}})
+    one = _run(1, tmp_path / "one.pt", vocab, 4, "pcgrad", {**common, "task_batch_sizes": {"sst": 4, "quora": 6, "sts": 2}})
+    assert two["world"] == 2 and one["world"] == 1
+    init = __import__("conftest").deterministic_model()
+    moved = 0
+    for name, p in one["params"].items():
+        torch.testing.assert_close(two["params"][name], p, atol=1e-6, rtol=1e-5, msg=name)
+        moved += int(not torch.allclose(p, dict(init.named_parameters())[name]))
+    assert moved > 10
+
+
+def test_tasks_missing_on_a_rank_and_unequal_counts_give_the_pooled_gradient(tmp_path, tokenizer):
+    """Rank 0 holds sst and 4 quora examples, rank 1 sts and 2 quora: every task's gradient must be
+    the mean over its examples on all ranks (stale rows of absent tasks never leak in)."""
+    vocab = Path(tokenizer.vocab_file)
+    got = _run(2, tmp_path / "missing.pt", vocab, 4, "sum", {}, mode="missing")
+    assert got["world"] == 2
+    assert got["grads"].keys() == got["expected"].keys()
+    for name, expected in got["expected"].items():
+        torch.testing.assert_close(got["grads"][name], expected, atol=1e-6, rtol=1e-5, msg=name)

@@ -71,17 +71,27 @@ def test_two_conflicting_tasks_closed_form_and_no_conflict_left():
 
 @settings(max_examples=40, deadline=None)
 @given(matrices, st.lists(st.integers(1, 64), min_size=5, max_size=5))
-def test_weighted_pcgrad_is_pcgrad_on_rescaled_rows(shape, ns):
+def test_weighted_pcgrad_is_pcgrad_on_rows_weighted_by_sample_share(shape, ns):
     t, p, seed = shape
     grads = _grads(t, p, seed)
     counts = torch.tensor(ns[:t], dtype=torch.float64)
-    w = 1.0 / counts
-    exact = get_aggregator("weighted_pcgrad", seed=seed, normalize=False)(grads, counts)
-    assert torch.allclose(exact, get_aggregator("pcgrad", seed=seed)(grads * w[:, None]), atol=1e-9)
-    normalized = get_aggregator("weighted_pcgrad", seed=seed)(grads, counts)
-    assert torch.allclose(normalized, exact / w.mean(), atol=1e-9)
+    w = counts / counts.mean()
+    agg = get_aggregator("weighted_pcgrad", seed=seed)
+    out = agg(grads, counts)
+    assert torch.allclose(out, get_aggregator("pcgrad", seed=seed)(grads * w[:, None]), atol=1e-9)
+    assert torch.allclose(agg.loss_weights(agg.last_info["weights"]), w)
+    # only the split matters: the same shares from other totals give the same update
+    assert torch.allclose(get_aggregator("weighted_pcgrad", seed=seed)(grads, counts * 3), out, atol=1e-9)
     with pytest.raises(ValueError, match="counts"):
         get_aggregator("weighted_pcgrad")(grads)
+
+
+def test_weighted_pcgrad_weights_tasks_by_their_samples_not_inversely():
+    # a 3-example STS batch must count less than an 8-example QQP batch (it counted 2.7x more)
+    grads = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)  # orthogonal: no projection
+    out = get_aggregator("weighted_pcgrad")(grads, counts=[8, 3])
+    assert torch.allclose(out, torch.tensor([16 / 11, 6 / 11], dtype=torch.float64))
+    assert torch.allclose(get_aggregator("weighted_pcgrad")(grads, counts=[24, 8]), torch.tensor([1.5, 0.5], dtype=torch.float64))
 
 
 def test_gradvac_matches_its_formula_and_updates_the_ema():

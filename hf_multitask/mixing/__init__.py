@@ -3,7 +3,7 @@
 See :mod:`hf_multitask.mixing.schedules` for the schedules and their formulas.
 """
 
-from .loader import MultitaskStepSampler, TaskIndexedDataset, derive_seed, make_train_dataloader
+from .loader import WINDOW_KEY, MultitaskStepSampler, TaskIndexedDataset, derive_seed, make_train_dataloader
 from .schedules import (
     SCHEDULE_NAMES,
     GradientCompromise,
@@ -29,6 +29,7 @@ __all__ = [
     "Slot",
     "Staggered",
     "TaskIndexedDataset",
+    "WINDOW_KEY",
     "annealed_alpha",
     "build_schedule",
     "compromise_beta",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -13,7 +14,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..encoding import MultitaskCollator
 from .schedules import Schedule, build_schedule
 
-__all__ = ["MultitaskStepSampler", "TaskIndexedDataset", "make_train_dataloader"]
+__all__ = ["MultitaskStepSampler", "TaskIndexedDataset", "WINDOW_KEY", "make_train_dataloader"]
+
+# Step key of the last accumulation window of an epoch shorter than the longest (uneven
+# schedules such as ``staggered``): the number of real micro-batches in that window. The
+# window is padded with empty micro-batches to a full ``accumulation``, so it never runs into
+# the next epoch, and the trainer divides the losses by the real count.
+WINDOW_KEY = "_window"
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -92,9 +99,34 @@ class MultitaskStepSampler(Sampler):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
+        """Micro-steps of the longest epoch (the Trainer sizes its epoch loop with it)."""
         if self._len is None:
             self._len = self.schedule.max_steps_per_epoch(self.num_epochs, self.sizes, self.batch_sizes, self.world_size)
         return self._len
+
+    def epoch_micro_steps(self, epoch: int) -> int:
+        """Micro-steps of one epoch, before any padding (epochs past ``num_epochs`` follow the schedule)."""
+        gen = torch.Generator().manual_seed(0)
+        return len(self.schedule.plan(epoch, max(self.num_epochs, epoch + 1), self.sizes, self.batch_sizes, gen, self.world_size))
+
+    @property
+    def uneven(self) -> bool:
+        """Whether the epochs differ in length (``staggered`` stages of different sizes)."""
+        lengths = {self.epoch_micro_steps(e) for e in range(self.schedule.epochs_to_size(self.num_epochs))}
+        return len(lengths) > 1
+
+    def updates_per_epoch(self, epochs: int | None = None) -> list[int]:
+        """Optimizer steps of each epoch: ``ceil(micro-steps / accumulation)``."""
+        n = self.num_epochs if epochs is None else epochs
+        return [math.ceil(self.epoch_micro_steps(e) / self.accumulation) for e in range(n)]
+
+    def epochs_for_updates(self, updates: int) -> int:
+        """The fewest epochs whose optimizer steps add up to at least ``updates``."""
+        total, epoch = 0, 0
+        while total < updates:
+            total += math.ceil(self.epoch_micro_steps(epoch) / self.accumulation)
+            epoch += 1
+        return max(1, epoch)
 
     def plan(self, epoch: int | None = None):
         """The schedule's plan of an epoch (default: the current one)."""
@@ -129,13 +161,23 @@ class MultitaskStepSampler(Sampler):
 
     def __iter__(self) -> Iterator[list[tuple[str, int, float]]]:
         streams = {t: self._stream(t) for t in self.tasks}
-        for step in self.plan():
+        plan = self.plan()
+        real = len(plan) % self.accumulation
+        # an epoch shorter than the longest ends its last accumulation window with empty micro-steps
+        padded = self.accumulation > 1 and real and len(plan) < len(self)
+        last_window = len(plan) - real
+        for n, step in enumerate(plan):
             items: list[tuple[str, int, float]] = []
             for slot in step:
                 k = slot.examples
                 global_batch = [next(streams[slot.task]) for _ in range(k * self.world_size)]
                 items += [(slot.task, i, slot.loss_weight) for i in global_batch[self.rank * k : (self.rank + 1) * k]]
+            if padded and n >= last_window:
+                items.append((WINDOW_KEY, real, 0.0))
             yield items
+        if padded:
+            for _ in range(self.accumulation - real):
+                yield [(WINDOW_KEY, real, 0.0)]
 
 
 class TaskIndexedDataset(Dataset):
@@ -147,8 +189,10 @@ class TaskIndexedDataset(Dataset):
     def __len__(self) -> int:
         return sum(len(d) for d in self.data.values())
 
-    def __getitem__(self, key: tuple[str, int, float]) -> tuple[str, dict[str, Any], float]:
+    def __getitem__(self, key: tuple[str, int, float]) -> tuple[str, Any, float]:
         task, index, weight = key
+        if task == WINDOW_KEY:
+            return task, int(index), 0.0
         return task, self.data[task][int(index)], float(weight)
 
 
@@ -159,10 +203,13 @@ class _StepCollator:
     def __call__(self, items: list[tuple[str, dict[str, Any], float]]) -> dict[str, dict[str, Any]]:
         grouped: dict[str, list[dict[str, Any]]] = {}
         weights: dict[str, float] = {}
+        out: dict[str, Any] = {}
         for task, example, weight in items:
+            if task == WINDOW_KEY:
+                out[WINDOW_KEY] = example
+                continue
             grouped.setdefault(task, []).append(example)
             weights[task] = weight
-        out = {}
         for t, rows in grouped.items():
             batch = self.collators[t](rows)
             if weights[t] != 1.0:
@@ -185,10 +232,15 @@ def make_train_dataloader(
     *,
     pad_to_multiple_of: int | None = None,
     num_workers: int = 0,
+    pin_memory: bool = False,
+    persistent_workers: bool = False,
+    prefetch_factor: int | None = None,
 ) -> DataLoader:
     """DataLoader yielding ``{task: padded batch}`` steps in the sampler's order.
 
     A batch whose schedule sets a loss weight other than 1 carries it as ``loss_weight``.
+    ``pin_memory``, ``persistent_workers`` and ``prefetch_factor`` go to the DataLoader (the
+    last two only with workers, as PyTorch requires).
     """
     unknown = [t for t in sampler.tasks if t not in datasets_by_task]
     if unknown:
@@ -198,4 +250,6 @@ def make_train_dataloader(
         batch_sampler=sampler,
         collate_fn=_StepCollator(pad_token_id, sampler.tasks, pad_to_multiple_of),
         num_workers=num_workers,
+        pin_memory=pin_memory,
+        **({"persistent_workers": persistent_workers, "prefetch_factor": prefetch_factor} if num_workers > 0 else {}),
     )

@@ -126,6 +126,15 @@ class Aggregator:
         w = w.to(device=grads.device, dtype=grads.dtype)
         return w @ grads if out is None else torch.mv(grads.t(), w, out=out)
 
+    def loss_weights(self, weights: torch.Tensor) -> torch.Tensor:
+        """The factor each task's loss carries in this method's objective, given the update
+        weights of the last call (``d = weights @ grads``). Task-owned parameters (heads,
+        per-task adapters) get their task's gradient times this factor, so the encoder and the
+        heads follow one objective. Default: the update weights themselves (for ``mean`` 1/T,
+        for ``cagrad`` and ``aligned_mtl`` the coefficient of each ``g_i`` in ``d``);
+        projection methods override it with the weights before projection (1 for PCGrad)."""
+        return weights
+
     # checkpointing -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

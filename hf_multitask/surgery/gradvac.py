@@ -64,6 +64,10 @@ class GradVac(Aggregator):
         self.last_info["targets"] = dict(self.targets)
         return coeffs.sum(0)
 
+    def loss_weights(self, weights: torch.Tensor) -> torch.Tensor:
+        """Every task's loss counts once: the vaccine changes directions, not task weights."""
+        return torch.ones_like(weights)
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "targets": [[a, b, v] for (a, b), v in self.targets.items()]}
 

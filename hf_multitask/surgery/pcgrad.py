@@ -51,32 +51,48 @@ class PCGrad(Aggregator):
         self.last_info["removed"] = projected_norms(gram, coeffs)
         return coeffs.sum(0)
 
+    def loss_weights(self, weights: torch.Tensor) -> torch.Tensor:
+        """Every task's loss counts once: projection changes directions, not task weights."""
+        return torch.ones_like(weights)
+
 
 class WeightedPCGrad(PCGrad):
-    """Sample-weighted PCGrad: scale row i by ``w_i = 1 / n_i`` (``n_i`` = samples of task i in
-    the step), then PCGrad: ``d = sum_i (w_i g_i)^PC``.
+    """Sample-weighted PCGrad: each task weighted by its share of the step's samples, then PCGrad.
 
-    With ``normalize=True`` (default) the weights are divided by their mean, ``w_i =
-    (1/n_i) / mean_j(1/n_j)``: the same direction (PCGrad is positively homogeneous), but an
-    update of the same size as plain PCGrad when all tasks have equal batches, so learning
-    rates carry over. ``counts`` is required.
+    Each row ``g_i`` is task i's mean-loss gradient over its ``n_i`` samples in the step, so the
+    sample-weighted combination (every sample counting once, as in one pooled batch) weights
+    row i by ``n_i``. Normalised to mean 1 (equal samples give plain PCGrad, and learning
+    rates carry over):
+
+        w_i = n_i / mean_j(n_j),     d = sum_i (w_i g_i)^PC
+
+    The weights depend only on the sample counts, not on how the samples were batched (a
+    24:8 split gives 1.5:0.5 whether it came as one batch per task or as micro-batches).
+    ``counts`` is required. With gradient accumulation the trainer allows it only when every
+    task is in every micro-batch (``round_robin``), where rows are exactly the mean-loss
+    gradients over the step.
     """
 
     name = "weighted_pcgrad"
 
-    def __init__(self, seed: int = 0, normalize: bool = True) -> None:
+    def __init__(self, seed: int = 0) -> None:
         super().__init__(seed)
-        self.normalize = normalize
+
+    def sample_weights(self, counts: torch.Tensor) -> torch.Tensor:
+        return counts / counts.mean()
 
     def weights(self, gram: torch.Tensor, counts: torch.Tensor | None, tasks: Sequence[str]) -> torch.Tensor:
         if counts is None:
             raise ValueError("weighted_pcgrad needs the per-task sample counts of the step")
-        scale = 1.0 / counts
-        if self.normalize:
-            scale = scale / scale.mean()
+        scale = self.sample_weights(counts.to(gram.dtype))
         scaled_gram = scale[:, None] * gram * scale[None, :]
         scaled_coeffs = pcgrad_coefficients(scaled_gram, self.generator)
         coeffs = scaled_coeffs * scale[None, :]  # in terms of the unscaled rows
         self.last_info["coeffs"] = coeffs
         self.last_info["removed"] = projected_norms(scaled_gram, scaled_coeffs)  # ||w_i g_i - (w_i g_i)^PC||
+        self.last_info["sample_weights"] = scale
         return coeffs.sum(0)
+
+    def loss_weights(self, weights: torch.Tensor) -> torch.Tensor:
+        """Each task's loss counts with its sample weight ``w_i``."""
+        return self.last_info["sample_weights"].to(weights)
