@@ -152,7 +152,7 @@ def main() -> None:
 
 
 def _buffers_info(trainer) -> dict:
-    b = trainer._buffers
+    b = trainer._engine
     return {"tasks": len(b.tasks), "p_shared": b.p_shared, "bytes": b.nbytes()}
 
 

@@ -39,6 +39,7 @@ from .predict import evaluate as evaluate_tasks
 from .predict import metrics_from_predictions
 from .predict import predict as predict_task
 from .surgery import AGGREGATORS, Aggregator, get_aggregator
+from .surgery.engine import GradientEngine, ReplicatedEngine, ShardedEngine, ddp_collectives, trainable_signature
 from .telemetry import ConflictTelemetryCallback, conflict_metrics
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,10 @@ class MultitaskTrainingArguments(TrainingArguments):
     task_batch_sizes: dict | str | None = field(default=None, metadata={"help": "Per-task batch sizes (dict or JSON string)"})
     length_grouping: bool = field(default=True, metadata={"help": "Batch examples of similar length together (less padding, faster steps)"})
     telemetry_steps: int = field(default=0, metadata={"help": "Log gradient-conflict telemetry every N optimizer steps (0: off)"})
+    ddp_surgery: str = field(
+        default="all_reduce",
+        metadata={"help": "DDP: all_reduce the (T, P) task rows, or reduce_scatter them and all-gather the update ((T+1)P on the wire)"},
+    )
     resume_without_surgery_state: bool = field(
         default=False,
         metadata={"help": "Accept resuming from a checkpoint without multitask_state.pt (surgery state and task counters restart)"},
@@ -96,6 +101,8 @@ class MultitaskTrainingArguments(TrainingArguments):
             raise ValueError(f"--aggregator_kwargs {self.aggregator_kwargs} do not fit aggregator {self.aggregator!r}: {err}") from None
         if self.schedule not in SCHEDULE_NAMES:
             raise ValueError(f"--schedule: unknown schedule {self.schedule!r}; choose from {list(SCHEDULE_NAMES)}")
+        if self.ddp_surgery not in ("all_reduce", "reduce_scatter"):
+            raise ValueError(f"--ddp_surgery must be all_reduce or reduce_scatter, got {self.ddp_surgery!r}")
         for name, (default, why) in _REFUSED_FIELDS.items():
             if getattr(self, name) != default:
                 raise ValueError(f"--{name} is not supported by MultitaskTrainer: {why}")
@@ -119,59 +126,6 @@ def example_lengths(dataset: datasets.Dataset) -> list[int]:
     if "input_ids_b" in dataset.column_names:
         lengths = [a + len(b) for a, b in zip(lengths, dataset["input_ids_b"])]
     return lengths
-
-
-class _SurgeryBuffers:
-    """The flat fp32 buffer ``[T x P_shared | P_heads | T counts]`` and views into it.
-
-    ``tasks`` are the tasks that train (those with training data), ``shared`` / ``heads`` the
-    parameters that require gradients when the buffers were built (``signature`` tells when
-    that set changed, so the trainer rebuilds them).
-    """
-
-    def __init__(self, model: nn.Module, tasks: list[str], device: torch.device) -> None:
-        self.tasks: list[str] = list(tasks)
-        self.index = {t: i for i, t in enumerate(self.tasks)}
-        self.shared = [p for p in model.shared_parameters() if p.requires_grad]
-        self.heads = {t: [p for p in model.task_parameters(t) if p.requires_grad] for t in self.tasks}
-        self.signature = _trainable_signature(model)
-        t_count = len(self.tasks)
-        self.p_shared = sum(p.numel() for p in self.shared)
-        p_heads = sum(p.numel() for ps in self.heads.values() for p in ps)
-        self.flat = torch.zeros(t_count * self.p_shared + p_heads + t_count, dtype=torch.float32, device=device)
-        self.matrix = self.flat[: t_count * self.p_shared].view(t_count, self.p_shared)
-        head_flat = self.flat[t_count * self.p_shared : t_count * self.p_shared + p_heads]
-        self.counts = self.flat[t_count * self.p_shared + p_heads :]  # device copy, for the DDP all-reduce
-        self.update = torch.zeros(self.p_shared, dtype=torch.float32, device=device)
-        # a row is "fresh" at the start of an optimizer step: its first gradient is copied in,
-        # later micro-batches add, so the buffer never needs a separate zeroing pass
-        self.fresh = [True] * t_count
-        self.host_counts = [0.0] * t_count  # samples per task in this step, on the host (no syncs)
-        self.row_views = {t: self._views(self.matrix[self.index[t]], self.shared) for t in self.tasks}
-        self.update_views = self._views(self.update, self.shared)
-        self.head_views: dict[str, list[torch.Tensor]] = {}
-        self.head_flat: dict[str, torch.Tensor] = {}
-        offset = 0
-        for t in self.tasks:
-            n = sum(p.numel() for p in self.heads[t])
-            self.head_flat[t] = head_flat[offset : offset + n]
-            self.head_views[t] = self._views(self.head_flat[t], self.heads[t])
-            offset += n
-
-    @staticmethod
-    def _views(flat: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor]:
-        views, offset = [], 0
-        for p in params:
-            views.append(flat[offset : offset + p.numel()].view(p.shape))
-            offset += p.numel()
-        return views
-
-    def nbytes(self) -> int:
-        return self.flat.numel() * 4 + self.update.numel() * 4
-
-
-def _trainable_signature(model: nn.Module) -> tuple[int, ...]:
-    return tuple(id(p) for p in model.parameters() if p.requires_grad)
 
 
 class _AfterOptimizerStep(TrainerCallback):
@@ -259,7 +213,7 @@ class MultitaskTrainer(Trainer):
             self.add_callback(self.telemetry)
         self.loss_hook = loss_hook
         self.add_callback(_AfterOptimizerStep(self))
-        self._buffers: _SurgeryBuffers | None = None
+        self._engine: GradientEngine | None = None
         self.last_predictions: dict[str, Any] = {}
         self._reset_counters()
 
@@ -271,16 +225,20 @@ class MultitaskTrainer(Trainer):
                 "which per-task gradient surgery bypasses, so training would silently not learn. Use DDP "
                 "(accelerate launch --multi_gpu, or torchrun) on one machine or several."
             )
-        if getattr(self, "is_fsdp_enabled", False):
+        if getattr(self, "is_fsdp_enabled", False) and not self._fsdp2():
             raise ValueError(
-                "MultitaskTrainer does not support FSDP yet: sharded parameters give per-task gradients that the "
-                "replicated surgery buffer cannot hold. Use DDP (accelerate launch --multi_gpu, or torchrun)."
+                "MultitaskTrainer does not support FSDP version 1: its flattened parameters hide the per-task gradients. "
+                "Use FSDP2 (accelerate's fsdp_version: 2; the sharded surgery engine) or DDP."
             )
         if self.args.n_gpu > 1:
             raise ValueError(
                 f"{self.args.n_gpu} GPUs in one process would run nn.DataParallel, whose per-task gradients stay on one "
                 "GPU. Launch one process per GPU instead: accelerate launch --multi_gpu, or torchrun --nproc_per_node."
             )
+
+    def _fsdp2(self) -> bool:
+        plugin = getattr(getattr(self.accelerator, "state", None), "fsdp_plugin", None)
+        return bool(getattr(self, "is_fsdp_enabled", False)) and getattr(plugin, "fsdp_version", 1) == 2
 
     def _reset_counters(self) -> None:
         names = list(self.model.task_names) if self.model is not None else []
@@ -387,25 +345,35 @@ class MultitaskTrainer(Trainer):
         return epoch, skip
 
     # ------------------------------------------------------------------ the step
-    def _get_buffers(self, core: nn.Module) -> _SurgeryBuffers:
-        if self._buffers is None or self._buffers.signature != _trainable_signature(core):
-            self._buffers = _SurgeryBuffers(core, self._train_tasks(), self.args.device)
-        return self._buffers
+    def _get_engine(self, core: nn.Module) -> GradientEngine:
+        """The gradient engine for this launch: sharded under FSDP2, replicated otherwise (DDP
+        reduces with an all-reduce or, with ``ddp_surgery="reduce_scatter"``, a reduce-scatter).
+        Rebuilt when the trainable parameters change."""
+        if self._engine is None or self._engine.signature != trainable_signature(core):
+            tasks = self._train_tasks()
+            if self._fsdp2():
+                collectives = ddp_collectives()
+                self._engine = ShardedEngine(core, tasks, all_reduce=collectives[0])
+            elif self.args.world_size > 1:
+                self._engine = ReplicatedEngine(core, tasks, self.args.device, reduce=ddp_collectives(), mode=self.args.ddp_surgery)
+            else:
+                self._engine = ReplicatedEngine(core, tasks, self.args.device)
+        return self._engine
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()  # schedule-free optimizers
         core = self.accelerator.unwrap_model(model)
-        buffers = self._get_buffers(core)
+        engine = self._get_engine(core)
         window = inputs.pop(WINDOW_KEY, None)  # real micro-batches of a padded last window (uneven epochs)
         accumulation = int(window) if window else int(getattr(self, "current_gradient_accumulation_steps", 0) or 0)
         accumulation = max(1, accumulation or self.args.gradient_accumulation_steps)
         inputs = self._prepare_inputs(inputs) if inputs else inputs
         scaler = getattr(self.accelerator, "scaler", None)
         for task, batch in inputs.items():
-            if task not in buffers.index:
-                raise KeyError(f"Batch for task {task!r}, which has no training data here; training tasks are {buffers.tasks}")
+            if task not in engine.index:
+                raise KeyError(f"Batch for task {task!r}, which has no training data here; training tasks are {engine.tasks}")
             weight = batch.get("loss_weight")
             batch = {k: v for k, v in batch.items() if k not in ("task", "loss_weight")}
             with self.accelerator.autocast():
@@ -420,27 +388,13 @@ class MultitaskTrainer(Trainer):
             scaled = loss / accumulation
             if scaler is not None:
                 scaled = scaler.scale(scaled)
-            params = buffers.shared + buffers.heads[task]
-            grads = torch.autograd.grad(scaled, params, allow_unused=True)
-            row = buffers.index[task]
-            targets = buffers.row_views[task] + buffers.head_views[task]
-            pairs = [(v, g.float() if g.dtype != torch.float32 else g) for v, g in zip(targets, grads) if g is not None]
-            if buffers.fresh[row]:
-                unused = [v for v, g in zip(targets, grads) if g is None]
-                if unused:
-                    torch._foreach_zero_(unused)
-                if pairs:
-                    torch._foreach_copy_([v for v, _ in pairs], [g for _, g in pairs])
-                buffers.fresh[row] = False
-            elif pairs:
-                torch._foreach_add_([v for v, _ in pairs], [g for _, g in pairs])
             first = batch.get("input_ids")
-            buffers.host_counts[row] += float(first.shape[0]) if first is not None else 1.0
+            engine.add(task, scaled, int(first.shape[0]) if first is not None else 1)
             detached = loss.detach().float()
             self._step_losses[task] = self._step_losses[task] + detached if task in self._step_losses else detached
             self._step_loss_batches[task] = self._step_loss_batches.get(task, 0) + 1
         if self.accelerator.sync_gradients:
-            return self._apply_surgery(core, buffers, scaler)
+            return self._apply_surgery(engine, scaler)
         return torch.zeros((), device=self.args.device)
 
     def optimizer_step_done(self) -> None:
@@ -458,36 +412,8 @@ class MultitaskTrainer(Trainer):
         if update is not None:
             update(self.accelerator.unwrap_model(self.model))
 
-    def _reduce_across_ranks(self, buffers: _SurgeryBuffers) -> list[float]:
-        """DDP: one all-reduce of the whole buffer, each task's rows weighted by its local sample
-        count, so the result is the gradient of the pooled batch. Rows of tasks absent on a rank
-        are zeroed first (they hold an earlier step's values). Returns the global counts."""
-        local = buffers.host_counts
-        for t, i in buffers.index.items():
-            if local[i] == 0:
-                buffers.matrix[i].zero_()
-                buffers.head_flat[t].zero_()
-            elif local[i] != 1.0:
-                buffers.matrix[i].mul_(local[i])
-                buffers.head_flat[t].mul_(local[i])
-        buffers.counts.copy_(torch.tensor(local, dtype=torch.float32))
-        reduced = self.accelerator.reduce(buffers.flat, reduction="sum")
-        if reduced.data_ptr() != buffers.flat.data_ptr():
-            buffers.flat.copy_(reduced)
-        totals = buffers.counts.tolist()  # the step's one host sync
-        for t, i in buffers.index.items():
-            if totals[i] > 0:
-                buffers.matrix[i].div_(totals[i])
-                buffers.head_flat[t].div_(totals[i])
-        return totals
-
-    def _apply_surgery(self, core: nn.Module, buffers: _SurgeryBuffers, scaler: Any) -> torch.Tensor:
-        counts = self._reduce_across_ranks(buffers) if self.args.world_size > 1 else list(buffers.host_counts)
-        active = [i for i in range(len(buffers.tasks)) if counts[i] > 0]
-        if not active:
-            raise RuntimeError("An optimizer step with no task batches")
-        names = [buffers.tasks[i] for i in active]
-        losses = {t: self._step_losses[t] / self._step_loss_batches[t] for t in names if t in self._step_losses}
+    def _apply_surgery(self, engine: GradientEngine, scaler: Any) -> torch.Tensor:
+        losses = {t: self._step_losses[t] / self._step_loss_batches[t] for t in self._step_losses}
         if scaler is None and losses:
             stacked = torch.stack(list(losses.values()))
             if not bool(torch.isfinite(stacked).all()):  # one host sync per step, not one per task batch
@@ -496,41 +422,22 @@ class MultitaskTrainer(Trainer):
                     f"Task {bad!r} gave a non-finite loss ({float(losses[bad])}) at step {self.state.global_step}: "
                     "check the learning rate, the labels and the data"
                 )
-        if active[-1] - active[0] + 1 == len(active):
-            rows = buffers.matrix[active[0] : active[-1] + 1]  # a view (one-task steps included): no copy
-        else:
-            rows = buffers.matrix[active]
-        self.aggregator(rows, counts=torch.tensor([counts[i] for i in active], dtype=torch.float64), tasks=names, out=buffers.update)
-        finite = bool(torch.isfinite(self.aggregator.last_info["gram"]).all())
-        loss_weights = self.aggregator.loss_weights(self.aggregator.last_info["weights"]).tolist()
-        if not finite and scaler is None:
+        step = engine.finish(self.aggregator, scaler_active=scaler is not None)
+        if not step.finite and scaler is None:
             self.skipped_steps += 1
-            logger.warning("Skipping step %d: non-finite gradients (tasks %s)", self.state.global_step, names)
-            for p in buffers.shared + [p for ps in buffers.heads.values() for p in ps]:
-                p.grad = None
+            logger.warning("Skipping step %d: non-finite gradients (tasks %s)", self.state.global_step, step.tasks)
         else:
-            for p, view in zip(buffers.shared, buffers.update_views):
-                p.grad = view if p.dtype == torch.float32 else view.to(p.dtype)
-            for t, w in zip(names, loss_weights):
-                if w != 1.0:
-                    buffers.head_flat[t].mul_(w)  # the head follows its task's weight in the objective
-                for p, view in zip(buffers.heads[t], buffers.head_views[t]):
-                    p.grad = view.clone() if p.dtype == torch.float32 else view.to(p.dtype)
-            self._pending_step = {t: int(round(counts[i])) for t, i in zip(names, active)}
-        step = self.state.global_step + 1
-        if self.telemetry is not None and self.telemetry.is_due(step):
+            self._pending_step = {t: int(round(n)) for t, n in zip(step.tasks, step.counts)}
+        due = self.state.global_step + 1
+        if self.telemetry is not None and self.telemetry.is_due(due):
             grad_scale = float(scaler.get_scale()) if scaler is not None else 1.0
-            self.telemetry.record(step, conflict_metrics(self.aggregator.last_info, grad_scale))
+            self.telemetry.record(due, conflict_metrics(self.aggregator.last_info, grad_scale))
         # what is optimised: sum_i loss_weight_i * L_i (L_i: task i's mean loss over the step's micro-batches)
         objective = torch.zeros((), device=self.args.device)
-        for t, w in zip(names, loss_weights):
+        for t, w in zip(step.tasks, step.loss_weights):
             if t in losses:
                 objective = objective + w * losses[t]
                 self._task_loss_log.setdefault(t, []).append(losses[t])
-        # rows of tasks absent from a step keep stale values: they are never read, since a row
-        # only counts when its task's sample count (reset here) is positive
-        buffers.host_counts = [0.0] * len(buffers.tasks)
-        buffers.fresh = [True] * len(buffers.tasks)
         self._step_losses, self._step_loss_batches = {}, {}
         return objective
 
@@ -693,7 +600,7 @@ class MultitaskTrainer(Trainer):
         at zero for each call that does not resume; surgery buffers are built afresh (the model
         may be a new one from ``model_init``)."""
         checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
-        self._buffers = None
+        self._engine = None
         self._reset_counters()
         if checkpoint is not None:
             state = load_surgery_state(checkpoint)
@@ -710,5 +617,6 @@ class MultitaskTrainer(Trainer):
 
 
 def surgery_overhead_bytes(trainer: MultitaskTrainer) -> int:
-    """Bytes held by the surgery buffers (``(T + 1) x P x 4`` plus heads)."""
-    return 0 if trainer._buffers is None else trainer._buffers.nbytes()
+    """Bytes held by the surgery buffers on this rank (``(T + 1) x P x 4`` plus heads replicated,
+    ``(T + 1) x P/N x 4`` plus head shards under FSDP2)."""
+    return 0 if trainer._engine is None else trainer._engine.nbytes()

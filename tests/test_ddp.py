@@ -60,13 +60,16 @@ def test_two_process_ddp_equals_one_process_on_the_combined_batch(tmp_path, toke
     )
 
 
-def test_ddp_with_sgd_accumulation_and_task_batch_sizes_equals_one_process(tmp_path, tokenizer):
+@pytest.mark.parametrize("ddp_surgery", ["all_reduce", "reduce_scatter"])
+def test_ddp_with_sgd_accumulation_and_task_batch_sizes_equals_one_process(tmp_path, tokenizer, ddp_surgery):
     """No AdamW and no clipping to hide a global scale: summing instead of averaging the ranks
-    doubles the SGD step and fails here."""
+    doubles the SGD step and fails here. Both DDP reductions (all-reduce of the task rows, or
+    reduce-scatter + Gram all-reduce + all-gather of the update) give the one-process update."""
     vocab = Path(tokenizer.vocab_file)
     common = {"optim": "sgd", "max_grad_norm": 0.0, "gradient_accumulation_steps": 2, "learning_rate": 0.05, "aggregator": "pcgrad",
               "length_grouping": False}  # fmt: skip
-    two = _run(2, tmp_path / "two.pt", vocab, 2, "pcgrad", {**common, "task_batch_sizes": {"sst": 2, "quora": 3, "sts": 1}})
+    two = _run(2, tmp_path / "two.pt", vocab, 2, "pcgrad", {**common, "task_batch_sizes": {"sst": 2, "quora": 3, "sts": 1},
+                                                             "ddp_surgery": ddp_surgery})  # fmt: skip
     one = _run(1, tmp_path / "one.pt", vocab, 4, "pcgrad", {**common, "task_batch_sizes": {"sst": 4, "quora": 6, "sts": 2}})
     assert two["world"] == 2 and one["world"] == 1
     init = __import__("conftest").deterministic_model()
@@ -77,11 +80,12 @@ def test_ddp_with_sgd_accumulation_and_task_batch_sizes_equals_one_process(tmp_p
     assert moved > 10
 
 
-def test_tasks_missing_on_a_rank_and_unequal_counts_give_the_pooled_gradient(tmp_path, tokenizer):
+@pytest.mark.parametrize("ddp_surgery", ["all_reduce", "reduce_scatter"])
+def test_tasks_missing_on_a_rank_and_unequal_counts_give_the_pooled_gradient(tmp_path, tokenizer, ddp_surgery):
     """Rank 0 holds sst and 4 quora examples, rank 1 sts and 2 quora: every task's gradient must be
     the mean over its examples on all ranks (stale rows of absent tasks never leak in)."""
     vocab = Path(tokenizer.vocab_file)
-    got = _run(2, tmp_path / "missing.pt", vocab, 4, "sum", {}, mode="missing")
+    got = _run(2, tmp_path / "missing.pt", vocab, 4, "sum", {"ddp_surgery": ddp_surgery}, mode="missing")
     assert got["world"] == 2
     assert got["grads"].keys() == got["expected"].keys()
     for name, expected in got["expected"].items():

@@ -320,10 +320,10 @@ def test_buffers_hold_only_the_training_tasks_and_follow_the_trainable_set(tmp_p
     data = toy_encoded(tokenizer, model, n=32)
     trainer = _trainer(tmp_path, tokenizer, model=model, data={"sst": data["sst"]})
     trainer.train()
-    assert trainer._buffers.tasks == ["sst"] and trainer._buffers.matrix.shape[0] == 1
+    assert trainer._engine.tasks == ["sst"] and trainer._engine.matrix.shape[0] == 1
     model.set_trainable("heads")
     trainer.train()
-    assert trainer._buffers.p_shared == 0, "rebuilt for the new trainable set"
+    assert trainer._engine.p_shared == 0, "rebuilt for the new trainable set"
 
 
 def test_weighted_pcgrad_step_does_not_depend_on_how_the_samples_were_batched(tmp_path, tokenizer):

@@ -89,6 +89,9 @@ class Aggregator:
     """
 
     name = "base"
+    # True for a method that needs the full gradient vectors, not just the Gram matrix: the
+    # sharded engines (FSDP2, DDP reduce-scatter) refuse it. None of the built-in methods does.
+    needs_full_vectors = False
 
     def __init__(self, seed: int = 0) -> None:
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -106,7 +109,31 @@ class Aggregator:
     ) -> torch.Tensor:
         if grads.ndim != 2:
             raise ValueError(f"expected a (tasks, params) matrix, got shape {tuple(grads.shape)}")
-        t = grads.shape[0]
+        gram, scale = scaled_gram(grads)
+        w = self.weights_from_gram(gram, counts, tasks, scale=scale, eps=accumulation_eps(grads))
+        w = w.to(device=grads.device, dtype=grads.dtype)
+        return w @ grads if out is None else torch.mv(grads.t(), w, out=out)
+
+    def weights_from_gram(
+        self,
+        gram: torch.Tensor,
+        counts: torch.Tensor | Sequence[float] | None = None,
+        tasks: Sequence[str] | None = None,
+        *,
+        scale: float = 1.0,
+        eps: float | None = None,
+    ) -> torch.Tensor:
+        """The update weights ``w`` (``d = w @ grads``) from the Gram matrix alone.
+
+        This is what a gradient engine calls when it holds the rows itself (sharded across
+        ranks, each computing a partial Gram matrix): ``gram`` is ``grads @ grads.T / scale**2``
+        (any positive ``scale``, since every aggregator is positively homogeneous), ``eps`` the
+        machine epsilon of the precision the gradients were accumulated in (float32 if None).
+        Non-finite Gram matrices give weights of one, so inf/NaN reach the update (the fp16
+        GradScaler then skips the step). Sets ``last_info``.
+        """
+        gram = gram.double()
+        t = gram.shape[0]
         tasks = [str(i) for i in range(t)] if tasks is None else list(tasks)
         if len(tasks) != t:
             raise ValueError(f"{len(tasks)} task names for {t} gradient rows")
@@ -114,17 +141,16 @@ class Aggregator:
             counts = torch.as_tensor(counts, dtype=torch.float64).reshape(-1)
             if counts.numel() != t or bool((counts <= 0).any()):
                 raise ValueError(f"counts must be {t} positive numbers, got {counts.tolist()}")
-        gram, scale = scaled_gram(grads)
         factor = float(torch.tensor(scale, dtype=torch.float64) ** 2)
-        self.last_info = {"gram": gram, "gram_scale": scale, "gram_factor": factor, "gram_eps": accumulation_eps(grads), "tasks": tasks}
+        eps = torch.finfo(torch.float32).eps if eps is None else float(eps)
+        self.last_info = {"gram": gram, "gram_scale": float(scale), "gram_factor": factor, "gram_eps": eps, "tasks": tasks}
         if not torch.isfinite(gram).all():
             # inf/NaN gradients (fp16 overflow): keep them so the GradScaler skips the step
             w = torch.ones(t, dtype=torch.float64)
         else:
             w = self.weights(gram, counts, tasks)
         self.last_info["weights"] = w
-        w = w.to(device=grads.device, dtype=grads.dtype)
-        return w @ grads if out is None else torch.mv(grads.t(), w, out=out)
+        return w
 
     def loss_weights(self, weights: torch.Tensor) -> torch.Tensor:
         """The factor each task's loss carries in this method's objective, given the update

@@ -1,0 +1,161 @@
+"""Per-rank surgery memory and bytes communicated per step: replicated vs sharded engines.
+
+    python benchmarks/surgery_memory.py [--tasks 3] [--batch 4]
+
+Measured on the packaged MiniLM (one surgery step of 3 tasks): N = 1 (replicated engine, one
+process) and N = 2 (real gloo processes: DDP with ``ddp_surgery`` all_reduce and
+reduce_scatter, and FSDP2 ``fully_shard`` with the sharded engine). The collectives issued by
+the surgery step itself are counted by wrapping ``torch.distributed``; the buffer bytes come
+from the engine. Then the formulas for larger N, T and P (MiniLM, BERT-base, DeBERTa-v3-large;
+3 and 8 tasks). Prints JSON and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+TASK_NAMES = ["sst", "quora", "sts"]
+# shared (encoder) parameters of well-known encoders, for the formula table
+ENCODERS = {"MiniLM-L6 (384)": 22_565_376, "BERT-base": 108_891_648, "DeBERTa-v3-large": 434_012_160}
+
+
+def formula(tasks: int, shared: int, ranks: int) -> dict[str, float]:
+    """Per-rank fp32 surgery memory (MB) and elements sent per step by each engine (ring collectives)."""
+    share = (ranks - 1) / ranks if ranks > 1 else 0.0
+    mb = 4 / 2**20
+    return {
+        "replicated_mb": (tasks + 1) * shared * mb,
+        "sharded_mb": (tasks + 1) * shared / ranks * mb,
+        "ddp_all_reduce_sent": 2 * share * tasks * shared,
+        "ddp_reduce_scatter_sent": share * (tasks + 1) * shared,
+        "fsdp2_surgery_extra_sent": 2 * share * tasks * tasks,  # the T x T Gram all-reduce
+    }
+
+
+def _counting(calls: list) -> dict:
+    real = {name: getattr(dist, name) for name in ("all_reduce", "reduce_scatter_tensor", "all_gather_into_tensor")}
+
+    def wrap(name):
+        def counted(tensor, *args, **kwargs):
+            # bytes each rank sends with ring collectives: all-reduce 2(N-1)/N of the tensor,
+            # reduce-scatter (N-1)/N of its input, all-gather (N-1)/N of its output
+            n = dist.get_world_size()
+            if name == "all_reduce":
+                size = 2 * (n - 1) / n * tensor.numel() * tensor.element_size()
+            elif name == "reduce_scatter_tensor":
+                size = (n - 1) / n * args[0].numel() * args[0].element_size()
+            else:
+                size = (n - 1) / n * tensor.numel() * tensor.element_size()
+            calls.append((name, int(size)))
+            return real[name](tensor, *args, **kwargs)
+
+        return counted
+
+    for name in real:
+        setattr(dist, name, wrap(name))
+    return real
+
+
+def measure(mode: str, batch: int) -> dict:
+    """One surgery step on the packaged MiniLM in this process (under torchrun for N = 2)."""
+    from transformers import AutoTokenizer
+
+    import hf_multitask as hm
+    from hf_multitask.surgery import get_aggregator
+    from hf_multitask.surgery.engine import ReplicatedEngine, ShardedEngine, ddp_collectives
+
+    backbone = hm.default_backbone()
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    torch.manual_seed(0)
+    model = hm.MultitaskModel.from_encoder(backbone, tasks=hm.reference_tasks(), pair_encoding="cross")
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if mode == "fsdp2":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in model.encoder.encoder.layer:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        engine = ShardedEngine(model, TASK_NAMES, all_reduce=ddp_collectives()[0])
+    elif mode == "single":
+        engine = ReplicatedEngine(model, TASK_NAMES, torch.device("cpu"))
+    else:
+        engine = ReplicatedEngine(model, TASK_NAMES, torch.device("cpu"), reduce=ddp_collectives(), mode=mode)
+    texts = ["a short sentence for the benchmark", "another one, a little longer than the first"]
+    for spec in model.config.task_specs:
+        cols = {c: [texts[i % 2] for i in range(batch)] for c in spec.text_columns}
+        enc = tokenizer(*cols.values(), padding=True, return_tensors="pt")
+        labels = torch.zeros(batch, dtype=torch.long) if spec.kind == "classification" else torch.full((batch,), 2.5)
+        loss = model(task=spec.name, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels).loss
+        engine.add(spec.name, loss, batch)
+    calls: list = []
+    real = _counting(calls) if world > 1 else {}
+    try:
+        engine.finish(get_aggregator("pcgrad"), scaler_active=False)
+    finally:
+        for name, fn in real.items():
+            setattr(dist, name, fn)
+    return {"mode": mode, "ranks": world, "buffer_mb": engine.nbytes() / 2**20, "surgery_collectives": calls,
+            "surgery_bytes_sent": sum(size for _, size in calls)}  # fmt: skip
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        dist.init_process_group("gloo")
+        result = measure(args.worker, args.batch)
+        if dist.get_rank() == 0:
+            with open(args.out, "w") as f:
+                json.dump(result, f)
+        dist.destroy_process_group()
+        return
+    measured = [measure("single", args.batch)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for mode in ("all_reduce", "reduce_scatter", "fsdp2"):
+        out = tempfile.mktemp(suffix=".json")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={_port()}",
+               os.path.abspath(__file__), "--worker", mode, "--out", out, "--batch", str(args.batch)]  # fmt: skip
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(proc.stderr[-3000:])
+        with open(out) as f:
+            measured.append(json.load(f))
+    table = {name: {t: {n: formula(t, p, n) for n in (1, 2, 8)} for t in (3, 8)} for name, p in ENCODERS.items()}
+    print(json.dumps({"measured": measured, "formula": table}, indent=1))
+    print("\n| run | ranks | surgery buffer per rank (MB) | bytes each rank sends in the surgery step |")
+    print("|---|---|---|---|")
+    for m in measured:
+        print(f"| {m['mode']} | {m['ranks']} | {m['buffer_mb']:.1f} | {m['surgery_bytes_sent']:,} |")
+    print("\n| encoder | T | N | replicated MB/rank | sharded MB/rank | DDP all-reduce sent (M el.) | DDP reduce-scatter sent (M el.) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, by_t in table.items():
+        for t, by_n in by_t.items():
+            for n, f in by_n.items():
+                print(f"| {name} | {t} | {n} | {f['replicated_mb']:.0f} | {f['sharded_mb']:.0f} | {f['ddp_all_reduce_sent'] / 1e6:.0f} | "
+                      f"{f['ddp_reduce_scatter_sent'] / 1e6:.0f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
