@@ -230,6 +230,11 @@ class MultitaskTrainer(Trainer):
                 "MultitaskTrainer does not support FSDP version 1: its flattened parameters hide the per-task gradients. "
                 "Use FSDP2 (accelerate's fsdp_version: 2; the sharded surgery engine) or DDP."
             )
+        if self.args.fsdp and not getattr(self, "is_fsdp_enabled", False):
+            raise ValueError(
+                f"--fsdp {self.args.fsdp!r} was given but accelerate did not enable FSDP (it does not on CPU, or without a "
+                "distributed launch): training would silently run without sharding. Drop --fsdp, or launch FSDP2 on GPUs."
+            )
         if self.args.n_gpu > 1:
             raise ValueError(
                 f"{self.args.n_gpu} GPUs in one process would run nn.DataParallel, whose per-task gradients stay on one "

@@ -90,3 +90,14 @@ def test_tasks_missing_on_a_rank_and_unequal_counts_give_the_pooled_gradient(tmp
     assert got["grads"].keys() == got["expected"].keys()
     for name, expected in got["expected"].items():
         torch.testing.assert_close(got["grads"][name], expected, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_fsdp_that_accelerate_leaves_off_on_cpu_is_refused(tmp_path, tokenizer):
+    """Two CPU processes with --fsdp: transformers keeps FSDP off without a word (the run would be
+    plain DDP); the trainer refuses at construction instead."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    overrides = json.dumps({"fsdp": True, "fsdp_config": {"version": 2}})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+           str(WORKER), str(tmp_path / "out.pt"), tokenizer.vocab_file, "4", "pcgrad", overrides]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "accelerate did not enable FSDP" in proc.stderr
