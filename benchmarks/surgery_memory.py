@@ -1,12 +1,13 @@
 """Per-rank surgery memory and bytes communicated per step: replicated vs sharded engines.
 
-    python benchmarks/surgery_memory.py [--tasks 3] [--batch 4]
+    python benchmarks/surgery_memory.py [--batch 4] [--ranks 2] [--device cpu|cuda] [--steps 3]
 
 Measured on the packaged MiniLM (one surgery step of 3 tasks): N = 1 (replicated engine, one
 process) and N = 2 (real gloo processes: DDP with ``ddp_surgery`` all_reduce and
 reduce_scatter, and FSDP2 ``fully_shard`` with the sharded engine). The collectives issued by
 the surgery step itself are counted by wrapping ``torch.distributed``; the buffer bytes come
-from the engine. Then the formulas for larger N, T and P (MiniLM, BERT-base, DeBERTa-v3-large;
+from the engine; the step time is the median over ``--steps`` steps (forward, per-task
+gradients, surgery). ``--device cuda`` runs on GPUs (NCCL, one process per GPU). Then the formulas for larger N, T and P (MiniLM, BERT-base, DeBERTa-v3-large;
 3 and 8 tasks). Prints JSON and a markdown table.
 """
 
@@ -16,9 +17,11 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 import torch
 import torch.distributed as dist
@@ -67,7 +70,7 @@ def _counting(calls: list) -> dict:
     return real
 
 
-def measure(mode: str, batch: int) -> dict:
+def measure(mode: str, batch: int, device: str = "cpu", steps: int = 3) -> dict:
     """One surgery step on the packaged MiniLM in this process (under torchrun for N = 2)."""
     from transformers import AutoTokenizer
 
@@ -80,35 +83,47 @@ def measure(mode: str, batch: int) -> dict:
     torch.manual_seed(0)
     model = hm.MultitaskModel.from_encoder(backbone, tasks=hm.reference_tasks(), pair_encoding="cross")
     world = dist.get_world_size() if dist.is_initialized() else 1
+    dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if device == "cuda" else torch.device("cpu")
+    model.to(dev)
     if mode == "fsdp2":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        mesh = init_device_mesh("cpu", (world,))
+        mesh = init_device_mesh(dev.type, (world,))
         for layer in model.encoder.encoder.layer:
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
         engine = ShardedEngine(model, TASK_NAMES, all_reduce=ddp_collectives()[0])
     elif mode == "single":
-        engine = ReplicatedEngine(model, TASK_NAMES, torch.device("cpu"))
+        engine = ReplicatedEngine(model, TASK_NAMES, dev)
     else:
-        engine = ReplicatedEngine(model, TASK_NAMES, torch.device("cpu"), reduce=ddp_collectives(), mode=mode)
+        engine = ReplicatedEngine(model, TASK_NAMES, dev, reduce=ddp_collectives(), mode=mode)
     texts = ["a short sentence for the benchmark", "another one, a little longer than the first"]
-    for spec in model.config.task_specs:
-        cols = {c: [texts[i % 2] for i in range(batch)] for c in spec.text_columns}
-        enc = tokenizer(*cols.values(), padding=True, return_tensors="pt")
-        labels = torch.zeros(batch, dtype=torch.long) if spec.kind == "classification" else torch.full((batch,), 2.5)
-        loss = model(task=spec.name, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels).loss
-        engine.add(spec.name, loss, batch)
-    calls: list = []
-    real = _counting(calls) if world > 1 else {}
-    try:
-        engine.finish(get_aggregator("pcgrad"), scaler_active=False)
-    finally:
-        for name, fn in real.items():
-            setattr(dist, name, fn)
+    aggregator = get_aggregator("pcgrad")
+    times, calls = [], []
+    for step in range(steps + 1):
+        start = time.perf_counter()
+        for spec in model.config.task_specs:
+            cols = {c: [texts[i % 2] for i in range(batch)] for c in spec.text_columns}
+            enc = tokenizer(*cols.values(), padding=True, return_tensors="pt").to(dev)
+            labels = torch.zeros(batch, dtype=torch.long) if spec.kind == "classification" else torch.full((batch,), 2.5)
+            loss = model(task=spec.name, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels.to(dev)).loss
+            engine.add(spec.name, loss, batch)
+        counted: list = []
+        real = _counting(counted) if world > 1 else {}
+        try:
+            engine.finish(aggregator, scaler_active=False)
+        finally:
+            for name, fn in real.items():
+                setattr(dist, name, fn)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        model.zero_grad(set_to_none=True)
+        if step > 0:  # the first step warms up
+            times.append(time.perf_counter() - start)
+            calls = counted
     return {"mode": mode, "ranks": world, "buffer_mb": engine.nbytes() / 2**20, "surgery_collectives": calls,
-            "surgery_bytes_sent": sum(size for _, size in calls)}  # fmt: skip
+            "surgery_bytes_sent": sum(size for _, size in calls), "step_seconds": statistics.median(times)}  # fmt: skip
 
 
 def _port() -> int:
@@ -120,23 +135,27 @@ def _port() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--ranks", type=int, default=2, help="processes of the multi-rank runs")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        dist.init_process_group("gloo")
-        result = measure(args.worker, args.batch)
+        dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+        result = measure(args.worker, args.batch, args.device, args.steps)
         if dist.get_rank() == 0:
             with open(args.out, "w") as f:
                 json.dump(result, f)
         dist.destroy_process_group()
         return
-    measured = [measure("single", args.batch)]
+    measured = [measure("single", args.batch, args.device, args.steps)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     for mode in ("all_reduce", "reduce_scatter", "fsdp2"):
         out = tempfile.mktemp(suffix=".json")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={_port()}",
-               os.path.abspath(__file__), "--worker", mode, "--out", out, "--batch", str(args.batch)]  # fmt: skip
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.ranks}", "--master_addr=127.0.0.1",
+               f"--master_port={_port()}", os.path.abspath(__file__), "--worker", mode, "--out", out, "--batch", str(args.batch),
+               "--device", args.device, "--steps", str(args.steps)]  # fmt: skip
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(proc.stderr[-3000:])
@@ -144,10 +163,10 @@ def main() -> None:
             measured.append(json.load(f))
     table = {name: {t: {n: formula(t, p, n) for n in (1, 2, 8)} for t in (3, 8)} for name, p in ENCODERS.items()}
     print(json.dumps({"measured": measured, "formula": table}, indent=1))
-    print("\n| run | ranks | surgery buffer per rank (MB) | bytes each rank sends in the surgery step |")
-    print("|---|---|---|---|")
+    print("\n| run | ranks | surgery buffer per rank (MB) | bytes each rank sends in the surgery step | step (s) |")
+    print("|---|---|---|---|---|")
     for m in measured:
-        print(f"| {m['mode']} | {m['ranks']} | {m['buffer_mb']:.1f} | {m['surgery_bytes_sent']:,} |")
+        print(f"| {m['mode']} | {m['ranks']} | {m['buffer_mb']:.1f} | {m['surgery_bytes_sent']:,} | {m['step_seconds']:.3f} |")
     print("\n| encoder | T | N | replicated MB/rank | sharded MB/rank | DDP all-reduce sent (M el.) | DDP reduce-scatter sent (M el.) |")
     print("|---|---|---|---|---|---|---|")
     for name, by_t in table.items():

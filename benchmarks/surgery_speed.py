@@ -32,6 +32,9 @@ from common import load_reference  # noqa: E402
 
 import hf_multitask as hm  # noqa: E402
 
+DEVICE = "cpu"
+BF16 = False
+
 
 def build(aggregator: str, batch: int):
     backbone = hm.default_backbone()
@@ -43,7 +46,8 @@ def build(aggregator: str, batch: int):
         output_dir=tempfile.mkdtemp(),
         per_device_train_batch_size=batch,
         report_to=[],
-        use_cpu=True,
+        use_cpu=DEVICE == "cpu",
+        bf16=BF16,
         disable_tqdm=True,
         aggregator=aggregator,
     )
@@ -58,7 +62,9 @@ def build(aggregator: str, batch: int):
 def plain_step(trainer, batch) -> None:
     model = trainer.model
     model.train()
-    total = sum(model(task=t, **b).loss for t, b in batch.items())
+    batch = trainer._prepare_inputs(batch)
+    with trainer.accelerator.autocast():
+        total = sum(model(task=t, **b).loss for t, b in batch.items())
     total.backward()
     trainer.optimizer.step()
     model.zero_grad(set_to_none=True)
@@ -73,6 +79,8 @@ def surgery_step(trainer, batch) -> None:
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -93,9 +101,14 @@ def memory_child(mode: str, aggregator: str, batch: int) -> None:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     base = _status_mb("VmRSS")
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     for b in batches[:3]:
         (plain_step if mode == "plain" else surgery_step)(trainer, b)
-    print(json.dumps({"rss_before_steps_mb": base, "peak_rss_during_steps_mb": _status_mb("VmHWM")}))
+    report = {"rss_before_steps_mb": base, "peak_rss_during_steps_mb": _status_mb("VmHWM")}
+    if DEVICE == "cuda":
+        report["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(report))
 
 
 def main() -> None:
@@ -103,8 +116,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--aggregator", default="pcgrad")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (both modes)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global DEVICE, BF16
+    DEVICE, BF16 = args.device, args.bf16
     warnings.simplefilter("ignore")
     if args.memory_child:
         memory_child(args.memory_child, args.aggregator, args.batch)
@@ -127,7 +144,19 @@ def main() -> None:
     mem = {}
     for mode in ("plain", args.aggregator):
         out = subprocess.run(
-            [sys.executable, __file__, "--memory-child", mode, "--aggregator", args.aggregator, "--batch", str(args.batch)],
+            [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                mode,
+                "--aggregator",
+                args.aggregator,
+                "--batch",
+                str(args.batch),
+                "--device",
+                args.device,
+                *(["--bf16"] if args.bf16 else []),
+            ],  # fmt: skip
             capture_output=True,
             text=True,
             check=True,

@@ -174,7 +174,8 @@ class MultitaskTrainer(Trainer):
     accumulation: per-task gradients add up over micro-batches and surgery runs once per
     optimizer step. DDP: the model's forward is called on the unwrapped module, and the flat
     buffer is all-reduced once per step, each task's rows weighted by its sample counts.
-    DeepSpeed, FSDP and ``nn.DataParallel`` are refused with a clear error.
+    FSDP2: the sharded engine (see :mod:`hf_multitask.surgery.engine`). DeepSpeed, FSDP version 1
+    and ``nn.DataParallel`` are refused with a clear error.
     """
 
     def __init__(

@@ -30,7 +30,8 @@ def main() -> None:
     model = deterministic_model()
     data = toy_encoded(tokenizer, model)
     settings = dict(output_dir=os.path.join(os.path.dirname(out), "run"), per_device_train_batch_size=batch, max_steps=3,
-                    learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0,
+                    learning_rate=1e-3, report_to=[], use_cpu=os.environ.get("HF_MULTITASK_TEST_DEVICE", "cpu") == "cpu",
+                    save_strategy="no", disable_tqdm=True, seed=0,
                     aggregator=aggregator, telemetry_steps=1)  # fmt: skip
     settings.update(overrides)
     args = hm.MultitaskTrainingArguments(**settings)
@@ -38,9 +39,10 @@ def main() -> None:
     if mode == "missing":
         collate = hm.MultitaskCollator(tokenizer.pad_token_id)
         rank = trainer.args.process_index
-        inputs = {t: collate([data[t][i] for i in idx]) for t, idx in MISSING_SPLIT[rank].items()}
+        inputs = {t: {k: v.to(trainer.args.device) if isinstance(v, torch.Tensor) else v for k, v in collate([data[t][i] for i in idx]).items()}
+                  for t, idx in MISSING_SPLIT[rank].items()}  # fmt: skip
         trainer.training_step(trainer.model, inputs)
-        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        grads = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.grad is not None}
         if rank == 0:
             reference = deterministic_model()
             pooled = {t: [i for r in MISSING_SPLIT.values() for i in r.get(t, [])] for t in ("sst", "quora", "sts")}
@@ -54,7 +56,7 @@ def main() -> None:
         torch.save(
             {
                 "world": trainer.args.world_size,
-                "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+                "params": {n: p.detach().cpu().clone() for n, p in model.named_parameters()},
                 "history": trainer.telemetry.history,
             },
             out,

@@ -21,6 +21,8 @@ import hf_multitask as hm  # noqa: E402
 from hf_multitask.surgery import get_aggregator  # noqa: E402
 from hf_multitask.surgery.engine import ReplicatedEngine, ShardedEngine, ddp_collectives  # noqa: E402
 
+# HF_MULTITASK_TEST_DEVICE=cuda runs on GPUs (NCCL, one process per GPU): benchmarks/gpu/run.sh
+DEVICE = os.environ.get("HF_MULTITASK_TEST_DEVICE", "cpu")
 PER_RANK = 4
 STEPS = 3
 TASKS = ["sst", "quora", "sts"]
@@ -29,20 +31,22 @@ TASKS = ["sst", "quora", "sts"]
 def run(aggregator_name: str, mode: str, tokenizer) -> dict:
     model = deterministic_model()
     data = toy_encoded(tokenizer, model, n=64)
+    dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if DEVICE == "cuda" else torch.device("cpu")
+    model.to(dev)
     collate = hm.MultitaskCollator(tokenizer.pad_token_id)
     world, rank = (dist.get_world_size(), dist.get_rank()) if mode == "sharded" else (1, 0)
     if mode == "sharded":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        mesh = init_device_mesh("cpu", (world,))
+        mesh = init_device_mesh(dev.type, (world,))
         for layer in model.encoder.encoder.layer:
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
         engine = ShardedEngine(model, TASKS, all_reduce=ddp_collectives()[0])
         per_rank = PER_RANK
     else:
-        engine = ReplicatedEngine(model, TASKS, torch.device("cpu"))
+        engine = ReplicatedEngine(model, TASKS, dev)
         per_rank = PER_RANK * 2  # the combined batch of the 2-rank run
     aggregator = get_aggregator(aggregator_name, seed=0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -50,7 +54,10 @@ def run(aggregator_name: str, mode: str, tokenizer) -> dict:
     for step in range(STEPS):
         for task in TASKS:
             start = step * 2 * PER_RANK + rank * per_rank
-            batch = collate([data[task][i] for i in range(start, start + per_rank)])
+            batch = {
+                k: v.to(dev) if isinstance(v, torch.Tensor) else v
+                for k, v in collate([data[task][i] for i in range(start, start + per_rank)]).items()
+            }
             loss = model(task=task, **batch).loss
             engine.add(task, loss, per_rank)
         if mode == "sharded":
@@ -69,7 +76,7 @@ def run(aggregator_name: str, mode: str, tokenizer) -> dict:
             engine.finish(aggregator, scaler_active=False)
         optimizer.step()
         optimizer.zero_grad()
-    params = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for n, p in model.named_parameters()}
+    params = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().clone() for n, p in model.named_parameters()}
     shared_total = sum(p.numel() for p in model.shared_parameters())
     local = getattr(engine, "p_local", getattr(engine, "p_shared", 0))
     return {"params": params, "calls": calls, "matrix_bytes": engine.matrix.numel() * 4, "p_local": local, "p_total": shared_total}
@@ -78,7 +85,7 @@ def run(aggregator_name: str, mode: str, tokenizer) -> dict:
 def main() -> None:
     out, vocab, mode = sys.argv[1], sys.argv[2], sys.argv[3]
     if mode == "sharded":
-        dist.init_process_group("gloo")
+        dist.init_process_group("nccl" if DEVICE == "cuda" else "gloo")
     tokenizer = BertTokenizerFast(vocab_file=vocab, do_lower_case=True)
     results = {name: run(name, mode, tokenizer) for name in ("pcgrad", "gradvac", "cagrad")}
     if mode == "sharded":

@@ -20,7 +20,9 @@ def _free_port() -> int:
 
 
 def _run(nproc: int, out: Path, vocab: Path, batch: int, aggregator: str, overrides: dict | None = None, mode: str = "train") -> dict:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if os.environ.get("HF_MULTITASK_TEST_DEVICE", "cpu") == "cpu":
+        env["ACCELERATE_USE_CPU"] = "1"
     cmd = [
         sys.executable,
         "-m",
@@ -95,7 +97,9 @@ def test_tasks_missing_on_a_rank_and_unequal_counts_give_the_pooled_gradient(tmp
 def test_fsdp_that_accelerate_leaves_off_on_cpu_is_refused(tmp_path, tokenizer):
     """Two CPU processes with --fsdp: transformers keeps FSDP off without a word (the run would be
     plain DDP); the trainer refuses at construction instead."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if os.environ.get("HF_MULTITASK_TEST_DEVICE", "cpu") == "cpu":
+        env["ACCELERATE_USE_CPU"] = "1"
     overrides = json.dumps({"fsdp": True, "fsdp_config": {"version": 2}})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
            str(WORKER), str(tmp_path / "out.pt"), tokenizer.vocab_file, "4", "pcgrad", overrides]  # fmt: skip
