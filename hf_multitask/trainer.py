@@ -55,7 +55,7 @@ class MultitaskTrainingArguments(TrainingArguments):
     """
 
     aggregator: str = field(
-        default="pcgrad", metadata={"help": "Gradient aggregator: sum, mean, pcgrad, weighted_pcgrad, gradvac, cagrad, aligned_mtl"}
+        default="pcgrad", metadata={"help": "Gradient aggregator: sum, mean, pcgrad, weighted_pcgrad, gradvac, cagrad, aligned_mtl, upgrad"}
     )
     aggregator_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Keyword arguments of the aggregator (dict or JSON string)"}

@@ -160,3 +160,30 @@ def test_cagrad_matches_torchjd(seed):
     torch.testing.assert_close(ours, theirs, rtol=5e-3, atol=5e-3 * float(ours.abs().max()))
     scale = float((grads @ grads.T).diagonal().max())
     assert _worst_improvement(grads, ours) >= _worst_improvement(grads, theirs) - 1e-9 * scale
+
+
+# ---------------------------------------------------------------- UPGrad
+@pytest.mark.parametrize("seed", range(30))
+def test_upgrad_conflicts_with_no_task_and_is_the_mean_without_conflict(seed):
+    gen = torch.Generator().manual_seed(seed)
+    t = 2 + seed % 5
+    grads = torch.randn(t, 20, generator=gen, dtype=torch.float64)
+    if seed % 3 == 0:
+        grads[1] = -1.5 * grads[0] + 0.1 * grads[1]  # a strong conflict
+    d = get_aggregator("upgrad")(grads)
+    scale = float((grads @ grads.T).diagonal().max())
+    assert float((grads @ d).min()) >= -1e-9 * scale, "d is in the dual cone: it worsens no task"
+    aligned = grads.abs()  # all pairwise dot products positive: nothing to project
+    torch.testing.assert_close(get_aggregator("upgrad")(aligned), aligned.mean(0), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_upgrad_matches_torchjd(seed):
+    grads = _well_conditioned(seed, 2 + seed % 4, 30)
+    # torchjd regularises the Gram matrix for its QP solver (reg_eps 1e-4 on the diagonal by
+    # default): with reg_eps=0 both solve the same problem
+    from torchjd.linalg import QuadprogProjector
+
+    ours = get_aggregator("upgrad")(grads)
+    theirs = torchjd.UPGrad(projector=QuadprogProjector(reg_eps=0.0))(grads)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-9 * float(ours.abs().max()))

@@ -12,6 +12,7 @@ mapping the ``(T, P)`` matrix to one ``(P,)`` update.
 | ``gradvac`` | Gradient Vaccine (Wang et al. 2021) |
 | ``cagrad`` | CAGrad (Liu et al. 2021) |
 | ``aligned_mtl`` | Aligned-MTL (Senushkin et al. 2023) |
+| ``upgrad`` | UPGrad (Quinton & Rey 2024) |
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from .cagrad import CAGrad
 from .gradvac import GradVac
 from .pcgrad import PCGrad, WeightedPCGrad, pcgrad_coefficients
 from .simple import Mean, Sum
+from .upgrad import UPGrad
 
-AGGREGATORS: dict[str, type[Aggregator]] = {cls.name: cls for cls in (Sum, Mean, PCGrad, WeightedPCGrad, GradVac, CAGrad, AlignedMTL)}
+AGGREGATORS: dict[str, type[Aggregator]] = {
+    cls.name: cls for cls in (Sum, Mean, PCGrad, WeightedPCGrad, GradVac, CAGrad, AlignedMTL, UPGrad)
+}
 
 
 def get_aggregator(name: str, **kwargs: Any) -> Aggregator:
@@ -54,6 +58,7 @@ __all__ = [
     "Mean",
     "PCGrad",
     "Sum",
+    "UPGrad",
     "WeightedPCGrad",
     "get_aggregator",
     "gram_matrix",
