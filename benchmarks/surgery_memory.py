@@ -76,7 +76,7 @@ def measure(mode: str, batch: int, device: str = "cpu", steps: int = 3) -> dict:
 
     import hf_multitask as hm
     from hf_multitask.surgery import get_aggregator
-    from hf_multitask.surgery.engine import ReplicatedEngine, ShardedEngine, ddp_collectives
+    from hf_multitask.surgery.engine import ReplicatedEngine, ShardedEngine, ddp_collectives, fully_shard_multitask
 
     backbone = hm.default_backbone()
     tokenizer = AutoTokenizer.from_pretrained(backbone)
@@ -86,13 +86,7 @@ def measure(mode: str, batch: int, device: str = "cpu", steps: int = 3) -> dict:
     dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if device == "cuda" else torch.device("cpu")
     model.to(dev)
     if mode == "fsdp2":
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-
-        mesh = init_device_mesh(dev.type, (world,))
-        for layer in model.encoder.encoder.layer:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        fully_shard_multitask(model, dev.type)
         engine = ShardedEngine(model, TASK_NAMES, all_reduce=ddp_collectives()[0])
     elif mode == "single":
         engine = ReplicatedEngine(model, TASK_NAMES, dev)

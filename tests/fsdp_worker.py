@@ -19,7 +19,7 @@ from transformers import BertTokenizerFast  # noqa: E402
 
 import hf_multitask as hm  # noqa: E402
 from hf_multitask.surgery import get_aggregator  # noqa: E402
-from hf_multitask.surgery.engine import ReplicatedEngine, ShardedEngine, ddp_collectives  # noqa: E402
+from hf_multitask.surgery.engine import ReplicatedEngine, ShardedEngine, ddp_collectives, fully_shard_multitask  # noqa: E402
 
 # HF_MULTITASK_TEST_DEVICE=cuda runs on GPUs (NCCL, one process per GPU): benchmarks/gpu/run.sh
 DEVICE = os.environ.get("HF_MULTITASK_TEST_DEVICE", "cpu")
@@ -36,13 +36,7 @@ def run(aggregator_name: str, mode: str, tokenizer) -> dict:
     collate = hm.MultitaskCollator(tokenizer.pad_token_id)
     world, rank = (dist.get_world_size(), dist.get_rank()) if mode == "sharded" else (1, 0)
     if mode == "sharded":
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-
-        mesh = init_device_mesh(dev.type, (world,))
-        for layer in model.encoder.encoder.layer:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        fully_shard_multitask(model, dev.type)
         engine = ShardedEngine(model, TASKS, all_reduce=ddp_collectives()[0])
         per_rank = PER_RANK
     else:

@@ -370,6 +370,22 @@ class ShardedEngine(GradientEngine):
         return EngineStep(names, [counts[i] for i in active], loss_weights, finite)
 
 
+def fully_shard_multitask(model: nn.Module, device_type: str = "cpu") -> nn.Module:
+    """Shard a :class:`~hf_multitask.MultitaskModel` with FSDP2 over all ranks of the default
+    process group: each encoder layer is its own unit (so its parameters are gathered only
+    while it runs), then the whole model (embeddings, heads, adapters). Returns the model."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    layers = getattr(getattr(getattr(model, "encoder", None), "encoder", None), "layer", None) or []
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
 def _refuse_full_vectors(aggregator: Aggregator, where: str) -> None:
     if getattr(aggregator, "needs_full_vectors", False):
         raise ValueError(
