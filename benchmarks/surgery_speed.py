@@ -182,6 +182,9 @@ def main() -> None:
 
 def _buffers_info(trainer) -> dict:
     b = trainer._engine
+    if b is None:  # a loss weighting (e.g. rlw) allocates no per-task buffer
+        shared = sum(p.numel() for p in trainer.model.shared_parameters() if p.requires_grad)
+        return {"tasks": len(trainer.model.task_names), "p_shared": shared, "bytes": 0}
     return {"tasks": len(b.tasks), "p_shared": b.p_shared, "bytes": b.nbytes()}
 
 

@@ -55,7 +55,8 @@ class MultitaskTrainingArguments(TrainingArguments):
     """
 
     aggregator: str = field(
-        default="pcgrad", metadata={"help": "Gradient aggregator: sum, mean, pcgrad, weighted_pcgrad, gradvac, cagrad, aligned_mtl, upgrad"}
+        default="pcgrad",
+        metadata={"help": "Gradient aggregator: sum, mean, pcgrad, weighted_pcgrad, gradvac, cagrad, aligned_mtl, upgrad, rlw"},
     )
     aggregator_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Keyword arguments of the aggregator (dict or JSON string)"}
@@ -255,6 +256,8 @@ class MultitaskTrainer(Trainer):
         self._task_loss_log: dict[str, list[float]] = {}
         self._step_losses: dict[str, torch.Tensor] = {}
         self._step_loss_batches: dict[str, int] = {}
+        self._lw_weights: dict[str, float] | None = None  # loss-weighting methods: this step's weights
+        self._lw_counts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ data
     def _pad_token_id(self) -> int:
@@ -366,39 +369,104 @@ class MultitaskTrainer(Trainer):
                 self._engine = ReplicatedEngine(core, tasks, self.args.device)
         return self._engine
 
+    def _accumulation(self, inputs: dict[str, Any]) -> int:
+        """Micro-batches the losses of this window are divided by (pops the padding marker)."""
+        window = inputs.pop(WINDOW_KEY, None)  # real micro-batches of a padded last window (uneven epochs)
+        accumulation = int(window) if window else int(getattr(self, "current_gradient_accumulation_steps", 0) or 0)
+        return max(1, accumulation or self.args.gradient_accumulation_steps)
+
+    def _task_loss(self, core: nn.Module, task: str, batch: dict[str, Any]) -> torch.Tensor:
+        """One task batch's loss (with the schedule's loss weight and the loss hook), and its bookkeeping."""
+        weight = batch.get("loss_weight")
+        batch = {k: v for k, v in batch.items() if k not in ("task", "loss_weight")}
+        with self.accelerator.autocast():
+            output = core(task=task, **batch)
+            loss = output.loss
+            if self.loss_hook is not None and loss is not None:
+                loss = self.loss_hook(core, task, batch, output)
+        if loss is None:
+            raise ValueError(f"Task {task!r}: the batch has no labels, so there is no loss to train on")
+        if weight is not None:
+            loss = loss * weight
+        detached = loss.detach().float()
+        self._step_losses[task] = self._step_losses[task] + detached if task in self._step_losses else detached
+        self._step_loss_batches[task] = self._step_loss_batches.get(task, 0) + 1
+        return loss
+
+    def _check_finite_losses(self) -> dict[str, torch.Tensor]:
+        losses = {t: self._step_losses[t] / self._step_loss_batches[t] for t in self._step_losses}
+        if getattr(self.accelerator, "scaler", None) is None and losses:
+            stacked = torch.stack(list(losses.values()))
+            if not bool(torch.isfinite(stacked).all()):  # one host sync per step, not one per task batch
+                bad = next(t for t, v in losses.items() if not bool(torch.isfinite(v)))
+                raise FloatingPointError(
+                    f"Task {bad!r} gave a non-finite loss ({float(losses[bad])}) at step {self.state.global_step}: "
+                    "check the learning rate, the labels and the data"
+                )
+        return losses
+
+    def _loss_weighting_step(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        """Loss-weighting methods (``needs_gradients = False``): one backward of ``sum_i w_i L_i``
+        per micro-batch, weights fixed for the optimizer step, no per-task gradient buffer."""
+        core = self.accelerator.unwrap_model(model)
+        accumulation = self._accumulation(inputs)
+        inputs = self._prepare_inputs(inputs) if inputs else inputs
+        tasks = self._train_tasks()
+        if self._lw_weights is None:
+            w = self.aggregator.step_weights(tasks)
+            self.aggregator.last_info = {"weights": w, "tasks": tasks}
+            self._lw_weights = dict(zip(tasks, w.tolist()))
+        total = None
+        for task, batch in inputs.items():
+            if task not in self._lw_weights:
+                raise KeyError(f"Batch for task {task!r}, which has no training data here; training tasks are {tasks}")
+            loss = self._task_loss(core, task, batch)
+            total = self._lw_weights[task] * loss if total is None else total + self._lw_weights[task] * loss
+            first = batch.get("input_ids")
+            self._lw_counts[task] = self._lw_counts.get(task, 0) + (int(first.shape[0]) if first is not None else 1)
+        if total is not None:
+            self.accelerator.backward(total / accumulation)
+        if not self.accelerator.sync_gradients:
+            return torch.zeros((), device=self.args.device)
+        if self.args.world_size > 1:  # the forwards ran on the unwrapped module: average the gradients ourselves
+            params = [p for p in core.parameters() if p.requires_grad]
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            flat = self.accelerator.reduce(torch.cat([g.reshape(-1).float() for g in grads]), reduction="mean")
+            offset = 0
+            for p in params:
+                p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
+                offset += p.numel()
+        losses = self._check_finite_losses()
+        counts = {t: n * self.args.world_size for t, n in self._lw_counts.items()}
+        self._pending_step = counts
+        objective = torch.zeros((), device=self.args.device)
+        for t, loss in losses.items():
+            objective = objective + self._lw_weights[t] * loss
+            self._task_loss_log.setdefault(t, []).append(loss)
+        self._lw_weights, self._lw_counts = None, {}
+        self._step_losses, self._step_loss_batches = {}, {}
+        return objective
+
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()  # schedule-free optimizers
+        if not getattr(self.aggregator, "needs_gradients", True):
+            return self._loss_weighting_step(model, inputs)
         core = self.accelerator.unwrap_model(model)
         engine = self._get_engine(core)
-        window = inputs.pop(WINDOW_KEY, None)  # real micro-batches of a padded last window (uneven epochs)
-        accumulation = int(window) if window else int(getattr(self, "current_gradient_accumulation_steps", 0) or 0)
-        accumulation = max(1, accumulation or self.args.gradient_accumulation_steps)
+        accumulation = self._accumulation(inputs)
         inputs = self._prepare_inputs(inputs) if inputs else inputs
         scaler = getattr(self.accelerator, "scaler", None)
         for task, batch in inputs.items():
             if task not in engine.index:
                 raise KeyError(f"Batch for task {task!r}, which has no training data here; training tasks are {engine.tasks}")
-            weight = batch.get("loss_weight")
-            batch = {k: v for k, v in batch.items() if k not in ("task", "loss_weight")}
-            with self.accelerator.autocast():
-                output = core(task=task, **batch)
-                loss = output.loss
-                if self.loss_hook is not None and loss is not None:
-                    loss = self.loss_hook(core, task, batch, output)
-            if loss is None:
-                raise ValueError(f"Task {task!r}: the batch has no labels, so there is no loss to train on")
-            if weight is not None:
-                loss = loss * weight
+            loss = self._task_loss(core, task, batch)
             scaled = loss / accumulation
             if scaler is not None:
                 scaled = scaler.scale(scaled)
             first = batch.get("input_ids")
             engine.add(task, scaled, int(first.shape[0]) if first is not None else 1)
-            detached = loss.detach().float()
-            self._step_losses[task] = self._step_losses[task] + detached if task in self._step_losses else detached
-            self._step_loss_batches[task] = self._step_loss_batches.get(task, 0) + 1
         if self.accelerator.sync_gradients:
             return self._apply_surgery(engine, scaler)
         return torch.zeros((), device=self.args.device)
@@ -419,15 +487,7 @@ class MultitaskTrainer(Trainer):
             update(self.accelerator.unwrap_model(self.model))
 
     def _apply_surgery(self, engine: GradientEngine, scaler: Any) -> torch.Tensor:
-        losses = {t: self._step_losses[t] / self._step_loss_batches[t] for t in self._step_losses}
-        if scaler is None and losses:
-            stacked = torch.stack(list(losses.values()))
-            if not bool(torch.isfinite(stacked).all()):  # one host sync per step, not one per task batch
-                bad = next(t for t, v in losses.items() if not bool(torch.isfinite(v)))
-                raise FloatingPointError(
-                    f"Task {bad!r} gave a non-finite loss ({float(losses[bad])}) at step {self.state.global_step}: "
-                    "check the learning rate, the labels and the data"
-                )
+        losses = self._check_finite_losses()
         step = engine.finish(self.aggregator, scaler_active=scaler is not None)
         if not step.finite and scaler is None:
             self.skipped_steps += 1

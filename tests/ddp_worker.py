@@ -57,7 +57,7 @@ def main() -> None:
             {
                 "world": trainer.args.world_size,
                 "params": {n: p.detach().cpu().clone() for n, p in model.named_parameters()},
-                "history": trainer.telemetry.history,
+                "history": trainer.telemetry.history if trainer.telemetry is not None else [],
             },
             out,
         )

@@ -105,3 +105,15 @@ def test_fsdp_that_accelerate_leaves_off_on_cpu_is_refused(tmp_path, tokenizer):
            str(WORKER), str(tmp_path / "out.pt"), tokenizer.vocab_file, "4", "pcgrad", overrides]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "accelerate did not enable FSDP" in proc.stderr
+
+
+def test_rlw_ddp_equals_one_process(tmp_path, tokenizer):
+    """A loss weighting trains through one backward of the weighted sum; under DDP the ranks draw
+    the same weights and the gradients are averaged."""
+    vocab = Path(tokenizer.vocab_file)
+    common = {"optim": "sgd", "max_grad_norm": 0.0, "learning_rate": 0.05, "length_grouping": False, "telemetry_steps": 0}
+    two = _run(2, tmp_path / "two.pt", vocab, 4, "rlw", common)
+    one = _run(1, tmp_path / "one.pt", vocab, 8, "rlw", common)
+    assert two["world"] == 2
+    for name, p in one["params"].items():
+        torch.testing.assert_close(two["params"][name], p, atol=1e-6, rtol=1e-5, msg=name)

@@ -13,6 +13,7 @@ mapping the ``(T, P)`` matrix to one ``(P,)`` update.
 | ``cagrad`` | CAGrad (Liu et al. 2021) |
 | ``aligned_mtl`` | Aligned-MTL (Senushkin et al. 2023) |
 | ``upgrad`` | UPGrad (Quinton & Rey 2024) |
+| ``rlw`` | random loss weighting (Lin et al. 2022), a loss weighting: no per-task gradients |
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from .aligned_mtl import AlignedMTL
 from .base import Aggregator, gram_matrix, projected_norms
 from .cagrad import CAGrad
 from .gradvac import GradVac
+from .loss_weighting import RLW, LossWeighting
 from .pcgrad import PCGrad, WeightedPCGrad, pcgrad_coefficients
 from .simple import Mean, Sum
 from .upgrad import UPGrad
 
 AGGREGATORS: dict[str, type[Aggregator]] = {
-    cls.name: cls for cls in (Sum, Mean, PCGrad, WeightedPCGrad, GradVac, CAGrad, AlignedMTL, UPGrad)
+    cls.name: cls for cls in (Sum, Mean, PCGrad, WeightedPCGrad, GradVac, CAGrad, AlignedMTL, UPGrad, RLW)
 }
 
 
@@ -55,8 +57,10 @@ __all__ = [
     "AlignedMTL",
     "CAGrad",
     "GradVac",
+    "LossWeighting",
     "Mean",
     "PCGrad",
+    "RLW",
     "Sum",
     "UPGrad",
     "WeightedPCGrad",

@@ -92,6 +92,9 @@ class Aggregator:
     # True for a method that needs the full gradient vectors, not just the Gram matrix: the
     # sharded engines (FSDP2, DDP reduce-scatter) refuse it. None of the built-in methods does.
     needs_full_vectors = False
+    # False for loss-weighting methods: the trainer then takes one backward of the weighted
+    # loss sum and allocates no per-task gradient buffer (see surgery.loss_weighting)
+    needs_gradients = True
 
     def __init__(self, seed: int = 0) -> None:
         self.generator = torch.Generator().manual_seed(int(seed))
