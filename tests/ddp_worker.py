@@ -63,5 +63,16 @@ def main() -> None:
         )
 
 
+def _shutdown() -> None:
+    """Leave the process group together: a rank exiting while the other still tears down gloo
+    can abort ("terminate called without an active exception") and fail the run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     main()
+    _shutdown()  # only after success: a rank that failed must not wait at a barrier for the other
