@@ -11,6 +11,7 @@ import pytest
 import torch
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
 
 
 def _free_port() -> int:
@@ -39,6 +40,12 @@ def _run(nproc: int, out: Path, vocab: Path, batch: int, aggregator: str, overri
         mode,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 and GLOO_TEARDOWN_ABORT in proc.stderr:
+        # A known gloo race on CPU: a rank occasionally aborts in C++ teardown ("terminate called
+        # without an active exception", about 1 launch in 30 here). Launch once more on a fresh
+        # port; any other failure, or a second abort, fails the test.
+        cmd[cmd.index(next(c for c in cmd if c.startswith("--master_port=")))] = f"--master_port={_free_port()}"
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out)
 
