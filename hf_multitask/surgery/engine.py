@@ -102,6 +102,26 @@ class GradientEngine:
         self.host_counts = [0.0] * len(self.tasks)
         self.fresh = [True] * len(self.tasks)
 
+    def _write_grads(self, aggregator: Aggregator, names: list[str], scaler_active: bool) -> EngineStep:
+        """Put the update into the shared parameters' ``.grad`` and each active task's head
+        gradient, times its loss weight, into the head's (``head_flat`` / ``update_views`` /
+        ``head_views`` are the subclass's buffers); clear them all for a non-finite step
+        without a GradScaler."""
+        finite = bool(torch.isfinite(aggregator.last_info["gram"]).all())
+        loss_weights = aggregator.loss_weights(aggregator.last_info["weights"]).tolist()
+        if not finite and not scaler_active:
+            for p in self.shared + [p for ps in self.heads.values() for p in ps]:
+                p.grad = None
+        else:
+            for p, view in zip(self.shared, self.update_views):
+                p.grad = _like(p, view)
+            for t, w in zip(names, loss_weights):
+                if w != 1.0:
+                    self.head_flat[t].mul_(w)  # the head follows its task's weight in the objective
+                for p, view in zip(self.heads[t], self.head_views[t]):
+                    p.grad = _like(p, view.clone())
+        return EngineStep(names, [], loss_weights, finite)
+
     def _write_rows(self, targets: list[torch.Tensor], grads: list[torch.Tensor | None], row: int) -> None:
         pairs = [(v, g.float() if g.dtype != torch.float32 else g) for v, g in zip(targets, grads) if g is not None]
         if self.fresh[row]:
@@ -246,26 +266,10 @@ class ReplicatedEngine(GradientEngine):
             else:
                 self.reduce[2](self._padded, local)
                 self.update.copy_(self._padded[: self.p_shared])
-        step = self._write_grads(aggregator, names, active, scaler_active)
+        step = self._write_grads(aggregator, names, scaler_active)
         step.counts = [counts[i] for i in active]
         self._reset()
         return step
-
-    def _write_grads(self, aggregator: Aggregator, names: list[str], active: list[int], scaler_active: bool) -> EngineStep:
-        finite = bool(torch.isfinite(aggregator.last_info["gram"]).all())
-        loss_weights = aggregator.loss_weights(aggregator.last_info["weights"]).tolist()
-        if not finite and not scaler_active:
-            for p in self.shared + [p for ps in self.heads.values() for p in ps]:
-                p.grad = None
-        else:
-            for p, view in zip(self.shared, self.update_views):
-                p.grad = view if p.dtype == torch.float32 else view.to(p.dtype)
-            for t, w in zip(names, loss_weights):
-                if w != 1.0:
-                    self.head_flat[t].mul_(w)  # the head follows its task's weight in the objective
-                for p, view in zip(self.heads[t], self.head_views[t]):
-                    p.grad = view.clone() if p.dtype == torch.float32 else view.to(p.dtype)
-        return EngineStep(names, [], loss_weights, finite)
 
 
 def ddp_collectives(group: Any = None) -> tuple:
@@ -311,13 +315,13 @@ class ShardedEngine(GradientEngine):
         shapes = [x.shape for x in locals_]
         self.row_views = {t: _views(self.matrix[self.index[t]], shapes) for t in self.tasks}
         self.update_views = _views(self.update, shapes)
-        self.head_buffers = {
+        self.head_flat = {
             t: torch.zeros(sum(_local(p).numel() for p in self.heads[t]), dtype=torch.float32, device=device) for t in self.tasks
         }
-        self.head_views = {t: _views(self.head_buffers[t], [_local(p).shape for p in self.heads[t]]) for t in self.tasks}
+        self.head_views = {t: _views(self.head_flat[t], [_local(p).shape for p in self.heads[t]]) for t in self.tasks}
 
     def nbytes(self) -> int:
-        return (self.matrix.numel() + self.update.numel() + sum(b.numel() for b in self.head_buffers.values())) * 4
+        return (self.matrix.numel() + self.update.numel() + sum(b.numel() for b in self.head_flat.values())) * 4
 
     def add(self, task: str, scaled_loss: torch.Tensor, samples: int) -> None:
         params = self.shared + self.heads[task]
@@ -353,21 +357,10 @@ class ShardedEngine(GradientEngine):
         w = aggregator.weights_from_gram(gram, torch.tensor([counts[i] for i in active], dtype=torch.float64), names,
                                          eps=accumulation_eps(rows))  # fmt: skip
         torch.mv(rows.t(), w.to(rows), out=self.update)
-        finite = bool(torch.isfinite(gram).all())
-        loss_weights = aggregator.loss_weights(w).tolist()
-        if not finite and not scaler_active:
-            for p in self.shared + [p for ps in self.heads.values() for p in ps]:
-                p.grad = None
-        else:
-            for p, view in zip(self.shared, self.update_views):
-                p.grad = _like(p, view)
-            for t, lw in zip(names, loss_weights):
-                if lw != 1.0:
-                    self.head_buffers[t].mul_(lw)
-                for p, view in zip(self.heads[t], self.head_views[t]):
-                    p.grad = _like(p, view.clone())
+        step = self._write_grads(aggregator, names, scaler_active)
+        step.counts = [counts[i] for i in active]
         self._reset()
-        return EngineStep(names, [counts[i] for i in active], loss_weights, finite)
+        return step
 
 
 def fully_shard_multitask(model: nn.Module, device_type: str = "cpu") -> nn.Module:
