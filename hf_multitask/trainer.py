@@ -56,7 +56,9 @@ class MultitaskTrainingArguments(TrainingArguments):
 
     aggregator: str = field(
         default="pcgrad",
-        metadata={"help": "Gradient aggregator: sum, mean, pcgrad, weighted_pcgrad, gradvac, cagrad, aligned_mtl, upgrad, rlw"},
+        metadata={
+            "help": "Gradient aggregator: sum, mean, pcgrad, weighted_pcgrad, gradvac, cagrad, aligned_mtl, upgrad, db_mtl; loss weightings rlw, uw, famo"
+        },
     )
     aggregator_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Keyword arguments of the aggregator (dict or JSON string)"}
@@ -407,24 +409,32 @@ class MultitaskTrainer(Trainer):
 
     def _loss_weighting_step(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         """Loss-weighting methods (``needs_gradients = False``): one backward of ``sum_i w_i L_i``
-        per micro-batch, weights fixed for the optimizer step, no per-task gradient buffer."""
+        per micro-batch, no per-task gradient buffer. The method sees the losses averaged over
+        DDP ranks, so its weights and state are the same on every rank (see
+        :mod:`hf_multitask.surgery.loss_weighting` for the call order)."""
         core = self.accelerator.unwrap_model(model)
         accumulation = self._accumulation(inputs)
         inputs = self._prepare_inputs(inputs) if inputs else inputs
         tasks = self._train_tasks()
+        method = self.aggregator
         if self._lw_weights is None:
-            w = self.aggregator.step_weights(tasks)
-            self.aggregator.last_info = {"weights": w, "tasks": tasks}
-            self._lw_weights = dict(zip(tasks, w.tolist()))
-        total = None
+            method.begin_step(tasks)
+            self._lw_weights = {}
+        losses: dict[str, torch.Tensor] = {}
         for task, batch in inputs.items():
-            if task not in self._lw_weights:
+            if task not in tasks:
                 raise KeyError(f"Batch for task {task!r}, which has no training data here; training tasks are {tasks}")
-            loss = self._task_loss(core, task, batch)
-            total = self._lw_weights[task] * loss if total is None else total + self._lw_weights[task] * loss
+            losses[task] = self._task_loss(core, task, batch)
             first = batch.get("input_ids")
             self._lw_counts[task] = self._lw_counts.get(task, 0) + (int(first.shape[0]) if first is not None else 1)
-        if total is not None:
+        if losses:
+            names = list(losses)
+            values = torch.stack([v.detach().double() for v in losses.values()])
+            if getattr(method, "uses_losses", False):
+                values = self._mean_over_ranks(tasks, names, values)
+            w = method.micro_weights(names, values).tolist()
+            self._lw_weights.update(zip(names, w))
+            total = sum(wi * losses[t] for wi, t in zip(w, names))
             self.accelerator.backward(total / accumulation)
         if not self.accelerator.sync_gradients:
             return torch.zeros((), device=self.args.device)
@@ -436,16 +446,39 @@ class MultitaskTrainer(Trainer):
             for p in params:
                 p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
                 offset += p.numel()
-        losses = self._check_finite_losses()
+        step_losses = self._check_finite_losses()
+        names = list(step_losses)
+        if names:
+            values = torch.stack([step_losses[t].double() for t in names])
+            if self.args.world_size > 1:
+                values = self._mean_over_ranks(tasks, names, values)
+            if bool(torch.isfinite(values).all()):  # fp16 overflow: the scaler skips the step, the state waits
+                method.observe(names, values)
+        method.last_info = {"weights": torch.tensor([self._lw_weights[t] for t in names], dtype=torch.float64), "tasks": names}
         counts = {t: n * self.args.world_size for t, n in self._lw_counts.items()}
         self._pending_step = counts
         objective = torch.zeros((), device=self.args.device)
-        for t, loss in losses.items():
+        for t, loss in step_losses.items():
             objective = objective + self._lw_weights[t] * loss
             self._task_loss_log.setdefault(t, []).append(loss)
         self._lw_weights, self._lw_counts = None, {}
         self._step_losses, self._step_loss_batches = {}, {}
         return objective
+
+    def _mean_over_ranks(
+        self, tasks: list[str], names: list[str], values: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-task mean of ``values`` over the DDP ranks (weighted by ``weights``, e.g. sample
+        counts; 1 per rank that has the task when None). The identity in one process."""
+        if self.args.world_size <= 1:
+            return values
+        idx = [tasks.index(t) for t in names]
+        w = torch.ones(len(names), dtype=torch.float64) if weights is None else weights.double()
+        buf = torch.zeros(2, len(tasks), dtype=torch.float64, device=self.args.device)
+        buf[0, idx] = (values.double() * w).to(buf)
+        buf[1, idx] = w.to(buf)
+        buf = self.accelerator.reduce(buf, reduction="sum")
+        return (buf[0, idx] / buf[1, idx]).cpu()
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         model.train()
@@ -488,6 +521,12 @@ class MultitaskTrainer(Trainer):
 
     def _apply_surgery(self, engine: GradientEngine, scaler: Any) -> torch.Tensor:
         losses = self._check_finite_losses()
+        if getattr(self.aggregator, "uses_step_losses", False):  # e.g. DB-MTL's log transform
+            names = [t for t in engine.tasks if t in losses]
+            values = torch.stack([losses[t].double() for t in names]) if names else torch.zeros(0, dtype=torch.float64)
+            counts = torch.tensor([engine.host_counts[engine.index[t]] for t in names], dtype=torch.float64)
+            values = self._mean_over_ranks(self._train_tasks(), names, values, counts)
+            self.aggregator.set_step_losses(names, values.tolist())
         step = engine.finish(self.aggregator, scaler_active=scaler is not None)
         if not step.finite and scaler is None:
             self.skipped_steps += 1

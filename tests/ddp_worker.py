@@ -52,12 +52,16 @@ def main() -> None:
             torch.save({"world": trainer.args.world_size, "grads": grads, "expected": expected}, out)
         return
     trainer.train()
+    state = trainer.aggregator.state_dict()
+    if trainer.args.process_index == 1:  # the method's state on the other rank, to compare
+        torch.save(state, out + ".rank1")
     if trainer.args.process_index == 0:
         torch.save(
             {
                 "world": trainer.args.world_size,
                 "params": {n: p.detach().cpu().clone() for n, p in model.named_parameters()},
                 "history": trainer.telemetry.history if trainer.telemetry is not None else [],
+                "state": state,
             },
             out,
         )

@@ -114,13 +114,31 @@ def test_fsdp_that_accelerate_leaves_off_on_cpu_is_refused(tmp_path, tokenizer):
     assert proc.returncode != 0 and "accelerate did not enable FSDP" in proc.stderr
 
 
-def test_rlw_ddp_equals_one_process(tmp_path, tokenizer):
-    """A loss weighting trains through one backward of the weighted sum; under DDP the ranks draw
-    the same weights and the gradients are averaged."""
+def _assert_same_state(a, b, where: str, exact: bool) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same_state(a[k], b[k], f"{where}.{k}", exact)
+    elif isinstance(a, torch.Tensor):
+        if exact or not a.is_floating_point():
+            assert torch.equal(a, b), where
+        else:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=where)
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("method", ["rlw", "uw", "famo", "db_mtl"])
+def test_loss_weighting_and_stateful_methods_ddp_equal_one_process(tmp_path, tokenizer, method):
+    """RLW, UW and FAMO train through one backward of the weighted sum; under DDP the ranks see
+    the losses averaged over ranks, so their weights and state agree with each other and with one
+    process on the combined batch. DB-MTL (gradient moving averages) likewise."""
     vocab = Path(tokenizer.vocab_file)
     common = {"optim": "sgd", "max_grad_norm": 0.0, "learning_rate": 0.05, "length_grouping": False, "telemetry_steps": 0}
-    two = _run(2, tmp_path / "two.pt", vocab, 4, "rlw", common)
-    one = _run(1, tmp_path / "one.pt", vocab, 8, "rlw", common)
+    two = _run(2, tmp_path / "two.pt", vocab, 4, method, common)
+    one = _run(1, tmp_path / "one.pt", vocab, 8, method, common)
     assert two["world"] == 2
     for name, p in one["params"].items():
         torch.testing.assert_close(two["params"][name], p, atol=1e-6, rtol=1e-5, msg=name)
+    _assert_same_state(two["state"], torch.load(str(tmp_path / "two.pt") + ".rank1"), "rank0 vs rank1", exact=True)
+    _assert_same_state(two["state"], one["state"], "two vs one process", exact=False)

@@ -1,10 +1,11 @@
-"""Loss-weighting methods (RLW): one backward of the weighted loss sum, no per-task gradient buffer."""
+"""Loss-weighting methods (RLW, UW, FAMO) and DB-MTL: formulas, invariances, the trainer step, state and resume."""
 
+import pytest
 import torch
 from conftest import deterministic_model, toy_encoded, train_args
 
 import hf_multitask as hm
-from hf_multitask.surgery import RLW, get_aggregator
+from hf_multitask.surgery import DBMTL, FAMO, RLW, UncertaintyWeighting, get_aggregator
 
 
 def _trainer(tmp_path, tokenizer, **overrides):
@@ -50,11 +51,185 @@ def test_rlw_draws_once_per_optimizer_step_and_trains(tmp_path, tokenizer):
     assert "loss/sst" in row and row["loss"] < row["loss/sst"] + row["loss/quora"] + row["loss/sts"]
 
 
-def test_rlw_resume_restores_the_weight_sequence(tmp_path, tokenizer):
-    full = _trainer(tmp_path / "full", tokenizer, max_steps=4)
+@pytest.mark.parametrize("method", ["rlw", "uw", "famo", "db_mtl"])
+def test_resume_restores_the_method_state(tmp_path, tokenizer, method):
+    full = _trainer(tmp_path / "full", tokenizer, max_steps=4, aggregator=method)
     full.train()
-    _trainer(tmp_path / "part", tokenizer, max_steps=4, save_strategy="steps", save_steps=2).train()
-    resumed = _trainer(tmp_path / "part", tokenizer, max_steps=4)
+    _trainer(tmp_path / "part", tokenizer, max_steps=4, save_strategy="steps", save_steps=2, aggregator=method).train()
+    resumed = _trainer(tmp_path / "part", tokenizer, max_steps=4, aggregator=method)
     resumed.train(resume_from_checkpoint=str(tmp_path / "part" / "out" / "checkpoint-2"))
     for (name, p), (_, q) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
         assert torch.equal(p, q), name
+
+
+# --------------------------------------------------------------------------- UW
+def test_uw_weights_are_exp_minus_s_and_s_moves_towards_log_loss():
+    uw = UncertaintyWeighting(lr=0.1)
+    uw.begin_step(["a", "b"])
+    torch.testing.assert_close(
+        uw.micro_weights(["a", "b"], torch.tensor([2.0, 0.5], dtype=torch.float64)), torch.ones(2, dtype=torch.float64)
+    )
+    for _ in range(400):
+        uw.begin_step(["a", "b"])
+        uw.observe(["a", "b"], torch.tensor([2.0, 0.5], dtype=torch.float64))
+    # fixed point of dL/ds = 1 - exp(-s) L: s = log L, weights 1 / L
+    torch.testing.assert_close(uw.param, torch.log(torch.tensor([2.0, 0.5], dtype=torch.float64)), atol=0.02, rtol=0)
+    torch.testing.assert_close(uw.step_weights(["b", "a"]), torch.tensor([2.0, 0.5], dtype=torch.float64), rtol=0.03, atol=0)
+
+
+def test_uw_first_update_is_one_adam_step_on_the_papers_gradient():
+    uw = UncertaintyWeighting(lr=0.01)
+    uw.begin_step(["a", "b"])
+    uw.observe(["a", "b"], torch.tensor([3.0, 0.2], dtype=torch.float64))
+    # Adam's first step moves every coordinate by lr * sign(grad); grad = 1 - L at s = 0
+    torch.testing.assert_close(uw.param, torch.tensor([0.01, -0.01], dtype=torch.float64), atol=1e-9, rtol=0)
+
+
+# --------------------------------------------------------------------------- FAMO
+def test_famo_loss_weights_follow_the_formula_and_ignore_the_loss_scale():
+    famo = FAMO()
+    famo.begin_step(["a", "b", "c"])
+    famo.param = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
+    losses = torch.tensor([2.0, 0.5, 1.0], dtype=torch.float64)
+    w = famo.micro_weights(["a", "b", "c"], losses)
+    z = torch.softmax(famo.param, 0)
+    d = losses + famo.eps
+    expected = (z / d) / (z / d).sum()
+    torch.testing.assert_close(w, expected)
+    assert abs(float(w.sum()) - 1) < 1e-12
+    torch.testing.assert_close(famo.micro_weights(["a", "b", "c"], 10 * losses), w, rtol=1e-7, atol=0)
+    # the weighted gradient equals the gradient of sum_i z_i log L_i / c
+    x = losses.clone().requires_grad_()
+    (z * x.log()).sum().div((z / losses).sum()).backward()
+    torch.testing.assert_close(x.grad, w, rtol=1e-6, atol=0)
+
+
+def test_famo_one_task_micro_batches_keep_their_weights():
+    """Under accumulation with one task per micro-batch, c uses the latest loss of the others."""
+    famo = FAMO()
+    famo.begin_step(["a", "b"])
+    famo.param = torch.tensor([0.5, -0.5], dtype=torch.float64)
+    both = famo.micro_weights(["a", "b"], torch.tensor([1.0, 4.0], dtype=torch.float64))
+    torch.testing.assert_close(famo.micro_weights(["b"], torch.tensor([4.0], dtype=torch.float64)), both[1:])
+    torch.testing.assert_close(famo.micro_weights(["a"], torch.tensor([1.0], dtype=torch.float64)), both[:1])
+
+
+def test_famo_logits_move_towards_the_task_that_improves_least():
+    famo = FAMO(lr=0.025, gamma=0.0)
+    famo.begin_step(["fast", "slow"])
+    famo.observe(["fast", "slow"], torch.tensor([1.0, 1.0], dtype=torch.float64))
+    assert torch.equal(famo.param, torch.zeros(2, dtype=torch.float64)), "no previous step yet: no update"
+    famo.observe(["fast", "slow"], torch.tensor([0.5, 0.99], dtype=torch.float64))
+    # delta = (log 2, -log 0.99); J^T delta at z = (1/2, 1/2) is (delta - mean(delta)) / 2; Adam moves by lr * sign
+    torch.testing.assert_close(famo.param, torch.tensor([-0.025, 0.025], dtype=torch.float64), atol=1e-7, rtol=0)
+    w = famo.step_weights(["fast", "slow"])
+    assert w[1] > w[0]
+
+
+def test_famo_refuses_losses_below_the_bound():
+    with pytest.raises(ValueError, match="min_loss"):
+        FAMO(min_loss=1.0).micro_weights(["a"], torch.tensor([0.5], dtype=torch.float64))
+
+
+def test_famo_trainer_step_is_the_gradient_of_the_weighted_loss(tmp_path, tokenizer):
+    trainer = _trainer(tmp_path, tokenizer, aggregator="famo")
+    trainer.aggregator.begin_step(["sst", "quora", "sts"])
+    trainer.aggregator.param = torch.tensor([0.4, -0.1, 0.2], dtype=torch.float64)
+    batch = next(iter(trainer.get_train_dataloader()))
+    reference = deterministic_model()
+    trainer.training_step(trainer.model, {t: dict(b) for t, b in batch.items()})
+    assert trainer._engine is None, "no (T, P) buffer for FAMO"
+    losses = {t: reference(task=t, **b).loss for t, b in batch.items()}
+    z = torch.softmax(torch.tensor([0.4, -0.1, 0.2], dtype=torch.float64), 0)
+    d = torch.stack([losses[t].detach().double() for t in ("sst", "quora", "sts")]) + 1e-8
+    w = (z / d) / (z / d).sum()
+    sum(float(wi) * losses[t] for wi, t in zip(w, ("sst", "quora", "sts"))).backward()
+    for (name, p), (_, q) in zip(trainer.model.named_parameters(), reference.named_parameters()):
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("method", [UncertaintyWeighting, FAMO])
+def test_state_dict_round_trip(method):
+    a = method(seed=1)
+    for losses in ([1.0, 2.0], [0.8, 1.9], [0.7, 1.5]):
+        a.begin_step(["x", "y"])
+        a.micro_weights(["x", "y"], torch.tensor(losses, dtype=torch.float64))
+        a.observe(["x", "y"], torch.tensor(losses, dtype=torch.float64))
+    b = method(seed=5)
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        m.begin_step(["x", "y"])
+        m.observe(["x", "y"], torch.tensor([0.5, 1.4], dtype=torch.float64))
+    assert torch.equal(a.param, b.param) and torch.equal(a.step_weights(["x", "y"]), b.step_weights(["x", "y"]))
+
+
+@pytest.mark.parametrize("method", ["rlw", "uw", "famo"])
+def test_loss_weightings_train_every_task(tmp_path, tokenizer, method):
+    from conftest import train_and_measure
+
+    _, before, after = train_and_measure(deterministic_model(), tokenizer, tmp_path, aggregator=method, max_steps=12, learning_rate=3e-3)
+    for task in before:
+        assert after[task] < before[task], (method, task, before[task], after[task])
+
+
+# --------------------------------------------------------------------------- DB-MTL
+def test_dbmtl_scales_every_moving_average_to_the_largest_norm():
+    g = torch.tensor([[3.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    agg = DBMTL()
+    d = agg(g, tasks=["a", "b"])
+    # first step: the averages are the gradients; alpha = (1, 3 / sqrt 2)
+    torch.testing.assert_close(d, g[0] + (3 / 2**0.5) * g[1])
+    g2 = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    d2 = agg(g2, tasks=["a", "b"])
+    avg = 0.9 * g + 0.1 * g2
+    norms = avg.norm(dim=1)
+    torch.testing.assert_close(d2, (norms.max() / norms) @ avg)
+
+
+def test_dbmtl_is_scale_free_per_task_and_transforms_losses_to_logs():
+    g = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    a = DBMTL()(g, tasks=list("abc"))
+    b = DBMTL()(g * torch.tensor([[1.0], [100.0], [0.01]]), tasks=list("abc"))
+    torch.testing.assert_close(a / a.norm(), b / b.norm(), rtol=1e-5, atol=1e-6)
+    # with the step's losses, each row becomes the gradient of log L_i: divided by L_i
+    agg = DBMTL()
+    agg.set_step_losses(list("abc"), [2.0, 0.5, 4.0])
+    c = agg(g, tasks=list("abc"))
+    torch.testing.assert_close(c, DBMTL()(g / torch.tensor([[2.0], [0.5], [4.0]]), tasks=list("abc")), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        agg.loss_weights(agg.last_info["weights"]), agg.last_info["weights"] / torch.tensor([2.0, 0.5, 4.0], dtype=torch.float64)
+    )
+
+
+def test_dbmtl_absent_tasks_keep_their_average_and_state_round_trips():
+    agg = DBMTL(beta=0.5)
+    agg(torch.ones(2, 4), tasks=["a", "b"])
+    agg(torch.zeros(1, 4), tasks=["b"])
+    assert torch.equal(agg.averages, torch.tensor([[1.0] * 4, [0.5] * 4]))
+    other = DBMTL(beta=0.5)
+    other.load_state_dict(agg.state_dict())
+    g = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(agg(g, tasks=["b", "a"]), other(g, tasks=["b", "a"]))
+
+
+def test_dbmtl_trainer_backpropagates_log_losses(tmp_path, tokenizer):
+    trainer = _trainer(tmp_path, tokenizer, aggregator="db_mtl")
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.training_step(trainer.model, {t: dict(b) for t, b in batch.items()})
+    reference = deterministic_model()
+    shared = list(reference.shared_parameters())
+    rows = []
+    for t, b in batch.items():
+        grads = torch.autograd.grad(torch.log(reference(task=t, **b).loss), shared, allow_unused=True)
+        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(shared, grads)]))
+    expected = DBMTL()(torch.stack(rows), tasks=list(batch))
+    got = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in trainer.model.shared_parameters()])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_sharded_engines_refuse_dbmtl():
+    from hf_multitask.surgery.engine import _refuse_full_vectors
+
+    with pytest.raises(ValueError, match="db_mtl"):
+        _refuse_full_vectors(DBMTL(), "FSDP2")

@@ -13,7 +13,10 @@ mapping the ``(T, P)`` matrix to one ``(P,)`` update.
 | ``cagrad`` | CAGrad (Liu et al. 2021) |
 | ``aligned_mtl`` | Aligned-MTL (Senushkin et al. 2023) |
 | ``upgrad`` | UPGrad (Quinton & Rey 2024) |
+| ``db_mtl`` | DB-MTL (Lin et al. 2023): log losses, gradient-magnitude balancing of moving averages |
 | ``rlw`` | random loss weighting (Lin et al. 2022), a loss weighting: no per-task gradients |
+| ``uw`` | uncertainty weighting (Kendall et al. 2018), a loss weighting |
+| ``famo`` | FAMO (Liu et al. 2023), a loss weighting: O(1) memory |
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ from typing import Any
 from .aligned_mtl import AlignedMTL
 from .base import Aggregator, gram_matrix, projected_norms
 from .cagrad import CAGrad
+from .dbmtl import DBMTL
 from .gradvac import GradVac
-from .loss_weighting import RLW, LossWeighting
+from .loss_weighting import FAMO, RLW, LossWeighting, UncertaintyWeighting
 from .pcgrad import PCGrad, WeightedPCGrad, pcgrad_coefficients
 from .simple import Mean, Sum
 from .upgrad import UPGrad
 
 AGGREGATORS: dict[str, type[Aggregator]] = {
-    cls.name: cls for cls in (Sum, Mean, PCGrad, WeightedPCGrad, GradVac, CAGrad, AlignedMTL, UPGrad, RLW)
+    cls.name: cls
+    for cls in (Sum, Mean, PCGrad, WeightedPCGrad, GradVac, CAGrad, AlignedMTL, UPGrad, DBMTL, RLW, UncertaintyWeighting, FAMO)
 }
 
 
@@ -56,6 +61,8 @@ __all__ = [
     "Aggregator",
     "AlignedMTL",
     "CAGrad",
+    "DBMTL",
+    "FAMO",
     "GradVac",
     "LossWeighting",
     "Mean",
@@ -63,6 +70,7 @@ __all__ = [
     "RLW",
     "Sum",
     "UPGrad",
+    "UncertaintyWeighting",
     "WeightedPCGrad",
     "get_aggregator",
     "gram_matrix",

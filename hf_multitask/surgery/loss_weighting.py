@@ -1,33 +1,118 @@
 """Loss-weighting methods: one weighted sum of the task losses, no per-task gradients at all.
 
 A method here declares ``needs_gradients = False``: the trainer then takes one backward of
-``sum_i w_i L_i`` per micro-batch, with the weights fixed for the whole optimizer step, and
-never allocates the ``(T, P)`` surgery buffer. Such a method is still an
-:class:`~hf_multitask.surgery.Aggregator` (``weights`` returns the step weights), so it can be
-called on gradient rows too, which the tests use to compare with the buffer path.
+``sum_i w_i L_i`` per micro-batch and never allocates the ``(T, P)`` surgery buffer. The
+contract, called by the trainer in this order every optimizer step:
+
+1. ``begin_step(tasks)`` with every training task (RLW draws its weights here);
+2. per micro-batch, ``micro_weights(names, losses)`` with the detached float64 losses of the
+   tasks in that micro-batch (under DDP: their mean over ranks, so every rank computes the
+   same weights) returns the detached weights ``w`` of ``sum_i w_i L_i``;
+3. ``observe(names, losses)`` with the step's mean losses (over micro-batches and ranks)
+   updates the method's state (UW's log-variances, FAMO's logits).
+
+The state (generator, parameters, optimiser moments) is in ``state_dict`` and saved with every
+checkpoint. A loss weighting is still an :class:`~hf_multitask.surgery.Aggregator` whose
+``weights`` are the current loss weights, so it can be called on gradient rows too (tests).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from .base import Aggregator
 
-__all__ = ["LossWeighting", "RLW"]
+__all__ = ["FAMO", "RLW", "LossWeighting", "UncertaintyWeighting"]
 
 
 class LossWeighting(Aggregator):
-    """Base class: ``step_weights(tasks)`` gives the loss weights of one optimizer step."""
+    """Base class of the methods that weight losses instead of gradients (see the module docstring)."""
 
     needs_gradients = False
+    uses_losses = False  # True: micro_weights reads the losses (the trainer averages them over ranks first)
+
+    def begin_step(self, tasks: Sequence[str]) -> None:
+        """A new optimizer step over ``tasks`` (all training tasks) begins."""
+
+    def micro_weights(self, tasks: Sequence[str], losses: torch.Tensor) -> torch.Tensor:
+        """Detached weights (float64, one per name in ``tasks``) of this micro-batch's losses."""
+        return self.step_weights(tasks)
+
+    def observe(self, tasks: Sequence[str], losses: torch.Tensor) -> None:
+        """The step's mean task losses, after the backward: update the state."""
 
     def step_weights(self, tasks: Sequence[str]) -> torch.Tensor:
+        """The current weights, without a loss to read (``weights`` on a Gram matrix uses this)."""
         raise NotImplementedError
 
     def weights(self, gram: torch.Tensor, counts: torch.Tensor | None, tasks: Sequence[str]) -> torch.Tensor:
         return self.step_weights(list(tasks))
+
+
+class _Adam:
+    """A tiny Adam (L2 weight decay added to the gradient, like ``torch.optim.Adam``) for the
+    handful of method parameters, in float64, with a state that checkpoints as plain tensors."""
+
+    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        self.lr, self.betas, self.eps, self.weight_decay = float(lr), betas, float(eps), float(weight_decay)
+        self.m: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.t = 0
+
+    def step(self, param: torch.Tensor, grad: torch.Tensor) -> None:
+        if self.m is None:
+            self.m, self.v = torch.zeros_like(param), torch.zeros_like(param)
+        grad = grad + self.weight_decay * param
+        b1, b2 = self.betas
+        self.t += 1
+        self.m.mul_(b1).add_(grad, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        m_hat = self.m / (1 - b1**self.t)
+        v_hat = self.v / (1 - b2**self.t)
+        param.sub_(self.lr * m_hat / (v_hat.sqrt() + self.eps))
+
+    def state_dict(self) -> dict[str, Any]:
+        clone = lambda x: None if x is None else x.clone()  # noqa: E731 - copies: the moments are updated in place
+        return {"m": clone(self.m), "v": clone(self.v), "t": self.t}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        clone = lambda x: None if x is None else x.clone()  # noqa: E731
+        self.m, self.v, self.t = clone(state["m"]), clone(state["v"]), int(state["t"])
+
+
+class _PerTaskParameter(LossWeighting):
+    """A loss weighting with one float64 parameter per task, trained by :class:`_Adam`."""
+
+    def __init__(self, seed: int = 0, lr: float = 1e-2, weight_decay: float = 0.0) -> None:
+        super().__init__(seed)
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        self.task_names: list[str] = []
+        self.param = torch.zeros(0, dtype=torch.float64)
+        self.opt = _Adam(lr, weight_decay=weight_decay)
+
+    def begin_step(self, tasks: Sequence[str]) -> None:
+        self._ensure(tasks)
+
+    def _ensure(self, tasks: Sequence[str]) -> list[int]:
+        new = [t for t in tasks if t not in self.task_names]
+        if new:
+            if self.opt.t > 0:
+                raise ValueError(f"{type(self).__name__}: tasks {new} appeared after training started ({self.task_names})")
+            self.task_names.extend(new)
+            self.param = torch.zeros(len(self.task_names), dtype=torch.float64)
+        return [self.task_names.index(t) for t in tasks]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "tasks": list(self.task_names), "param": self.param.clone(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.task_names, self.param = list(state["tasks"]), state["param"].clone()
+        self.opt.load_state_dict(state["opt"])
 
 
 class RLW(LossWeighting):
@@ -43,6 +128,125 @@ class RLW(LossWeighting):
 
     name = "rlw"
 
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        self._current: dict[str, float] = {}
+
+    def begin_step(self, tasks: Sequence[str]) -> None:
+        self._current = dict(zip(tasks, self.step_weights(tasks).tolist()))
+
+    def micro_weights(self, tasks: Sequence[str], losses: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([self._current[t] for t in tasks], dtype=torch.float64)
+
     def step_weights(self, tasks: Sequence[str]) -> torch.Tensor:
         z = torch.randn(len(tasks), generator=self.generator, dtype=torch.float64)
         return torch.softmax(z, dim=0)
+
+
+class UncertaintyWeighting(_PerTaskParameter):
+    """Uncertainty weighting (Kendall, Gal & Cipolla 2018, "Multi-Task Learning Using
+    Uncertainty to Weigh Losses"), in the log-variance form ``s_i = log sigma_i^2``:
+
+        L = sum_i exp(-s_i) L_i + s_i
+
+    The network trains on ``sum_i w_i L_i`` with ``w_i = exp(-s_i)``; after each step the
+    ``s_i`` take one Adam step (learning rate ``lr``) on ``dL/ds_i = 1 - exp(-s_i) L_i``, whose
+    fixed point is ``s_i = log L_i``, i.e. ``w_i = 1 / L_i``. The paper's regression form halves
+    the first term (``1/(2 sigma^2)``); the uniform form here is the one most re-evaluations
+    use, the same for every task type. ``s`` starts at 0 (weights 1), and is updated with the
+    step's mean losses, identical on every DDP rank.
+    """
+
+    name = "uw"
+
+    def step_weights(self, tasks: Sequence[str]) -> torch.Tensor:
+        return torch.exp(-self.param[self._ensure(tasks)])
+
+    def micro_weights(self, tasks: Sequence[str], losses: torch.Tensor) -> torch.Tensor:
+        return self.step_weights(tasks)
+
+    def observe(self, tasks: Sequence[str], losses: torch.Tensor) -> None:
+        idx = self._ensure(tasks)
+        grad = torch.zeros_like(self.param)
+        grad[idx] = 1 - torch.exp(-self.param[idx]) * losses.double()
+        self.opt.step(self.param, grad)
+
+
+class FAMO(_PerTaskParameter):
+    """FAMO, fast adaptive multitask optimisation (Liu et al. 2023, "FAMO: Fast Adaptive
+    Multitask Optimization"): O(1) memory and no per-task gradients. With logits ``xi``,
+    ``z = softmax(xi)`` and ``D_i = L_i - m_i + eps`` (``m_i`` a lower bound of the loss, 0 by
+    default), the network trains on
+
+        d = sum_i (z_i / (c D_i)) grad L_i,   c = sum_j z_j / D_j
+
+    i.e. on the gradient of ``sum_i z_i log D_i / c``: loss weights ``w_i = z_i / (c D_i)``,
+    which sum to 1. After the step the logits follow the tasks' rates of improvement
+    ``delta_i = log D_i(prev) - log D_i(now)``:
+
+        xi <- Adam(xi, J_softmax(xi)^T delta + gamma xi)
+
+    so a task whose loss fell less than the others gains weight. Defaults follow the paper:
+    ``lr = 0.025`` for the logits, ``gamma = 1e-3``. Two practical choices, stated:
+
+    - ``delta`` compares the step's mean loss with the previous step's (new batches), not the
+      same batch re-evaluated after the update, which would cost an extra forward per step;
+    - under accumulation, ``c`` is taken over every task, using the latest known loss of the
+      tasks that are not in the micro-batch, so one-task micro-batches keep their weights.
+    """
+
+    name = "famo"
+    uses_losses = True
+
+    def __init__(self, seed: int = 0, lr: float = 0.025, gamma: float = 1e-3, min_loss: float = 0.0, eps: float = 1e-8) -> None:
+        super().__init__(seed, lr=lr, weight_decay=gamma)
+        self.min_loss, self.eps = float(min_loss), float(eps)
+        self.latest = torch.zeros(0, dtype=torch.float64)  # latest D_i seen in a micro-batch (0: not yet)
+        self.previous = torch.zeros(0, dtype=torch.float64)  # D_i of the last observed step (0: not yet)
+
+    def _ensure(self, tasks: Sequence[str]) -> list[int]:
+        idx = super()._ensure(tasks)
+        if self.latest.numel() != len(self.task_names):
+            self.latest = torch.zeros(len(self.task_names), dtype=torch.float64)
+            self.previous = torch.zeros(len(self.task_names), dtype=torch.float64)
+        return idx
+
+    def _shifted(self, losses: torch.Tensor) -> torch.Tensor:
+        d = losses.double() - self.min_loss + self.eps
+        if bool((d <= 0).any()):
+            raise ValueError(f"FAMO needs losses above min_loss={self.min_loss}, got {losses.tolist()}")
+        return d
+
+    def step_weights(self, tasks: Sequence[str]) -> torch.Tensor:
+        idx = self._ensure(tasks)
+        return torch.softmax(self.param, 0)[idx] / torch.softmax(self.param, 0)[idx].sum()
+
+    def micro_weights(self, tasks: Sequence[str], losses: torch.Tensor) -> torch.Tensor:
+        idx = self._ensure(tasks)
+        d = self._shifted(losses)
+        self.latest[idx] = d
+        z = torch.softmax(self.param, 0)
+        known = self.latest > 0
+        c = (z[known] / self.latest[known]).sum()
+        return z[idx] / (c * d)
+
+    def observe(self, tasks: Sequence[str], losses: torch.Tensor) -> None:
+        idx = self._ensure(tasks)
+        d = self._shifted(losses)
+        delta = torch.zeros_like(self.param)
+        prev = self.previous[idx]
+        seen = prev > 0
+        if bool(seen.any()):
+            rows = torch.tensor(idx)[seen]
+            delta[rows] = prev[seen].log() - d[seen].log()
+            z = torch.softmax(self.param, 0)
+            grad = z * (delta - (z * delta).sum())  # J_softmax^T delta, J = diag(z) - z z^T
+            self.opt.step(self.param, grad)
+        self.previous[idx] = d
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "latest": self.latest.clone(), "previous": self.previous.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.latest, self.previous = state["latest"].clone(), state["previous"].clone()
