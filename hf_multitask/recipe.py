@@ -690,6 +690,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: RecipeTra
         "train_seconds": train_seconds,
         "train_examples": examples,
         "train_examples_per_second": examples / train_seconds,
+        "train_global_steps": trainer.state.global_step,
         **{f"train_steps_{t}": n for t, n in trainer.task_steps.items()},
         **{f"train_examples_{t}": n for t, n in trainer.examples_seen.items()},
     }

@@ -1,0 +1,96 @@
+"""The comparison grid on the reference trio: does surgery help SST + QQP + STS? (issue 16)
+
+    python benchmarks/compare_trio.py run [--arms separate lpft_annealed_pcgrad ...]
+    python benchmarks/compare_trio.py report
+
+The 1-pass protocol of ``quality.py`` (packaged MiniLM, batch 32 per task, max length 64,
+QQP 8,000 pairs, one pass over the data), through :mod:`hf_multitask.compare`: every run in
+its own process, resumable, results in ``outputs/compare/trio``. Results are reported on
+validation split 1 (``--validation_seed 1``); split 0 is the one every earlier configuration
+(the annealed schedule, LP-FT) was chosen on, and the only split the tuned baseline's
+candidates are compared on. The report goes to ``benchmarks/compare_trio.md`` (included by
+``benchmarks/README.md``) and ``benchmarks/compare_trio.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import DATA_DIR  # noqa: E402
+
+from hf_multitask.compare import Grid, GridError, report, run_grid  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+PROTOCOL = ["--data-dir", str(DATA_DIR), "--max_length", "64",
+            "--per_device_train_batch_size", "32", "--num_train_epochs", "1", "--validation_fraction", "0.1",
+            "--write_predictions", "false", "--logging_steps", "50", "--save_strategy", "no", "--eval_strategy", "no", "--load_best_model_at_end", "false", "--disable_tqdm", "true",
+            "--telemetry_steps", "0"]  # fmt: skip
+ROUND_ROBIN = ["--schedule_kwargs", '{"steps_per_epoch": 220}']  # 220 steps x 3 tasks x 32 = one pass
+ANNEALED = ["--schedule", "annealed", "--gradient_accumulation_steps", "3"]
+LP_FT = ["--lp_steps", "100", "--lp_learning_rate", "1e-3"]
+WARMUP = ["--warmup_steps", "0.1"]
+
+GRID = {
+    "tasks": ["sst", "quora", "sts"],
+    "train_limits": {"quora": 8000},
+    "seeds": [0, 1, 2],
+    "splits": [1],
+    "tuning_split": 0,
+    "reference": "separate",
+    "baseline": "sum_tuned",
+    "arms": {
+        # three single-task models, each one pass over its data (10 % warm-up, as the stock-Trainer baseline had)
+        "separate": {"single_task": True, "args": ["--aggregator", "sum", *WARMUP]},
+        "sum": {"args": ["--aggregator", "sum", *ROUND_ROBIN]},
+        # summed loss with a tuning budget like the one that chose the best PCGrad recipe on split 0
+        "sum_tuned": {
+            "args": ["--aggregator", "sum"],
+            "candidates": {
+                "round_robin": ROUND_ROBIN,
+                "round_robin_warmup": [*ROUND_ROBIN, *WARMUP],
+                "annealed": ANNEALED,
+                "temperature_2": [
+                    "--schedule",
+                    "temperature",
+                    "--schedule_kwargs",
+                    '{"temperature": 2.0}',
+                    "--gradient_accumulation_steps",
+                    "3",
+                ],  # fmt: skip
+                "annealed_lpft": [*ANNEALED, *LP_FT],
+                "annealed_lpft_warmup": [*ANNEALED, *LP_FT, *WARMUP],
+            },
+        },
+        "pcgrad": {"args": ["--aggregator", "pcgrad", *ROUND_ROBIN]},
+        "upgrad": {"args": ["--aggregator", "upgrad", *ROUND_ROBIN]},
+        "famo": {"args": ["--aggregator", "famo", *ROUND_ROBIN]},
+        "rlw": {"args": ["--aggregator", "rlw", *ROUND_ROBIN]},
+        # the best recipe of benchmarks/README.md, and the same recipe with the summed loss
+        "lpft_annealed_pcgrad": {"args": ["--aggregator", "pcgrad", *ANNEALED, *LP_FT]},
+        "lpft_annealed_sum": {"args": ["--aggregator", "sum", *ANNEALED, *LP_FT]},
+    },
+    "protocol": PROTOCOL,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["run", "report"])
+    parser.add_argument("--arms", nargs="+", help="run only these arms, in this order")
+    parser.add_argument("--output-dir", default="outputs/compare/trio")
+    args = parser.parse_args()
+    try:
+        if args.command == "run":
+            run_grid(Grid.from_dict(GRID), args.output_dir, args.arms, say=lambda m: print(f"[compare] {m}", flush=True))
+        else:
+            report(args.output_dir, HERE / "compare_trio.md", HERE / "compare_trio.png")
+    except GridError as err:
+        raise SystemExit(f"compare_trio: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

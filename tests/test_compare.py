@@ -1,0 +1,147 @@
+"""The comparison harness: a tiny grid end to end in real subprocesses, resumability, statistics, errors."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from hf_multitask.compare import Grid, GridError, interval, report, run_grid, summarise
+
+
+def _grid(backbone, data, **overrides) -> Grid:
+    spec = {
+        "tasks": ["sst", "sts"],
+        "train_limits": {"sst": 40},
+        "seeds": [0, 1],
+        "splits": [1],
+        "tuning_split": 0,
+        "reference": "separate",
+        "baseline": "sum",
+        "protocol": [
+            "--backbone",
+            str(backbone),
+            "--data-dir",
+            str(data),
+            "--max-steps",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--use_cpu",
+            "true",
+            "--disable_tqdm",
+            "true",
+            "--telemetry_steps",
+            "0",
+            "--save_strategy",
+            "no",
+            "--eval_strategy",
+            "no",
+            "--load_best_model_at_end",
+            "false",
+            "--write_predictions",
+            "false",
+        ],  # fmt: skip
+        "arms": {
+            "separate": {"single_task": True, "args": ["--aggregator", "sum"]},
+            "sum": {
+                "args": ["--aggregator", "sum"],
+                "candidates": {"lr_a": ["--learning_rate", "1e-4"], "lr_b": ["--learning_rate", "1e-3"]},
+            },
+            "pcgrad": {"args": ["--aggregator", "pcgrad"]},
+        },
+        **overrides,
+    }
+    return Grid.from_dict(spec)
+
+
+def test_tiny_grid_end_to_end_and_resume(tiny_backbone, tiny_data, tmp_path):
+    grid = _grid(tiny_backbone, tiny_data)
+    out = tmp_path / "cmp"
+    said = []
+    results = run_grid(grid, out, say=said.append)
+    # 2 tuning candidates, then 2 seeds each of separate (2 tasks), sum and pcgrad
+    assert len(results) == 6 and len(said) == 2 + 2 * 2 + 2 + 2
+    choice = json.loads((out / "tuning" / "sum" / "choice.json").read_text())
+    assert choice["split"] == 0 and set(choice["scores"]) == {"lr_a", "lr_b"}
+    summed = next(r for r in results if r["arm"] == "sum")
+    assert summed["args"][-2:] == ["--learning_rate", "1e-4" if choice["chosen"] == "lr_a" else "1e-3"]
+    cmd = (out / "runs" / "split1" / "pcgrad" / "seed1" / "run" / "metrics.json").read_text()
+    assert json.loads(cmd)["train_global_steps"] == 2
+    for r in results:
+        assert r["peak_rss_mb"] > 50 and r["wall_seconds"] > 0 and r["split"] == 1
+    separate = [r for r in results if r["arm"] == "separate"]
+    assert all({"eval_sst_accuracy", "eval_sts_pearson"} <= set(r["metrics"]) for r in separate)
+
+    # finished runs are never run again
+    said.clear()
+    again = run_grid(grid, out, say=said.append)
+    assert said == [] and again == results
+
+    rows = report(out)
+    by_arm = {r["arm"]: r for r in rows}
+    assert set(by_arm) == {"separate", "sum", "pcgrad"} and all(r["seeds"] == 2 for r in rows)
+    assert math.isnan(by_arm["sum"]["vs_baseline"]) and math.isnan(by_arm["separate"]["delta_m"])
+    pc = {r["seed"]: r for r in results if r["arm"] == "pcgrad"}
+    sm = {r["seed"]: r for r in results if r["arm"] == "sum"}
+    overall = {
+        a: {s: (c["metrics"]["eval_sst_score"] + c["metrics"]["eval_sts_score"]) / 2 for s, c in runs.items()}
+        for a, runs in (("pc", pc), ("sm", sm))
+    }
+    expected = interval([overall["pc"][s] - overall["sm"][s] for s in (0, 1)])
+    assert by_arm["pcgrad"]["vs_baseline"] == pytest.approx(expected[0]) and by_arm["pcgrad"]["vs_baseline_ci"] == pytest.approx(
+        expected[1]
+    )
+    table = (out / "results.md").read_text()
+    assert "| `pcgrad` | 2 |" in table and "chosen `" in table and "Validation split 1" in table
+    assert (out / "results.png").stat().st_size > 5000
+    with open(out / "results.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 3
+
+
+def test_interval_and_delta_m():
+    mean, half = interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert math.isnan(interval([5.0])[1])
+    grid = {"tasks": ["a", "b"], "arms": {"ref": {}, "m": {}}, "reference": "ref", "baseline": None}
+
+    def cell(arm, seed, a, b):
+        return {"arm": arm, "seed": seed, "split": 0, "peak_rss_mb": 1.0,
+                "metrics": {"eval_a_accuracy": a, "eval_a_score": a, "eval_b_pearson": b, "eval_b_score": (b + 1) / 2}}  # fmt: skip
+
+    cells = [cell("ref", 0, 0.5, 0.8), cell("m", 0, 0.55, 0.76), cell("ref", 1, 0.4, 0.8), cell("m", 1, 0.4, 0.88)]
+    rows = {r["arm"]: r for r in summarise(grid, cells)}
+    # Delta-m per seed: 100/2 * (0.05/0.5 - 0.04/0.8) = 2.5, then 100/2 * (0 + 0.08/0.8) = 5
+    assert rows["m"]["delta_m"] == pytest.approx(3.75) and rows["m"]["delta_m_seeds"] == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"tuning_split": 1}, "never report on the split used to choose"),
+        ({"reference": "sum"}, "must be single_task"),
+        ({"baseline": "nope"}, "'baseline': 'nope' is not an arm"),
+        ({"train_limits": {"quora": 5}}, "'train_limits' names tasks"),
+        ({"protocol": ["--seed", "3"]}, "--seed is set by the harness"),
+        ({"seeds": ["a"]}, "'seeds' must be a list of integers"),
+        ({"colour": 1}, "unknown keys \\['colour'\\]"),
+    ],
+)
+def test_grid_errors_name_the_key(tiny_backbone, tiny_data, change, message):
+    with pytest.raises(GridError, match=message):
+        _grid(tiny_backbone, tiny_data, **change)
+
+
+def test_cli_reports_a_failed_run_and_a_bad_grid_file(tiny_backbone, tiny_data, tmp_path):
+    bad = tmp_path / "grid.yaml"
+    bad.write_text("tasks: [sst\nseeds: [0]\n")
+    proc = subprocess.run([sys.executable, "-m", "hf_multitask.compare", "run", str(bad), "--output-dir", str(tmp_path / "o")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "invalid YAML" in proc.stderr and "line" in proc.stderr
+    grid = _grid(tiny_backbone, tiny_data, arms={"broken": {"args": ["--aggregator", "sum", "--max_length", "0"]}}, reference=None,
+                 baseline=None, seeds=[0])  # fmt: skip
+    with pytest.raises(RuntimeError, match="run failed.*max_length"):
+        run_grid(grid, tmp_path / "o2", say=lambda m: None)
+    assert not (tmp_path / "o2" / "runs" / "split1" / "broken" / "seed0" / "result.json").exists()
