@@ -34,6 +34,7 @@ from .checkpoints import (
     verify_checkpoint,
     write_marker,
 )
+from .lr_groups import learning_rate_factors, split_param_groups
 from .mixing import SCHEDULE_NAMES, WINDOW_KEY, MultitaskStepSampler, make_train_dataloader
 from .predict import evaluate as evaluate_tasks
 from .predict import metrics_from_predictions
@@ -83,6 +84,17 @@ class MultitaskTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Accept resuming from a checkpoint without multitask_state.pt (surgery state and task counters restart)"},
     )
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the task-owned parameters (heads, PALs, per-task LoRA); default --learning_rate"},
+    )
+    layer_lr_decay: float = field(
+        default=1.0,
+        metadata={
+            "help": "Layer-wise learning-rate decay of the encoder: layer i of L trains at lr * decay**(L - i), "
+            "the embeddings at lr * decay**(L + 1); 1 turns it off"
+        },  # fmt: skip
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -104,6 +116,10 @@ class MultitaskTrainingArguments(TrainingArguments):
             raise ValueError(f"--aggregator_kwargs {self.aggregator_kwargs} do not fit aggregator {self.aggregator!r}: {err}") from None
         if self.schedule not in SCHEDULE_NAMES:
             raise ValueError(f"--schedule: unknown schedule {self.schedule!r}; choose from {list(SCHEDULE_NAMES)}")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ValueError(f"--layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            raise ValueError(f"--head_learning_rate must be positive, got {self.head_learning_rate}")
         if self.ddp_surgery not in ("all_reduce", "reduce_scatter"):
             raise ValueError(f"--ddp_surgery must be all_reduce or reduce_scatter, got {self.ddp_surgery!r}")
         for name, (default, why) in _REFUSED_FIELDS.items():
@@ -356,6 +372,21 @@ class MultitaskTrainer(Trainer):
         return epoch, skip
 
     # ------------------------------------------------------------------ the step
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The stock optimizer, its groups split by learning rate when ``head_learning_rate`` or
+        ``layer_lr_decay`` asks for it (see :mod:`hf_multitask.lr_groups`)."""
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
+        args = self.args
+        if fresh and (args.head_learning_rate is not None or args.layer_lr_decay != 1.0):
+            if not isinstance(optimizer, torch.optim.Optimizer):
+                raise ValueError(
+                    f"--head_learning_rate / --layer_lr_decay need a torch.optim.Optimizer; --optim {args.optim} built {type(optimizer).__name__}"
+                )
+            core = self.accelerator.unwrap_model(self.model if model is None else model)
+            split_param_groups(optimizer, learning_rate_factors(core, args.learning_rate, args.head_learning_rate, args.layer_lr_decay))
+        return optimizer
+
     def _get_engine(self, core: nn.Module) -> GradientEngine:
         """The gradient engine for this launch: sharded under FSDP2, replicated otherwise (DDP
         reduces with an all-reduce or, with ``ddp_surgery="reduce_scatter"``, a reduce-scatter).

@@ -402,3 +402,38 @@ def test_aggregator_loss_weights():
     assert torch.equal(get_aggregator("mean").loss_weights(weights), weights)
     assert torch.equal(get_aggregator("pcgrad").loss_weights(weights), torch.ones(2, dtype=torch.float64))
     assert torch.equal(get_aggregator("gradvac").loss_weights(weights), torch.ones(2, dtype=torch.float64))
+
+
+def test_head_learning_rate_and_layer_lr_decay_set_each_parameters_step(tmp_path, tokenizer):
+    """One constant-rate SGD step: every parameter moves by -lr * factor * grad, with the factor
+    of its place (heads: head_learning_rate / learning_rate; layer i of 2: 0.5**(2 - i);
+    embeddings: 0.5**3)."""
+    from transformers import TrainerCallback
+
+    grads = {}
+
+    class Grab(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            grads.update({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+    trainer = _trainer(tmp_path, tokenizer, max_steps=1, optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0, learning_rate=1e-2,
+                       weight_decay=0.0, head_learning_rate=0.1, layer_lr_decay=0.5, aggregator="sum")  # fmt: skip
+    trainer.add_callback(Grab())
+    before = _params(trainer.model)
+    trainer.train()
+    expected = {
+        "encoder.embeddings.word_embeddings.weight": 0.5**3,
+        "encoder.encoder.layer.0.attention.self.query.weight": 0.5**2,
+        "encoder.encoder.layer.1.output.dense.weight": 0.5,
+        "heads.sst.net.1.weight": 10.0,
+    }
+    after = _params(trainer.model)
+    assert next(r for r in trainer.state.log_history if "learning_rate" in r)["learning_rate"] == 1e-2, "the base rate is logged"
+    for name, factor in expected.items():
+        torch.testing.assert_close(
+            after[name] - before[name], -1e-2 * factor * grads[name], rtol=1e-4, atol=1e-8, msg=lambda m, name=name: f"{name}: {m}"
+        )
+    with pytest.raises(ValueError, match="--layer_lr_decay must be in"):
+        train_args(tmp_path, layer_lr_decay=0.0)
+    with pytest.raises(ValueError, match="--head_learning_rate must be positive"):
+        train_args(tmp_path, head_learning_rate=-1.0)
