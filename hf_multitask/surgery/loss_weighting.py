@@ -160,7 +160,8 @@ class UncertaintyWeighting(_PerTaskParameter):
     name = "uw"
 
     def step_weights(self, tasks: Sequence[str]) -> torch.Tensor:
-        return torch.exp(-self.param[self._ensure(tasks)])
+        idx = self._ensure(tasks)  # first: it may grow self.param
+        return torch.exp(-self.param[idx])
 
     def micro_weights(self, tasks: Sequence[str], losses: torch.Tensor) -> torch.Tensor:
         return self.step_weights(tasks)
