@@ -11,7 +11,8 @@ from .metrics import accuracy, compute_task_metrics, overall_score, pearson
 from .modeling import MultitaskModel, MultitaskOutput
 from .predict import TaskPredictions, evaluate, predict, write_predictions
 from .routed import RoutedMultitaskConfig, RoutedMultitaskModel
-from .tasks import TaskSpec, quora_task, reference_tasks, sst_task, sts_task
+from .task_types import TaskType, get_task_type, register_task_type
+from .tasks import TaskSpec, quora_task, reference_tasks, sst_task, sts_task, upos_task
 from .telemetry import ConflictTelemetryCallback, plot_conflicts
 from .trainer import MultitaskTrainer, MultitaskTrainingArguments
 
@@ -23,6 +24,10 @@ AutoConfig.register(RoutedMultitaskConfig.model_type, RoutedMultitaskConfig, exi
 AutoModel.register(RoutedMultitaskConfig, RoutedMultitaskModel, exist_ok=True)
 
 __all__ = [
+    "TaskType",
+    "upos_task",
+    "get_task_type",
+    "register_task_type",
     "ConflictTelemetryCallback",
     "MultitaskTrainer",
     "MultitaskTrainingArguments",

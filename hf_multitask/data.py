@@ -7,7 +7,6 @@ text columns and ``label`` (int for classification, float for regression).
 from __future__ import annotations
 
 import csv
-import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator
@@ -132,29 +131,9 @@ def _records_from_dataset(ds: datasets.Dataset, first_line: int) -> tuple[list[s
     return list(ds.column_names), rows()
 
 
-def _parse_label(spec: TaskSpec, raw: Any) -> tuple[float | int | None, str | None]:
-    """(label, None) or (None, reason)."""
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return None, "empty label"
-    if isinstance(raw, bool):
-        raw = int(raw)
-    try:
-        value = float(raw.strip()) if isinstance(raw, str) else float(raw)
-    except (TypeError, ValueError):
-        return None, f"label {raw!r} is not a number"
-    if not math.isfinite(value):
-        return None, f"label {raw!r} is not finite"
-    if spec.kind == "classification":
-        if value != int(value):
-            return None, f"label {raw!r} is not a whole class index"
-        if not 0 <= value < spec.num_labels:
-            return None, f"label {raw!r} is out of range 0..{spec.num_labels - 1}"
-        return int(value), None
-    if spec.label_range is not None:
-        lo, hi = spec.label_range
-        if not lo <= value <= hi:
-            return None, f"label {raw!r} is out of range [{lo:g}, {hi:g}]"
-    return value, None
+def _parse_label(spec: TaskSpec, raw: Any) -> tuple[Any, str | None]:
+    """(label, None) or (None, reason), as the task's type parses it."""
+    return spec.task_type.parse_label(spec, raw)
 
 
 ABSURD_LABEL = 1e6
@@ -172,13 +151,18 @@ def _check_row(
         get = lambda c: row[index[c]]  # noqa: E731
     else:
         get = row.get
+    task_type = spec.task_type
     texts = {}
     for c in spec.text_columns:
-        text = get(c)
-        if text is None or not str(text).strip():
-            return BadRow(origin, line, c, "empty text")
-        texts[c] = str(text).strip()
+        text, reason = task_type.check_text(spec, get(c))
+        if reason is not None:
+            return BadRow(origin, line, c, reason)
+        texts[c] = text
     label, reason = _parse_label(spec, get(spec.label_column))
+    if reason is not None:
+        return BadRow(origin, line, spec.label_column, reason)
+    check = getattr(task_type, "check_row", None)
+    reason = check(spec, texts, label) if check is not None else None
     if reason is not None:
         return BadRow(origin, line, spec.label_column, reason)
     return texts, label
@@ -215,7 +199,7 @@ def _validate(
             bad.append(checked)
             continue
         texts, label = checked
-        if spec.kind == "regression" and spec.label_range is None and abs(label) > ABSURD_LABEL:
+        if isinstance(label, float) and spec.label_range is None and abs(label) > ABSURD_LABEL:
             absurd.append((line, label))
         get = (lambda c, row=row: row[index[c]]) if isinstance(row, list) else row.get
         ident = get(spec.id_column) if has_id else None
@@ -242,10 +226,11 @@ def _validate(
         warnings.warn(f"skipped malformed row: {b}", DataWarning, stacklevel=3)
     if len(bad) > _MAX_LISTED:
         warnings.warn(f"{origin}: skipped {len(bad) - _MAX_LISTED} more malformed rows", DataWarning, stacklevel=3)
-    label_feature = datasets.Value("int64") if spec.kind == "classification" else datasets.Value("float32")
+    task_type = spec.task_type
     features = datasets.Features(
-        {"id": datasets.Value("string"), **{c: datasets.Value("string") for c in spec.text_columns}, "label": label_feature}
-    )
+        {"id": datasets.Value("string"), **{c: task_type.text_feature(spec) for c in spec.text_columns},
+         "label": task_type.label_feature(spec)}
+    )  # fmt: skip
     return datasets.Dataset.from_dict(out, features=features)
 
 
@@ -270,6 +255,8 @@ def load_task_data(
               text columns, label) or any CSV / TSV file with a header row (the delimiter
               is a tab for ``.tsv`` files and for files whose header holds a tab, else a comma);
             * a JSON / JSON-lines file (read with ``datasets``);
+            * a CoNLL-U file (``.conllu``, one record per sentence with the columns ``id``,
+              ``tokens``, ``lemma``, ``upos``, ``xpos``, ``deprel``) for token classification;
             * a Hub dataset id (``"glue"`` with ``subset="stsb"``, ...), read with
               ``datasets.load_dataset`` (needs the network or a warm cache);
             * a ``datasets.Dataset`` already in memory.
@@ -305,6 +292,10 @@ def load_task_data(
         raise FileNotFoundError(f"No such data file: {source} (task {spec.name!r})")
     if path.is_dir():
         raise DataError(f"{source} is a folder; pass a file for task {spec.name!r}")
+    if suffix == ".conllu":
+        from .conllu import CONLLU_COLUMNS, read_conllu
+
+        return _validate(spec, str(source), list(CONLLU_COLUMNS), read_conllu(path), **kwargs)
     if suffix in _JSON_SUFFIXES:
         try:
             ds = datasets.load_dataset("json", data_files=str(path), split="train")

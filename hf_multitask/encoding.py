@@ -9,16 +9,13 @@ from typing import Any
 import datasets
 import torch
 
+from .task_types import IGNORE_INDEX
 from .tasks import PAIR_ENCODINGS, TaskSpec
 
 __all__ = ["encode_task", "MultitaskCollator", "MODEL_INPUT_KEYS"]
 
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "input_ids_b", "attention_mask_b", "token_type_ids_b")
-
-
-def _tokenize(tokenizer: Any, first: list[str], second: list[str] | None, max_length: int | None) -> dict[str, list[list[int]]]:
-    enc = tokenizer(first, second, truncation=max_length is not None, max_length=max_length, padding=False)
-    return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "input_ids_b", "attention_mask_b", "token_type_ids_b", "word_mask")
+_PAD_VALUES = {"labels": IGNORE_INDEX}  # other keys: the pad token id for input_ids*, else 0
 
 
 def encode_task(
@@ -54,28 +51,17 @@ def encode_task(
     missing = [c for c in spec.text_columns if c not in dataset.column_names]
     if missing:
         raise ValueError(f"Task {spec.name!r}: dataset lacks text column(s) {missing}; it has {dataset.column_names}")
-    siamese = spec.is_pair and pair_encoding in ("bi", "cosine")
+    task_type = spec.task_type
+    encoding = pair_encoding if spec.is_pair else None
 
     def fn(batch: dict[str, list[Any]]) -> dict[str, Any]:
-        cols = spec.text_columns
-        if not spec.is_pair:
-            out = _tokenize(tokenizer, batch[cols[0]], None, max_length)
-        elif not siamese:
-            out = _tokenize(tokenizer, batch[cols[0]], batch[cols[1]], max_length)
-        else:
-            out = _tokenize(tokenizer, batch[cols[0]], None, max_length)
-            out.update({f"{k}_b": v for k, v in _tokenize(tokenizer, batch[cols[1]], None, max_length).items()})
-        if "label" in batch:
-            out["labels"] = batch["label"]
-        return out
+        return task_type.encode_batch(spec, batch, tokenizer, encoding, max_length)
 
     keep = {"id"}
     remove = [c for c in dataset.column_names if c not in keep]
     encoded = dataset.map(fn, batched=True, remove_columns=remove, desc=f"Tokenising {spec.name}")
     if drop_longest > 0.0 and len(encoded):
-        lengths = [len(x) for x in encoded["input_ids"]]
-        if siamese:
-            lengths = [a + len(b) for a, b in zip(lengths, encoded["input_ids_b"])]
+        lengths = task_type.lengths(encoded)
         n_drop = int(round(drop_longest * len(lengths)))
         if n_drop:
             order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
@@ -94,7 +80,8 @@ class MultitaskCollator:
         pad_to_multiple_of: Round padded lengths up (e.g. 8 for tensor cores).
         keep_ids: Keep the example ``id`` strings under ``"ids"`` (for prediction files).
 
-    Labels become ``int64`` when every label is an int, else ``float32``.
+    Labels become ``int64`` when every label is an int, else ``float32``; per-token labels
+    (lists) are padded with the ignore index -100, ``word_mask`` with 0.
     """
 
     def __init__(self, pad_token_id: int, task: str | None = None, pad_to_multiple_of: int | None = None, keep_ids: bool = False) -> None:
@@ -122,7 +109,9 @@ class MultitaskCollator:
                 batch[key] = self._pad([f[key] for f in features], value)
         if "labels" in features[0]:
             labels = [f["labels"] for f in features]
-            if all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
+            if isinstance(labels[0], (list, tuple)):  # one label per token: padded with the ignore index
+                batch["labels"] = self._pad(labels, _PAD_VALUES["labels"])
+            elif all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
                 batch["labels"] = torch.tensor(labels, dtype=torch.long)
             else:
                 batch["labels"] = torch.tensor(labels, dtype=torch.float32)

@@ -86,7 +86,7 @@ def make_model_card(
             rows.append((spec.name, spec.metric, f"{value:.4f}"))
             results.append(
                 EvalResult(
-                    task_type="text-classification" if spec.kind == "classification" else "text-regression",
+                    task_type=spec.task_type.card_type,
                     dataset_type=spec.name,
                     dataset_name=f"{spec.name} ({dataset_name})",
                     metric_type=METRIC_DISPLAY.get(spec.metric, spec.metric),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,9 +55,7 @@ def spearman(predictions: Sequence[float] | np.ndarray, labels: Sequence[float] 
     return pearson(_ranks(p), _ranks(y))
 
 
-METRIC_DISPLAY = {"accuracy": "accuracy", "pearson": "pearsonr", "spearman": "spearmanr"}
-
-_METRIC_FNS = {"accuracy": accuracy, "pearson": pearson, "spearman": spearman}
+METRIC_DISPLAY = {"accuracy": "accuracy", "pearson": "pearsonr", "spearman": "spearmanr", "entity_f1": "f1"}
 
 
 def normalized_score(metric: str, value: float) -> float:
@@ -79,18 +78,13 @@ def overall_score(scores: Mapping[str, float]) -> float:
     return float(np.mean(list(scores.values())))
 
 
-def predictions_from_logits(spec: TaskSpec, logits: np.ndarray) -> np.ndarray:
-    """Class indices (argmax) for classification, the scalar output for regression."""
-    logits = np.asarray(logits)
-    if spec.kind == "classification":
-        return logits.reshape(len(logits), -1).argmax(-1)
-    return logits.reshape(-1).astype(np.float64)
+def predictions_from_logits(spec: TaskSpec, logits: np.ndarray, batch: Mapping[str, Any] | None = None) -> np.ndarray:
+    """The task type's predictions: class indices (argmax) for classification, the scalar
+    output for regression, per-word tag arrays for token classification (needs the batch's
+    ``word_mask``)."""
+    return spec.task_type.predictions(spec, np.asarray(logits), dict(batch or {}))
 
 
-def compute_task_metrics(
-    spec: TaskSpec, predictions: Sequence[float] | np.ndarray, labels: Sequence[float] | np.ndarray
-) -> dict[str, float]:
-    """``{metric_name: value, "score": normalised value}`` for one task."""
-    metric = spec.metric or "accuracy"
-    value = _METRIC_FNS[metric](predictions, labels)
-    return {metric: value, "score": normalized_score(metric, value)}
+def compute_task_metrics(spec: TaskSpec, predictions: Sequence[Any] | np.ndarray, labels: Sequence[Any] | np.ndarray) -> dict[str, float]:
+    """``{metric_name: value, "score": normalised value}`` for one task (its type's metrics)."""
+    return spec.task_type.compute_metrics(spec, predictions, labels)

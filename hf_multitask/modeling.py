@@ -14,7 +14,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration import MultitaskConfig
-from .heads import AdjustmentMatrix, CosineHead, LSTMHead, MLPHead, pair_features
+from .heads import AdjustmentMatrix, CosineHead
 from .pal import PALAdapter, PALRouter, attach_pal_hook, init_pal_linear, pal_attention_sites
 from .tasks import TaskSpec
 
@@ -86,15 +86,7 @@ class MultitaskModel(PreTrainedModel):
         self._specs: dict[str, TaskSpec] = {}
         for spec in config.task_specs:
             self._specs[spec.name] = spec
-            encoding = config.task_pair_encoding(spec)
-            if encoding == "cosine":
-                self.heads[spec.name] = CosineHead(spec)
-            elif config.head_type == "lstm" and encoding != "bi":
-                self.heads[spec.name] = LSTMHead(hidden, spec.num_labels, config.head_hidden_sizes, config.head_dropout)
-            else:
-                in_features = 4 * hidden if encoding == "bi" else hidden
-                sizes = config.head_hidden_sizes if config.head_type == "mlp" else []
-                self.heads[spec.name] = MLPHead(in_features, spec.num_labels, sizes, config.head_dropout)
+            self.heads[spec.name] = spec.task_type.build_head(spec, config, hidden)  # the task's type owns its head
         self.adjustments = nn.ModuleDict({t: AdjustmentMatrix(self._specs[t].num_labels) for t in config.adjustment_tasks})
         self._pal_router = PALRouter()
         self._pal_hooks: list[Any] = []
@@ -361,6 +353,7 @@ class MultitaskModel(PreTrainedModel):
         token_type_ids_b: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        word_mask: torch.Tensor | None = None,
     ) -> MultitaskOutput | tuple[torch.Tensor, ...]:
         """Run ``task`` on a batch.
 
@@ -370,7 +363,10 @@ class MultitaskModel(PreTrainedModel):
                 sentences joined for the ``"cross"`` pair encoding.
             input_ids_b, attention_mask_b, token_type_ids_b: The second sentence for the
                 siamese ``"bi"`` / ``"cosine"`` encodings.
-            labels: Class indices (classification) or float targets (regression).
+            labels: Class indices (classification), float targets (regression), one tag per
+                token with -100 where ignored (token classification).
+            word_mask: Token classification: 1 on each word's first sub-token (used by
+                predictions; the model ignores it).
         """
         spec = self.get_task(task)
         self._pal_router.task = task
@@ -379,7 +375,9 @@ class MultitaskModel(PreTrainedModel):
 
             activate(self._lora_layers, task)
         try:
-            logits = self._task_logits(spec, input_ids, attention_mask, token_type_ids, input_ids_b, attention_mask_b, token_type_ids_b)
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+                      "input_ids_b": input_ids_b, "attention_mask_b": attention_mask_b, "token_type_ids_b": token_type_ids_b}  # fmt: skip
+            logits = spec.task_type.logits(self, spec, inputs)
         finally:
             self._pal_router.task = None
             self._pal_router.attention_mask = None
@@ -390,44 +388,10 @@ class MultitaskModel(PreTrainedModel):
             return tuple(x for x in (loss, logits) if x is not None)
         return MultitaskOutput(loss=loss, logits=logits)
 
-    def _task_logits(
-        self, spec, input_ids, attention_mask, token_type_ids, input_ids_b, attention_mask_b, token_type_ids_b
-    ) -> torch.Tensor:
-        task = spec.name
-        encoding = self.config.task_pair_encoding(spec)
-        head = self.heads[task]
-        if encoding in ("bi", "cosine"):
-            if input_ids_b is None:
-                raise ValueError(f"Task {task!r} uses the {encoding!r} pair encoding: pass the second sentence as input_ids_b")
-            u, v = self._encode_pair(
-                {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids},
-                {"input_ids": input_ids_b, "attention_mask": attention_mask_b, "token_type_ids": token_type_ids_b},
-            )
-            logits = head(u, v) if encoding == "cosine" else head(pair_features(u, v))
-        elif isinstance(head, LSTMHead):
-            mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-            logits = head(self.encode_tokens(input_ids, mask, token_type_ids), mask)
-        else:
-            logits = head(self.encode(input_ids, attention_mask, token_type_ids))
-        if task in self.adjustments:
-            logits = self.adjustments[task](logits)
-        return logits
-
     @staticmethod
     def compute_task_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy for classification, mean squared error for regression (in fp32)."""
-        if spec.kind == "classification":
-            if labels.is_floating_point():
-                if not torch.equal(labels, labels.round()):
-                    raise ValueError(f"Task {spec.name!r}: classification labels must be whole numbers")
-                labels = labels.long()
-            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_labels):
-                raise ValueError(
-                    f"Task {spec.name!r}: labels must be in 0..{spec.num_labels - 1}, got values in "
-                    f"{int(labels.min())}..{int(labels.max())}"
-                )
-            return nn.functional.cross_entropy(logits.float(), labels.view(-1))
-        return nn.functional.mse_loss(logits.float().view(-1), labels.float().view(-1))
+        """The task's loss (its type's: cross-entropy, mean squared error, ...), in fp32."""
+        return spec.task_type.loss(spec, logits, labels)
 
 
 MultitaskConfig.register_for_auto_class()

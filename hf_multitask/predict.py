@@ -60,9 +60,10 @@ def predict(
         inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         out = model(**inputs)
         logits = out.logits.float().cpu().numpy()
-        preds.append(predictions_from_logits(spec, logits))
+        host = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        preds.append(predictions_from_logits(spec, logits, host))
         if gold is not None:
-            labels.append(gold.numpy())
+            labels.append(spec.task_type.gold(spec, gold.numpy(), host))
             if getattr(out, "loss", None) is not None:
                 loss_sum += float(out.loss) * len(gold)
                 loss_n += len(gold)
@@ -131,6 +132,5 @@ def write_predictions(path: str | os.PathLike[str], spec: TaskSpec, predictions:
     with open(path, "w", encoding="utf-8") as f:
         f.write(f"id \t Predicted_{spec.label_column} \n")
         for ident, pred in zip(predictions.ids, predictions.predictions):
-            value = int(pred) if spec.kind == "classification" else float(pred)
-            f.write(f"{ident} , {value} \n")
+            f.write(f"{ident} , {spec.task_type.format_prediction(spec, pred)} \n")
     return path

@@ -32,7 +32,7 @@ from .encoding import encode_task
 from .hub import save_for_hub, upload_folder
 from .modeling import MultitaskModel
 from .predict import write_predictions
-from .tasks import TaskSpec, quora_task, sst_task, sts_task
+from .tasks import TaskSpec, quora_task, sst_task, sts_task, upos_task
 from .trainer import MultitaskTrainer, MultitaskTrainingArguments
 
 logger = logging.getLogger("hf_multitask.recipe")
@@ -41,7 +41,11 @@ REFERENCE = {
     "sst": (sst_task, "ids-sst-train.csv"),
     "quora": (quora_task, "quora-train.csv"),
     "sts": (sts_task, "sts-train.csv"),
+    "upos": (upos_task, "en_ewt-ud-dev.conllu"),
 }
+
+
+from .presets import PRESETS  # noqa: E402
 
 
 class RecipeError(ValueError):
@@ -276,6 +280,8 @@ def build_tasks(data_args: DataArguments) -> list[tuple[TaskSpec, str, str | Non
             raise RecipeError(f"--tasks: unknown task {name!r}; reference tasks are {sorted(REFERENCE)} (add others with --custom_tasks)")
         make, filename = REFERENCE[name]
         # without --data-dir the reference tasks come from their Hub presets (hf_multitask.presets)
+        if not data_args.data_dir and name not in PRESETS:
+            raise RecipeError(f"--tasks {name}: this task has no Hub preset; pass --data-dir with {filename}")
         train = str(data_dir / filename) if data_args.data_dir else HUB_PRESET
         out.append((make(), train, validation_files.get(name)))
     for item in data_args.custom_tasks or []:

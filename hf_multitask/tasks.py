@@ -7,14 +7,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-TaskKind = Literal["classification", "regression"]
+TaskKind = str  # a registered task type: "classification", "regression", "token_classification", ...
 PairEncoding = Literal["cross", "bi", "cosine"]
 
 PAIR_ENCODINGS: tuple[str, ...] = ("cross", "bi", "cosine")
-METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("accuracy",),
-    "regression": ("pearson", "spearman"),
-}
+SUBWORD_LABELS: tuple[str, ...] = ("first", "all")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 
 
@@ -25,10 +22,12 @@ class TaskSpec:
     Args:
         name: Unique task name, used as the ``task=`` argument of the model and as the
             metric prefix. Letters, digits, ``_`` and ``-``; must start with a letter.
-        kind: ``"classification"`` (cross-entropy loss, accuracy) or ``"regression"``
-            (mean squared error, Pearson r).
-        num_labels: Number of classes for classification; must be 1 for regression.
-        text_columns: One column for a single-sentence task, two for a sentence-pair task.
+        kind: The task type (see :mod:`hf_multitask.task_types`): ``"classification"``
+            (cross-entropy loss, accuracy), ``"regression"`` (mean squared error, Pearson r),
+            ``"token_classification"`` (one tag per word) or any registered type.
+        num_labels: Number of classes (tags); must be 1 for regression.
+        text_columns: One column for a single-sentence task, two for a sentence-pair task;
+            for token classification the one column holding the words.
         label_column: Column holding the gold label.
         label_range: ``(low, high)`` of valid labels for regression (inclusive). Used to
             validate data, to scale the cosine pair head and to normalise the metric.
@@ -38,6 +37,10 @@ class TaskSpec:
         pair_encoding: Overrides the model-wide pair encoding for this task
             (``"cross"``, ``"bi"`` or ``"cosine"``). Ignored by single-sentence tasks.
         id_column: Column holding the example id (generated from the row number if absent).
+        label_names: Names of the classes / tags, index order. Labels in the data may be
+            given by name; predictions are written as names.
+        subword_labels: Token classification: label the first sub-token of each word only
+            (``"first"``, the rest are ignored by the loss) or every sub-token (``"all"``).
     """
 
     name: str
@@ -49,42 +52,55 @@ class TaskSpec:
     metric: str | None = None
     pair_encoding: PairEncoding | None = None
     id_column: str = "id"
+    label_names: tuple[str, ...] | None = None
+    subword_labels: str = "first"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise ValueError(f"TaskSpec name {self.name!r} must start with a letter and hold only letters, digits, '_' or '-'")
-        if self.kind not in METRICS:
-            raise ValueError(f"TaskSpec {self.name!r}: kind must be 'classification' or 'regression', got {self.kind!r}")
+        from .task_types import get_task_type
+
+        try:
+            task_type = get_task_type(self.kind)
+        except ValueError:
+            from .task_types import TASK_TYPES
+
+            raise ValueError(
+                f"TaskSpec {self.name!r}: kind must be a registered task type {sorted(TASK_TYPES)}, got {self.kind!r}"
+            ) from None
         cols = self.text_columns
         if isinstance(cols, str):
             cols = (cols,)
         object.__setattr__(self, "text_columns", tuple(cols))
-        if len(self.text_columns) not in (1, 2) or not all(isinstance(c, str) and c for c in self.text_columns):
-            raise ValueError(f"TaskSpec {self.name!r}: text_columns must be one or two column names, got {self.text_columns!r}")
-        if self.kind == "classification":
-            if int(self.num_labels) < 2:
-                raise ValueError(f"TaskSpec {self.name!r}: classification needs num_labels >= 2, got {self.num_labels}")
-            if self.label_range is not None:
-                raise ValueError(f"TaskSpec {self.name!r}: label_range is for regression tasks only")
-        else:
-            if int(self.num_labels) != 1:
-                raise ValueError(f"TaskSpec {self.name!r}: regression needs num_labels == 1, got {self.num_labels}")
+        if not self.text_columns or not all(isinstance(c, str) and c for c in self.text_columns):
+            raise ValueError(f"TaskSpec {self.name!r}: text_columns must be column names, got {self.text_columns!r}")
         object.__setattr__(self, "num_labels", int(self.num_labels))
+        if self.label_names is not None:
+            names = tuple(str(n) for n in self.label_names)
+            if len(names) != self.num_labels or len(set(names)) != len(names):
+                raise ValueError(f"TaskSpec {self.name!r}: label_names must be {self.num_labels} distinct names, got {list(names)}")
+            object.__setattr__(self, "label_names", names)
+        if self.subword_labels not in SUBWORD_LABELS:
+            raise ValueError(f"TaskSpec {self.name!r}: subword_labels must be one of {SUBWORD_LABELS}, got {self.subword_labels!r}")
         if self.label_range is not None:
             lo, hi = (float(x) for x in self.label_range)
             if not lo < hi:
                 raise ValueError(f"TaskSpec {self.name!r}: label_range must be (low, high) with low < high, got {self.label_range!r}")
             object.__setattr__(self, "label_range", (lo, hi))
-        metric = self.metric or METRICS[self.kind][0]
-        if metric not in METRICS[self.kind]:
-            raise ValueError(
-                f"TaskSpec {self.name!r}: metric {metric!r} is not available for {self.kind}; choose from {METRICS[self.kind]}"
-            )
+        metric = self.metric or task_type.metrics[0]
+        if metric not in task_type.metrics:
+            raise ValueError(f"TaskSpec {self.name!r}: metric {metric!r} is not available for {self.kind}; choose from {task_type.metrics}")
         object.__setattr__(self, "metric", metric)
         if self.pair_encoding is not None and self.pair_encoding not in PAIR_ENCODINGS:
             raise ValueError(f"TaskSpec {self.name!r}: pair_encoding must be one of {PAIR_ENCODINGS}, got {self.pair_encoding!r}")
-        if self.pair_encoding == "cosine" and self.kind == "classification" and self.num_labels != 2:
-            raise ValueError(f"TaskSpec {self.name!r}: the cosine pair head supports regression or binary classification only")
+        task_type.validate(self)
+
+    @property
+    def task_type(self):
+        """The :class:`~hf_multitask.task_types.TaskType` that owns this task's kind."""
+        from .task_types import get_task_type
+
+        return get_task_type(self.kind)
 
     @property
     def is_pair(self) -> bool:
@@ -97,6 +113,11 @@ class TaskSpec:
         d["text_columns"] = list(self.text_columns)
         if self.label_range is not None:
             d["label_range"] = list(self.label_range)
+        if self.label_names is not None:
+            d["label_names"] = list(self.label_names)
+        for key, default in (("label_names", None), ("subword_labels", "first")):
+            if d[key] == default:
+                del d[key]  # configs saved before these fields existed stay identical
         return d
 
     @classmethod
@@ -109,6 +130,8 @@ class TaskSpec:
         data = dict(data)
         if data.get("label_range") is not None:
             data["label_range"] = tuple(data["label_range"])
+        if data.get("label_names") is not None:
+            data["label_names"] = tuple(data["label_names"])
         return cls(**data)
 
 
@@ -132,6 +155,15 @@ def sts_task(name: str = "sts") -> TaskSpec:
         label_column="similarity",
         label_range=(0.0, 5.0),
     )
+
+
+def upos_task(name: str = "upos") -> TaskSpec:
+    """Universal POS tagging (17 UPOS tags, word accuracy) on a CoNLL-U file such as UD
+    English-EWT (``en_ewt-ud-dev.conllu``): words from FORM, tags from UPOS."""
+    from .conllu import UPOS_TAGS
+
+    return TaskSpec(name=name, kind="token_classification", num_labels=len(UPOS_TAGS), text_columns=("tokens",),
+                    label_column="upos", label_names=UPOS_TAGS, metric="accuracy")  # fmt: skip
 
 
 def reference_tasks() -> list[TaskSpec]:

@@ -74,7 +74,12 @@ def tokenizer(tmp_path_factory) -> BertTokenizerFast:
     folder = tmp_path_factory.mktemp("tok")
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(VOCAB) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    # transformers 5 takes the vocabulary as vocab=; vocab_file= is silently ignored and gives a
+    # 5-token vocabulary that maps every word to [UNK]
+    tok = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
+    assert tok.vocab_size == len(VOCAB) and tok.unk_token_id not in tok("cat dog")["input_ids"], "the test vocabulary did not load"
+    tok.vocab_file = str(vocab)  # where the DDP/FSDP workers read it from
+    return tok
 
 
 def write_tsv(path: Path, header: list[str], rows: list[list[str]], cs224n: bool = True) -> Path:
@@ -216,7 +221,7 @@ def tiny_backbone(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     BertModel(tiny_encoder_config("bert")).save_pretrained(folder)
     (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
     return folder
 
 

@@ -26,7 +26,7 @@ def main() -> None:
     out, vocab, batch, aggregator = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     overrides = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
     mode = sys.argv[6] if len(sys.argv) > 6 else "train"
-    tokenizer = BertTokenizerFast(vocab_file=vocab, do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
     model = deterministic_model()
     data = toy_encoded(tokenizer, model)
     settings = dict(output_dir=os.path.join(os.path.dirname(out), "run"), per_device_train_batch_size=batch, max_steps=3,

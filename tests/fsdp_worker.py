@@ -80,7 +80,7 @@ def main() -> None:
     out, vocab, mode = sys.argv[1], sys.argv[2], sys.argv[3]
     if mode == "sharded":
         dist.init_process_group("nccl" if DEVICE == "cuda" else "gloo")
-    tokenizer = BertTokenizerFast(vocab_file=vocab, do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
     results = {name: run(name, mode, tokenizer) for name in ("pcgrad", "gradvac", "cagrad")}
     if mode == "sharded":
         locals_ = [None] * dist.get_world_size()

@@ -120,7 +120,7 @@ class EDA:
         randomly chosen example of its class and keeps its label; ids get a ``-eda{k}`` suffix.
         """
         if spec.kind != "classification":
-            raise ValueError(f"Task {spec.name!r} is a regression task: rebalancing is for classification")
+            raise ValueError(f"Task {spec.name!r} is a {spec.kind} task: EDA rebalancing is for sentence classification")
         labels = dataset["label"]
         counts = Counter(labels)
         target = max(counts.values())

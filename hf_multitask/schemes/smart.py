@@ -11,13 +11,28 @@ from torch import nn
 from ..tasks import TaskSpec
 
 
-def symmetric_divergence(spec: TaskSpec, p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+def symmetric_divergence(spec: TaskSpec, p_logits: torch.Tensor, q_logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """``l_s`` of SMART: symmetric KL ``KL(p||q) + KL(q||p)`` (batch mean) for classification,
-    squared error (mean) for regression."""
+    squared error (mean) for regression. Per-token logits ``(batch, length, labels)`` with a
+    ``mask`` (token classification: the labelled positions) give the mean over the masked
+    positions."""
     if spec.kind == "regression":
         return ((p_logits.float() - q_logits.float()) ** 2).mean()
     p_log, q_log = p_logits.float().log_softmax(-1), q_logits.float().log_softmax(-1)
-    return ((p_log.exp() * (p_log - q_log)).sum(-1) + (q_log.exp() * (q_log - p_log)).sum(-1)).mean()
+    per = (p_log.exp() * (p_log - q_log)).sum(-1) + (q_log.exp() * (q_log - p_log)).sum(-1)
+    if mask is None:
+        return per.mean()
+    weight = mask.to(per.dtype)
+    return (per * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def _token_mask(spec: TaskSpec, batch: dict[str, Any]) -> torch.Tensor | None:
+    """The positions the divergence averages over for per-token tasks (None for sentence tasks)."""
+    if not spec.task_type.sequence_labels:
+        return None
+    if batch.get("word_mask") is not None:
+        return batch["word_mask"] != 0
+    return batch["attention_mask"] != 0 if batch.get("attention_mask") is not None else None
 
 
 class SmartRegularizer:
@@ -85,16 +100,17 @@ class SmartRegularizer:
         for _ in range(self.steps):
             delta.requires_grad_(True)
             adv = self._forward_perturbed(model, task, batch, delta)
-            (grad,) = torch.autograd.grad(symmetric_divergence(spec, adv, logits.detach()), delta)
+            (grad,) = torch.autograd.grad(symmetric_divergence(spec, adv, logits.detach(), _token_mask(spec, batch)), delta)
             norm = grad.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
             delta = (delta.detach() + self.step_size * grad / norm).clamp(-self.epsilon, self.epsilon)
         adv = self._forward_perturbed(model, task, batch, delta.detach())
-        return symmetric_divergence(spec, adv, logits)
+        return symmetric_divergence(spec, adv, logits, _token_mask(spec, batch))
 
     def bregman(self, model: nn.Module, task: str, batch: dict[str, Any], logits: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             teacher = self.ema(task=task, **batch).logits
-        return symmetric_divergence(model.get_task(task), logits, teacher)
+        spec = model.get_task(task)
+        return symmetric_divergence(spec, logits, teacher, _token_mask(spec, batch))
 
     def __call__(self, model: nn.Module, task: str, batch: dict[str, Any], output: Any) -> torch.Tensor:
         loss = output.loss

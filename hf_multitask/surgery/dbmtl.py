@@ -48,7 +48,7 @@ class DBMTL(Aggregator):
             raise ValueError(f"beta must be in [0, 1), got {beta}")
         self.beta, self.beta_sigma, self.eps = float(beta), float(beta_sigma), float(eps)
         self.task_names: list[str] = []
-        self.averages: torch.Tensor | None = None  # (tasks seen, P) float32
+        self.averages: torch.Tensor | None = None  # (tasks seen, P), the gradients' dtype
         self.steps = torch.zeros(0, dtype=torch.long)
         self._step_losses: dict[str, float] = {}
         self._inverse: torch.Tensor | None = None  # 1 / (L_i + eps) of the last call's rows
@@ -62,13 +62,13 @@ class DBMTL(Aggregator):
         the moving averages; return the averages' rows. ``grads`` is not modified."""
         new = [t for t in tasks if t not in self.task_names]
         if new:
-            extra = torch.zeros(len(new), grads.shape[1], dtype=torch.float32, device=grads.device)
+            extra = torch.zeros(len(new), grads.shape[1], dtype=grads.dtype, device=grads.device)
             self.averages = extra if self.averages is None else torch.cat([self.averages, extra])
             self.task_names.extend(new)
             self.steps = torch.cat([self.steps, torch.zeros(len(new), dtype=torch.long)])
         assert self.averages is not None
-        if self.averages.device != grads.device:  # state loaded from a checkpoint on the CPU
-            self.averages = self.averages.to(grads.device)
+        if self.averages.device != grads.device or self.averages.dtype != grads.dtype:  # loaded state, other precision
+            self.averages = self.averages.to(device=grads.device, dtype=torch.promote_types(self.averages.dtype, grads.dtype))
         if self.averages.shape[1] != grads.shape[1]:
             raise ValueError(f"DB-MTL state holds {self.averages.shape[1]} parameters, the gradients {grads.shape[1]}")
         idx = [self.task_names.index(t) for t in tasks]

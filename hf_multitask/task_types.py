@@ -1,0 +1,139 @@
+"""Task types: the contract, the registry and the built-in types.
+
+A task type owns everything about one kind of task: how a :class:`~hf_multitask.TaskSpec` of
+that kind is validated, how labels are parsed and stored, how examples are tokenised, the head
+it builds, how the model turns encoder states into logits, the loss, predictions, metrics and
+the ``[0, 1]`` score that feeds ``overall``, and the model card's task type. The rest of the
+library asks the type (``get_task_type(spec.kind)``) and never switches on the kind, so a new
+type is one module and one :func:`register_task_type` call.
+
+| type | what | head | loss | metrics |
+|---|---|---|---|---|
+| ``classification`` | one or two sentences, one class | linear / MLP / LSTM / cosine (pairs) | cross-entropy | accuracy |
+| ``regression`` | one or two sentences, one number | linear / MLP / LSTM / cosine (pairs) | MSE | Pearson, Spearman |
+| ``token_classification`` | one tag per word | linear / MLP per token | cross-entropy over first sub-tokens | word accuracy, entity F1 |
+
+The built-in types live in flat modules next to this one (``types_sequence.py``,
+``types_token_classification.py``): saved checkpoints carry the package's modules for
+``trust_remote_code``, which copies flat files only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import datasets
+import numpy as np
+import torch
+from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .tasks import TaskSpec
+
+__all__ = ["IGNORE_INDEX", "TASK_TYPES", "TaskType", "get_task_type", "register_task_type"]
+
+IGNORE_INDEX = -100
+
+
+class TaskType:
+    """Base class of task types (see the module docstring); subclasses set ``name`` and override."""
+
+    name = "base"
+    card_type = "other"  # the model card's / pipeline's task type
+    metrics: tuple[str, ...] = ()  # metric names; the first is the default
+    label_dtype = "int64"  # how labels are stored ("int64", "float32"; lists of them for sequence labels)
+    sequence_labels = False  # True: one label per word (text_columns hold token lists)
+
+    # --- the spec --------------------------------------------------------------------------
+    def validate(self, spec: TaskSpec) -> None:
+        """Raise ``ValueError`` naming the task when the spec's fields do not fit the type."""
+
+    # --- data --------------------------------------------------------------------------------
+    def parse_label(self, spec: TaskSpec, raw: Any) -> tuple[Any, str | None]:
+        """``(label, None)`` or ``(None, reason)`` for one raw label value from a file or dataset."""
+        raise NotImplementedError
+
+    def label_feature(self, spec: TaskSpec) -> Any:
+        """The ``datasets`` feature labels are stored as."""
+        return datasets.Value(self.label_dtype)
+
+    def text_feature(self, spec: TaskSpec) -> Any:
+        """The ``datasets`` feature of each text column."""
+        return datasets.Value("string")
+
+    def check_text(self, spec: TaskSpec, value: Any) -> tuple[Any, str | None]:
+        """``(text, None)`` or ``(None, reason)`` for one text field."""
+        if value is None or not str(value).strip():
+            return None, "empty text"
+        return str(value).strip(), None
+
+    def encode_batch(self, spec: TaskSpec, batch: dict[str, list[Any]], tokenizer: Any, pair_encoding: str | None,
+                     max_length: int | None) -> dict[str, list[Any]]:  # fmt: skip
+        """Tokenise a batch of rows (``batch`` holds the text columns and maybe ``label``)."""
+        raise NotImplementedError
+
+    def lengths(self, encoded: datasets.Dataset) -> list[int]:
+        """Token count of every encoded example (for length grouping and ``drop_longest``)."""
+        lengths = [len(x) for x in encoded["input_ids"]]
+        if "input_ids_b" in encoded.column_names:
+            lengths = [a + len(b) for a, b in zip(lengths, encoded["input_ids_b"])]
+        return lengths
+
+    # --- the model ---------------------------------------------------------------------------
+    def build_head(self, spec: TaskSpec, config: Any, hidden: int) -> nn.Module:
+        raise NotImplementedError
+
+    def logits(self, model: Any, spec: TaskSpec, inputs: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        """The head's output for a batch (``inputs``: the model's keyword inputs)."""
+        raise NotImplementedError
+
+    def loss(self, spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --- predictions and metrics -------------------------------------------------------------
+    def predictions(self, spec: TaskSpec, logits: np.ndarray, batch: dict[str, Any]) -> np.ndarray:
+        """One prediction per example (an object array of per-word arrays for sequence labels)."""
+        raise NotImplementedError
+
+    def gold(self, spec: TaskSpec, labels: np.ndarray, batch: dict[str, Any]) -> np.ndarray:
+        """The batch's gold labels, one per example, in the form :meth:`predictions` returns."""
+        return labels
+
+    def compute_metrics(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """``{metric: value, ..., "score": value in [0, 1]}``."""
+        raise NotImplementedError
+
+    def format_prediction(self, spec: TaskSpec, prediction: Any) -> str:
+        """One prediction as text for prediction files."""
+        return str(prediction)
+
+
+TASK_TYPES: dict[str, TaskType] = {}
+
+
+def register_task_type(task_type: TaskType | type[TaskType]) -> TaskType:
+    """Register a task type (an instance or a class) under its ``name``; usable as a decorator."""
+    instance = task_type() if isinstance(task_type, type) else task_type
+    if not isinstance(instance, TaskType):
+        raise TypeError(f"register_task_type takes a TaskType, got {type(instance).__name__}")
+    TASK_TYPES[instance.name] = instance
+    return task_type  # type: ignore[return-value]
+
+
+def get_task_type(name: str) -> TaskType:
+    """The registered task type called ``name``."""
+    try:
+        return TASK_TYPES[name]
+    except KeyError:
+        raise ValueError(f"Unknown task type {name!r}; registered types: {sorted(TASK_TYPES)}") from None
+
+
+def _register_builtins() -> None:
+    from .types_sequence import ClassificationType, RegressionType
+    from .types_token_classification import TokenClassificationType
+
+    for task_type in (ClassificationType, RegressionType, TokenClassificationType):
+        register_task_type(task_type)
+
+
+_register_builtins()

@@ -1,0 +1,180 @@
+"""Sentence and sentence-pair tasks: classification and regression over one pooled vector
+(or a siamese pair of them, with the ``bi`` / ``cosine`` pair encodings)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .heads import CosineHead, LSTMHead, MLPHead, pair_features
+from .metrics import accuracy, normalized_score, pearson, spearman
+from .task_types import TaskType
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .tasks import TaskSpec
+
+__all__ = ["ClassificationType", "RegressionType", "SequenceTaskType"]
+
+_METRIC_FNS = {"accuracy": accuracy, "pearson": pearson, "spearman": spearman}
+
+
+def _tokenize(tokenizer: Any, first: list[str], second: list[str] | None, max_length: int | None) -> dict[str, list[list[int]]]:
+    enc = tokenizer(first, second, truncation=max_length is not None, max_length=max_length, padding=False)
+    return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+
+
+def _number(raw: Any) -> tuple[float | None, str | None]:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None, "empty label"
+    if isinstance(raw, bool):
+        raw = int(raw)
+    try:
+        value = float(raw.strip()) if isinstance(raw, str) else float(raw)
+    except (TypeError, ValueError):
+        return None, f"label {raw!r} is not a number"
+    if not math.isfinite(value):
+        return None, f"label {raw!r} is not finite"
+    return value, None
+
+
+class SequenceTaskType(TaskType):
+    """One or two text columns, one label per example; the pair encodings apply."""
+
+    def validate(self, spec: TaskSpec) -> None:
+        if len(spec.text_columns) not in (1, 2):
+            raise ValueError(f"TaskSpec {spec.name!r}: text_columns must be one or two column names, got {spec.text_columns!r}")
+
+    def encode_batch(self, spec, batch, tokenizer, pair_encoding, max_length):
+        cols = spec.text_columns
+        if not spec.is_pair:
+            out = _tokenize(tokenizer, batch[cols[0]], None, max_length)
+        elif pair_encoding not in ("bi", "cosine"):
+            out = _tokenize(tokenizer, batch[cols[0]], batch[cols[1]], max_length)
+        else:
+            out = _tokenize(tokenizer, batch[cols[0]], None, max_length)
+            out.update({f"{k}_b": v for k, v in _tokenize(tokenizer, batch[cols[1]], None, max_length).items()})
+        if "label" in batch:
+            out["labels"] = batch["label"]
+        return out
+
+    def build_head(self, spec, config, hidden):
+        encoding = config.task_pair_encoding(spec)
+        if encoding == "cosine":
+            return CosineHead(spec)
+        if config.head_type == "lstm" and encoding != "bi":
+            return LSTMHead(hidden, spec.num_labels, config.head_hidden_sizes, config.head_dropout)
+        in_features = 4 * hidden if encoding == "bi" else hidden
+        sizes = config.head_hidden_sizes if config.head_type == "mlp" else []
+        return MLPHead(in_features, spec.num_labels, sizes, config.head_dropout)
+
+    def logits(self, model, spec, inputs):
+        encoding = model.config.task_pair_encoding(spec)
+        head = model.heads[spec.name]
+        input_ids, attention_mask, token_type_ids = inputs["input_ids"], inputs.get("attention_mask"), inputs.get("token_type_ids")
+        if encoding in ("bi", "cosine"):
+            if inputs.get("input_ids_b") is None:
+                raise ValueError(f"Task {spec.name!r} uses the {encoding!r} pair encoding: pass the second sentence as input_ids_b")
+            u, v = model._encode_pair(
+                {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids},
+                {"input_ids": inputs["input_ids_b"], "attention_mask": inputs.get("attention_mask_b"),
+                 "token_type_ids": inputs.get("token_type_ids_b")},
+            )  # fmt: skip
+            logits = head(u, v) if encoding == "cosine" else head(pair_features(u, v))
+        elif isinstance(head, LSTMHead):
+            mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+            logits = head(model.encode_tokens(input_ids, mask, token_type_ids), mask)
+        else:
+            logits = head(model.encode(input_ids, attention_mask, token_type_ids))
+        if spec.name in model.adjustments:
+            logits = model.adjustments[spec.name](logits)
+        return logits
+
+    def compute_metrics(self, spec, predictions, labels):
+        metric = spec.metric or self.metrics[0]
+        value = _METRIC_FNS[metric](predictions, labels)
+        return {metric: value, "score": normalized_score(metric, value)}
+
+
+class ClassificationType(SequenceTaskType):
+    """Single-sentence or sentence-pair classification: cross-entropy, accuracy."""
+
+    name = "classification"
+    card_type = "text-classification"
+    metrics = ("accuracy",)
+    label_dtype = "int64"
+
+    def validate(self, spec):
+        super().validate(spec)
+        if spec.num_labels < 2:
+            raise ValueError(f"TaskSpec {spec.name!r}: classification needs num_labels >= 2, got {spec.num_labels}")
+        if spec.label_range is not None:
+            raise ValueError(f"TaskSpec {spec.name!r}: label_range is for regression tasks only")
+        if spec.pair_encoding == "cosine" and spec.num_labels != 2:
+            raise ValueError(f"TaskSpec {spec.name!r}: the cosine pair head supports regression or binary classification only")
+
+    def parse_label(self, spec, raw):
+        if isinstance(raw, str) and spec.label_names and raw.strip() in spec.label_names:
+            return spec.label_names.index(raw.strip()), None
+        value, reason = _number(raw)
+        if reason is not None:
+            return None, reason
+        if value != int(value):
+            return None, f"label {raw!r} is not a whole class index"
+        if not 0 <= value < spec.num_labels:
+            return None, f"label {raw!r} is out of range 0..{spec.num_labels - 1}"
+        return int(value), None
+
+    def loss(self, spec, logits, labels):
+        if labels.is_floating_point():
+            if not torch.equal(labels, labels.round()):
+                raise ValueError(f"Task {spec.name!r}: classification labels must be whole numbers")
+            labels = labels.long()
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_labels):
+            raise ValueError(
+                f"Task {spec.name!r}: labels must be in 0..{spec.num_labels - 1}, got values in {int(labels.min())}..{int(labels.max())}"
+            )
+        return nn.functional.cross_entropy(logits.float(), labels.view(-1))
+
+    def predictions(self, spec, logits, batch=None):
+        logits = np.asarray(logits)
+        return logits.reshape(len(logits), -1).argmax(-1)
+
+    def format_prediction(self, spec, prediction):
+        return str(int(prediction))
+
+
+class RegressionType(SequenceTaskType):
+    """Single-sentence or sentence-pair regression: mean squared error, Pearson r (or Spearman)."""
+
+    name = "regression"
+    card_type = "text-regression"
+    metrics = ("pearson", "spearman")
+    label_dtype = "float32"
+
+    def validate(self, spec):
+        super().validate(spec)
+        if spec.num_labels != 1:
+            raise ValueError(f"TaskSpec {spec.name!r}: regression needs num_labels == 1, got {spec.num_labels}")
+
+    def parse_label(self, spec, raw):
+        value, reason = _number(raw)
+        if reason is not None:
+            return None, reason
+        if spec.label_range is not None:
+            lo, hi = spec.label_range
+            if not lo <= value <= hi:
+                return None, f"label {raw!r} is out of range [{lo:g}, {hi:g}]"
+        return value, None
+
+    def loss(self, spec, logits, labels):
+        return nn.functional.mse_loss(logits.float().view(-1), labels.float().view(-1))
+
+    def predictions(self, spec, logits, batch=None):
+        return np.asarray(logits).reshape(-1).astype(np.float64)
+
+    def format_prediction(self, spec, prediction):
+        return str(float(prediction))
