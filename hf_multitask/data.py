@@ -154,7 +154,7 @@ def _check_row(
     task_type = spec.task_type
     texts = {}
     for c in spec.text_columns:
-        text, reason = task_type.check_text(spec, get(c))
+        text, reason = task_type.check_text(spec, get(c), column=c)
         if reason is not None:
             return BadRow(origin, line, c, reason)
         texts[c] = text
@@ -228,7 +228,7 @@ def _validate(
         warnings.warn(f"{origin}: skipped {len(bad) - _MAX_LISTED} more malformed rows", DataWarning, stacklevel=3)
     task_type = spec.task_type
     features = datasets.Features(
-        {"id": datasets.Value("string"), **{c: task_type.text_feature(spec) for c in spec.text_columns},
+        {"id": datasets.Value("string"), **{c: task_type.text_feature(spec, c) for c in spec.text_columns},
          "label": task_type.label_feature(spec)}
     )  # fmt: skip
     return datasets.Dataset.from_dict(out, features=features)

@@ -14,7 +14,16 @@ from .tasks import PAIR_ENCODINGS, TaskSpec
 
 __all__ = ["encode_task", "MultitaskCollator", "MODEL_INPUT_KEYS"]
 
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "input_ids_b", "attention_mask_b", "token_type_ids_b", "word_mask")
+MODEL_INPUT_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "input_ids_b",
+    "attention_mask_b",
+    "token_type_ids_b",
+    "word_mask",
+    "choice_mask",
+)
 _PAD_VALUES = {"labels": IGNORE_INDEX}  # other keys: the pad token id for input_ids*, else 0
 
 
@@ -90,7 +99,19 @@ class MultitaskCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
         self.keep_ids = keep_ids
 
-    def _pad(self, seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    def _pad(self, seqs: Sequence[Sequence[Any]], value: int) -> torch.Tensor:
+        """Pad ``(batch, length)`` lists, or ``(batch, choices, length)`` nested lists (multiple
+        choice: every example padded to the batch's most choices and longest sequence)."""
+        if seqs and len(seqs[0]) and isinstance(seqs[0][0], (list, tuple)):
+            rows = max(len(s) for s in seqs)
+            length = max(len(x) for s in seqs for x in s)
+            if self.pad_to_multiple_of:
+                length = int(math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of)
+            out = torch.full((len(seqs), rows, length), value, dtype=torch.long)
+            for i, s in enumerate(seqs):
+                for j, x in enumerate(s):
+                    out[i, j, : len(x)] = torch.as_tensor(x, dtype=torch.long)
+            return out
         length = max(len(s) for s in seqs)
         if self.pad_to_multiple_of:
             length = int(math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of)

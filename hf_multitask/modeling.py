@@ -354,6 +354,7 @@ class MultitaskModel(PreTrainedModel):
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
         word_mask: torch.Tensor | None = None,
+        choice_mask: torch.Tensor | None = None,
     ) -> MultitaskOutput | tuple[torch.Tensor, ...]:
         """Run ``task`` on a batch.
 
@@ -367,6 +368,8 @@ class MultitaskModel(PreTrainedModel):
                 token with -100 where ignored (token classification).
             word_mask: Token classification: 1 on each word's first sub-token (used by
                 predictions; the model ignores it).
+            choice_mask: Multiple choice: 1 for real choices, 0 for padding ones (``input_ids``
+                is then ``(batch, choices, length)``).
         """
         spec = self.get_task(task)
         self._pal_router.task = task
@@ -376,7 +379,8 @@ class MultitaskModel(PreTrainedModel):
             activate(self._lora_layers, task)
         try:
             inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
-                      "input_ids_b": input_ids_b, "attention_mask_b": attention_mask_b, "token_type_ids_b": token_type_ids_b}  # fmt: skip
+                      "input_ids_b": input_ids_b, "attention_mask_b": attention_mask_b, "token_type_ids_b": token_type_ids_b,
+                      "choice_mask": choice_mask}  # fmt: skip
             logits = spec.task_type.logits(self, spec, inputs)
         finally:
             self._pal_router.task = None

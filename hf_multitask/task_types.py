@@ -12,9 +12,10 @@ type is one module and one :func:`register_task_type` call.
 | ``classification`` | one or two sentences, one class | linear / MLP / LSTM / cosine (pairs) | cross-entropy | accuracy |
 | ``regression`` | one or two sentences, one number | linear / MLP / LSTM / cosine (pairs) | MSE | Pearson, Spearman |
 | ``token_classification`` | one tag per word | linear / MLP per token | cross-entropy over first sub-tokens | word accuracy, entity F1 |
+| ``multiple_choice`` | a context and up to N choices | linear / MLP score per (context, choice) | cross-entropy over choices | accuracy |
 
 The built-in types live in flat modules next to this one (``types_sequence.py``,
-``types_token_classification.py``): saved checkpoints carry the package's modules for
+``types_token_classification.py``, ``types_multiple_choice.py``): saved checkpoints carry the package's modules for
 ``trust_remote_code``, which copies flat files only.
 """
 
@@ -57,12 +58,12 @@ class TaskType:
         """The ``datasets`` feature labels are stored as."""
         return datasets.Value(self.label_dtype)
 
-    def text_feature(self, spec: TaskSpec) -> Any:
-        """The ``datasets`` feature of each text column."""
+    def text_feature(self, spec: TaskSpec, column: str = "") -> Any:
+        """The ``datasets`` feature of a text column."""
         return datasets.Value("string")
 
-    def check_text(self, spec: TaskSpec, value: Any) -> tuple[Any, str | None]:
-        """``(text, None)`` or ``(None, reason)`` for one text field."""
+    def check_text(self, spec: TaskSpec, value: Any, column: str = "") -> tuple[Any, str | None]:
+        """``(text, None)`` or ``(None, reason)`` for one text field (``column`` names it)."""
         if value is None or not str(value).strip():
             return None, "empty text"
         return str(value).strip(), None
@@ -129,10 +130,11 @@ def get_task_type(name: str) -> TaskType:
 
 
 def _register_builtins() -> None:
+    from .types_multiple_choice import MultipleChoiceType
     from .types_sequence import ClassificationType, RegressionType
     from .types_token_classification import TokenClassificationType
 
-    for task_type in (ClassificationType, RegressionType, TokenClassificationType):
+    for task_type in (ClassificationType, RegressionType, TokenClassificationType, MultipleChoiceType):
         register_task_type(task_type)
 
 

@@ -56,13 +56,13 @@ class TokenClassificationType(TaskType):
             raise ValueError(f"TaskSpec {spec.name!r}: entity_f1 needs label_names (BIO tags such as B-PER, I-PER, O)")
 
     # --- data ----------------------------------------------------------------------------------
-    def text_feature(self, spec):
+    def text_feature(self, spec, column=""):
         return datasets.Sequence(datasets.Value("string"))
 
     def label_feature(self, spec):
         return datasets.Sequence(datasets.Value("int64"))
 
-    def check_text(self, spec, value):
+    def check_text(self, spec, value, column=""):
         if value is None:
             return None, "empty text"
         words = _words(value)

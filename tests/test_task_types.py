@@ -317,3 +317,64 @@ def test_recipe_trains_sst_and_upos_from_a_conllu_file(tiny_backbone, tiny_data,
     assert model.get_task("upos") == hm.upos_task()
     with pytest.raises(RecipeError, match="upos: this task has no Hub preset; pass --data-dir"):
         run(["--tasks", "upos", "--output-dir", str(tmp_path / "o2")])
+
+
+# --------------------------------------------------------------------------- multiple choice
+MC = hm.TaskSpec("mc", "multiple_choice", num_labels=3, text_columns=("context", "choices"), label_column="answer")
+
+
+def _mc_rows(n=24):
+    rows = []
+    for i in range(n):
+        answer = ["cat", "dog", "sun"][i % 3]
+        options = ["cat", "dog", "sun"] if i % 4 else ["cat", "dog"] if answer != "sun" else ["sun", "dog"]
+        rows.append({"id": f"m{i}", "context": f"the {answer} is here", "choices": options, "answer": options.index(answer)})
+    return rows
+
+
+def _mc_data(tokenizer, n=24):
+    import datasets
+
+    return hm.encode_task(hm.load_task_data(MC, datasets.Dataset.from_list(_mc_rows(n))), MC, tokenizer)
+
+
+def test_multiple_choice_scores_each_pair_and_masks_missing_choices(tokenizer):
+    enc = _mc_data(tokenizer, 8)
+    batch = hm.MultitaskCollator(tokenizer.pad_token_id)([enc[i] for i in range(4)])
+    assert batch["input_ids"].shape[:2] == (4, 3) and batch["choice_mask"].tolist()[0] == [1, 1, 0]
+    model = _model([MC]).eval()
+    out = model(task="mc", **batch)
+    assert out.logits.shape == (4, 3) and bool((out.logits[0, 2] <= -1e3).all())
+    # each score is the head on the pooled (context, choice) sequence, alone
+    single = {k: batch[k][1, 1:2] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    pooled = model.encode(single["input_ids"], single["attention_mask"], single["token_type_ids"])
+    torch.testing.assert_close(out.logits[1, 1], model.heads["mc"](pooled)[0, 0], rtol=1e-5, atol=1e-6)
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), "padding choices give no NaN"
+    with pytest.warns(hm.DataWarning, match="label 2 points past the row's 2 choices"):
+        import datasets
+
+        bad = [*_mc_rows(4), {"id": "x", "context": "c", "choices": ["a", "b"], "answer": 2}]
+        hm.load_task_data(MC, datasets.Dataset.from_list(bad), max_bad_fraction=0.5)
+
+
+def test_three_task_types_train_together_with_pcgrad_and_every_loss_falls(tmp_path, tokenizer):
+    from conftest import toy_task_data
+
+    model = _model([hm.sst_task(), POS, MC])
+    data = {
+        "sst": hm.encode_task(toy_task_data(32)["sst"], hm.sst_task(), tokenizer),
+        "pos": hm.encode_task(hm.load_task_data(POS, _pos_dataset(32)), POS, tokenizer),
+        "mc": _mc_data(tokenizer, 32),
+    }
+    before = hm.evaluate(model, data, pad_token_id=tokenizer.pad_token_id, progress=False)
+    args = train_args(tmp_path, aggregator="pcgrad", max_steps=30, learning_rate=3e-3, per_device_train_batch_size=8)
+    hm.MultitaskTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer).train()
+    after = hm.evaluate(model, data, pad_token_id=tokenizer.pad_token_id, progress=False)
+    for task in data:
+        assert after[f"{task}_loss"] < before[f"{task}_loss"], (task, before, after)
+    model.save_pretrained(tmp_path / "m")
+    loaded = AutoModel.from_pretrained(tmp_path / "m", trust_remote_code=True).eval()
+    model.eval()
+    batch = hm.MultitaskCollator(tokenizer.pad_token_id)([data["mc"][i] for i in range(4)])
+    assert_same_outputs(loaded(task="mc", **batch).logits, model(task="mc", **batch).logits, "mc")

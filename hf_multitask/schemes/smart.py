@@ -95,6 +95,10 @@ class SmartRegularizer:
 
     def adversarial_loss(self, model: nn.Module, task: str, batch: dict[str, Any], logits: torch.Tensor) -> torch.Tensor:
         spec = model.get_task(task)
+        if batch["input_ids"].dim() != 2:
+            raise ValueError(
+                f"SMART: task {task!r} ({spec.kind}) feeds (batch, choices, length) inputs; SMART supports sentence and token tasks"
+            )
         shape = self._embedding_shape(model, batch)
         delta = torch.randn(shape, device=logits.device) * self.noise_std
         for _ in range(self.steps):
