@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -95,6 +96,27 @@ class TaskSpec:
             raise ValueError(f"TaskSpec {self.name!r}: pair_encoding must be one of {PAIR_ENCODINGS}, got {self.pair_encoding!r}")
         task_type.validate(self)
 
+    @classmethod
+    def from_dataset(
+        cls,
+        source: Any,
+        text_columns: str | Sequence[str],
+        label_column: str = "label",
+        *,
+        name: str | None = None,
+        split: str = "train",
+        subset: str | None = None,
+        **overrides: Any,
+    ) -> TaskSpec:
+        """A task described by a dataset's features (see :func:`hf_multitask.spec_inference.infer_task_fields`):
+        ``ClassLabel`` -> classification with its names, list of ``ClassLabel`` -> token
+        classification, float -> regression, a list-of-strings column next to a string column
+        -> multiple choice. ``source`` is a ``datasets.Dataset`` / ``DatasetDict`` or a Hub id
+        (only its metadata is read; offline, a :class:`~hf_multitask.DataError` says what to
+        do). ``overrides`` set or replace any field (``kind=`` and ``num_labels=`` together skip
+        the inference)."""
+        return _from_dataset(cls, source, text_columns, label_column, name=name, split=split, subset=subset, **overrides)
+
     @property
     def task_type(self):
         """The :class:`~hf_multitask.task_types.TaskType` that owns this task's kind."""
@@ -133,6 +155,30 @@ class TaskSpec:
         if data.get("label_names") is not None:
             data["label_names"] = tuple(data["label_names"])
         return cls(**data)
+
+
+def _from_dataset(
+    cls: type[TaskSpec],
+    source: Any,
+    text_columns: str | Sequence[str],
+    label_column: str = "label",
+    *,
+    name: str | None = None,
+    split: str = "train",
+    subset: str | None = None,
+    **overrides: Any,
+) -> TaskSpec:
+    from .spec_inference import features_of, infer_task_fields
+
+    columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
+    features, default_name = features_of(source, split=split, subset=subset)
+    explicit = {"kind", "num_labels"} <= set(overrides)
+    fields = {} if explicit else infer_task_fields(features, columns, label_column)
+    fields.update(overrides)
+    task_name = name or re.sub(r"[^A-Za-z0-9_\-]", "_", default_name)
+    if not task_name[:1].isalpha():
+        task_name = f"task_{task_name}"
+    return cls(name=task_name, text_columns=columns, label_column=label_column, **fields)
 
 
 def sst_task(name: str = "sst") -> TaskSpec:

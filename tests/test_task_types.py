@@ -378,3 +378,43 @@ def test_three_task_types_train_together_with_pcgrad_and_every_loss_falls(tmp_pa
     model.eval()
     batch = hm.MultitaskCollator(tokenizer.pad_token_id)([data["mc"][i] for i in range(4)])
     assert_same_outputs(loaded(task="mc", **batch).logits, model(task="mc", **batch).logits, "mc")
+
+
+# --------------------------------------------------------------------------- TaskSpec.from_dataset
+def test_from_dataset_infers_the_type_from_features(tokenizer):
+    import datasets
+
+    cls_ds = datasets.Dataset.from_dict(
+        {"text": ["good", "bad"], "label": [1, 0]},
+        features=datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}),
+    )
+    spec = hm.TaskSpec.from_dataset(cls_ds, "text", name="senti")
+    assert (spec.kind, spec.num_labels, spec.label_names) == ("classification", 2, ("neg", "pos"))
+    tag_ds = datasets.Dataset.from_dict(
+        {"tokens": [["a", "cat"]], "ner": [[0, 1]]},
+        features=datasets.Features(
+            {"tokens": datasets.Sequence(datasets.Value("string")), "ner": datasets.Sequence(datasets.ClassLabel(names=["O", "B-X"]))}
+        ),  # fmt: skip
+    )
+    tagger = hm.TaskSpec.from_dataset(tag_ds, ["tokens"], "ner", name="ner", metric="entity_f1")
+    assert (tagger.kind, tagger.label_names, tagger.metric) == ("token_classification", ("O", "B-X"), "entity_f1")
+    reg = hm.TaskSpec.from_dataset(datasets.Dataset.from_dict({"a": ["x"], "b": ["y"], "score": [0.5]}), ["a", "b"], "score", name="sim")
+    assert (reg.kind, reg.num_labels, reg.is_pair) == ("regression", 1, True)
+    mc_ds = datasets.Dataset.from_list(_mc_rows(4)).cast_column("answer", datasets.ClassLabel(names=["A", "B", "C"]))
+    mc = hm.TaskSpec.from_dataset(mc_ds, ["context", "choices"], "answer", name="mc")
+    assert (mc.kind, mc.num_labels) == ("multiple_choice", 3)
+    with pytest.raises(ValueError, match="plain integers, not a ClassLabel.*num_labels="):
+        hm.TaskSpec.from_dataset(datasets.Dataset.from_dict({"t": ["x"], "y": [3]}), "t", "y", name="n")
+    with pytest.raises(ValueError, match=r"columns \['nope'\] are not in the dataset"):
+        hm.TaskSpec.from_dataset(cls_ds, "nope", name="n")
+    # predictions come back as names: the names travel in the saved config
+    model = _model([spec])
+    assert model.config.get_task("senti").label_names == ("neg", "pos")
+    assert get_task_type("classification").parse_label(spec, "pos") == (1, None)
+
+
+def test_from_dataset_hub_id_is_a_clear_error_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(hm.DataError, match="Could not read the features of the Hub dataset 'someone/not-cached'.*datasets.Dataset"):
+        hm.TaskSpec.from_dataset("someone/not-cached", "text")
