@@ -134,3 +134,30 @@ def write_predictions(path: str | os.PathLike[str], spec: TaskSpec, predictions:
         for ident, pred in zip(predictions.ids, predictions.predictions):
             f.write(f"{ident} , {spec.task_type.format_prediction(spec, pred)} \n")
     return path
+
+
+def write_conll(path: str | os.PathLike[str], spec: TaskSpec, predictions: TaskPredictions, words: list[list[str]]) -> Path:
+    """Token-classification predictions in a CoNLL-style file: a ``# sent_id = <id>`` line per
+    sentence, then one ``word<TAB>predicted tag[<TAB>gold tag]`` line per word and a blank line.
+    Words cut off by ``max_length`` (no prediction) get ``_``. ``words`` are the sentences in
+    the order of ``predictions``."""
+    if not spec.task_type.sequence_labels:
+        raise ValueError(f"Task {spec.name!r} ({spec.kind}) has no per-word labels: use write_predictions")
+    if len(words) != len(predictions.ids):
+        raise ValueError(f"{len(words)} sentences of words for {len(predictions.ids)} predictions")
+    names = spec.label_names
+    tag = (lambda i: names[int(i)]) if names else (lambda i: str(int(i)))  # noqa: E731
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for k, (ident, sentence) in enumerate(zip(predictions.ids, words)):
+            pred = list(predictions.predictions[k])
+            gold = list(predictions.labels[k]) if predictions.labels is not None else None
+            f.write(f"# sent_id = {ident}\n")
+            for j, word in enumerate(sentence):
+                cells = [word, tag(pred[j]) if j < len(pred) else "_"]
+                if gold is not None:
+                    cells.append(tag(gold[j]) if j < len(gold) else "_")
+                f.write("\t".join(cells) + "\n")
+            f.write("\n")
+    return path

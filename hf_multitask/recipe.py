@@ -468,10 +468,19 @@ def prepare_data(data_args: DataArguments, tasks, model: MultitaskModel, tokeniz
     return encode_data(data_args, tasks, load_raw_data(data_args, tasks), model, tokenizer)
 
 
-def _write_prediction_files(out: Path, tasks: list, predictions: dict) -> None:
-    """CS224N-format ``predictions/{task}-dev-output.csv`` for every task of the run."""
+def _write_prediction_files(out: Path, tasks: list, predictions: dict, raw: dict | None = None) -> None:
+    """CS224N-format ``predictions/{task}-dev-output.csv`` for every task of the run, and a
+    CoNLL-style ``predictions/{task}-dev-output.conll`` (word, predicted tag, gold tag) for
+    token-classification tasks."""
+    from .predict import write_conll
+
     for spec, _, _ in tasks:
         write_predictions(out / "predictions" / f"{spec.name}-dev-output.csv", spec, predictions[spec.name])
+        if spec.task_type.sequence_labels and raw is not None and raw.get(spec.name) is not None:
+            validation = raw[spec.name][1]
+            by_id = dict(zip(validation["id"], validation[spec.text_columns[0]]))
+            words = [by_id[i] for i in predictions[spec.name].ids]
+            write_conll(out / "predictions" / f"{spec.name}-dev-output.conll", spec, predictions[spec.name], words)
 
 
 def _phase_args(args: RecipeTrainingArguments, phase: str, steps: int, learning_rate: float, **overrides: Any):
@@ -524,7 +533,8 @@ def run_ensemble(model_args: ModelArguments, data_args: DataArguments, args: Rec
     tokenizer = AutoTokenizer.from_pretrained(args.ensemble[0])
     tasks = build_tasks(data_args)
     _check_task_names(data_args, args, model_args, [s.name for s, _, _ in tasks])
-    _, validation, _ = prepare_data(data_args, tasks, ensemble.members[0], tokenizer)
+    raw = load_raw_data(data_args, tasks)
+    _, validation, _ = encode_data(data_args, tasks, raw, ensemble.members[0], tokenizer)
     predictions: dict = {}
     scores = evaluate(ensemble, validation, pad_token_id=tokenizer.pad_token_id, batch_size=args.per_device_eval_batch_size,
                       progress=not args.disable_tqdm, predictions=predictions)  # fmt: skip
@@ -533,7 +543,7 @@ def run_ensemble(model_args: ModelArguments, data_args: DataArguments, args: Rec
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     if args.write_predictions:
-        _write_prediction_files(out, tasks, predictions)
+        _write_prediction_files(out, tasks, predictions, raw)
     logger.info("ensemble of %d: %s", len(args.ensemble), json.dumps(metrics))
     return metrics
 
@@ -718,7 +728,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: RecipeTra
         save_for_hub(final_model, tokenizer, final, repo_id, metrics, training=training)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         if args.write_predictions:
-            _write_prediction_files(out, tasks, predictions)
+            _write_prediction_files(out, tasks, predictions, raw)
         if args.plot_telemetry and args.telemetry_steps > 0:
             try:
                 from .telemetry import plot_conflicts

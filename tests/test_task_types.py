@@ -313,6 +313,10 @@ def test_recipe_trains_sst_and_upos_from_a_conllu_file(tiny_backbone, tiny_data,
     assert written, "a prediction file for the tagger"
     body = written[0].read_text().splitlines()[1:]
     assert body and all(set(line.split(" , ")[1].split()) <= set(hm.upos_task().label_names) for line in body)
+    conll = (out / "predictions" / "upos-dev-output.conll").read_text().split("\n\n")
+    first = conll[0].splitlines()
+    assert first[0].startswith("# sent_id = p") and all(len(line.split("\t")) == 3 for line in first[1:])
+    assert {line.split("\t")[2] for block in conll for line in block.splitlines()[1:]} <= {"NOUN", "VERB", "DET"}
     model = AutoModel.from_pretrained(out / "best", trust_remote_code=True)
     assert model.get_task("upos") == hm.upos_task()
     with pytest.raises(RecipeError, match="upos: this task has no Hub preset; pass --data-dir"):
