@@ -93,3 +93,29 @@ def test_demo_command_runs_as_written_on_a_machine_without_shared(tmp_path):
     assert (out / "conflicts.png").is_file()
     for task in ("sst", "quora", "sts"):
         assert len((out / "predictions" / f"{task}-dev-output.csv").read_text().splitlines()) == 1 + 10
+
+
+def _readme_section_code(title: str) -> list[str]:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index(f"\n## {title}\n")
+    end = readme.index("\n## ", start + 1)
+    blocks = readme[start:end].split("```python\n")[1:]
+    return [b.split("```")[0] for b in blocks]
+
+
+@pytest.mark.slow
+def test_readme_task_type_snippets_run(shared_data, monkeypatch, capsys):
+    """Every runnable snippet of the README's "Task types" section (the registration sketch,
+    with its `...`, excepted) runs as written from the repository root."""
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert (Path("..") / "shared" / "data").resolve() == shared_data.resolve()
+    snippets = [code for code in _readme_section_code("Task types") if "..." not in code]
+    assert len(snippets) == 3
+    for code in snippets:
+        exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "senti_accuracy" in printed and "qa_accuracy" in printed and "'" in printed
