@@ -66,6 +66,7 @@ class Arm:
     args: list[str] = field(default_factory=list)
     single_task: bool = False
     candidates: dict[str, list[str]] = field(default_factory=dict)
+    tasks: list[str] | None = None  # a subset of the grid's tasks (None: all of them)
 
 
 @dataclass
@@ -105,6 +106,9 @@ class Grid:
         if unknown:
             raise GridError(f"'train_limits' names tasks {unknown} that are not in 'tasks' {self.tasks}")
         for arm in self.arms:
+            extra = sorted(set(arm.tasks or []) - set(self.tasks))
+            if extra or (arm.tasks is not None and not arm.tasks):
+                raise GridError(f"arm {arm.name!r}: 'tasks' must be a non-empty subset of the grid's tasks {self.tasks}, got {arm.tasks}")
             for flag in ("--seed", "--validation_seed", "--output-dir", "--output_dir", "--tasks", "--train_limits"):
                 if flag in arm.args or flag in self.protocol:
                     raise GridError(f"arm {arm.name!r}: {flag} is set by the harness, not by the grid")
@@ -136,11 +140,13 @@ class Grid:
         arms = []
         for name, spec in arms_data.items():
             spec = spec or {}
-            bad = sorted(set(spec) - {"args", "single_task", "candidates"})
+            bad = sorted(set(spec) - {"args", "single_task", "candidates", "tasks"})
             if bad:
                 raise GridError(f"{where}: arm {name!r}: unknown keys {bad}")
+            tasks = spec.get("tasks")
             arms.append(Arm(str(name), [str(a) for a in spec.get("args", [])], bool(spec.get("single_task", False)),
-                            {str(k): [str(a) for a in (v or [])] for k, v in (spec.get("candidates") or {}).items()}))  # fmt: skip
+                            {str(k): [str(a) for a in (v or [])] for k, v in (spec.get("candidates") or {}).items()},
+                            None if tasks is None else [str(t) for t in tasks]))  # fmt: skip
         fields = {k: data[k] for k in known - {"arms"} if k in data}
         for key in ("seeds", "splits"):
             if key in fields and not all(isinstance(v, int) for v in fields[key]):
@@ -202,9 +208,10 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
     done = folder / RESULT
     if done.is_file():
         return json.loads(done.read_text())
+    tasks = list(arm.tasks or grid.tasks)
     if arm.single_task:
         parts: dict[str, dict[str, Any]] = {}
-        for task in grid.tasks:
+        for task in tasks:
             sub = folder / task
             if (sub / RESULT).is_file():
                 parts[task] = json.loads((sub / RESULT).read_text())
@@ -223,8 +230,8 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
                   "peak_rss_mb": max(p["peak_rss_mb"] for p in parts.values())}  # fmt: skip
     else:
         say(f"{arm.name}: seed {seed}, split {split}")
-        result = _run_one(_recipe_cmd(grid, args, grid.tasks, seed, split, folder / "run"), folder / "run", folder / "log.txt")
-    result.update(arm=arm.name, seed=seed, split=split, args=args)
+        result = _run_one(_recipe_cmd(grid, args, tasks, seed, split, folder / "run"), folder / "run", folder / "log.txt")
+    result.update(arm=arm.name, seed=seed, split=split, args=args, tasks=tasks)
     done.write_text(json.dumps(result, indent=2))
     return result
 
@@ -246,7 +253,7 @@ def tuned_args(grid: Grid, arm: Arm, out_dir: Path, say: Any = print) -> list[st
     for cand, extra in arm.candidates.items():
         res = _execute(grid, [*arm.args, *extra], arm, grid.tuning_seed, grid.tuning_split,
                        out_dir / "tuning" / arm.name / cand, say)  # fmt: skip
-        scores[cand] = _overall(res["metrics"], grid.tasks)
+        scores[cand] = _overall(res["metrics"], arm.tasks or grid.tasks)
     best = max(scores, key=lambda k: scores[k])
     choice = {"arm": arm.name, "split": grid.tuning_split, "seed": grid.tuning_seed, "scores": scores, "chosen": best}
     (out_dir / "tuning" / arm.name / "choice.json").write_text(json.dumps(choice, indent=2))
@@ -277,7 +284,8 @@ def _grid_dict(grid: Grid) -> dict[str, Any]:
     return {"tasks": grid.tasks, "train_limits": grid.train_limits, "seeds": grid.seeds, "splits": grid.splits, "protocol": grid.protocol,
             "tuning_split": grid.tuning_split, "tuning_seed": grid.tuning_seed, "reference": grid.reference,
             "baseline": grid.baseline,
-            "arms": {a.name: {"args": a.args, "single_task": a.single_task, "candidates": a.candidates} for a in grid.arms}}  # fmt: skip
+            "arms": {a.name: {"args": a.args, "single_task": a.single_task, "candidates": a.candidates, "tasks": a.tasks or grid.tasks}
+                     for a in grid.arms}}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------- statistics
@@ -314,14 +322,23 @@ def load_results(out_dir: str | os.PathLike) -> tuple[dict[str, Any], list[dict[
 def summarise(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (split, arm): metric means, overall, Delta-m vs the reference arm and the
     paired difference vs the baseline arm (both per seed, then mean and 95 % interval), cost."""
-    tasks = grid["tasks"]
+    all_tasks = grid["tasks"]
     by = {(c["split"], c["arm"], c["seed"]): c for c in cells}
+
+    def tasks_of(split: int, arm: str, seed: int) -> list[str]:
+        return list(by[(split, arm, seed)].get("tasks") or all_tasks)
+
     rows = []
     for split in sorted({c["split"] for c in cells}):
         for arm in [a for a in grid["arms"] if any(k[:2] == (split, a) for k in by)]:
             seeds = sorted(k[2] for k in by if k[:2] == (split, arm))
             row: dict[str, Any] = {"split": split, "arm": arm, "seeds": len(seeds)}
-            for task in tasks:
+            tasks = tasks_of(split, arm, seeds[0])
+            row["tasks"] = " ".join(tasks)
+            for task in all_tasks:
+                if task not in tasks:
+                    row[f"{task}_metric"], row[task], row[f"{task}_ci"] = "", math.nan, math.nan
+                    continue
                 values = [_primary(by[(split, arm, s)]["metrics"], task) for s in seeds]
                 row[f"{task}_metric"] = values[0][0]
                 row[task], row[f"{task}_ci"] = interval([v for _, v in values])
@@ -329,18 +346,21 @@ def summarise(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[st
             row["overall"], row["overall_ci"] = interval(list(overall.values()))
             for key, other in (("delta_m", grid.get("reference")), ("vs_baseline", grid.get("baseline"))):
                 paired = [s for s in seeds if (split, other, s) in by] if other else []
-                if not paired or other == arm:
+                shared = [t for t in tasks if paired and t in tasks_of(split, other, paired[0])]
+                if key == "vs_baseline" and paired and set(shared) != set(tasks_of(split, other, paired[0])) | set(tasks):
+                    paired = []  # overall scores over different task sets are not comparable
+                if not paired or other == arm or not shared:
                     row[key], row[f"{key}_ci"], row[f"{key}_seeds"] = math.nan, math.nan, 0
                     continue
                 if key == "delta_m":
                     diffs = []
                     for s in paired:
                         mine, ref = by[(split, arm, s)]["metrics"], by[(split, other, s)]["metrics"]
-                        base = [_primary(ref, t)[1] for t in tasks]
+                        base = [_primary(ref, t)[1] for t in shared]
                         if any(b == 0 or math.isnan(b) for b in base):  # relative change undefined
                             diffs.append(math.nan)
                             continue
-                        rel = [(_primary(mine, t)[1] - b) / abs(b) for t, b in zip(tasks, base)]
+                        rel = [(_primary(mine, t)[1] - b) / abs(b) for t, b in zip(shared, base)]
                         diffs.append(100 * sum(rel) / len(rel))
                 else:
                     diffs = [overall[s] - _overall(by[(split, other, s)]["metrics"], tasks) for s in paired]
@@ -380,12 +400,13 @@ def markdown(grid: dict[str, Any], rows: list[dict[str, Any]], tuning: list[dict
     for split in sorted({r["split"] for r in rows}):
         lines += [f"Validation split {split} (seeds: mean ± 95 % t interval; Δm vs `{grid.get('reference')}`, "
                   f"paired Δ overall vs `{grid.get('baseline')}`):", ""]  # fmt: skip
-        sample = next(r for r in rows if r["split"] == split)
-        head = ["arm", "seeds", *[f"{t} {sample[f'{t}_metric']}" for t in tasks], "overall", "Δm (%)", "Δ vs baseline",
+        names = {t: next((r[f"{t}_metric"] for r in rows if r["split"] == split and r[f"{t}_metric"]), "") for t in tasks}
+        head = ["arm", "seeds", *[f"{t} {names[t]}" for t in tasks], "overall", "Δm (%)", "Δ vs baseline",
                 "s / 1k examples", "s / step", "peak RSS (MB)"]  # fmt: skip
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in (r for r in rows if r["split"] == split):
-            cells = [f"`{r['arm']}`", str(r["seeds"]), *[_fmt(r[t], r[f"{t}_ci"]) for t in tasks], _fmt(r["overall"], r["overall_ci"]),
+            subset = "" if r.get("tasks", " ".join(tasks)) == " ".join(tasks) else f" ({r['tasks']} only)"
+            cells = [f"`{r['arm']}`", str(r["seeds"]), *[_fmt(r[t], r[f"{t}_ci"]) for t in tasks], _fmt(r["overall"], r["overall_ci"]) + subset,
                      _fmt(r["delta_m"], r["delta_m_ci"], 2), _fmt(r["vs_baseline"], r["vs_baseline_ci"]) + _verdict(r["vs_baseline"], r["vs_baseline_ci"]),
                      f"{r['s_per_1k_examples']:.1f}", f"{r['s_per_step']:.2f}", f"{r['peak_rss_mb']:.0f}"]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")

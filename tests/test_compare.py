@@ -145,3 +145,28 @@ def test_cli_reports_a_failed_run_and_a_bad_grid_file(tiny_backbone, tiny_data, 
     with pytest.raises(RuntimeError, match="run failed.*max_length"):
         run_grid(grid, tmp_path / "o2", say=lambda m: None)
     assert not (tmp_path / "o2" / "runs" / "split1" / "broken" / "seed0" / "result.json").exists()
+
+
+def test_an_arm_on_a_subset_of_tasks_is_scored_on_its_tasks():
+    grid = {"tasks": ["a", "b"], "arms": {"alone": {"tasks": ["b"]}, "both": {}}, "reference": "alone", "baseline": "both"}
+
+    def cell(arm, seed, tasks, a, b):
+        metrics = {}
+        if "a" in tasks:
+            metrics.update(eval_a_accuracy=a, eval_a_score=a)
+        if "b" in tasks:
+            metrics.update(eval_b_accuracy=b, eval_b_score=b)
+        return {"arm": arm, "seed": seed, "split": 0, "peak_rss_mb": 1.0, "tasks": tasks, "metrics": metrics}
+
+    cells = [cell("alone", s, ["b"], 0, 0.8 + 0.01 * s) for s in (0, 1)] + [cell("both", s, ["a", "b"], 0.5, 0.9) for s in (0, 1)]
+    rows = {r["arm"]: r for r in summarise(grid, cells)}
+    assert math.isnan(rows["alone"]["a"]) and rows["alone"]["overall"] == pytest.approx(0.805)
+    # Delta-m of `both` against `alone` uses task b only: 100 * (0.9 - 0.8)/0.8 and 100 * (0.9 - 0.81)/0.81
+    assert rows["both"]["delta_m"] == pytest.approx((12.5 + 100 * 0.09 / 0.81) / 2)
+    assert math.isnan(rows["alone"]["vs_baseline"]), "overall over other tasks is not compared"
+    from hf_multitask.compare import markdown
+
+    table = markdown(grid, list(rows.values()))
+    assert "(b only)" in table and "| `alone` | 2 | — | 0.805" in table and "| a accuracy | b accuracy |" in table
+    with pytest.raises(GridError, match="'tasks' must be a non-empty subset"):
+        Grid.from_dict({"tasks": ["a"], "arms": {"x": {"tasks": ["z"]}}, "seeds": [0], "splits": [0]})
