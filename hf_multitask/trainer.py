@@ -139,8 +139,11 @@ class MultitaskTrainingArguments(TrainingArguments):
         self.remove_unused_columns = False
 
 
-def example_lengths(dataset: datasets.Dataset) -> list[int]:
-    """Token count of every example (both sides for siamese pairs)."""
+def example_lengths(dataset: datasets.Dataset, task_type: Any = None) -> list[int]:
+    """Token count of every example (both sides for siamese pairs; the task type's count, e.g.
+    every choice of a multiple-choice example, when ``task_type`` is given)."""
+    if task_type is not None:
+        return task_type.lengths(dataset)
     lengths = [len(x) for x in dataset["input_ids"]]
     if "input_ids_b" in dataset.column_names:
         lengths = [a + len(b) for a, b in zip(lengths, dataset["input_ids_b"])]
@@ -298,7 +301,9 @@ class MultitaskTrainer(Trainer):
         if unknown:
             raise KeyError(f"task_batch_sizes names task(s) {unknown} with no training data; tasks are {list(sizes)}")
 
-        lengths = {t: example_lengths(d) for t, d in self.train_dataset.items()} if self.args.length_grouping else None
+        core = self.accelerator.unwrap_model(self.model) if self.model is not None else None
+        types = {t: core.get_task(t).task_type if core is not None and hasattr(core, "get_task") else None for t in self.train_dataset}
+        lengths = {t: example_lengths(d, types[t]) for t, d in self.train_dataset.items()} if self.args.length_grouping else None
 
         def build(num_epochs: int) -> MultitaskStepSampler:
             return MultitaskStepSampler(

@@ -422,3 +422,58 @@ def test_from_dataset_hub_id_is_a_clear_error_offline(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(hm.DataError, match="Could not read the features of the Hub dataset 'someone/not-cached'.*datasets.Dataset"):
         hm.TaskSpec.from_dataset("someone/not-cached", "text")
+
+
+def test_length_grouping_counts_every_choice_and_routed_models_pass_type_inputs(tokenizer):
+    from hf_multitask.trainer import example_lengths
+
+    enc = _mc_data(tokenizer, 8)
+    lengths = example_lengths(enc, get_task_type("multiple_choice"))
+    assert lengths == [sum(len(c) for c in ids) for ids in enc["input_ids"]] and min(lengths) > 3
+    model = _model([POS, MC]).eval()
+    routed = hm.RoutedMultitaskModel.from_models({"pos": model, "mc": model}).eval()
+    batch = _pos_batch(tokenizer)
+    assert_same_outputs(routed(task="pos", **batch).logits, model(task="pos", **batch).logits, "routed pos")
+    choices = hm.MultitaskCollator(tokenizer.pad_token_id)([enc[i] for i in range(3)])
+    assert_same_outputs(routed(task="mc", **choices).logits, model(task="mc", **choices).logits, "routed mc")
+
+
+@pytest.mark.parametrize("capacity", ["pal", "lora"])
+def test_pal_and_lora_serve_taggers_and_multiple_choice(tokenizer, capacity):
+    model = _model([POS, MC])
+    if capacity == "pal":
+        model.add_pal(["pos", "mc"], rank=8, heads=2, init="xavier")
+    else:
+        model.add_lora(r=2, per_task=True)
+    batches = {
+        "pos": _pos_batch(tokenizer),
+        "mc": hm.MultitaskCollator(tokenizer.pad_token_id)([_mc_data(tokenizer, 4)[i] for i in range(4)]),
+    }
+    for task, batch in batches.items():
+        model.zero_grad()
+        model(task=task, **batch).loss.backward()
+        owned = [p for p in model.task_parameters(task) if p.grad is not None and p.grad.abs().sum() > 0]
+        assert len(owned) > 2, f"{task}: its {capacity} and head get gradients"
+
+
+def test_recipe_custom_yaml_tasks_of_any_type(tiny_backbone, tiny_data, tmp_path):
+    import json
+
+    import yaml
+    from conftest import recipe_flags
+
+    from hf_multitask.recipe import run
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "mc.jsonl").write_text("\n".join(json.dumps(r) for r in _mc_rows(24)) + "\n")
+    (data / "pos.jsonl").write_text("\n".join(json.dumps(r) for r in _pos_rows(24)) + "\n")
+    config = tmp_path / "tasks.yaml"
+    config.write_text(yaml.safe_dump({"custom_tasks": [
+        {**MC.to_dict(), "train_file": "mc.jsonl"},
+        {**POS.to_dict(), "train_file": "pos.jsonl"},
+    ], "tasks": []}))  # fmt: skip
+    metrics = run(["--config", str(config), *recipe_flags(tiny_backbone, data, tmp_path / "out"), "--validation_fraction", "0.25"])
+    assert {"eval_mc_accuracy", "eval_pos_accuracy"} <= set(metrics)
+    model = AutoModel.from_pretrained(tmp_path / "out" / "best", trust_remote_code=True)
+    assert model.get_task("pos") == POS and model.get_task("mc") == MC
