@@ -9,6 +9,7 @@ from .data import DataError, DataWarning, load_task_data, train_validation_split
 from .encoding import MultitaskCollator, encode_task
 from .metrics import accuracy, compute_task_metrics, overall_score, pearson
 from .modeling import MultitaskModel, MultitaskOutput
+from .pipeline import MultitaskPipeline, register_multitask_pipeline
 from .predict import TaskPredictions, evaluate, predict, write_predictions
 from .routed import RoutedMultitaskConfig, RoutedMultitaskModel
 from .task_types import TaskType, get_task_type, register_task_type
@@ -23,7 +24,10 @@ AutoModel.register(MultitaskConfig, MultitaskModel, exist_ok=True)
 AutoConfig.register(RoutedMultitaskConfig.model_type, RoutedMultitaskConfig, exist_ok=True)
 AutoModel.register(RoutedMultitaskConfig, RoutedMultitaskModel, exist_ok=True)
 
+register_multitask_pipeline()  # pipeline("multitask-text", model=...) with the package imported
+
 __all__ = [
+    "MultitaskPipeline",
     "TaskType",
     "upos_task",
     "get_task_type",

@@ -12,6 +12,9 @@ HEAD_TYPES = ("linear", "mlp", "lstm")
 POOLINGS = ("cls", "mean")
 
 
+REMOTE_PIPELINE_TASK = "multitask-text-remote"
+
+
 class MultitaskConfig(PretrainedConfig):
     """Configuration of a :class:`~hf_multitask.MultitaskModel`.
 
@@ -112,6 +115,11 @@ class MultitaskConfig(PretrainedConfig):
         for spec in specs:
             if spec.is_pair and self.task_pair_encoding(spec) == "cosine" and spec.kind == "classification" and spec.num_labels != 2:
                 raise ValueError(f"Task {spec.name!r}: the cosine pair head supports regression or binary classification only")
+        # pipeline(model=..., trust_remote_code=True) finds the pipeline in the checkpoint's code
+        # (under its own task name: with the package imported, "multitask-text" is the registered pipeline)
+        kwargs.setdefault(
+            "custom_pipelines", {REMOTE_PIPELINE_TASK: {"impl": "pipeline.MultitaskPipeline", "pt": ["AutoModel"], "type": "text"}}
+        )
         super().__init__(**kwargs)
 
     @property

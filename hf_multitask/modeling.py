@@ -310,11 +310,54 @@ class MultitaskModel(PreTrainedModel):
         """Sentence representations ``(batch, hidden)`` with the configured pooling."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        states = self.encode_tokens(input_ids, attention_mask, token_type_ids)
+        return self.pool(self.encode_tokens(input_ids, attention_mask, token_type_ids), attention_mask)
+
+    def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Sentence vectors from token states with the configured pooling (``cls`` or masked ``mean``)."""
         if self.config.pooling == "cls":
             return states[:, 0]
         mask = attention_mask.unsqueeze(-1).to(states.dtype)
         return (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def pipeline(self, tokenizer: Any, **kwargs: Any) -> Any:
+        """A :class:`~hf_multitask.pipeline.MultitaskPipeline` over this model (``pipeline(...)``
+        with the package imported, or ``trust_remote_code=True`` without it, builds the same)."""
+        from .pipeline import MultitaskPipeline
+
+        return MultitaskPipeline(model=self, tokenizer=tokenizer, **kwargs)
+
+    def forward_all(self, batches: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Logits of several tasks, running the encoder once per distinct input.
+
+        ``batches`` maps tasks to their model inputs. Tasks whose inputs are equal tensors
+        (e.g. the same sentences for a sentiment head, a topic head and a tagger), whose type
+        can read shared token states (``logits_from_states``) and whose encoder is not routed
+        per task (no PALs, no per-task LoRA) share one encoder pass; the others run their own
+        forward. Equal to calling the model once per task (tested).
+        """
+        routed = set(self.config.pal_tasks or []) | (set(self.task_names) if self.config.lora and self.config.lora["per_task"] else set())
+        groups: list[tuple[dict[str, torch.Tensor], list[str]]] = []
+        out: dict[str, torch.Tensor] = {}
+        for task, batch in batches.items():
+            spec = self.get_task(task)
+            if task in routed or not spec.task_type.shares_states(self, spec, batch):
+                out[task] = self(task=task, **{k: v for k, v in batch.items() if k != "labels"}).logits
+                continue
+            key = {k: batch.get(k) for k in ("input_ids", "attention_mask", "token_type_ids")}
+            for inputs, members in groups:
+                if all((a is None and b is None) or (a is not None and b is not None and a.shape == b.shape and torch.equal(a, b))
+                       for a, b in ((inputs[k], key[k]) for k in key)):  # fmt: skip
+                    members.append(task)
+                    break
+            else:
+                groups.append((key, [task]))
+        for inputs, members in groups:
+            mask = inputs["attention_mask"] if inputs["attention_mask"] is not None else torch.ones_like(inputs["input_ids"])
+            states = self.encode_tokens(inputs["input_ids"], mask, inputs["token_type_ids"])
+            for task in members:
+                spec = self.get_task(task)
+                out[task] = spec.task_type.logits_from_states(self, spec, states, mask)
+        return {t: out[t] for t in batches}
 
     def encode_tokens(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None

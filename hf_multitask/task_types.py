@@ -91,6 +91,14 @@ class TaskType:
     def loss(self, spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def shares_states(self, model: Any, spec: TaskSpec, batch: dict[str, Any]) -> bool:
+        """Whether the task's logits can come from token states computed once for several
+        tasks (:meth:`MultitaskModel.forward_all`); then :meth:`logits_from_states` gives them."""
+        return False
+
+    def logits_from_states(self, model: Any, spec: TaskSpec, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     # --- predictions and metrics -------------------------------------------------------------
     def predictions(self, spec: TaskSpec, logits: np.ndarray, batch: dict[str, Any]) -> np.ndarray:
         """One prediction per example (an object array of per-word arrays for sequence labels)."""
@@ -107,6 +115,25 @@ class TaskType:
     def format_prediction(self, spec: TaskSpec, prediction: Any) -> str:
         """One prediction as text for prediction files."""
         return str(prediction)
+
+    # --- the pipeline ------------------------------------------------------------------------
+    def accepts(self, spec: TaskSpec, item: Any) -> bool:
+        """Whether a bare pipeline input (no ``{task: input}`` dict) is for this task: a string
+        for one-column tasks, a pair of strings for two-column tasks."""
+        if isinstance(item, str):
+            return len(spec.text_columns) == 1
+        return len(spec.text_columns) == 2 and isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item)
+
+    def pipeline_output(self, spec: TaskSpec, logits: np.ndarray, batch: dict[str, Any], raw: dict[str, Any]) -> Any:
+        """The pipeline's answer for one example (``logits`` and ``batch`` hold that example only)."""
+        return self.predictions(spec, logits, batch)[0].tolist()
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
 
 
 TASK_TYPES: dict[str, TaskType] = {}

@@ -10,7 +10,7 @@ from torch import nn
 
 from .heads import MLPHead
 from .metrics import accuracy
-from .task_types import TaskType
+from .task_types import TaskType, softmax
 
 __all__ = ["CHOICE_SEPARATOR", "MultipleChoiceType"]
 
@@ -134,3 +134,12 @@ class MultipleChoiceType(TaskType):
 
     def format_prediction(self, spec, prediction):
         return str(int(prediction))
+
+    def accepts(self, spec, item):
+        return False  # a context and its choices come as {task: {"context": ..., "choices": [...]}}
+
+    def pipeline_output(self, spec, logits, batch, raw):
+        choices = _choices(raw[spec.text_columns[1]])
+        probs = softmax(np.asarray(logits)[0][: len(choices)])
+        index = int(probs.argmax())
+        return {"choice": index, "text": choices[index], "score": float(probs[index])}

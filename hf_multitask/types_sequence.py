@@ -12,7 +12,7 @@ from torch import nn
 
 from .heads import CosineHead, LSTMHead, MLPHead, pair_features
 from .metrics import accuracy, normalized_score, pearson, spearman
-from .task_types import TaskType
+from .task_types import TaskType, softmax
 
 if TYPE_CHECKING:  # pragma: no cover
     from .tasks import TaskSpec
@@ -93,6 +93,16 @@ class SequenceTaskType(TaskType):
             logits = model.adjustments[spec.name](logits)
         return logits
 
+    def shares_states(self, model, spec, batch):
+        return model.config.task_pair_encoding(spec) not in ("bi", "cosine")  # siamese pairs encode two inputs
+
+    def logits_from_states(self, model, spec, states, attention_mask):
+        head = model.heads[spec.name]
+        logits = head(states, attention_mask) if isinstance(head, LSTMHead) else head(model.pool(states, attention_mask))
+        if spec.name in model.adjustments:
+            logits = model.adjustments[spec.name](logits)
+        return logits
+
     def compute_metrics(self, spec, predictions, labels):
         metric = spec.metric or self.metrics[0]
         value = _METRIC_FNS[metric](predictions, labels)
@@ -146,6 +156,11 @@ class ClassificationType(SequenceTaskType):
     def format_prediction(self, spec, prediction):
         return str(int(prediction))
 
+    def pipeline_output(self, spec, logits, batch, raw):
+        probs = softmax(np.asarray(logits).reshape(1, -1))[0]
+        index = int(probs.argmax())
+        return {"label": spec.label_names[index] if spec.label_names else index, "score": float(probs[index])}
+
 
 class RegressionType(SequenceTaskType):
     """Single-sentence or sentence-pair regression: mean squared error, Pearson r (or Spearman)."""
@@ -178,3 +193,6 @@ class RegressionType(SequenceTaskType):
 
     def format_prediction(self, spec, prediction):
         return str(float(prediction))
+
+    def pipeline_output(self, spec, logits, batch, raw):
+        return {"value": float(np.asarray(logits).reshape(-1)[0])}

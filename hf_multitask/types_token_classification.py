@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .heads import MLPHead
-from .task_types import IGNORE_INDEX, TaskType
+from .task_types import IGNORE_INDEX, TaskType, softmax
 
 __all__ = ["TokenClassificationType"]
 
@@ -142,6 +142,12 @@ class TokenClassificationType(TaskType):
         mask = mask if mask is not None else torch.ones_like(input_ids)
         return model.heads[spec.name](model.encode_tokens(input_ids, mask, inputs.get("token_type_ids")))
 
+    def shares_states(self, model, spec, batch):
+        return True
+
+    def logits_from_states(self, model, spec, states, attention_mask):
+        return model.heads[spec.name](states)
+
     def loss(self, spec, logits, labels):
         labels = labels.long().view(-1)
         flat = logits.float().reshape(-1, logits.shape[-1])
@@ -187,3 +193,14 @@ class TokenClassificationType(TaskType):
     def format_prediction(self, spec, prediction):
         names = spec.label_names
         return " ".join(names[int(i)] if names else str(int(i)) for i in prediction)
+
+    def pipeline_output(self, spec, logits, batch, raw):
+        probs = softmax(np.asarray(logits)[0])
+        mask = np.asarray(batch["word_mask"])[0].astype(bool)
+        firsts = probs[: mask.shape[0]][mask]
+        words = raw[spec.text_columns[0]]
+        out = []
+        for word, p in zip(words, firsts):  # words cut off by max_length get no answer
+            index = int(p.argmax())
+            out.append({"word": word, "tag": spec.label_names[index] if spec.label_names else index, "score": float(p[index])})
+        return out

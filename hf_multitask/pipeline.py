@@ -1,0 +1,168 @@
+"""``pipeline("multitask-text", model=...)``: text in, every task's answer out.
+
+Saved checkpoints carry this module and name it in ``config.custom_pipelines``, so
+``pipeline(model=folder_or_repo, trust_remote_code=True)`` works without the package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import Pipeline
+
+from .encoding import MultitaskCollator
+
+__all__ = ["PIPELINE_TASK", "MultitaskPipeline", "register_multitask_pipeline"]
+
+PIPELINE_TASK = "multitask-text"
+
+
+def _applies(spec: Any, item: Any) -> bool:
+    """Whether an undirected input (a string or a pair) fits the task (its type decides)."""
+    return bool(spec.task_type.accepts(spec, item))
+
+
+class MultitaskPipeline(Pipeline):
+    """Every task's answer for each input, in one call.
+
+    Inputs (one, or a list of them):
+
+    - a string: every single-text task answers (sentence classification/regression; taggers
+      tag its whitespace-separated words);
+    - a pair ``(a, b)``: every sentence-pair task answers;
+    - a dict ``{task: input}``: exactly those tasks, each with its own input (a string, a pair,
+      a list of words, or ``{"context": ..., "choices": [...]}`` / ``(context, choices)`` for
+      multiple choice).
+
+    Output per input: ``{task: answer}`` with, by task type, ``{"label", "score"}``
+    (classification; the label name when the task has ``label_names``), ``{"value"}``
+    (regression), ``[{"word", "tag", "score"}, ...]`` (token classification) and
+    ``{"choice", "text", "score"}`` (multiple choice). ``tasks=[...]`` restricts the heads;
+    ``batch_size`` (default 8), ``max_length`` and ``truncation`` follow pipeline conventions;
+    ``device=`` places the model. Sentence tasks that read the same single-sentence input with
+    the same encoding share one encoder pass (:meth:`MultitaskModel.forward_all`).
+    """
+
+    _load_tokenizer = True
+    _load_processor = False
+    _load_feature_extractor = False
+    _load_image_processor = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # transformers' pipeline() replaces the class names in config.custom_pipelines by the
+        # classes themselves when it loads a remote pipeline; put the names back so the config
+        # still serialises (save_pretrained, repr)
+        for info in (getattr(self.model.config, "custom_pipelines", None) or {}).values():
+            if isinstance(info, dict) and "pt" in info:
+                info["pt"] = [c if isinstance(c, str) else c.__name__ for c in info["pt"]]
+
+    def _sanitize_parameters(self, tasks=None, max_length=None, truncation=True, **kwargs):
+        pre = {}
+        if tasks is not None:
+            pre["tasks"] = list(tasks)
+        if max_length is not None:
+            pre["max_length"] = int(max_length)
+        if truncation is False:
+            pre["max_length"] = None
+        return pre, {}, {}
+
+    # --- the three pipeline stages, for one input -------------------------------------------
+    def preprocess(self, item: Any, tasks: Sequence[str] | None = None, max_length: int | None = 512) -> dict[str, Any]:
+        model = self.model
+        names = list(tasks) if tasks is not None else list(model.task_names)
+        for t in names:
+            model.get_task(t)
+        if isinstance(item, dict):
+            unknown = [t for t in item if t not in model.task_names]
+            if unknown:
+                raise ValueError(f"inputs name unknown task(s) {unknown}; this model has {model.task_names}")
+            chosen = {t: v for t, v in item.items() if t in names}
+        else:
+            chosen = {t: item for t in names if _applies(model.get_task(t), item)}
+            if tasks is not None:
+                missing = [t for t in names if t not in chosen]
+                if missing:
+                    raise ValueError(f"tasks {missing} cannot answer {item!r}: give them their input as a dict {{task: input}}")
+        if not chosen:
+            raise ValueError(f"no task of this model takes {item!r}; tasks: {model.task_names} (pass a dict {{task: input}})")
+        encoded, raw = {}, {}
+        for task, value in chosen.items():
+            spec = model.get_task(task)
+            row = self._row(spec, value)
+            enc = spec.task_type.encode_batch(spec, {c: [row[c]] for c in spec.text_columns}, self.tokenizer,
+                                              model.config.task_pair_encoding(spec), max_length)  # fmt: skip
+            encoded[task] = {k: v[0] for k, v in enc.items()}
+            raw[task] = row
+        return {"encoded": encoded, "raw": raw}
+
+    def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+        return self._forward_many([model_inputs])[0]
+
+    def postprocess(self, model_outputs: dict[str, Any]) -> dict[str, Any]:
+        return model_outputs["answers"]
+
+    # --- batching ---------------------------------------------------------------------------
+    def __call__(self, inputs: Any, *args: Any, batch_size: int | None = None, **kwargs: Any) -> Any:
+        pre, _, _ = self._sanitize_parameters(**kwargs)
+        pre = {**self._preprocess_params, **pre}
+        single = not isinstance(inputs, list)
+        items = [inputs] if single else inputs
+        size = int(batch_size or self._batch_size or 8)
+        answers = []
+        for start in range(0, len(items), size):
+            prepared = [self.preprocess(item, **pre) for item in items[start : start + size]]
+            answers.extend(out["answers"] for out in self._forward_many(prepared))
+        return answers[0] if single else answers
+
+    @torch.inference_mode()
+    def _forward_many(self, prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        model = self.model
+        model.eval()
+        collate = MultitaskCollator(self.tokenizer.pad_token_id)
+        outputs: list[dict[str, Any]] = [{"answers": {}} for _ in prepared]
+        by_task: dict[str, list[int]] = {}
+        for i, p in enumerate(prepared):
+            for task in p["encoded"]:
+                by_task.setdefault(task, []).append(i)
+        batches = {t: collate([prepared[i]["encoded"][t] for i in idx]) for t, idx in by_task.items()}
+        logits = model.forward_all({t: {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+                                    for t, b in batches.items()})  # fmt: skip
+        for task, idx in by_task.items():
+            spec = model.get_task(task)
+            host = {k: v for k, v in batches[task].items() if isinstance(v, torch.Tensor)}
+            values = logits[task].float().cpu().numpy()
+            for j, i in enumerate(idx):
+                one = {k: v[j : j + 1].numpy() for k, v in host.items()}
+                outputs[i]["answers"][task] = spec.task_type.pipeline_output(spec, values[j : j + 1], one, prepared[i]["raw"][task])
+        return outputs
+
+    @staticmethod
+    def _row(spec: Any, value: Any) -> dict[str, Any]:
+        """The task's text columns filled from one input value."""
+        cols = spec.text_columns
+        if isinstance(value, dict):
+            missing = [c for c in cols if c not in value]
+            if missing:
+                raise ValueError(f"task {spec.name!r} needs {list(cols)} in its input, missing {missing}")
+            return {c: value[c] for c in cols}
+        if spec.task_type.sequence_labels:
+            return {cols[0]: value.split() if isinstance(value, str) else list(value)}
+        if len(cols) == 2:
+            if not (isinstance(value, (tuple, list)) and len(value) == 2):
+                raise ValueError(f"task {spec.name!r} takes two texts ({cols[0]}, {cols[1]}), got {value!r}")
+            return {cols[0]: value[0], cols[1]: value[1]}
+        if not isinstance(value, str):
+            raise ValueError(f"task {spec.name!r} takes one text, got {value!r}")
+        return {cols[0]: value}
+
+
+def register_multitask_pipeline() -> None:
+    """Register :class:`MultitaskPipeline` as ``"multitask-text"`` with transformers."""
+    from transformers import AutoModel
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    if PIPELINE_TASK not in PIPELINE_REGISTRY.supported_tasks:
+        PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=MultitaskPipeline, pt_model=AutoModel, type="text")

@@ -1,0 +1,130 @@
+"""The "multitask-text" pipeline, one encoder pass for all heads, and loading the pipeline
+from a checkpoint without the package."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import datasets
+import pytest
+import torch
+from conftest import tiny_encoder_config
+from transformers import pipeline
+
+import hf_multitask as hm
+
+SENTI = hm.TaskSpec("senti", "classification", num_labels=2, text_columns=("text",), label_names=("neg", "pos"))
+SCORE = hm.TaskSpec("score", "regression", num_labels=1, text_columns=("text",))
+POS = hm.TaskSpec("pos", "token_classification", num_labels=3, text_columns=("tokens",), label_names=("N", "V", "O"))
+PARA = hm.TaskSpec("para", "classification", num_labels=2, text_columns=("a", "b"))
+MC = hm.TaskSpec("mc", "multiple_choice", num_labels=3, text_columns=("context", "choices"))
+SENTENCES = ["the cat runs", "a big dog eats the cat", "dogs see"]
+
+
+def _model(**kwargs):
+    torch.manual_seed(0)
+    cfg = tiny_encoder_config("bert")
+    cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
+    return hm.MultitaskModel(hm.MultitaskConfig(encoder_config=cfg, tasks=[SENTI, SCORE, POS, PARA, MC], head_dropout=0.0, **kwargs)).eval()
+
+
+@pytest.fixture
+def saved(tmp_path, tokenizer):
+    model = _model()
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    return model, tmp_path / "m"
+
+
+def _predict(model, tokenizer, spec, rows):
+    enc = hm.encode_task(datasets.Dataset.from_list([{"id": str(i), **r} for i, r in enumerate(rows)]), spec, tokenizer)
+    return hm.predict(model, enc, spec.name, pad_token_id=tokenizer.pad_token_id, progress=False).predictions
+
+
+def test_pipeline_answers_equal_predict_for_every_task_type(saved, tokenizer):
+    model, folder = saved
+    pipe = pipeline("multitask-text", model=str(folder))
+    assert isinstance(pipe, hm.MultitaskPipeline)
+    answers = pipe(SENTENCES, batch_size=2)
+    assert [set(a) for a in answers] == [{"senti", "score", "pos"}] * 3, "a string goes to every one-text task"
+    senti = _predict(model, tokenizer, SENTI, [{"text": s} for s in SENTENCES])
+    score = _predict(model, tokenizer, SCORE, [{"text": s} for s in SENTENCES])
+    tags = _predict(model, tokenizer, POS, [{"tokens": s.split()} for s in SENTENCES])
+    for i, a in enumerate(answers):
+        assert a["senti"]["label"] == SENTI.label_names[senti[i]] and 0.5 <= a["senti"]["score"] <= 1
+        assert a["score"]["value"] == pytest.approx(float(score[i]), rel=1e-5, abs=1e-6)
+        assert [w["word"] for w in a["pos"]] == SENTENCES[i].split()
+        assert [w["tag"] for w in a["pos"]] == [POS.label_names[t] for t in tags[i]]
+    pair = pipe(("the cat runs", "a cat runs"))
+    assert set(pair) == {"para"}
+    assert pair["para"]["label"] == int(_predict(model, tokenizer, PARA, [{"a": "the cat runs", "b": "a cat runs"}])[0])
+    mc = pipe({"mc": {"context": "the cat", "choices": ["runs", "eats", "sees"]}, "senti": "good"})
+    expected = int(_predict(model, tokenizer, MC, [{"context": "the cat", "choices": ["runs", "eats", "sees"]}])[0])
+    assert mc["mc"]["choice"] == expected and mc["mc"]["text"] == ["runs", "eats", "sees"][expected] and set(mc) == {"mc", "senti"}
+    assert set(pipe("the cat", tasks=["senti"])) == {"senti"}
+    with pytest.raises(ValueError, match=r"tasks \['para'\] cannot answer"):
+        pipe("the cat", tasks=["para"])
+    with pytest.raises(ValueError, match="unknown task"):
+        pipe({"nope": "x"})
+
+
+def test_one_encoder_pass_equals_per_task_forwards(tokenizer):
+    model = _model(pal_tasks=["score"])
+    model2 = _model()
+    calls = []
+    for m in (model, model2):
+        m.encoder.register_forward_hook(lambda *a: calls.append(1))
+    rows = [{"text": s} for s in SENTENCES]
+    batches = {}
+    for spec in (SENTI, SCORE):
+        enc = hm.encode_task(datasets.Dataset.from_list([{"id": str(i), **r} for i, r in enumerate(rows)]), spec, tokenizer)
+        batches[spec.name] = hm.MultitaskCollator(tokenizer.pad_token_id)([enc[i] for i in range(3)])
+    for m, expected_calls in ((model2, 1), (model, 2)):  # PAL on `score`: its encoder is routed, so it runs alone
+        calls.clear()
+        shared = m.forward_all({"senti": batches["senti"], "score": batches["score"]})
+        assert len(calls) == expected_calls
+        for task in ("senti", "score"):
+            torch.testing.assert_close(shared[task], m(task=task, **batches[task]).logits, rtol=1e-5, atol=1e-6)
+
+
+def test_pipeline_loads_from_the_checkpoint_without_the_package(saved, tmp_path):
+    model, folder = saved
+    from transformers import AutoTokenizer
+
+    expected = model.pipeline(AutoTokenizer.from_pretrained(folder))(SENTENCES)
+    (tmp_path / "expected.json").write_text(json.dumps(expected))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["custom_pipelines"]["multitask-text-remote"]["impl"] == "pipeline.MultitaskPipeline" and (folder / "pipeline.py").is_file()
+    script = textwrap.dedent(
+        f"""
+        import sys, json, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "hf_multitask" or name.startswith("hf_multitask."):
+                    raise ImportError("hf_multitask is not installed here")
+        sys.meta_path.insert(0, Block())
+        from transformers import pipeline
+        pipe = pipeline(model={str(folder)!r}, trust_remote_code=True)
+        assert "hf_multitask" not in sys.modules and type(pipe).__name__ == "MultitaskPipeline"
+        got = pipe({SENTENCES!r})
+        expected = json.load(open({str(tmp_path / "expected.json")!r}))
+        for g, e in zip(got, expected):
+            assert g["senti"]["label"] == e["senti"]["label"] and abs(g["score"]["value"] - e["score"]["value"]) < 1e-5
+            assert [w["tag"] for w in g["pos"]] == [w["tag"] for w in e["pos"]]
+        print("PIPELINE-OK")
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0 and "PIPELINE-OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_token_answers_follow_the_words_even_when_truncated(saved):
+    _, folder = saved
+    pipe = pipeline("multitask-text", model=str(folder))
+    long = " ".join(["cat"] * 40)
+    answer = pipe({"pos": long}, max_length=16)["pos"]
+    # "cat" is 3 word pieces here: 16 tokens hold [CLS], 4 whole words and [SEP]
+    assert len(answer) == 5 and all(a["word"] == "cat" for a in answer)
