@@ -45,6 +45,20 @@ No evaluation results were recorded.
 
 {{ training }}
 
+## How to use
+
+```python
+from transformers import pipeline
+
+pipe = pipeline(model="{{ repo_id }}", trust_remote_code=True)  # the pipeline code ships with the model
+pipe("a gripping, funny film")  # every one-sentence task answers: {task: {"label": ..., "score": ...}, ...}
+pipe([("a man plays", "someone is playing")], batch_size=8)  # sentence pairs go to the pair tasks
+pipe({"{{ first_task }}": "a gripping, funny film"})  # or name the tasks and give each its input
+```
+
+With `hf_multitask` installed, `pipeline("multitask-text", model="{{ repo_id }}")` builds the
+same pipeline from the package.
+
 ## How to load
 
 ```python
