@@ -96,7 +96,9 @@ def test_pipeline_loads_from_the_checkpoint_without_the_package(saved, tmp_path)
     expected = model.pipeline(AutoTokenizer.from_pretrained(folder))(SENTENCES)
     (tmp_path / "expected.json").write_text(json.dumps(expected))
     config = json.loads((folder / "config.json").read_text())
-    assert config["custom_pipelines"]["multitask-text-remote"]["impl"] == "pipeline.MultitaskPipeline" and (folder / "pipeline.py").is_file()
+    assert (
+        config["custom_pipelines"]["multitask-text-remote"]["impl"] == "pipeline.MultitaskPipeline" and (folder / "pipeline.py").is_file()
+    )
     script = textwrap.dedent(
         f"""
         import sys, json, importlib.abc

@@ -1,0 +1,134 @@
+"""``hf-multitask``: the command line for people who never open Python.
+
+    hf-multitask predict --model DIR --input file.tsv --output out.jsonl [--tasks sst sts] [--batch_size 32]
+
+The input is a TSV/CSV file with a header holding ``text`` (and ``text_b`` for sentence pairs;
+an ``id`` column is kept), or a JSON-lines file whose lines are ``{"id": ..., "text": ...,
+"text_b": ...}`` or ``{"id": ..., "inputs": <any pipeline input>}`` (e.g. ``{"mc": {"context":
+..., "choices": [...]}}``). Every line of the output holds ``{"id", "input", "answers"}``,
+the answers being the ``multitask-text`` pipeline's (one per task that takes the input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "read_inputs"]
+
+
+class InputError(ValueError):
+    """An input file that cannot be read; the message names the file and line."""
+
+
+def _row_input(path: Path, line: int, row: dict[str, Any]) -> Any:
+    if "inputs" in row:
+        return row["inputs"]
+    text = row.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"{path}: line {line}: no text (the 'text' field is empty or missing)")
+    second = row.get("text_b")
+    if second is None or second == "":
+        return text
+    if not isinstance(second, str):
+        raise InputError(f"{path}: line {line}: 'text_b' must be text, got {second!r}")
+    return (text, second)
+
+
+def read_inputs(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """``(id, pipeline input)`` for every example of a TSV/CSV/JSONL file; a malformed line is
+    an :class:`InputError` naming it (nothing is skipped silently)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no such input file: {path}")
+    if path.suffix.lower() in (".jsonl", ".json"):
+        with open(path, encoding="utf-8-sig") as handle:
+            for line, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw.rstrip("\r\n"))
+                except json.JSONDecodeError as err:
+                    raise InputError(f"{path}: line {line}, column {err.colno}: not valid JSON ({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise InputError(f"{path}: line {line}: expected a JSON object, got {type(row).__name__}")
+                yield str(row.get("id", line)), _row_input(path, line, row)
+        return
+    from .data import DataError, _read_table
+
+    try:
+        header, rows = _read_table(path, None)
+    except DataError as err:
+        raise InputError(str(err)) from None
+    if "text" not in header:
+        raise InputError(f"{path}: the header {header} has no 'text' column (add 'text_b' for sentence pairs)")
+    for line, fields in rows:
+        if getattr(fields, "problem", None):
+            raise InputError(f"{path}: line {line}: {fields.problem}")
+        if len(fields) != len(header):
+            raise InputError(f"{path}: line {line}: {len(fields)} fields, the header has {len(header)}")
+        row = dict(zip(header, fields))
+        yield row.get("id") or str(line - 1), _row_input(path, line, row)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+    from transformers import AutoModel, AutoTokenizer
+
+    import hf_multitask as hm
+
+    inputs = list(read_inputs(args.input))  # read (and check) the whole file before loading the model
+    if not inputs:
+        raise InputError(f"{args.input}: no examples")
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").is_file():
+        raise InputError(f"--model {model_dir}: not a saved model folder (no config.json)")
+    model = AutoModel.from_pretrained(model_dir)
+    if not isinstance(model, hm.MultitaskModel):
+        raise InputError(f"--model {model_dir}: a {type(model).__name__}, not an hf-multitask model")
+    pipe = model.pipeline(AutoTokenizer.from_pretrained(model_dir), device=args.device)
+    extra = {"tasks": args.tasks} if args.tasks else {}
+    if args.max_length:
+        extra["max_length"] = args.max_length
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as handle, tqdm(total=len(inputs), desc="Predicting", disable=args.quiet) as bar:
+        for start in range(0, len(inputs), args.batch_size):
+            chunk = inputs[start : start + args.batch_size]
+            try:
+                answers = pipe([x for _, x in chunk], batch_size=args.batch_size, **extra)
+            except ValueError as err:
+                raise InputError(f"{args.input}: examples {chunk[0][0]}..{chunk[-1][0]}: {err}") from None
+            for (ident, value), answer in zip(chunk, answers):
+                handle.write(json.dumps({"id": ident, "input": value, "answers": answer}) + "\n")
+            bar.update(len(chunk))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hf-multitask", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    pred = sub.add_parser("predict", help="every task's answer for each line of a file")
+    pred.add_argument("--model", required=True, help="a saved hf-multitask model folder (e.g. outputs/run/best)")
+    pred.add_argument("--input", required=True, help="TSV/CSV with a 'text' (and 'text_b') column, or JSON lines")
+    pred.add_argument("--output", required=True, help="where to write the JSON-lines answers")
+    pred.add_argument("--tasks", nargs="+", help="answer only these tasks")
+    pred.add_argument("--batch_size", type=int, default=32)
+    pred.add_argument("--max_length", type=int, default=None)
+    pred.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1")
+    pred.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch_size must be at least 1")
+    try:
+        _predict(args)
+    except (InputError, OSError) as err:
+        print(f"hf-multitask: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

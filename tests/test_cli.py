@@ -1,0 +1,86 @@
+"""``hf-multitask predict``: a small TSV / JSONL in, the expected JSON lines out; malformed
+input files fail with one line naming the file and line."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from test_pipeline import SENTENCES, _model
+
+import hf_multitask as hm
+from hf_multitask.cli import InputError, read_inputs
+
+
+@pytest.fixture
+def folder(tmp_path, tokenizer):
+    model = _model()
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    return tmp_path / "m"
+
+
+def _cli(*args):
+    exe = shutil.which("hf-multitask")
+    cmd = [exe] if exe else [sys.executable, "-m", "hf_multitask.cli"]
+    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_predict_writes_one_json_line_per_example(folder, tmp_path):
+    tsv = tmp_path / "in.tsv"
+    tsv.write_text("id\ttext\ttext_b\n" + "".join(f"s{i}\t{s}\t\n" for i, s in enumerate(SENTENCES)) + "p0\tthe cat runs\ta cat runs\n")
+    out = tmp_path / "out.jsonl"
+    proc = _cli("predict", "--model", folder, "--input", tsv, "--output", out, "--batch_size", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "Predicting" in proc.stderr, "a progress bar"
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["s0", "s1", "s2", "p0"]
+    pipe = hm.MultitaskModel.from_pretrained(folder).pipeline(__import__("transformers").AutoTokenizer.from_pretrained(folder))
+    expected = pipe([*SENTENCES, ("the cat runs", "a cat runs")])
+    for row, answer in zip(rows, expected):
+        assert set(row["answers"]) == set(answer)
+        for task in answer:
+            got, want = row["answers"][task], answer[task]
+            if isinstance(want, dict) and "value" in want:
+                assert got["value"] == pytest.approx(want["value"], rel=1e-5, abs=1e-6)
+            elif isinstance(want, dict):
+                assert got["label" if "label" in want else "choice"] == want["label" if "label" in want else "choice"]
+            else:
+                assert [w["tag"] for w in got] == [w["tag"] for w in want]
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text(json.dumps({"id": "q", "inputs": {"mc": {"context": "the cat", "choices": ["runs", "eats"]}}}) + "\n")
+    assert _cli("predict", "--model", folder, "--input", jsonl, "--output", tmp_path / "o2.jsonl", "--quiet").returncode == 0
+    assert set(json.loads((tmp_path / "o2.jsonl").read_text())["answers"]) == {"mc"}
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "message"),
+    [
+        ("id\tsentence\nx\thello\n", ".tsv", "has no 'text' column"),
+        ("id\ttext\nx\thello\textra\n", ".tsv", "line 2: 3 fields, the header has 2"),
+        ('id\ttext\nx\t"hello\n', ".tsv", "line 2: malformed quoting"),
+        ('{"id": 1, "text": "ok"}\n{"id": 2, "text": \n', ".jsonl", "line 2, column 19: not valid JSON"),
+        ('{"id": 1, "text": ""}\n', ".jsonl", "line 1: no text"),
+    ],
+)
+def test_malformed_input_files_are_refused_with_the_line(tmp_path, content, suffix, message):
+    path = tmp_path / f"bad{suffix}"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message):
+        list(read_inputs(path))
+
+
+def test_the_command_reports_a_bad_file_in_one_line_and_writes_nothing(folder, tmp_path):
+    path = tmp_path / "bad.tsv"
+    path.write_text("id\ttext\nx\thello\textra\n")
+    proc = _cli("predict", "--model", folder, "--input", path, "--output", tmp_path / "o.jsonl")
+    assert proc.returncode == 2 and "bad.tsv: line 2: 3 fields, the header has 2" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o.jsonl").exists(), "nothing is written for a bad input file"
+
+
+def test_a_task_that_cannot_answer_is_an_error_naming_the_examples(folder, tmp_path):
+    tsv = tmp_path / "in.tsv"
+    tsv.write_text("id\ttext\nx\thello\n")
+    proc = _cli("predict", "--model", folder, "--input", tsv, "--output", tmp_path / "o.jsonl", "--tasks", "para")
+    assert proc.returncode == 2 and "examples x..x" in proc.stderr and "cannot answer" in proc.stderr
