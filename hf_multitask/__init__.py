@@ -5,7 +5,7 @@ from transformers import AutoConfig, AutoModel
 from . import hub, schemes, surgery
 from .backbone import default_backbone
 from .configuration import MultitaskConfig
-from .data import DataError, DataWarning, load_task_data, train_validation_split
+from .data import DataError, DataWarning, load_task_data, partial_label_tasks, train_validation_split
 from .encoding import MultitaskCollator, encode_task
 from .metrics import accuracy, compute_task_metrics, overall_score, pearson
 from .modeling import MultitaskModel, MultitaskOutput
@@ -28,6 +28,7 @@ register_multitask_pipeline()  # pipeline("multitask-text", model=...) with the 
 
 __all__ = [
     "MultitaskPipeline",
+    "partial_label_tasks",
     "TaskType",
     "upos_task",
     "get_task_type",

@@ -7,9 +7,10 @@ text columns and ``label`` (int for classification, float for regression).
 from __future__ import annotations
 
 import csv
+import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import datasets
 
 from .tasks import TaskSpec
 
-__all__ = ["DataError", "DataWarning", "BadRow", "load_task_data", "train_validation_split"]
+__all__ = ["DataError", "DataWarning", "BadRow", "load_task_data", "partial_label_tasks", "train_validation_split"]
 
 _JSON_SUFFIXES = {".json", ".jsonl"}
 _TABLE_SUFFIXES = {".csv", ".tsv", ".txt"}
@@ -140,7 +141,7 @@ ABSURD_LABEL = 1e6
 
 
 def _check_row(
-    spec: TaskSpec, origin: str, line: int, row: Any, columns: list[str], index: dict[str, int]
+    spec: TaskSpec, origin: str, line: int, row: Any, columns: list[str], index: dict[str, int], missing_labels: bool = False
 ) -> BadRow | tuple[dict[str, str], float | int]:
     """The row's (texts, label), or the :class:`BadRow` that says why it cannot be used."""
     if isinstance(row, list):  # delimited file: the quoting and the field count first
@@ -158,7 +159,11 @@ def _check_row(
         if reason is not None:
             return BadRow(origin, line, c, reason)
         texts[c] = text
-    label, reason = _parse_label(spec, get(spec.label_column))
+    raw_label = get(spec.label_column)
+    absent = raw_label is None or (isinstance(raw_label, str) and not raw_label.strip())
+    if missing_labels and (absent or (isinstance(raw_label, float) and math.isnan(raw_label))):
+        return texts, task_type.missing_label(spec)  # partial labels: masked, never filled
+    label, reason = _parse_label(spec, raw_label)
     if reason is not None:
         return BadRow(origin, line, spec.label_column, reason)
     check = getattr(task_type, "check_row", None)
@@ -177,7 +182,10 @@ def _validate(
     strict: bool,
     max_bad_fraction: float,
     limit: int | None,
+    missing_labels: bool = False,
 ) -> datasets.Dataset:
+    if missing_labels and spec.task_type.missing_label(spec) is None:
+        raise DataError(f"Task {spec.name!r}: {spec.kind} tasks have no missing-label marker; missing_labels=True is not available")
     need = list(spec.text_columns) + [spec.label_column]
     missing = [c for c in need if c not in columns]
     if missing:
@@ -192,7 +200,7 @@ def _validate(
         if limit is not None and len(out["label"]) >= limit:
             break
         total += 1
-        checked = _check_row(spec, origin, line, row, columns, index)
+        checked = _check_row(spec, origin, line, row, columns, index, missing_labels)
         if isinstance(checked, BadRow):
             if strict:
                 raise DataError(str(checked))
@@ -244,6 +252,7 @@ def load_task_data(
     strict: bool = False,
     max_bad_fraction: float = 0.01,
     limit: int | None = None,
+    missing_labels: bool = False,
 ) -> datasets.Dataset:
     """Load and validate one task's examples.
 
@@ -268,6 +277,9 @@ def load_task_data(
             :class:`DataWarning` each, naming file, line and column) and skipped, unless more
             than this fraction of the rows is bad, which raises :class:`DataError`.
         limit: Keep at most this many valid rows (in file order).
+        missing_labels: Partial labels: an empty or absent label is kept as the task type's
+            missing-label marker (-100 for classes, NaN for regression), which the loss and the
+            metrics mask, instead of making the row malformed.
 
     Returns:
         A ``datasets.Dataset`` with ``id`` (string), the text columns and ``label``.
@@ -277,7 +289,7 @@ def load_task_data(
             in strict mode, or a Hub dataset that cannot be reached.
         FileNotFoundError: a local path that does not exist.
     """
-    kwargs = {"strict": strict, "max_bad_fraction": max_bad_fraction, "limit": limit}
+    kwargs = {"strict": strict, "max_bad_fraction": max_bad_fraction, "limit": limit, "missing_labels": missing_labels}
     if isinstance(source, datasets.Dataset):
         columns, rows = _records_from_dataset(source, first_line=0)
         return _validate(spec, f"Dataset(task={spec.name!r})", columns, rows, **kwargs)
@@ -315,3 +327,14 @@ def train_validation_split(
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
     parts = dataset.train_test_split(test_size=validation_fraction, seed=seed, shuffle=True)
     return parts["train"], parts["test"]
+
+
+def partial_label_tasks(
+    source: str | os.PathLike[str] | datasets.Dataset, specs: Sequence[TaskSpec], **kwargs: Any
+) -> dict[str, datasets.Dataset]:
+    """One dataset with several label columns (e.g. a sentence with a sentiment label and a
+    topic label, either possibly missing) as ``{task: dataset}``: every row for every task,
+    each task's missing labels kept as its masked marker (see ``missing_labels`` of
+    :func:`load_task_data`). Each row then trains exactly the heads whose labels it has, and a
+    step in which a task has no label at all gives that task no gradient row."""
+    return {spec.name: load_task_data(spec, source, missing_labels=True, **kwargs) for spec in specs}

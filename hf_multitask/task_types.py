@@ -54,6 +54,15 @@ class TaskType:
         """``(label, None)`` or ``(None, reason)`` for one raw label value from a file or dataset."""
         raise NotImplementedError
 
+    def missing_label(self, spec: TaskSpec) -> Any:
+        """The value that marks a missing label (partial labels): masked by the loss and the
+        metrics, never trained on. None: this type has no missing-label marker."""
+        return None
+
+    def has_labels(self, spec: TaskSpec, labels: torch.Tensor) -> bool:
+        """Whether a batch's labels hold at least one label that is not missing."""
+        return labels.numel() > 0
+
     def label_feature(self, spec: TaskSpec) -> Any:
         """The ``datasets`` feature labels are stored as."""
         return datasets.Value(self.label_dtype)

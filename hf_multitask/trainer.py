@@ -413,6 +413,15 @@ class MultitaskTrainer(Trainer):
         accumulation = int(window) if window else int(getattr(self, "current_gradient_accumulation_steps", 0) or 0)
         return max(1, accumulation or self.args.gradient_accumulation_steps)
 
+    @staticmethod
+    def _has_labels(core: nn.Module, task: str, batch: dict[str, Any]) -> bool:
+        """False when every label of the batch is the task type's missing-label marker."""
+        labels = batch.get("labels")
+        if labels is None or not hasattr(core, "get_task"):
+            return True
+        spec = core.get_task(task)
+        return spec.task_type.has_labels(spec, labels)
+
     def _task_loss(self, core: nn.Module, task: str, batch: dict[str, Any]) -> torch.Tensor:
         """One task batch's loss (with the schedule's loss weight and the loss hook), and its bookkeeping."""
         weight = batch.get("loss_weight")
@@ -460,6 +469,8 @@ class MultitaskTrainer(Trainer):
         for task, batch in inputs.items():
             if task not in tasks:
                 raise KeyError(f"Batch for task {task!r}, which has no training data here; training tasks are {tasks}")
+            if not self._has_labels(core, task, batch):
+                continue  # partial labels: no label of this task in the batch
             losses[task] = self._task_loss(core, task, batch)
             first = batch.get("input_ids")
             self._lw_counts[task] = self._lw_counts.get(task, 0) + (int(first.shape[0]) if first is not None else 1)
@@ -530,6 +541,8 @@ class MultitaskTrainer(Trainer):
         for task, batch in inputs.items():
             if task not in engine.index:
                 raise KeyError(f"Batch for task {task!r}, which has no training data here; training tasks are {engine.tasks}")
+            if not self._has_labels(core, task, batch):
+                continue  # partial labels: no label of this task in the batch, so no gradient row
             loss = self._task_loss(core, task, batch)
             scaled = loss / accumulation
             if scaler is not None:

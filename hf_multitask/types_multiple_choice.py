@@ -10,7 +10,7 @@ from torch import nn
 
 from .heads import MLPHead
 from .metrics import accuracy
-from .task_types import TaskType, softmax
+from .task_types import IGNORE_INDEX, TaskType, softmax
 
 __all__ = ["CHOICE_SEPARATOR", "MultipleChoiceType"]
 
@@ -122,14 +122,24 @@ class MultipleChoiceType(TaskType):
             scores = nn.functional.pad(scores, (0, spec.num_labels - n), value=_MASKED)
         return scores
 
+    def missing_label(self, spec):
+        return IGNORE_INDEX
+
+    def has_labels(self, spec, labels):
+        return bool((labels != IGNORE_INDEX).any())
+
     def loss(self, spec, logits, labels):
-        return nn.functional.cross_entropy(logits.float(), labels.long().view(-1))
+        labels = labels.long().view(-1)
+        present = int((labels != IGNORE_INDEX).sum())
+        total = nn.functional.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        return total / max(1, present)
 
     def predictions(self, spec, logits, batch=None):
         return np.asarray(logits).argmax(-1)
 
     def compute_metrics(self, spec, predictions, labels):
-        value = accuracy(predictions, labels)
+        present = np.asarray(labels).reshape(-1) != IGNORE_INDEX
+        value = accuracy(np.asarray(predictions)[present], np.asarray(labels)[present])
         return {"accuracy": value, "score": value}
 
     def format_prediction(self, spec, prediction):

@@ -12,7 +12,7 @@ from torch import nn
 
 from .heads import CosineHead, LSTMHead, MLPHead, pair_features
 from .metrics import accuracy, normalized_score, pearson, spearman
-from .task_types import TaskType, softmax
+from .task_types import IGNORE_INDEX, TaskType, softmax
 
 if TYPE_CHECKING:  # pragma: no cover
     from .tasks import TaskSpec
@@ -103,9 +103,13 @@ class SequenceTaskType(TaskType):
             logits = model.adjustments[spec.name](logits)
         return logits
 
+    def _present(self, labels: np.ndarray) -> np.ndarray:
+        return np.ones(np.shape(labels)[0], dtype=bool)
+
     def compute_metrics(self, spec, predictions, labels):
         metric = spec.metric or self.metrics[0]
-        value = _METRIC_FNS[metric](predictions, labels)
+        present = self._present(np.asarray(labels))  # partial labels: missing ones are not scored
+        value = _METRIC_FNS[metric](np.asarray(predictions)[present], np.asarray(labels)[present])
         return {metric: value, "score": normalized_score(metric, value)}
 
 
@@ -138,16 +142,30 @@ class ClassificationType(SequenceTaskType):
             return None, f"label {raw!r} is out of range 0..{spec.num_labels - 1}"
         return int(value), None
 
+    def missing_label(self, spec):
+        return IGNORE_INDEX
+
+    def has_labels(self, spec, labels):
+        return bool((labels != IGNORE_INDEX).any())
+
+    def _present(self, labels):
+        return labels.reshape(-1) != IGNORE_INDEX
+
     def loss(self, spec, logits, labels):
         if labels.is_floating_point():
             if not torch.equal(labels, labels.round()):
                 raise ValueError(f"Task {spec.name!r}: classification labels must be whole numbers")
             labels = labels.long()
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_labels):
+        labels = labels.view(-1)
+        present = labels[labels != IGNORE_INDEX]  # partial labels: -100 marks a missing one
+        if present.numel() and (int(present.min()) < 0 or int(present.max()) >= spec.num_labels):
             raise ValueError(
-                f"Task {spec.name!r}: labels must be in 0..{spec.num_labels - 1}, got values in {int(labels.min())}..{int(labels.max())}"
+                f"Task {spec.name!r}: labels must be in 0..{spec.num_labels - 1}, got values in {int(present.min())}..{int(present.max())}"
             )
-        return nn.functional.cross_entropy(logits.float(), labels.view(-1))
+        if present.numel() == labels.numel():
+            return nn.functional.cross_entropy(logits.float(), labels)
+        total = nn.functional.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        return total / max(1, present.numel())
 
     def predictions(self, spec, logits, batch=None):
         logits = np.asarray(logits)
@@ -185,8 +203,21 @@ class RegressionType(SequenceTaskType):
                 return None, f"label {raw!r} is out of range [{lo:g}, {hi:g}]"
         return value, None
 
+    def missing_label(self, spec):
+        return float("nan")
+
+    def has_labels(self, spec, labels):
+        return bool((~torch.isnan(labels.float())).any())
+
+    def _present(self, labels):
+        return ~np.isnan(labels.astype(np.float64).reshape(-1))
+
     def loss(self, spec, logits, labels):
-        return nn.functional.mse_loss(logits.float().view(-1), labels.float().view(-1))
+        pred, gold = logits.float().view(-1), labels.float().view(-1)
+        present = ~torch.isnan(gold)  # partial labels: NaN marks a missing one
+        if bool(present.all()):
+            return nn.functional.mse_loss(pred, gold)
+        return ((pred - gold.nan_to_num()) ** 2 * present).sum() / present.sum().clamp_min(1)
 
     def predictions(self, spec, logits, batch=None):
         return np.asarray(logits).reshape(-1).astype(np.float64)

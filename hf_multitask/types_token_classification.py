@@ -142,6 +142,9 @@ class TokenClassificationType(TaskType):
         mask = mask if mask is not None else torch.ones_like(input_ids)
         return model.heads[spec.name](model.encode_tokens(input_ids, mask, inputs.get("token_type_ids")))
 
+    def has_labels(self, spec, labels):
+        return bool((labels != IGNORE_INDEX).any())
+
     def shares_states(self, model, spec, batch):
         return True
 

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import datasets
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_encoder_config
@@ -130,3 +131,64 @@ def test_token_answers_follow_the_words_even_when_truncated(saved):
     answer = pipe({"pos": long}, max_length=16)["pos"]
     # "cat" is 3 word pieces here: 16 tokens hold [CLS], 4 whole words and [SEP]
     assert len(answer) == 5 and all(a["word"] == "cat" for a in answer)
+
+
+# --------------------------------------------------------------------------- partial labels
+TOPIC = hm.TaskSpec("topic", "classification", num_labels=3, text_columns=("text",), label_column="topic")
+MOOD = hm.TaskSpec("mood", "classification", num_labels=2, text_columns=("text",), label_column="mood")
+LEVEL = hm.TaskSpec("level", "regression", num_labels=1, text_columns=("text",), label_column="level")
+
+
+def _partial_rows():
+    # the topic label is missing on rows 1 and 3, the mood label on row 2, the level on row 0
+    return [
+        {"id": "0", "text": "the cat runs", "topic": "0", "mood": "1", "level": ""},
+        {"id": "1", "text": "a dog eats", "topic": "", "mood": "0", "level": "0.5"},
+        {"id": "2", "text": "big cats see", "topic": "2", "mood": "", "level": "1.5"},
+        {"id": "3", "text": "a cat sees", "topic": None, "mood": "1", "level": "2.0"},
+    ]
+
+
+def test_partial_labels_are_masked_never_filled(tokenizer):
+    data = hm.partial_label_tasks(datasets.Dataset.from_list(_partial_rows()), [TOPIC, MOOD, LEVEL])
+    assert data["topic"]["label"] == [0, -100, 2, -100] and data["mood"]["label"] == [1, 0, -100, 1]
+    assert np.isnan(data["level"]["label"][0]) and data["level"]["label"][1:] == [0.5, 1.5, 2.0]
+    with pytest.raises(hm.DataError, match="empty label"):
+        hm.load_task_data(TOPIC, datasets.Dataset.from_list(_partial_rows()), strict=True)
+    torch.manual_seed(0)
+    cfg = tiny_encoder_config("bert")
+    model = hm.MultitaskModel(hm.MultitaskConfig(encoder_config=cfg, tasks=[TOPIC, MOOD, LEVEL], head_dropout=0.0))
+    model.eval()
+    for spec in (TOPIC, LEVEL):
+        enc = hm.encode_task(data[spec.name], spec, tokenizer)
+        batch = hm.MultitaskCollator(tokenizer.pad_token_id)([enc[i] for i in range(4)])
+        model.zero_grad()
+        model(task=spec.name, **batch).loss.backward()
+        full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        keep = [i for i in range(4) if spec.task_type.has_labels(spec, batch["labels"][i : i + 1])]
+        sub = hm.MultitaskCollator(tokenizer.pad_token_id)([enc[i] for i in keep])
+        model.zero_grad()
+        model(task=spec.name, **sub).loss.backward()
+        for n, p in model.named_parameters():
+            if p.grad is not None and n.startswith("heads."):
+                # the masked rows change nothing: the gradient is the labelled rows' alone
+                torch.testing.assert_close(full[n], p.grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=n, t=spec.name: f"{t} {n}: {m}")
+    scores = hm.evaluate(model, {"topic": hm.encode_task(data["topic"], TOPIC, tokenizer)}, pad_token_id=0, progress=False)
+    assert 0 <= scores["topic_accuracy"] <= 1, "metrics score the labelled rows only"
+
+
+def test_a_task_with_no_label_in_a_step_contributes_no_row(tmp_path, tokenizer):
+    from conftest import train_args
+
+    data = hm.partial_label_tasks(datasets.Dataset.from_list(_partial_rows()), [TOPIC, MOOD])
+    enc = {t: hm.encode_task(d, spec, tokenizer) for (t, d), spec in zip(data.items(), (TOPIC, MOOD))}
+    torch.manual_seed(0)
+    model = hm.MultitaskModel(hm.MultitaskConfig(encoder_config=tiny_encoder_config("bert"), tasks=[TOPIC, MOOD], head_dropout=0.0))
+    trainer = hm.MultitaskTrainer(model=model, args=train_args(tmp_path, aggregator="pcgrad", length_grouping=False),
+                                  train_dataset=enc, processing_class=tokenizer)  # fmt: skip
+    collate = hm.MultitaskCollator(tokenizer.pad_token_id)
+    step = {"topic": collate([enc["topic"][1], enc["topic"][3]]), "mood": collate([enc["mood"][0], enc["mood"][1]])}
+    trainer.training_step(trainer.model, step)
+    assert trainer.aggregator.last_info["tasks"] == ["mood"], "topic had no label in the step: no gradient row"
+    assert all(p.grad is None or not p.grad.any() for p in model.task_parameters("topic")), "the masked head gets no gradient"
+    assert any(p.grad is not None and p.grad.any() for p in model.task_parameters("mood"))
