@@ -14,17 +14,12 @@ candidates are compared on. The report goes to ``benchmarks/compare_trio.md`` (i
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import DATA_DIR  # noqa: E402
+from common import DATA_DIR, compare_main  # noqa: E402
 
-from hf_multitask.compare import Grid, GridError, report, run_grid  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
 PROTOCOL = ["--data-dir", str(DATA_DIR), "--max_length", "64",
             "--per_device_train_batch_size", "32", "--num_train_epochs", "1", "--validation_fraction", "0.1",
             "--write_predictions", "false", "--logging_steps", "50", "--save_strategy", "no", "--eval_strategy", "no", "--load_best_model_at_end", "false", "--disable_tqdm", "true",
@@ -78,18 +73,7 @@ GRID = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "report"])
-    parser.add_argument("--arms", nargs="+", help="run only these arms, in this order")
-    parser.add_argument("--output-dir", default="outputs/compare/trio")
-    args = parser.parse_args()
-    try:
-        if args.command == "run":
-            run_grid(Grid.from_dict(GRID), args.output_dir, args.arms, say=lambda m: print(f"[compare] {m}", flush=True))
-        else:
-            report(args.output_dir, HERE / "compare_trio.md", HERE / "compare_trio.png")
-    except GridError as err:
-        raise SystemExit(f"compare_trio: {err}") from None
+    compare_main(__doc__, GRID, "outputs/compare/trio", "compare_trio", "compare")
 
 
 if __name__ == "__main__":

@@ -115,7 +115,17 @@ class TaskSpec:
         (only its metadata is read; offline, a :class:`~hf_multitask.DataError` says what to
         do). ``overrides`` set or replace any field (``kind=`` and ``num_labels=`` together skip
         the inference)."""
-        return _from_dataset(cls, source, text_columns, label_column, name=name, split=split, subset=subset, **overrides)
+        from .spec_inference import features_of, infer_task_fields
+
+        columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
+        features, default_name = features_of(source, split=split, subset=subset)
+        explicit = {"kind", "num_labels"} <= set(overrides)
+        fields = {} if explicit else infer_task_fields(features, columns, label_column)
+        fields.update(overrides)
+        task_name = name or re.sub(r"[^A-Za-z0-9_\-]", "_", default_name)
+        if not task_name[:1].isalpha():
+            task_name = f"task_{task_name}"
+        return cls(name=task_name, text_columns=columns, label_column=label_column, **fields)
 
     @property
     def task_type(self):
@@ -155,30 +165,6 @@ class TaskSpec:
         if data.get("label_names") is not None:
             data["label_names"] = tuple(data["label_names"])
         return cls(**data)
-
-
-def _from_dataset(
-    cls: type[TaskSpec],
-    source: Any,
-    text_columns: str | Sequence[str],
-    label_column: str = "label",
-    *,
-    name: str | None = None,
-    split: str = "train",
-    subset: str | None = None,
-    **overrides: Any,
-) -> TaskSpec:
-    from .spec_inference import features_of, infer_task_fields
-
-    columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
-    features, default_name = features_of(source, split=split, subset=subset)
-    explicit = {"kind", "num_labels"} <= set(overrides)
-    fields = {} if explicit else infer_task_fields(features, columns, label_column)
-    fields.update(overrides)
-    task_name = name or re.sub(r"[^A-Za-z0-9_\-]", "_", default_name)
-    if not task_name[:1].isalpha():
-        task_name = f"task_{task_name}"
-    return cls(name=task_name, text_columns=columns, label_column=label_column, **fields)
 
 
 def sst_task(name: str = "sst") -> TaskSpec:

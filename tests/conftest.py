@@ -179,6 +179,17 @@ def train_and_measure(model, tokenizer, output_dir, **overrides):
     return trainer, before, task_losses(model, data, tokenizer.pad_token_id)
 
 
+# the start of a script run where importing hf_multitask fails (as on a machine without it)
+WITHOUT_PACKAGE = (
+    "import sys, importlib.abc\n"
+    "class Block(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'hf_multitask' or name.startswith('hf_multitask.'):\n"
+    "            raise ImportError('hf_multitask is not installed here')\n"
+    "sys.meta_path.insert(0, Block())\n"
+)
+
+
 def assert_loads_without_package(folder: Path, task: str, inputs: dict, expected: torch.Tensor) -> None:
     """Load ``folder`` with ``trust_remote_code`` in a fresh interpreter where importing
     hf_multitask fails, and check ``model(task=task, **inputs).logits == expected``."""
@@ -188,14 +199,9 @@ def assert_loads_without_package(folder: Path, task: str, inputs: dict, expected
     import textwrap
 
     torch.save({"x": inputs, "expected": expected}, folder / "probe.pt")
-    script = textwrap.dedent(
+    script = WITHOUT_PACKAGE + textwrap.dedent(
         f"""
-        import sys, importlib.abc, torch
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "hf_multitask" or name.startswith("hf_multitask."):
-                    raise ImportError("hf_multitask is not installed here")
-        sys.meta_path.insert(0, Block())
+        import torch
         from transformers import AutoModel
         model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
         assert "hf_multitask" not in sys.modules

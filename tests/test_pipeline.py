@@ -11,7 +11,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_encoder_config
+from conftest import WITHOUT_PACKAGE, tiny_encoder_config
 from transformers import pipeline
 
 import hf_multitask as hm
@@ -100,14 +100,9 @@ def test_pipeline_loads_from_the_checkpoint_without_the_package(saved, tmp_path)
     assert (
         config["custom_pipelines"]["multitask-text-remote"]["impl"] == "pipeline.MultitaskPipeline" and (folder / "pipeline.py").is_file()
     )
-    script = textwrap.dedent(
+    script = WITHOUT_PACKAGE + textwrap.dedent(
         f"""
-        import sys, json, importlib.abc
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "hf_multitask" or name.startswith("hf_multitask."):
-                    raise ImportError("hf_multitask is not installed here")
-        sys.meta_path.insert(0, Block())
+        import json
         from transformers import pipeline
         pipe = pipeline(model={str(folder)!r}, trust_remote_code=True)
         assert "hf_multitask" not in sys.modules and type(pipe).__name__ == "MultitaskPipeline"
