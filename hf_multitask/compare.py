@@ -344,10 +344,14 @@ def summarise(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[st
                 row[task], row[f"{task}_ci"] = interval([v for _, v in values])
             overall = {s: _overall(by[(split, arm, s)]["metrics"], tasks) for s in seeds}
             row["overall"], row["overall_ci"] = interval(list(overall.values()))
-            for key, other in (("delta_m", grid.get("reference")), ("vs_baseline", grid.get("baseline"))):
+            for key, other in (
+                ("delta_m", grid.get("reference")),
+                ("vs_reference", grid.get("reference")),
+                ("vs_baseline", grid.get("baseline")),
+            ):
                 paired = [s for s in seeds if (split, other, s) in by] if other else []
                 shared = [t for t in tasks if paired and t in tasks_of(split, other, paired[0])]
-                if key == "vs_baseline" and paired and set(shared) != set(tasks_of(split, other, paired[0])) | set(tasks):
+                if key != "delta_m" and paired and set(shared) != set(tasks_of(split, other, paired[0])) | set(tasks):
                     paired = []  # overall scores over different task sets are not comparable
                 if not paired or other == arm or not shared:
                     row[key], row[f"{key}_ci"], row[f"{key}_seeds"] = math.nan, math.nan, 0
@@ -398,16 +402,18 @@ def markdown(grid: dict[str, Any], rows: list[dict[str, Any]], tuning: list[dict
     tasks = grid["tasks"]
     lines = []
     for split in sorted({r["split"] for r in rows}):
-        lines += [f"Validation split {split} (seeds: mean ± 95 % t interval; Δm vs `{grid.get('reference')}`, "
-                  f"paired Δ overall vs `{grid.get('baseline')}`):", ""]  # fmt: skip
+        lines += [f"Validation split {split} (seeds: mean ± 95 % t interval; Δm and the paired Δ overall vs `{grid.get('reference')}` "
+                  f"(the reference), paired Δ overall vs `{grid.get('baseline')}` (the baseline)):", ""]  # fmt: skip
         names = {t: next((r[f"{t}_metric"] for r in rows if r["split"] == split and r[f"{t}_metric"]), "") for t in tasks}
-        head = ["arm", "seeds", *[f"{t} {names[t]}" for t in tasks], "overall", "Δm (%)", "Δ vs baseline",
+        head = ["arm", "seeds", *[f"{t} {names[t]}" for t in tasks], "overall", "Δm (%)", "Δ vs reference", "Δ vs baseline",
                 "s / 1k examples", "s / step", "peak RSS (MB)"]  # fmt: skip
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in (r for r in rows if r["split"] == split):
             subset = "" if r.get("tasks", " ".join(tasks)) == " ".join(tasks) else f" ({r['tasks']} only)"
             cells = [f"`{r['arm']}`", str(r["seeds"]), *[_fmt(r[t], r[f"{t}_ci"]) for t in tasks], _fmt(r["overall"], r["overall_ci"]) + subset,
-                     _fmt(r["delta_m"], r["delta_m_ci"], 2), _fmt(r["vs_baseline"], r["vs_baseline_ci"]) + _verdict(r["vs_baseline"], r["vs_baseline_ci"]),
+                     _fmt(r["delta_m"], r["delta_m_ci"], 2),
+                     _fmt(r["vs_reference"], r["vs_reference_ci"]) + _verdict(r["vs_reference"], r["vs_reference_ci"]),
+                     _fmt(r["vs_baseline"], r["vs_baseline_ci"]) + _verdict(r["vs_baseline"], r["vs_baseline_ci"]),
                      f"{r['s_per_1k_examples']:.1f}", f"{r['s_per_step']:.2f}", f"{r['peak_rss_mb']:.0f}"]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

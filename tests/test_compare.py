@@ -115,6 +115,10 @@ def test_interval_and_delta_m():
     rows = {r["arm"]: r for r in summarise(grid, cells)}
     # Delta-m per seed: 100/2 * (0.05/0.5 - 0.04/0.8) = 2.5, then 100/2 * (0 + 0.08/0.8) = 5
     assert rows["m"]["delta_m"] == pytest.approx(3.75) and rows["m"]["delta_m_seeds"] == 2
+    # paired overall difference vs the reference: scores (a + (b + 1) / 2) / 2 per seed
+    diffs = [(0.55 + 0.88) / 2 - (0.5 + 0.9) / 2, (0.4 + 0.94) / 2 - (0.4 + 0.9) / 2]
+    assert rows["m"]["vs_reference"] == pytest.approx(interval(diffs)[0])
+    assert rows["m"]["vs_reference_ci"] == pytest.approx(interval(diffs)[1])
 
 
 @pytest.mark.parametrize(
