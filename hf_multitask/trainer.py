@@ -414,13 +414,20 @@ class MultitaskTrainer(Trainer):
         return max(1, accumulation or self.args.gradient_accumulation_steps)
 
     @staticmethod
-    def _has_labels(core: nn.Module, task: str, batch: dict[str, Any]) -> bool:
-        """False when every label of the batch is the task type's missing-label marker."""
-        labels = batch.get("labels")
-        if labels is None or not hasattr(core, "get_task"):
-            return True
-        spec = core.get_task(task)
-        return spec.task_type.has_labels(spec, labels)
+    def _without_labels(core: nn.Module, inputs: dict[str, Any]) -> set[str]:
+        """Partial labels: the tasks whose batch holds only the type's missing-label marker.
+        Called on the collated host tensors, before ``_prepare_inputs`` moves them: the check
+        costs no device synchronisation per task batch."""
+        if not hasattr(core, "get_task"):
+            return set()
+        empty = set()
+        for task, batch in inputs.items():
+            labels = batch.get("labels") if isinstance(batch, dict) else None
+            if labels is not None:
+                spec = core.get_task(task)
+                if not spec.task_type.has_labels(spec, labels):
+                    empty.add(task)
+        return empty
 
     def _task_loss(self, core: nn.Module, task: str, batch: dict[str, Any]) -> torch.Tensor:
         """One task batch's loss (with the schedule's loss weight and the loss hook), and its bookkeeping."""
@@ -459,6 +466,7 @@ class MultitaskTrainer(Trainer):
         :mod:`hf_multitask.surgery.loss_weighting` for the call order)."""
         core = self.accelerator.unwrap_model(model)
         accumulation = self._accumulation(inputs)
+        unlabelled = self._without_labels(core, inputs)
         inputs = self._prepare_inputs(inputs) if inputs else inputs
         tasks = self._train_tasks()
         method = self.aggregator
@@ -469,7 +477,7 @@ class MultitaskTrainer(Trainer):
         for task, batch in inputs.items():
             if task not in tasks:
                 raise KeyError(f"Batch for task {task!r}, which has no training data here; training tasks are {tasks}")
-            if not self._has_labels(core, task, batch):
+            if task in unlabelled:
                 continue  # partial labels: no label of this task in the batch
             losses[task] = self._task_loss(core, task, batch)
             first = batch.get("input_ids")
@@ -477,7 +485,7 @@ class MultitaskTrainer(Trainer):
         if losses:
             names = list(losses)
             values = torch.stack([v.detach().double() for v in losses.values()])
-            if getattr(method, "uses_losses", False):
+            if method.uses_losses:
                 values = self._mean_over_ranks(tasks, names, values)
             w = method.micro_weights(names, values).tolist()
             self._lw_weights.update(zip(names, w))
@@ -536,12 +544,13 @@ class MultitaskTrainer(Trainer):
         core = self.accelerator.unwrap_model(model)
         engine = self._get_engine(core)
         accumulation = self._accumulation(inputs)
+        unlabelled = self._without_labels(core, inputs)
         inputs = self._prepare_inputs(inputs) if inputs else inputs
         scaler = getattr(self.accelerator, "scaler", None)
         for task, batch in inputs.items():
             if task not in engine.index:
                 raise KeyError(f"Batch for task {task!r}, which has no training data here; training tasks are {engine.tasks}")
-            if not self._has_labels(core, task, batch):
+            if task in unlabelled:
                 continue  # partial labels: no label of this task in the batch, so no gradient row
             loss = self._task_loss(core, task, batch)
             scaled = loss / accumulation
@@ -570,7 +579,7 @@ class MultitaskTrainer(Trainer):
 
     def _apply_surgery(self, engine: GradientEngine, scaler: Any) -> torch.Tensor:
         losses = self._check_finite_losses()
-        if getattr(self.aggregator, "uses_step_losses", False):  # e.g. DB-MTL's log transform
+        if self.aggregator.uses_step_losses:  # e.g. DB-MTL's log transform
             names = [t for t in engine.tasks if t in losses]
             values = torch.stack([losses[t].double() for t in names]) if names else torch.zeros(0, dtype=torch.float64)
             counts = torch.tensor([engine.host_counts[engine.index[t]] for t in names], dtype=torch.float64)

@@ -95,6 +95,9 @@ class Aggregator:
     # False for loss-weighting methods: the trainer then takes one backward of the weighted
     # loss sum and allocates no per-task gradient buffer (see surgery.loss_weighting)
     needs_gradients = True
+    # True for a method that wants the step's task losses before it aggregates (DB-MTL): the
+    # trainer then calls set_step_losses with them (averaged over DDP ranks) before each update
+    uses_step_losses = False
 
     def __init__(self, seed: int = 0) -> None:
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -154,6 +157,9 @@ class Aggregator:
             w = self.weights(gram, counts, tasks)
         self.last_info["weights"] = w
         return w
+
+    def set_step_losses(self, tasks: Sequence[str], losses: Sequence[float]) -> None:
+        """The step's mean task losses (only called when ``uses_step_losses``)."""
 
     def loss_weights(self, weights: torch.Tensor) -> torch.Tensor:
         """The factor each task's loss carries in this method's objective, given the update
