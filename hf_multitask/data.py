@@ -132,11 +132,6 @@ def _records_from_dataset(ds: datasets.Dataset, first_line: int) -> tuple[list[s
     return list(ds.column_names), rows()
 
 
-def _parse_label(spec: TaskSpec, raw: Any) -> tuple[Any, str | None]:
-    """(label, None) or (None, reason), as the task's type parses it."""
-    return spec.task_type.parse_label(spec, raw)
-
-
 ABSURD_LABEL = 1e6
 
 
@@ -163,11 +158,10 @@ def _check_row(
     absent = raw_label is None or (isinstance(raw_label, str) and not raw_label.strip())
     if missing_labels and (absent or (isinstance(raw_label, float) and math.isnan(raw_label))):
         return texts, task_type.missing_label(spec)  # partial labels: masked, never filled
-    label, reason = _parse_label(spec, raw_label)
+    label, reason = task_type.parse_label(spec, raw_label)
     if reason is not None:
         return BadRow(origin, line, spec.label_column, reason)
-    check = getattr(task_type, "check_row", None)
-    reason = check(spec, texts, label) if check is not None else None
+    reason = task_type.check_row(spec, texts, label)
     if reason is not None:
         return BadRow(origin, line, spec.label_column, reason)
     return texts, label

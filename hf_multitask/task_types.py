@@ -77,6 +77,11 @@ class TaskType:
             return None, "empty text"
         return str(value).strip(), None
 
+    def check_row(self, spec: TaskSpec, texts: dict[str, Any], label: Any) -> str | None:
+        """Why a row whose texts and label each parsed cannot be used together (e.g. a tag
+        count that differs from the word count), or None."""
+        return None
+
     def encode_batch(self, spec: TaskSpec, batch: dict[str, list[Any]], tokenizer: Any, pair_encoding: str | None,
                      max_length: int | None) -> dict[str, list[Any]]:  # fmt: skip
         """Tokenise a batch of rows (``batch`` holds the text columns and maybe ``label``)."""
