@@ -24,7 +24,6 @@ MODEL_INPUT_KEYS = (
     "word_mask",
     "choice_mask",
 )
-_PAD_VALUES = {"labels": IGNORE_INDEX}  # other keys: the pad token id for input_ids*, else 0
 
 
 def encode_task(
@@ -102,22 +101,20 @@ class MultitaskCollator:
     def _pad(self, seqs: Sequence[Sequence[Any]], value: int) -> torch.Tensor:
         """Pad ``(batch, length)`` lists, or ``(batch, choices, length)`` nested lists (multiple
         choice: every example padded to the batch's most choices and longest sequence)."""
-        if seqs and len(seqs[0]) and isinstance(seqs[0][0], (list, tuple)):
-            rows = max(len(s) for s in seqs)
-            length = max(len(x) for s in seqs for x in s)
-            if self.pad_to_multiple_of:
-                length = int(math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of)
-            out = torch.full((len(seqs), rows, length), value, dtype=torch.long)
-            for i, s in enumerate(seqs):
-                for j, x in enumerate(s):
-                    out[i, j, : len(x)] = torch.as_tensor(x, dtype=torch.long)
-            return out
-        length = max(len(s) for s in seqs)
+        nested = bool(seqs and len(seqs[0]) and isinstance(seqs[0][0], (list, tuple)))
+        rows = [x for s in seqs for x in s] if nested else list(seqs)  # every sequence to pad
+        length = max(len(x) for x in rows)
         if self.pad_to_multiple_of:
             length = int(math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of)
-        out = torch.full((len(seqs), length), value, dtype=torch.long)
+        if not nested:
+            out = torch.full((len(seqs), length), value, dtype=torch.long)
+            for i, s in enumerate(seqs):
+                out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+            return out
+        out = torch.full((len(seqs), max(len(s) for s in seqs), length), value, dtype=torch.long)
         for i, s in enumerate(seqs):
-            out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+            for j, x in enumerate(s):
+                out[i, j, : len(x)] = torch.as_tensor(x, dtype=torch.long)
         return out
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -131,7 +128,7 @@ class MultitaskCollator:
         if "labels" in features[0]:
             labels = [f["labels"] for f in features]
             if isinstance(labels[0], (list, tuple)):  # one label per token: padded with the ignore index
-                batch["labels"] = self._pad(labels, _PAD_VALUES["labels"])
+                batch["labels"] = self._pad(labels, IGNORE_INDEX)
             elif all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
                 batch["labels"] = torch.tensor(labels, dtype=torch.long)
             else:
