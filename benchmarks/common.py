@@ -7,7 +7,11 @@ from pathlib import Path
 
 import hf_multitask as hm
 
-DATA_DIR = Path(os.environ.get("HF_MULTITASK_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("HF_MULTITASK_DATA", REPO.parent / "shared" / "data"))
+# The data folder as the comparison grids pass it to their runs: relative to the repository root
+# (``compare_main`` runs from there), so the committed results name no machine's paths.
+DATA_ARG = os.path.relpath(DATA_DIR, REPO) if "HF_MULTITASK_DATA" not in os.environ else str(DATA_DIR)
 FILES = {"sst": "ids-sst-train.csv", "quora": "quora-train.csv", "sts": "sts-train.csv"}
 
 
@@ -22,7 +26,13 @@ def load_reference(tokenizer, config: hm.MultitaskConfig, limit: int | None = No
 
 def compare_main(doc: str, grid: dict, default_output: str, report_stem: str, tag: str) -> None:
     """The ``run`` / ``report`` command line of a comparison grid (see ``hf_multitask.compare``):
-    results in ``default_output``, the report in ``benchmarks/<report_stem>.md`` and ``.png``."""
+    results in ``default_output`` (relative to the repository root, where the runs start), the
+    report in ``benchmarks/<report_stem>.md`` and ``.png``.
+
+    The default output folders live under ``benchmarks/results/`` and their ``result.json`` files
+    are committed (``benchmarks/results/.gitignore`` keeps the runs' models and logs out): a grid
+    takes hours of CPU over several sessions, and a finished cell must outlive the machine it
+    ran on."""
     import argparse
 
     from hf_multitask.compare import Grid, GridError, report, run_grid
@@ -31,12 +41,14 @@ def compare_main(doc: str, grid: dict, default_output: str, report_stem: str, ta
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["run", "report"])
     parser.add_argument("--arms", nargs="+", help="run only these arms, in this order")
-    parser.add_argument("--output-dir", default=default_output)
+    parser.add_argument("--output-dir", help=f"results folder (default: {default_output} in the repository)")
     args = parser.parse_args()
+    output_dir = Path(args.output_dir).resolve() if args.output_dir else REPO / default_output
+    os.chdir(REPO)
     try:
         if args.command == "run":
-            run_grid(Grid.from_dict(grid), args.output_dir, args.arms, say=lambda m: print(f"[{tag}] {m}", flush=True))
+            run_grid(Grid.from_dict(grid), output_dir, args.arms, say=lambda m: print(f"[{tag}] {m}", flush=True))
         else:
-            report(args.output_dir, here / f"{report_stem}.md", here / f"{report_stem}.png")
+            report(output_dir, here / f"{report_stem}.md", here / f"{report_stem}.png")
     except GridError as err:
         raise SystemExit(f"{tag}: {err}") from None

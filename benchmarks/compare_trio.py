@@ -5,7 +5,8 @@
 
 The 1-pass protocol of ``quality.py`` (packaged MiniLM, batch 32 per task, max length 64,
 QQP 8,000 pairs, one pass over the data), through :mod:`hf_multitask.compare`: every run in
-its own process, resumable, results in ``outputs/compare/trio``. Results are reported on
+its own process, resumable, results in ``benchmarks/results/compare_trio`` (the
+``result.json`` files are committed). Results are reported on
 validation split 1 (``--validation_seed 1``); split 0 is the one every earlier configuration
 (the annealed schedule, LP-FT) was chosen on, and the only split the tuned baseline's
 candidates are compared on. The report goes to ``benchmarks/compare_trio.md`` (included by
@@ -18,9 +19,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import DATA_DIR, compare_main  # noqa: E402
+from common import DATA_ARG, compare_main  # noqa: E402
 
-PROTOCOL = ["--data-dir", str(DATA_DIR), "--max_length", "64",
+PROTOCOL = ["--data-dir", DATA_ARG, "--max_length", "64",
             "--per_device_train_batch_size", "32", "--num_train_epochs", "1", "--validation_fraction", "0.1",
             "--write_predictions", "false", "--logging_steps", "50", "--save_strategy", "no", "--eval_strategy", "no", "--load_best_model_at_end", "false", "--disable_tqdm", "true",
             "--telemetry_steps", "0"]  # fmt: skip
@@ -73,7 +74,7 @@ GRID = {
 
 
 def main() -> None:
-    compare_main(__doc__, GRID, "outputs/compare/trio", "compare_trio", "compare")
+    compare_main(__doc__, GRID, "benchmarks/results/compare_trio", "compare_trio", "compare")
 
 
 if __name__ == "__main__":

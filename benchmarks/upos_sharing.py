@@ -7,7 +7,7 @@ SST + STS + UPOS on the packaged MiniLM, one pass (batch 32 per task, max length
 and the summed loss, against a UPOS tagger fine-tuned alone on the same data, seeds 0-2,
 scored on the seeded 10 % validation split (seed 0) of each training file: UPOS is the
 2,001-sentence ``en_ewt-ud-dev.conllu`` (the project judges on a held-out treebank split).
-Runs go through :mod:`hf_multitask.compare` into ``outputs/compare/upos``; the report goes to
+Runs go through :mod:`hf_multitask.compare` into ``benchmarks/results/upos_sharing``; the report goes to
 ``benchmarks/upos_sharing.md`` (included by ``benchmarks/README.md``).
 """
 
@@ -17,9 +17,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import DATA_DIR, compare_main  # noqa: E402
+from common import DATA_ARG, compare_main  # noqa: E402
 
-PROTOCOL = ["--data-dir", str(DATA_DIR), "--max_length", "64", "--per_device_train_batch_size", "32", "--num_train_epochs", "1",
+PROTOCOL = ["--data-dir", DATA_ARG, "--max_length", "64", "--per_device_train_batch_size", "32", "--num_train_epochs", "1",
             "--validation_fraction", "0.1", "--write_predictions", "false", "--logging_steps", "50", "--save_strategy", "no",
             "--eval_strategy", "no", "--load_best_model_at_end", "false", "--disable_tqdm", "true", "--telemetry_steps", "0"]  # fmt: skip
 # one pass: SST 7,689 + STS 5,436 + UPOS 1,801 = 14,926 examples = 155 round-robin steps of 3 x 32
@@ -41,7 +41,7 @@ GRID = {
 
 
 def main() -> None:
-    compare_main(__doc__, GRID, "outputs/compare/upos", "upos_sharing", "upos")
+    compare_main(__doc__, GRID, "benchmarks/results/upos_sharing", "upos_sharing", "upos")
 
 
 if __name__ == "__main__":
