@@ -711,7 +711,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: RecipeTra
         **{f"train_examples_{t}": n for t, n in trainer.examples_seen.items()},
     }
     out = Path(args.output_dir)
-    final_model, predictions = trainer.model, trainer.last_predictions
+    final_model, predictions = trainer.gathered_model(), trainer.last_predictions  # full weights under FSDP2 (all ranks gather)
     training = f"Trained with `recipes/train_pcgrad.py`: aggregator `{args.aggregator}`, schedule `{args.schedule}`."
     if args.specialise_steps > 0:
         final_model, predictions, specialised, special_metrics = _specialise(args, trainer, train, validation, tokenizer)

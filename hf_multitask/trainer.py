@@ -34,6 +34,7 @@ from .checkpoints import (
     verify_checkpoint,
     write_marker,
 )
+from .fsdp import fsdp2_wrap_classes, gather_full_model
 from .lr_groups import learning_rate_factors, split_param_groups
 from .mixing import SCHEDULE_NAMES, WINDOW_KEY, MultitaskStepSampler, make_train_dataloader
 from .predict import evaluate as evaluate_tasks
@@ -222,6 +223,9 @@ class MultitaskTrainer(Trainer):
                 raise TypeError(f"{name} must be a dict {{task: dataset}}, got {type(value).__name__}")
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         self._refuse_parallelism()
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None) if self._fsdp2() else None
+        if plugin is not None:
+            fsdp2_wrap_classes(plugin, self.model)
         for name, value in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             unknown = [t for t in (value or {}) if t not in self.model.task_names]
             if unknown:
@@ -263,6 +267,34 @@ class MultitaskTrainer(Trainer):
                 f"{self.args.n_gpu} GPUs in one process would run nn.DataParallel, whose per-task gradients stay on one "
                 "GPU. Launch one process per GPU instead: accelerate launch --multi_gpu, or torchrun --nproc_per_node."
             )
+
+    def gathered_model(self) -> nn.Module | None:
+        """The trained model with full weights, to save or evaluate outside the trainer.
+
+        Without FSDP2 this is the unwrapped model itself. Under FSDP2 its parameters are shards;
+        this all-gathers them (call it on every rank) and returns a plain CPU copy on the main
+        process, ``None`` on the others.
+        """
+        core = self.accelerator.unwrap_model(self.model)
+        if not self._fsdp2():
+            return core
+        return gather_full_model(core, self.accelerator.is_main_process)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """``Trainer.save_model``; under FSDP2 the full weights are gathered and saved with
+        ``save_pretrained`` whatever the plugin's ``state_dict_type`` (transformers writes nothing
+        here for ``SHARDED_STATE_DICT``), so the folder always loads with ``from_pretrained``.
+        Checkpoints keep accelerate's sharded layout for resuming."""
+        if not self._fsdp2() or _internal_call:
+            return super().save_model(output_dir, _internal_call=_internal_call)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        full = self.gathered_model()
+        if full is not None and self.args.should_save:
+            full.save_pretrained(output_dir)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+        if self.args.push_to_hub:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def _fsdp2(self) -> bool:
         plugin = getattr(getattr(self.accelerator, "state", None), "fsdp_plugin", None)

@@ -12,6 +12,7 @@ import torch
 from hf_multitask.surgery.engine import engine_bytes_formula
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
+TRAINER_WORKER = Path(__file__).with_name("fsdp_trainer_worker.py")
 
 
 def _free_port() -> int:
@@ -20,12 +21,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(nproc: int, out: Path, vocab: Path, mode: str) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def _launch(nproc: int, out: Path, vocab: Path, mode: str, worker: Path = WORKER) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", str(WORKER), str(out), str(vocab), mode]  # fmt: skip
+           f"--master_port={_free_port()}", str(worker), str(out), str(vocab), mode]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    import torch.distributed.tensor  # noqa: F401  (lets torch.load read DTensors in aggregator states)
+
     return torch.load(out)
 
 
@@ -95,6 +98,86 @@ def test_trainer_picks_the_sharded_engine_under_fsdp2(tmp_path, tokenizer, monke
     for name, p in want.items():
         torch.testing.assert_close(got[name], p, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
     assert sharded.task_steps == replicated.task_steps == {"sst": 3, "quora": 3, "sts": 3}
+
+
+@pytest.fixture(scope="module")
+def trainer_runs(tmp_path_factory, tokenizer):
+    """MultitaskTrainer under accelerate's FSDP2 (2 gloo ranks) and without it (1 process)."""
+    folder = tmp_path_factory.mktemp("fsdp_trainer")
+    vocab = Path(tokenizer.vocab_file)
+    return (_launch(2, folder / "fsdp2.pt", vocab, "fsdp2", TRAINER_WORKER),
+            _launch(1, folder / "replicated.pt", vocab, "replicated", TRAINER_WORKER))  # fmt: skip
+
+
+@pytest.mark.parametrize("aggregator", ["pcgrad", "gradvac"])
+def test_trainer_under_accelerate_fsdp2_equals_one_process_on_the_combined_batch(trainer_runs, aggregator):
+    """accelerate's own FSDP2 preparation (fully_shard by its wrap policy, the optimizer rebuilt
+    on the shards) through MultitaskTrainer: the sharded engine, and the update of one process."""
+    sharded, replicated = trainer_runs
+    assert sharded["world"] == 2 and replicated["world"] == 1
+    got, want = sharded[aggregator], replicated[aggregator]
+    assert got["dtensor"] and got["engine"] == "ShardedEngine", "the parameters must really be FSDP2 shards"
+    assert not want["dtensor"] and want["engine"] == "ReplicatedEngine"
+    assert got["params"].keys() == want["params"].keys()
+    init = dict(__import__("conftest").deterministic_model().named_parameters())
+    moved = 0
+    for name, p in want["params"].items():
+        # 4 SGD steps at lr 0.1 on float32: the two ranks' halves are summed in another order
+        torch.testing.assert_close(got["params"][name], p, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+        moved += int(not torch.allclose(p, init[name]))
+    assert moved > 10, "SGD must have moved the parameters"
+    assert got["task_steps"] == want["task_steps"] == {"sst": 4, "quora": 4, "sts": 4}
+
+
+def test_fsdp2_checkpoint_resume_is_exact_and_keeps_the_surgery_state(trainer_runs):
+    """A sharded checkpoint (accelerate's sharded model and AdamW state) plus our surgery state:
+    resuming at step 2 ends bit-equal to the uninterrupted run, GradVac's EMA targets and RNG included."""
+    sharded, _ = trainer_runs
+    assert {"pytorch_model_fsdp_0", "optimizer_0", "multitask_state.pt", "multitask_complete.json"} <= set(sharded["checkpoint_files"])
+    whole, resumed = sharded["whole"], sharded["resumed"]
+    for name, p in whole["params"].items():
+        assert torch.equal(resumed["params"][name], p), name
+    assert resumed["state"]["targets"] == whole["state"]["targets"]
+    assert any(abs(t[2]) > 0 for t in whole["state"]["targets"]), "GradVac's targets must have moved from 0"
+    assert torch.equal(resumed["state"]["generator"], whole["state"]["generator"])
+    assert resumed["task_steps"] == whole["task_steps"]
+
+
+def test_save_model_under_fsdp2_writes_full_weights_that_load_with_from_pretrained(trainer_runs):
+    sharded, _ = trainer_runs
+    saved, trained = sharded["saved"], sharded["gradvac"]["params"]
+    assert saved.keys() == trained.keys()
+    for name, p in trained.items():
+        assert torch.equal(saved[name], p), name
+
+
+def test_fsdp2_wrap_classes_keep_the_embeddings_block_out_of_the_units(tokenizer):
+    """accelerate shards the input embedding as its own unit; BertEmbeddings (in the encoder's
+    _no_split_modules) would shard it twice. The default list drops it; a user's list is refused."""
+    import functools
+
+    from conftest import deterministic_model
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    from hf_multitask.fsdp import fsdp2_wrap_classes
+
+    class Plugin:
+        auto_wrap_policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=set())
+        transformer_cls_names_to_wrap = None
+
+    model = deterministic_model()
+    assert "BertEmbeddings" in model._no_split_modules
+    plugin = Plugin()
+    assert fsdp2_wrap_classes(plugin, model) == ["BertLayer"]
+    assert plugin.transformer_cls_names_to_wrap == ["BertLayer"]
+    plugin.transformer_cls_names_to_wrap = ["BertLayer", "BertEmbeddings"]
+    with pytest.raises(ValueError, match=r"transformer_layer_cls_to_wrap.*\['BertEmbeddings'\].*\['BertLayer'\]"):
+        fsdp2_wrap_classes(plugin, model)
+    plugin.transformer_cls_names_to_wrap = ["BertLayer"]
+    assert fsdp2_wrap_classes(plugin, model) is None, "a list without the embeddings block is left alone"
+    plugin.auto_wrap_policy = None
+    plugin.transformer_cls_names_to_wrap = None
+    assert fsdp2_wrap_classes(plugin, model) is None, "no transformer policy: nothing to fix"
 
 
 def test_an_aggregator_that_needs_full_vectors_is_refused_by_the_sharded_engines():
