@@ -14,10 +14,11 @@ Saves the full parameters (gathered from the shards), the engine class, whether 
 were DTensors, the aggregator state, the checkpoint's file names and (FSDP2) the parameters of
 the model ``save_model`` wrote, loaded back with ``from_pretrained``.
 
-The one patch: accelerate (1.15) enables FSDP only for GPU-like distributed types, so on CPU it
-silently keeps ``MULTI_CPU`` (the trainer refuses that case). :func:`allow_fsdp_on_cpu` makes
-``AcceleratorState`` keep the FSDP plugin it was given on CPU too, as it does on GPUs; nothing
-else of accelerate, transformers or the trainer is patched.
+The one patch, on CPU only: accelerate (1.15) enables FSDP only for GPU-like distributed types,
+so on CPU it silently keeps ``MULTI_CPU`` (the trainer refuses that case).
+:func:`allow_fsdp_on_cpu` makes ``AcceleratorState`` keep the FSDP plugin it was given on CPU
+too, as it does on GPUs; nothing else of accelerate, transformers or the trainer is patched.
+With ``HF_MULTITASK_TEST_DEVICE=cuda`` (``benchmarks/gpu/run.sh``) nothing is patched.
 """
 
 import os
@@ -32,6 +33,8 @@ from transformers import BertTokenizerFast  # noqa: E402
 import hf_multitask as hm  # noqa: E402
 
 STEPS = 4
+# HF_MULTITASK_TEST_DEVICE=cuda runs on GPUs (NCCL, one process per GPU), where accelerate enables FSDP itself
+DEVICE = os.environ.get("HF_MULTITASK_TEST_DEVICE", "cpu")
 
 
 def allow_fsdp_on_cpu() -> None:
@@ -55,7 +58,7 @@ def train(
     model = deterministic_model()
     data = toy_encoded(tokenizer, model)
     settings = dict(output_dir=out_dir, per_device_train_batch_size=4 if mode == "fsdp2" else 8, max_steps=max_steps,
-                    learning_rate=0.1 if optim == "sgd" else 1e-3, optim=optim, max_grad_norm=0.0, report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
+                    learning_rate=0.1 if optim == "sgd" else 1e-3, optim=optim, max_grad_norm=0.0, report_to=[], use_cpu=DEVICE == "cpu", disable_tqdm=True, seed=0,
                     aggregator=aggregator, save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500)  # fmt: skip
     if mode == "fsdp2":
         settings.update(fsdp="full_shard", fsdp_config={"version": 2, "state_dict_type": "SHARDED_STATE_DICT"})
@@ -76,7 +79,7 @@ def train(
 
 def main() -> None:
     out, vocab, mode = sys.argv[1], sys.argv[2], sys.argv[3]
-    if mode == "fsdp2":
+    if mode == "fsdp2" and DEVICE == "cpu":
         allow_fsdp_on_cpu()
     tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
     folder = os.path.dirname(out)

@@ -1,51 +1,17 @@
 """Two real gloo processes on CPU give the same update as one process on the combined batch."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import launch_distributed
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
-GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(nproc: int, out: Path, vocab: Path, batch: int, aggregator: str, overrides: dict | None = None, mode: str = "train") -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if os.environ.get("HF_MULTITASK_TEST_DEVICE", "cpu") == "cpu":
-        env["ACCELERATE_USE_CPU"] = "1"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
-        str(WORKER),
-        str(out),
-        str(vocab),
-        str(batch),
-        aggregator,
-        json.dumps(overrides or {}),
-        mode,
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0 and GLOO_TEARDOWN_ABORT in proc.stderr:
-        # A known gloo race on CPU: a rank occasionally aborts in C++ teardown ("terminate called
-        # without an active exception", about 1 launch in 30 here). Launch once more on a fresh
-        # port; any other failure, or a second abort, fails the test.
-        cmd[cmd.index(next(c for c in cmd if c.startswith("--master_port=")))] = f"--master_port={_free_port()}"
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = launch_distributed(nproc, WORKER, out, vocab, batch, aggregator, json.dumps(overrides or {}), mode)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out)
 
@@ -104,13 +70,8 @@ def test_tasks_missing_on_a_rank_and_unequal_counts_give_the_pooled_gradient(tmp
 def test_fsdp_that_accelerate_leaves_off_on_cpu_is_refused(tmp_path, tokenizer):
     """Two CPU processes with --fsdp: transformers keeps FSDP off without a word (the run would be
     plain DDP); the trainer refuses at construction instead."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if os.environ.get("HF_MULTITASK_TEST_DEVICE", "cpu") == "cpu":
-        env["ACCELERATE_USE_CPU"] = "1"
     overrides = json.dumps({"fsdp": True, "fsdp_config": {"version": 2}})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           str(WORKER), str(tmp_path / "out.pt"), tokenizer.vocab_file, "4", "pcgrad", overrides]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = launch_distributed(2, WORKER, tmp_path / "out.pt", tokenizer.vocab_file, 4, "pcgrad", overrides)
     assert proc.returncode != 0 and "accelerate did not enable FSDP" in proc.stderr
 
 

@@ -1,13 +1,10 @@
 """Exact gradient surgery on FSDP2 shards: 2 real gloo processes against one replicated process."""
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import launch_distributed
 
 from hf_multitask.surgery.engine import engine_bytes_formula
 
@@ -15,17 +12,8 @@ WORKER = Path(__file__).with_name("fsdp_worker.py")
 TRAINER_WORKER = Path(__file__).with_name("fsdp_trainer_worker.py")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(nproc: int, out: Path, vocab: Path, mode: str, worker: Path = WORKER) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", str(worker), str(out), str(vocab), mode]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = launch_distributed(nproc, worker, out, vocab, mode)
     assert proc.returncode == 0, proc.stderr[-4000:]
     import torch.distributed.tensor  # noqa: F401  (lets torch.load read DTensors in aggregator states)
 
