@@ -1,6 +1,7 @@
 """Worker for the DDP tests: trains a tiny model (or takes one hand-made step) and saves the result.
 
-Run as ``python -m torch.distributed.run --nproc_per_node N ddp_worker.py OUT VOCAB BATCH AGG [OVERRIDES_JSON] [MODE]``.
+Run as ``python -m torch.distributed.run --nproc_per_node N ddp_worker.py OUT VOCAB BATCH AGG [OVERRIDES_JSON] [MODE]``;
+AGG may list several methods, comma-separated (one launch trains each in turn).
 MODE ``train`` (default) trains 3 steps and saves the parameters; MODE ``missing`` takes one
 step in which the ranks hold different tasks (and different numbers of one shared task) and
 saves the encoder and head gradients, with the single-process gradient of the pooled batch.
@@ -23,10 +24,23 @@ MISSING_SPLIT = {0: {"sst": range(0, 4), "quora": range(0, 4)}, 1: {"sts": range
 
 
 def main() -> None:
-    out, vocab, batch, aggregator = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    out, vocab, batch, aggregators = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     overrides = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
     mode = sys.argv[6] if len(sys.argv) > 6 else "train"
     tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
+    if mode == "missing":
+        return missing_step(out, tokenizer, batch, aggregators, overrides)
+    # AGG may list several methods (a,b,c): each trains in turn, results keyed by method
+    results = {name: train(out, tokenizer, batch, name, overrides) for name in aggregators.split(",")}
+    single = None if "," in aggregators else aggregators
+    rank = results[aggregators.split(",")[0]]["rank"]
+    if rank == 1:  # the methods' state on the other rank, to compare
+        torch.save({k: r["state"] for k, r in results.items()} if single is None else results[single]["state"], out + ".rank1")
+    if rank == 0:
+        torch.save({k: r["saved"] for k, r in results.items()} if single is None else results[single]["saved"], out)
+
+
+def _trainer(out: str, tokenizer, batch: int, aggregator: str, overrides: dict):
     model = deterministic_model()
     data = toy_encoded(tokenizer, model)
     settings = dict(output_dir=os.path.join(os.path.dirname(out), "run"), per_device_train_batch_size=batch, max_steps=3,
@@ -35,36 +49,37 @@ def main() -> None:
                     aggregator=aggregator, telemetry_steps=1)  # fmt: skip
     settings.update(overrides)
     args = hm.MultitaskTrainingArguments(**settings)
-    trainer = hm.MultitaskTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-    if mode == "missing":
-        collate = hm.MultitaskCollator(tokenizer.pad_token_id)
-        rank = trainer.args.process_index
-        inputs = {t: {k: v.to(trainer.args.device) if isinstance(v, torch.Tensor) else v for k, v in collate([data[t][i] for i in idx]).items()}
-                  for t, idx in MISSING_SPLIT[rank].items()}  # fmt: skip
-        trainer.training_step(trainer.model, inputs)
-        grads = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.grad is not None}
-        if rank == 0:
-            reference = deterministic_model()
-            pooled = {t: [i for r in MISSING_SPLIT.values() for i in r.get(t, [])] for t in ("sst", "quora", "sts")}
-            total = sum(reference(task=t, **collate([data[t][i] for i in idx])).loss for t, idx in pooled.items())
-            total.backward()
-            expected = {n: p.grad.detach().clone() for n, p in reference.named_parameters() if p.grad is not None}
-            torch.save({"world": trainer.args.world_size, "grads": grads, "expected": expected}, out)
-        return
+    return model, data, hm.MultitaskTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+
+
+def train(out: str, tokenizer, batch: int, aggregator: str, overrides: dict) -> dict:
+    model, _, trainer = _trainer(out, tokenizer, batch, aggregator, overrides)
     trainer.train()
     state = trainer.aggregator.state_dict()
-    if trainer.args.process_index == 1:  # the method's state on the other rank, to compare
-        torch.save(state, out + ".rank1")
-    if trainer.args.process_index == 0:
-        torch.save(
-            {
-                "world": trainer.args.world_size,
-                "params": {n: p.detach().cpu().clone() for n, p in model.named_parameters()},
-                "history": trainer.telemetry.history if trainer.telemetry is not None else [],
-                "state": state,
-            },
-            out,
-        )
+    saved = {
+        "world": trainer.args.world_size,
+        "params": {n: p.detach().cpu().clone() for n, p in model.named_parameters()},
+        "history": trainer.telemetry.history if trainer.telemetry is not None else [],
+        "state": state,
+    }
+    return {"rank": trainer.args.process_index, "state": state, "saved": saved}
+
+
+def missing_step(out: str, tokenizer, batch: int, aggregator: str, overrides: dict) -> None:
+    model, data, trainer = _trainer(out, tokenizer, batch, aggregator, overrides)
+    collate = hm.MultitaskCollator(tokenizer.pad_token_id)
+    rank = trainer.args.process_index
+    inputs = {t: {k: v.to(trainer.args.device) if isinstance(v, torch.Tensor) else v for k, v in collate([data[t][i] for i in idx]).items()}
+              for t, idx in MISSING_SPLIT[rank].items()}  # fmt: skip
+    trainer.training_step(trainer.model, inputs)
+    grads = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.grad is not None}
+    if rank == 0:
+        reference = deterministic_model()
+        pooled = {t: [i for r in MISSING_SPLIT.values() for i in r.get(t, [])] for t in ("sst", "quora", "sts")}
+        total = sum(reference(task=t, **collate([data[t][i] for i in idx])).loss for t, idx in pooled.items())
+        total.backward()
+        expected = {n: p.grad.detach().clone() for n, p in reference.named_parameters() if p.grad is not None}
+        torch.save({"world": trainer.args.world_size, "grads": grads, "expected": expected}, out)
 
 
 def _shutdown() -> None:

@@ -89,17 +89,28 @@ def _assert_same_state(a, b, where: str, exact: bool) -> None:
         assert a == b, where
 
 
-@pytest.mark.parametrize("method", ["rlw", "uw", "famo", "db_mtl"])
-def test_loss_weighting_and_stateful_methods_ddp_equal_one_process(tmp_path, tokenizer, method):
+STATEFUL = ["rlw", "uw", "famo", "db_mtl"]
+
+
+@pytest.fixture(scope="module")
+def stateful_runs(tmp_path_factory, tokenizer):
+    """Each stateful method for 3 SGD steps: 2 processes (batch 4 each) and 1 (batch 8); one launch each."""
+    folder = tmp_path_factory.mktemp("stateful")
+    vocab = Path(tokenizer.vocab_file)
+    common = {"optim": "sgd", "max_grad_norm": 0.0, "learning_rate": 0.05, "length_grouping": False, "telemetry_steps": 0}
+    two = _run(2, folder / "two.pt", vocab, 4, ",".join(STATEFUL), common)
+    one = _run(1, folder / "one.pt", vocab, 8, ",".join(STATEFUL), common)
+    return two, torch.load(str(folder / "two.pt") + ".rank1"), one
+
+
+@pytest.mark.parametrize("method", STATEFUL)
+def test_loss_weighting_and_stateful_methods_ddp_equal_one_process(stateful_runs, method):
     """RLW, UW and FAMO train through one backward of the weighted sum; under DDP the ranks see
     the losses averaged over ranks, so their weights and state agree with each other and with one
     process on the combined batch. DB-MTL (gradient moving averages) likewise."""
-    vocab = Path(tokenizer.vocab_file)
-    common = {"optim": "sgd", "max_grad_norm": 0.0, "learning_rate": 0.05, "length_grouping": False, "telemetry_steps": 0}
-    two = _run(2, tmp_path / "two.pt", vocab, 4, method, common)
-    one = _run(1, tmp_path / "one.pt", vocab, 8, method, common)
+    two, rank1, one = (runs[method] for runs in stateful_runs)
     assert two["world"] == 2
     for name, p in one["params"].items():
         torch.testing.assert_close(two["params"][name], p, atol=1e-6, rtol=1e-5, msg=name)
-    _assert_same_state(two["state"], torch.load(str(tmp_path / "two.pt") + ".rank1"), "rank0 vs rank1", exact=True)
+    _assert_same_state(two["state"], rank1, "rank0 vs rank1", exact=True)
     _assert_same_state(two["state"], one["state"], "two vs one process", exact=False)
