@@ -1,13 +1,15 @@
 """Step time and memory of PCGrad vs summed-loss steps on the packaged MiniLM, 3 tasks.
 
-    python benchmarks/surgery_speed.py [--steps 8] [--batch 32] [--aggregators sum,pcgrad]
+    python benchmarks/surgery_speed.py [--steps 8] [--batch 32] [--aggregator pcgrad[,famo,...]]
 
-Three ways to take one optimizer step on identical batches (one batch of each task):
+Ways to take one optimizer step on identical batches (one batch of each task):
   plain    -- sum the three task losses, one loss.backward() (what summed-loss multitask does)
   sum      -- MultitaskTrainer.training_step with the ``sum`` aggregator
-  <agg>    -- MultitaskTrainer.training_step with a surgery aggregator (pcgrad by default)
-Modes run interleaved (plain, sum, pcgrad, plain, ...) in one process so machine noise hits
-them alike; ratios of medians are reported. Peak RSS per mode comes from a fresh subprocess.
+  <agg>    -- MultitaskTrainer.training_step with each aggregator or loss weighting named in
+              ``--aggregator`` (comma-separated; pcgrad by default)
+Modes run interleaved (plain, sum, pcgrad, famo, plain, ...) in one process so machine noise
+hits them alike; ratios of medians are reported. Peak RSS per mode comes from a fresh
+subprocess.
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--aggregator", default="pcgrad")
+    parser.add_argument("--aggregator", default="pcgrad", help="one or several (comma-separated) methods to time")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (both modes)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -127,8 +129,9 @@ def main() -> None:
         memory_child(args.memory_child, args.aggregator, args.batch)
         return
 
-    trainers = {"plain": build("sum", args.batch), "sum": build("sum", args.batch), args.aggregator: build(args.aggregator, args.batch)}
-    # the three models start identical; batches are identical across modes
+    methods = [m for m in args.aggregator.split(",") if m not in ("plain", "sum")]
+    trainers = {"plain": build("sum", args.batch), "sum": build("sum", args.batch), **{m: build(m, args.batch) for m in methods}}
+    # the models start identical; batches are identical across modes
     batches = trainers["plain"][1]
     times: dict[str, list[float]] = {m: [] for m in trainers}
     for step in range(args.steps + 1):
@@ -139,10 +142,8 @@ def main() -> None:
             if step > 0:  # first step warms up allocators and the optimizer state
                 times[mode].append(t)
     med = {m: statistics.median(v) for m, v in times.items()}
-    trainer = trainers[args.aggregator][0]
-    buffers = _buffers_info(trainer)
     mem = {}
-    for mode in ("plain", args.aggregator):
+    for mode in ("plain", *methods):
         out = subprocess.run(
             [
                 sys.executable,
@@ -150,7 +151,7 @@ def main() -> None:
                 "--memory-child",
                 mode,
                 "--aggregator",
-                args.aggregator,
+                "sum" if mode == "plain" else mode,
                 "--batch",
                 str(args.batch),
                 "--device",
@@ -162,21 +163,25 @@ def main() -> None:
             check=True,
         )
         mem[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-    report = {
-        "median_step_s": med,
-        f"{args.aggregator}_over_plain": med[args.aggregator] / med["plain"],
-        f"{args.aggregator}_over_sum": med[args.aggregator] / med["sum"],
-        "sum_over_plain": med["sum"] / med["plain"],
-        "tasks": buffers["tasks"],
-        "shared_params": buffers["p_shared"],
-        "T_x_P_x_4_mb": buffers["tasks"] * buffers["p_shared"] * 4 / 2**20,
-        "surgery_buffer_mb": buffers["bytes"] / 2**20,
-        "peak_rss_during_steps_mb": {m: round(v["peak_rss_during_steps_mb"], 1) for m, v in mem.items()},
-        "extra_peak_rss_mb": round(mem[args.aggregator]["peak_rss_during_steps_mb"] - mem["plain"]["peak_rss_during_steps_mb"], 1),
-        "steps": args.steps,
-        "batch_per_task": args.batch,
-        "torch_threads": torch.get_num_threads(),
-    }
+    report: dict = {"median_step_s": med, "sum_over_plain": med["sum"] / med["plain"]}
+    for m in methods:
+        buffers = _buffers_info(trainers[m][0])
+        report[m] = {
+            "over_plain": med[m] / med["plain"],
+            "over_sum": med[m] / med["sum"],
+            "surgery_buffer_mb": buffers["bytes"] / 2**20,
+            "extra_peak_rss_mb": round(mem[m]["peak_rss_during_steps_mb"] - mem["plain"]["peak_rss_during_steps_mb"], 1),
+        }
+    buffers = _buffers_info(trainers[methods[0]][0]) if methods else _buffers_info(trainers["sum"][0])
+    report.update(
+        tasks=buffers["tasks"],
+        shared_params=buffers["p_shared"],
+        T_x_P_x_4_mb=buffers["tasks"] * buffers["p_shared"] * 4 / 2**20,
+        peak_rss_during_steps_mb={m: round(v["peak_rss_during_steps_mb"], 1) for m, v in mem.items()},
+        steps=args.steps,
+        batch_per_task=args.batch,
+        torch_threads=torch.get_num_threads(),
+    )
     print(json.dumps(report, indent=2))
 
 
