@@ -10,8 +10,8 @@
   step 2, from which a new trainer in a new folder resumes to step 4.
 - MODE ``replicated`` (1 process, batch 8: the combined batch): the same runs without FSDP.
 
-Saves the full parameters (gathered from the shards), the engine class, whether the parameters
-were DTensors, the aggregator state, the checkpoint's file names and (FSDP2) the parameters of
+Saves the full parameters (gathered from the shards), ``evaluate()``'s scores and losses on the
+training sets, the engine class, whether the parameters were DTensors, the aggregator state, the checkpoint's file names and (FSDP2) the parameters of
 the model ``save_model`` wrote, loaded back with ``from_pretrained``.
 
 The one patch, on CPU only: accelerate (1.15) enables FSDP only for GPU-like distributed types,
@@ -66,6 +66,7 @@ def train(
         model=model, args=hm.MultitaskTrainingArguments(**settings), train_dataset=data, processing_class=tokenizer
     )
     trainer.train(resume_from_checkpoint=resume)
+    metrics = trainer.evaluate(data)  # every rank evaluates the whole set: the sharded forwards stay in step
     wrapped = trainer.model_wrapped
     full = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().clone() for n, p in wrapped.named_parameters()}
     return trainer, {
@@ -74,6 +75,7 @@ def train(
         "dtensor": any(hasattr(p, "full_tensor") for p in wrapped.parameters()),
         "state": trainer.aggregator.state_dict(),
         "task_steps": dict(trainer.task_steps),
+        "eval": {k: v for k, v in metrics.items() if k.endswith("_score") or k.endswith("_loss")},
     }
 
 

@@ -115,6 +115,9 @@ def test_trainer_under_accelerate_fsdp2_equals_one_process_on_the_combined_batch
         moved += int(not torch.allclose(p, init[name]))
     assert moved > 10, "SGD must have moved the parameters"
     assert got["task_steps"] == want["task_steps"] == {"sst": 4, "quora": 4, "sts": 4}
+    assert got["eval"].keys() == want["eval"].keys() and "eval_sts_score" in got["eval"]
+    for key, value in want["eval"].items():
+        assert got["eval"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
 
 
 def test_fsdp2_checkpoint_resume_is_exact_and_keeps_the_surgery_state(trainer_runs):
