@@ -451,10 +451,11 @@ def load_raw_data(data_args: DataArguments, tasks) -> dict[str, tuple[Any, Any]]
 def encode_data(data_args: DataArguments, tasks, raw: dict, model: MultitaskModel, tokenizer) -> tuple[dict, dict, dict]:
     """Encoded training and validation sets per task, and the raw training texts (for SimCSE)."""
     train, validation, texts = {}, {}, {}
+    own = {s.name: s for s in model.config.task_specs}  # with --task_pair_encodings applied
     for spec, _, _ in tasks:
         rows, val_rows = raw[spec.name]
         texts[spec.name] = {c: rows[c] for c in spec.text_columns}
-        encoding = model.config.task_pair_encoding(spec)
+        encoding = model.config.task_pair_encoding(own.get(spec.name, spec))
         train[spec.name] = encode_task(
             rows, spec, tokenizer, pair_encoding=encoding, max_length=data_args.max_length, drop_longest=data_args.drop_longest
         )

@@ -1,5 +1,6 @@
 """The front-door recipe, every config in recipes/configs, and the Hub push (offline)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,20 @@ def test_recipe_lp_ft_simcse_and_smart(tiny_backbone, tiny_data, tmp_path):
     )
     assert "eval_overall" in metrics
     assert (tmp_path / "out" / "best" / "config.json").is_file()
+
+
+def test_recipe_per_task_pair_encoding_and_mean_pooling(tiny_backbone, tiny_data, tmp_path):
+    """--task_pair_encodings reaches the data encoding, not only the model: the STS pairs are
+    encoded as two sequences for the cosine head (this failed at the first STS batch); LP-FT
+    leaves the parameter-free cosine head out of its probing phase (this failed too)."""
+    out = tmp_path / "out"
+    flags = ["--task_pair_encodings", '{"sts": "cosine"}', "--pooling", "mean", "--layer_lr_decay", "0.9", "--head_learning_rate", "1e-3",
+             "--lp_steps", "2"]  # fmt: skip
+    metrics = run([*_common(tiny_backbone, tiny_data, out), *flags])
+    assert "eval_sts_pearson" in metrics
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["pooling"] == "mean"
+    assert {t["name"]: t.get("pair_encoding") for t in config["tasks"]}["sts"] == "cosine"
 
 
 def test_recipe_two_step_specialisation_saves_a_routed_model(tiny_backbone, tiny_data, tmp_path):

@@ -166,6 +166,23 @@ def test_lp_ft_freezes_exactly_the_encoder_then_unfreezes(tmp_path, tokenizer):
     assert any(not torch.equal(p, enc_before[n]) for n, p in model.encoder.named_parameters())
 
 
+def test_lp_ft_leaves_a_parameter_free_head_out_and_the_engine_names_such_a_task(tmp_path, tokenizer):
+    """A cosine pair head has no parameters: with the encoder frozen its task has nothing to
+    train. linear_probe skips it; training it anyway is an error naming the task."""
+    model = deterministic_model(pair_encoding="cosine")
+    data = toy_encoded(tokenizer, model)
+    assert not list(model.task_parameters("sts")), "the cosine head is parameter-free"
+    args = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+    probe = hm.MultitaskTrainingArguments(max_steps=2, learning_rate=1e-2, **args)
+    heads_before = {n: p.detach().clone() for n, p in model.heads.named_parameters()}
+    hm.schemes.lpft.linear_probe(model, data, probe, processing_class=tokenizer)
+    assert any(not torch.equal(p, heads_before[n]) for n, p in model.heads.named_parameters())
+    model.set_trainable("heads")
+    trainer = hm.MultitaskTrainer(model=model, args=probe, train_dataset={"sts": data["sts"]}, processing_class=tokenizer)
+    with pytest.raises(ValueError, match="task 'sts' has no trainable parameters"):
+        trainer.train()
+
+
 def _batch(task, encoding="cross"):
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(5, 60, (4, 6), generator=g)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import datasets
 
 from ..trainer import MultitaskTrainer, MultitaskTrainingArguments
+
+logger = logging.getLogger(__name__)
 
 
 def linear_probe(
@@ -14,10 +17,17 @@ def linear_probe(
 ) -> dict[str, int]:
     """Phase one of LP-FT: train only the task heads (the encoder is frozen) with ``args``
     (its own learning rate and length, e.g. lr 1e-3), then unfreeze everything so phase two
-    — ordinary fine-tuning — can start. Returns the parameter counts of the probing phase."""
+    — ordinary fine-tuning — can start. Tasks whose heads have no parameters (the cosine pair
+    head) are left out of the probe. Returns the parameter counts of the probing phase."""
     counts = model.set_trainable("heads")
     try:
-        MultitaskTrainer(model=model, args=args, train_dataset=train_dataset, **trainer_kwargs).train()
+        # a task whose head has no parameters (the cosine pair head) has nothing to probe
+        probed = {t: d for t, d in train_dataset.items() if any(p.requires_grad for p in model.task_parameters(t))}
+        skipped = sorted(set(train_dataset) - set(probed))
+        if skipped:
+            logger.info("linear probing: tasks %s have parameter-free heads and are left out of the probing phase", skipped)
+        if probed:
+            MultitaskTrainer(model=model, args=args, train_dataset=probed, **trainer_kwargs).train()
     finally:
         model.set_trainable("all")
     return counts

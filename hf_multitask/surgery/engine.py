@@ -178,6 +178,11 @@ class ReplicatedEngine(GradientEngine):
         return self.flat.numel() * 4 + self.update.numel() * 4 + extra + padded
 
     def add(self, task: str, scaled_loss: torch.Tensor, samples: int) -> None:
+        if not self.shared and not self.heads[task]:
+            raise ValueError(
+                f"task {task!r} has no trainable parameters (the shared ones are frozen and its head has none, "
+                "e.g. the cosine pair head): leave it out of this training phase"
+            )
         grads = torch.autograd.grad(scaled_loss, self.shared + self.heads[task], allow_unused=True)
         row = self.index[task]
         self._write_rows(self.row_views[task] + self.head_views[task], list(grads), row)
