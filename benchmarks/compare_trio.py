@@ -29,6 +29,25 @@ ROUND_ROBIN = ["--schedule_kwargs", '{"steps_per_epoch": 220}']  # 220 steps x 3
 ANNEALED = ["--schedule", "annealed", "--gradient_accumulation_steps", "3"]
 LP_FT = ["--lp_steps", "100", "--lp_learning_rate", "1e-3"]
 WARMUP = ["--warmup_steps", "0.1"]
+# The levers issue 16 puts in the search space: the backbone was trained with mean pooling (we
+# use [CLS] by default), a cosine bi-encoder for STS, layer-wise LR decay with a faster head
+MEAN_POOLING = ["--pooling", "mean"]
+STS_COSINE = ["--pooling", "mean", "--task_pair_encodings", '{"sts": "cosine"}']
+LLRD = ["--layer_lr_decay", "0.9", "--head_learning_rate", "1e-3"]
+TEMPERATURE = ["--schedule", "temperature", "--schedule_kwargs", '{"temperature": 2.0}', "--gradient_accumulation_steps", "3"]
+
+# The tuning candidates (one run each on the tuning split, the best kept) shared by the tuned arms
+TUNING = {
+    "round_robin": ROUND_ROBIN,
+    "round_robin_warmup": [*ROUND_ROBIN, *WARMUP],
+    "annealed": ANNEALED,
+    "temperature_2": TEMPERATURE,
+    "annealed_lpft": [*ANNEALED, *LP_FT],
+    "annealed_lpft_warmup": [*ANNEALED, *LP_FT, *WARMUP],
+    "annealed_lpft_mean_pooling": [*ANNEALED, *LP_FT, *MEAN_POOLING],
+    "annealed_lpft_sts_cosine": [*ANNEALED, *LP_FT, *STS_COSINE],
+    "annealed_lpft_llrd": [*ANNEALED, *LP_FT, *LLRD],
+}
 
 GRID = {
     "tasks": ["sst", "quora", "sts"],
@@ -43,24 +62,9 @@ GRID = {
         "separate": {"single_task": True, "args": ["--aggregator", "sum", *WARMUP]},
         "sum": {"args": ["--aggregator", "sum", *ROUND_ROBIN]},
         # summed loss with a tuning budget like the one that chose the best PCGrad recipe on split 0
-        "sum_tuned": {
-            "args": ["--aggregator", "sum"],
-            "candidates": {
-                "round_robin": ROUND_ROBIN,
-                "round_robin_warmup": [*ROUND_ROBIN, *WARMUP],
-                "annealed": ANNEALED,
-                "temperature_2": [
-                    "--schedule",
-                    "temperature",
-                    "--schedule_kwargs",
-                    '{"temperature": 2.0}',
-                    "--gradient_accumulation_steps",
-                    "3",
-                ],  # fmt: skip
-                "annealed_lpft": [*ANNEALED, *LP_FT],
-                "annealed_lpft_warmup": [*ANNEALED, *LP_FT, *WARMUP],
-            },
-        },
+        "sum_tuned": {"args": ["--aggregator", "sum"], "candidates": TUNING},
+        # PCGrad with exactly the same candidates: the same budget for the method as for the baseline
+        "pcgrad_tuned": {"args": ["--aggregator", "pcgrad"], "candidates": TUNING},
         "pcgrad": {"args": ["--aggregator", "pcgrad", *ROUND_ROBIN]},
         "upgrad": {"args": ["--aggregator", "upgrad", *ROUND_ROBIN]},
         "famo": {"args": ["--aggregator", "famo", *ROUND_ROBIN]},
