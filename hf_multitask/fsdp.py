@@ -7,7 +7,8 @@ contains the input embedding: the word embedding would be sharded twice, and ``f
 stops with ``TypeError: Invariant encountered: value was None`` (accelerate 1.15, torch 2.13).
 :func:`fsdp2_wrap_classes` keeps such classes out of the default list, so the encoder layers
 are the units, then the input embedding, then the root (heads, adapters, the rest of the
-embeddings block); a list the user gave is checked and refused with the classes named.
+embeddings block); a list the user gave is checked and refused with the classes named. A model
+that an earlier phase of the run already sharded (LP-FT, head pretraining) is kept as it is.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ def _embedding_containers(model: nn.Module) -> set[str]:
 def fsdp2_wrap_classes(plugin: Any, model: nn.Module) -> list[str] | None:
     """Fix the plugin's transformer wrap classes for ``model`` (see the module docstring).
 
-    Returns the class names set on ``plugin.transformer_cls_names_to_wrap``, or ``None`` when
-    nothing was changed (a size-based or no auto-wrap policy, or no clash). Raises
+    Returns the class names set on ``plugin.transformer_cls_names_to_wrap`` (``[]`` for a model
+    already sharded), or ``None`` when nothing was changed (a size-based or no auto-wrap policy,
+    or no clash). Raises
     ``ValueError`` naming ``fsdp_config["transformer_layer_cls_to_wrap"]`` when the user's own
     list holds a class that contains the input embedding.
     """
@@ -44,6 +46,14 @@ def fsdp2_wrap_classes(plugin: Any, model: nn.Module) -> list[str] | None:
         policy = policy.func
     if policy is not transformer_auto_wrap_policy:
         return None
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        # Sharded by an earlier phase of the run (LP-FT's probe, head pretraining): accelerate
+        # leaves an FSDP module as it is, but first looks the wrap classes up by name, and
+        # fully_shard renamed them (BertLayer -> FSDPBertLayer), so the lookup would fail.
+        plugin.transformer_cls_names_to_wrap = []
+        return []
     containers = _embedding_containers(model)
     explicit = getattr(plugin, "transformer_cls_names_to_wrap", None)
     names = list(explicit) if explicit is not None else list(getattr(model, "_no_split_modules", None) or [])

@@ -5,7 +5,8 @@
 - MODE ``fsdp2`` (2 ranks, per-rank batch 4): ``--fsdp full_shard`` with ``fsdp_config
   {"version": 2}``, so accelerate builds its FSDP2 plugin and ``Accelerator.prepare`` runs
   ``fully_shard`` on the model, exactly as ``accelerate launch`` with ``fsdp_version: 2`` does.
-  Trains PCGrad and GradVac for 4 SGD steps (no clipping) each; then GradVac with AdamW (whose
+  Trains PCGrad and GradVac for 4 SGD steps (no clipping) each, PCGrad once more after a
+  2-step linear probe (LP-FT: the second trainer gets a model the first one sharded); then GradVac with AdamW (whose
   sharded optimizer state must be restored too) for 4 steps, saving a sharded checkpoint at
   step 2, from which a new trainer in a new folder resumes to step 4.
 - MODE ``replicated`` (1 process, batch 8: the combined batch): the same runs without FSDP.
@@ -52,18 +53,36 @@ def allow_fsdp_on_cpu() -> None:
     state.AcceleratorState.__init__ = init
 
 
-def train(
-    tokenizer, out_dir: str, mode: str, aggregator: str, max_steps: int, resume: str | None = None, save_steps: int = 0, optim: str = "sgd"
-):
-    model = deterministic_model()
-    data = toy_encoded(tokenizer, model)
+def _args(
+    out_dir: str, mode: str, aggregator: str, max_steps: int, save_steps: int, optim: str, lr: float | None = None
+) -> hm.MultitaskTrainingArguments:
     settings = dict(output_dir=out_dir, per_device_train_batch_size=4 if mode == "fsdp2" else 8, max_steps=max_steps,
-                    learning_rate=0.1 if optim == "sgd" else 1e-3, optim=optim, max_grad_norm=0.0, report_to=[], use_cpu=DEVICE == "cpu", disable_tqdm=True, seed=0,
+                    learning_rate=lr or (0.1 if optim == "sgd" else 1e-3), optim=optim, max_grad_norm=0.0, report_to=[], use_cpu=DEVICE == "cpu", disable_tqdm=True, seed=0,
                     aggregator=aggregator, save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500)  # fmt: skip
     if mode == "fsdp2":
         settings.update(fsdp="full_shard", fsdp_config={"version": 2, "state_dict_type": "SHARDED_STATE_DICT"})
+    return hm.MultitaskTrainingArguments(**settings)
+
+
+def train(
+    tokenizer,
+    out_dir: str,
+    mode: str,
+    aggregator: str,
+    max_steps: int,
+    resume: str | None = None,
+    save_steps: int = 0,
+    optim: str = "sgd",
+    probe_steps: int = 0,
+    lr: float | None = None,
+):
+    model = deterministic_model()
+    data = toy_encoded(tokenizer, model)
+    if probe_steps:  # LP-FT: a first trainer (heads only) shards the model; the second must take it as it is
+        probe = _args(os.path.join(out_dir, "probe"), mode, aggregator, probe_steps, 0, optim, lr)
+        hm.schemes.lpft.linear_probe(model, data, probe, processing_class=tokenizer)
     trainer = hm.MultitaskTrainer(
-        model=model, args=hm.MultitaskTrainingArguments(**settings), train_dataset=data, processing_class=tokenizer
+        model=model, args=_args(out_dir, mode, aggregator, max_steps, save_steps, optim, lr), train_dataset=data, processing_class=tokenizer
     )
     trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate(data)  # every rank evaluates the whole set: the sharded forwards stay in step
@@ -86,6 +105,7 @@ def main() -> None:
     tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
     folder = os.path.dirname(out)
     results = {}
+    _, results["lpft"] = train(tokenizer, os.path.join(folder, mode, "lpft"), mode, "pcgrad", STEPS, probe_steps=2, lr=0.02)
     for aggregator in ("pcgrad", "gradvac"):
         trainer, results[aggregator] = train(tokenizer, os.path.join(folder, mode, aggregator), mode, aggregator, STEPS)
     if mode == "fsdp2":

@@ -97,10 +97,11 @@ def trainer_runs(tmp_path_factory, tokenizer):
             _launch(1, folder / "replicated.pt", vocab, "replicated", TRAINER_WORKER))  # fmt: skip
 
 
-@pytest.mark.parametrize("aggregator", ["pcgrad", "gradvac"])
+@pytest.mark.parametrize("aggregator", ["pcgrad", "gradvac", "lpft"])
 def test_trainer_under_accelerate_fsdp2_equals_one_process_on_the_combined_batch(trainer_runs, aggregator):
     """accelerate's own FSDP2 preparation (fully_shard by its wrap policy, the optimizer rebuilt
-    on the shards) through MultitaskTrainer: the sharded engine, and the update of one process."""
+    on the shards) through MultitaskTrainer: the sharded engine, and the update of one process.
+    ``lpft``: PCGrad after a linear probe, whose trainer sharded the model first."""
     sharded, replicated = trainer_runs
     assert sharded["world"] == 2 and replicated["world"] == 1
     got, want = sharded[aggregator], replicated[aggregator]
