@@ -22,12 +22,26 @@ def folder(tmp_path, tokenizer):
 
 
 def _cli(*args):
+    """The installed console script in a real process (what users run)."""
     exe = shutil.which("hf-multitask")
     cmd = [exe] if exe else [sys.executable, "-m", "hf_multitask.cli"]
     return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
-def test_predict_writes_one_json_line_per_example(folder, tmp_path):
+def _cli_in_process(capsys, *args) -> tuple[int, str]:
+    """``hf_multitask.cli.main`` in this process (exit status, stderr): the error paths, without
+    paying a process start for each."""
+    from hf_multitask.cli import main
+
+    try:
+        main([str(a) for a in args])
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+def test_predict_writes_one_json_line_per_example(folder, tmp_path, capsys):
     tsv = tmp_path / "in.tsv"
     tsv.write_text("id\ttext\ttext_b\n" + "".join(f"s{i}\t{s}\t\n" for i, s in enumerate(SENTENCES)) + "p0\tthe cat runs\ta cat runs\n")
     out = tmp_path / "out.jsonl"
@@ -50,7 +64,7 @@ def test_predict_writes_one_json_line_per_example(folder, tmp_path):
                 assert [w["tag"] for w in got] == [w["tag"] for w in want]
     jsonl = tmp_path / "in.jsonl"
     jsonl.write_text(json.dumps({"id": "q", "inputs": {"mc": {"context": "the cat", "choices": ["runs", "eats"]}}}) + "\n")
-    assert _cli("predict", "--model", folder, "--input", jsonl, "--output", tmp_path / "o2.jsonl", "--quiet").returncode == 0
+    assert _cli_in_process(capsys, "predict", "--model", folder, "--input", jsonl, "--output", tmp_path / "o2.jsonl", "--quiet")[0] == 0
     assert set(json.loads((tmp_path / "o2.jsonl").read_text())["answers"]) == {"mc"}
 
 
@@ -71,16 +85,16 @@ def test_malformed_input_files_are_refused_with_the_line(tmp_path, content, suff
         list(read_inputs(path))
 
 
-def test_the_command_reports_a_bad_file_in_one_line_and_writes_nothing(folder, tmp_path):
+def test_the_command_reports_a_bad_file_in_one_line_and_writes_nothing(folder, tmp_path, capsys):
     path = tmp_path / "bad.tsv"
     path.write_text("id\ttext\nx\thello\textra\n")
-    proc = _cli("predict", "--model", folder, "--input", path, "--output", tmp_path / "o.jsonl")
-    assert proc.returncode == 2 and "bad.tsv: line 2: 3 fields, the header has 2" in proc.stderr and "Traceback" not in proc.stderr
+    status, err = _cli_in_process(capsys, "predict", "--model", folder, "--input", path, "--output", tmp_path / "o.jsonl")
+    assert status == 2 and "bad.tsv: line 2: 3 fields, the header has 2" in err and "Traceback" not in err
     assert not (tmp_path / "o.jsonl").exists(), "nothing is written for a bad input file"
 
 
-def test_a_task_that_cannot_answer_is_an_error_naming_the_examples(folder, tmp_path):
+def test_a_task_that_cannot_answer_is_an_error_naming_the_examples(folder, tmp_path, capsys):
     tsv = tmp_path / "in.tsv"
     tsv.write_text("id\ttext\nx\thello\n")
-    proc = _cli("predict", "--model", folder, "--input", tsv, "--output", tmp_path / "o.jsonl", "--tasks", "para")
-    assert proc.returncode == 2 and "examples x..x" in proc.stderr and "cannot answer" in proc.stderr
+    status, err = _cli_in_process(capsys, "predict", "--model", folder, "--input", tsv, "--output", tmp_path / "o.jsonl", "--tasks", "para")
+    assert status == 2 and "examples x..x" in err and "cannot answer" in err
