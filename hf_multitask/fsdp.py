@@ -1,4 +1,4 @@
-"""FSDP2 through accelerate: the wrap units for a multitask model.
+"""FSDP2 through accelerate: the wrap units for a multitask model, and its full weights.
 
 accelerate's FSDP2 preparation shards every module whose class is in the wrap list (by default
 the model's ``_no_split_modules``), then carves the input embedding into a unit of its own.
@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["fsdp2_wrap_classes"]
+__all__ = ["fsdp2_wrap_classes", "gather_full_model"]
 
 
 def _embedding_containers(model: nn.Module) -> set[str]:
