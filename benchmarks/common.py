@@ -34,8 +34,9 @@ def compare_main(doc: str, grid: dict, default_output: str, report_stem: str, ta
     takes hours of CPU over several sessions, and a finished cell must outlive the machine it
     ran on."""
     import argparse
+    import json
 
-    from hf_multitask.compare import Grid, GridError, report, run_grid
+    from hf_multitask.compare import Grid, GridError, grid_dict, report, run_grid
 
     here = Path(__file__).resolve().parent
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,6 +50,8 @@ def compare_main(doc: str, grid: dict, default_output: str, report_stem: str, ta
         if args.command == "run":
             run_grid(Grid.from_dict(grid), output_dir, args.arms, say=lambda m: print(f"[{tag}] {m}", flush=True))
         else:
+            # the grid as defined now (pairs added since the runs started, say), as `run` writes it
+            (output_dir / "grid.json").write_text(json.dumps(grid_dict(Grid.from_dict(grid)), indent=2))
             report(output_dir, here / f"{report_stem}.md", here / f"{report_stem}.png")
     except GridError as err:
         raise SystemExit(f"{tag}: {err}") from None

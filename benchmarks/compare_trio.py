@@ -57,6 +57,15 @@ GRID = {
     "tuning_split": 0,
     "reference": "separate",
     "baseline": "sum_tuned",
+    # each method against its control, seed by seed
+    "pairs": [
+        ["lpft_annealed_pcgrad", "lpft_annealed_sum"],
+        ["pcgrad_tuned", "sum_tuned"],
+        ["pcgrad", "sum"],
+        ["upgrad", "sum"],
+        ["famo", "sum"],
+        ["rlw", "sum"],
+    ],  # fmt: skip
     "arms": {
         # three single-task models, each one pass over its data (10 % warm-up, as the stock-Trainer baseline had)
         "separate": {"single_task": True, "args": ["--aggregator", "sum", *WARMUP]},

@@ -11,6 +11,7 @@ compare, the training seeds and the validation splits (``--validation_seed`` val
     tuning_split: 0             # candidates are compared here only, never reported as results
     reference: separate         # the single-task arm: Delta-m is relative to it
     baseline: sum_tuned         # paired differences are against it
+    pairs: [[pcgrad, sum_tuned]]  # more paired differences (a - b per seed), e.g. a method vs its control
     arms:
       separate: {single_task: true, args: [--warmup_ratio, "0.1"]}
       pcgrad: {args: [--aggregator, pcgrad]}
@@ -27,7 +28,8 @@ grid continues where it stopped. Each run's wall time, training time and peak me
 child's max RSS) are recorded. ``python -m hf_multitask.compare report DIR`` writes the
 results as CSV, a markdown table (per-task metrics, overall and Delta-m with 95 % t
 intervals over seeds, the paired difference with the baseline and whether its interval
-excludes 0, cost) and a PNG of score vs cost and per-task deltas.
+excludes 0, cost; then the ``pairs`` table of paired differences) and a PNG of score vs cost
+and per-task deltas.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Arm", "Grid", "GridError", "interval", "load_results", "main", "report", "run_grid", "summarise"]
+__all__ = ["Arm", "Grid", "GridError", "interval", "load_results", "main", "grid_dict", "paired", "report", "run_grid", "summarise"]
 
 RESULT = "result.json"
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -83,6 +85,7 @@ class Grid:
     tuning_seed: int = 0
     reference: str | None = None
     baseline: str | None = None
+    pairs: list[list[str]] = field(default_factory=list)  # [a, b]: report a - b per seed (e.g. a method vs its control)
     command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "hf_multitask.recipe"])
 
     def __post_init__(self) -> None:
@@ -95,6 +98,9 @@ class Grid:
             value = getattr(self, key)
             if value is not None and value not in names:
                 raise GridError(f"'{key}': {value!r} is not an arm ({names})")
+        for pair in self.pairs:
+            if len(pair) != 2 or pair[0] == pair[1] or any(a not in names for a in pair):
+                raise GridError(f"'pairs': each entry must be two different arms of {names}, got {pair}")
         if self.reference is not None and not self.arm(self.reference).single_task:
             raise GridError(f"'reference': arm {self.reference!r} must be single_task (Delta-m is relative to single-task models)")
         tuned = [a.name for a in self.arms if a.candidates]
@@ -129,6 +135,7 @@ class Grid:
             "tuning_seed",
             "reference",
             "baseline",
+            "pairs",
             "command",
         }
         unknown = sorted(set(data) - known)
@@ -151,6 +158,10 @@ class Grid:
         for key in ("seeds", "splits"):
             if key in fields and not all(isinstance(v, int) for v in fields[key]):
                 raise GridError(f"{where}: '{key}' must be a list of integers, got {fields[key]}")
+        if "pairs" in fields:
+            if not isinstance(fields["pairs"], list) or not all(isinstance(p, (list, tuple)) for p in fields["pairs"]):
+                raise GridError(f"{where}: 'pairs' must be a list of [arm, arm] lists, got {fields['pairs']}")
+            fields["pairs"] = [[str(a) for a in p] for p in fields["pairs"]]
         try:
             return cls(arms=arms, **fields)
         except TypeError as err:
@@ -266,7 +277,7 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, arms: Sequence[str] | None 
     training processes at once slow each other down many times over."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "grid.json").write_text(json.dumps(_grid_dict(grid), indent=2))
+    (out / "grid.json").write_text(json.dumps(grid_dict(grid), indent=2))
     chosen = [grid.arm(a) for a in arms] if arms else grid.arms
     unknown = sorted(set(arms or []) - {a.name for a in grid.arms})
     if unknown:
@@ -280,10 +291,11 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, arms: Sequence[str] | None 
     return results
 
 
-def _grid_dict(grid: Grid) -> dict[str, Any]:
+def grid_dict(grid: Grid) -> dict[str, Any]:
+    """The grid as ``grid.json`` records it in a comparison folder (what the report reads)."""
     return {"tasks": grid.tasks, "train_limits": grid.train_limits, "seeds": grid.seeds, "splits": grid.splits, "protocol": grid.protocol,
             "tuning_split": grid.tuning_split, "tuning_seed": grid.tuning_seed, "reference": grid.reference,
-            "baseline": grid.baseline,
+            "baseline": grid.baseline, "pairs": grid.pairs,
             "arms": {a.name: {"args": a.args, "single_task": a.single_task, "candidates": a.candidates, "tasks": a.tasks or grid.tasks}
                      for a in grid.arms}}  # fmt: skip
 
@@ -381,6 +393,31 @@ def summarise(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[st
     return rows
 
 
+def paired(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (split, pair) of the grid's ``pairs``: ``a - b`` per seed both arms finished,
+    for each task's metric and the overall score, then mean and 95 % interval. Pairs whose arms
+    ran on different task sets are left out (their overall scores are not comparable)."""
+    by = {(c["split"], c["arm"], c["seed"]): c for c in cells}
+    rows = []
+    for split in sorted({c["split"] for c in cells}):
+        for a, b in grid.get("pairs") or []:
+            seeds = sorted(k[2] for k in by if k[:2] == (split, a) and (split, b, k[2]) in by)
+            if not seeds:
+                continue
+            tasks = list(by[(split, a, seeds[0])].get("tasks") or grid["tasks"])
+            if set(tasks) != set(by[(split, b, seeds[0])].get("tasks") or grid["tasks"]):
+                continue
+            row: dict[str, Any] = {"split": split, "pair": f"{a} − {b}", "seeds": len(seeds)}
+            for task in grid["tasks"]:
+                diffs = [_primary(by[(split, a, s)]["metrics"], task)[1] - _primary(by[(split, b, s)]["metrics"], task)[1]
+                         for s in seeds] if task in tasks else []  # fmt: skip
+                row[task], row[f"{task}_ci"] = interval(diffs) if diffs else (math.nan, math.nan)
+            diffs = [_overall(by[(split, a, s)]["metrics"], tasks) - _overall(by[(split, b, s)]["metrics"], tasks) for s in seeds]
+            row["overall"], row["overall_ci"] = interval(diffs)
+            rows.append(row)
+    return rows
+
+
 def _fmt(mean: float, ci: float, digits: int = 3) -> str:
     if math.isnan(mean):
         return "—"
@@ -397,8 +434,10 @@ def _verdict(mean: float, ci: float) -> str:
     return " (within noise)"
 
 
-def markdown(grid: dict[str, Any], rows: list[dict[str, Any]], tuning: list[dict[str, Any]] | None = None) -> str:
-    """The results table (one per split) and the tuning choices, as markdown."""
+def markdown(
+    grid: dict[str, Any], rows: list[dict[str, Any]], tuning: list[dict[str, Any]] | None = None, pairs: list[dict[str, Any]] | None = None
+) -> str:
+    """The results table (one per split), the paired differences and the tuning choices, as markdown."""
     tasks = grid["tasks"]
     lines = []
     for split in sorted({r["split"] for r in rows}):
@@ -417,6 +456,16 @@ def markdown(grid: dict[str, Any], rows: list[dict[str, Any]], tuning: list[dict
                      f"{r['s_per_1k_examples']:.1f}", f"{r['s_per_step']:.2f}", f"{r['peak_rss_mb']:.0f}"]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        mine = [r for r in pairs or [] if r["split"] == split]
+        if mine:
+            lines += [f"Paired differences on split {split} (same seed; mean ± 95 % t interval over seeds):", ""]
+            head = ["a − b", "seeds", *[f"Δ {t}" for t in tasks], "Δ overall"]
+            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for r in mine:
+                cells = [f"`{r['pair']}`", str(r["seeds"]), *[_fmt(r[t], r[f"{t}_ci"]) for t in tasks],
+                         _fmt(r["overall"], r["overall_ci"]) + _verdict(r["overall"], r["overall_ci"])]  # fmt: skip
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
     for choice in tuning or []:
         scores = ", ".join(f"`{k}` {v:.4f}" for k, v in choice["scores"].items())
         lines.append(
@@ -474,7 +523,7 @@ def report(out_dir: str | os.PathLike, markdown_path: str | None = None, png_pat
         writer.writeheader()
         writer.writerows(rows)
     tuning = [json.loads(p.read_text()) for p in sorted(out.glob("tuning/*/choice.json"))]
-    Path(markdown_path or out / "results.md").write_text(markdown(grid, rows, tuning))
+    Path(markdown_path or out / "results.md").write_text(markdown(grid, rows, tuning, paired(grid, cells)))
     plot(grid, rows, png_path or out / "results.png")
     return rows
 

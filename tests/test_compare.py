@@ -121,10 +121,43 @@ def test_interval_and_delta_m():
     assert rows["m"]["vs_reference_ci"] == pytest.approx(interval(diffs)[1])
 
 
+def test_pairs_report_paired_differences_per_task_and_overall():
+    from hf_multitask.compare import markdown, paired
+
+    grid = {
+        "tasks": ["a", "b"],
+        "arms": {"x": {}, "y": {}, "z": {}},
+        "reference": None,
+        "baseline": None,
+        "pairs": [["x", "y"], ["x", "z"]],
+    }
+
+    def cell(arm, seed, a, b):
+        return {"arm": arm, "seed": seed, "split": 1, "peak_rss_mb": 1.0,
+                "metrics": {"eval_a_accuracy": a, "eval_a_score": a, "eval_b_pearson": b, "eval_b_score": (b + 1) / 2}}  # fmt: skip
+
+    # x - y per seed: a +0.02, +0.04, +0.03 (seed 3 of y missing: not paired); z has no cells
+    cells = [cell("x", s, 0.5 + d, 0.8) for s, d in ((0, 0.02), (1, 0.04), (2, 0.03), (3, 0.0))]
+    cells += [cell("y", s, 0.5, 0.8 - 0.01 * s) for s in (0, 1, 2)]
+    rows = paired(grid, cells)
+    assert len(rows) == 1, "a pair with no common seed is left out"
+    row = rows[0]
+    assert row["pair"] == "x − y" and row["seeds"] == 3
+    assert (row["a"], row["a_ci"]) == pytest.approx(interval([0.02, 0.04, 0.03]))
+    assert (row["b"], row["b_ci"]) == pytest.approx(interval([0.0, 0.01, 0.02]))
+    overall = [(0.02 + 0.0 / 2) / 2, (0.04 + 0.01 / 2) / 2, (0.03 + 0.02 / 2) / 2]
+    assert (row["overall"], row["overall_ci"]) == pytest.approx(interval(overall))
+    table = markdown(grid, summarise(grid, cells), pairs=rows)
+    assert "Paired differences on split 1" in table and "| `x − y` | 3 | 0.030 ± 0.025 |" in table and "(better)" in table
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         ({"tuning_split": 1}, "never report on the split used to choose"),
+        ({"pairs": [["pcgrad", "pcgrad"]]}, "'pairs': each entry must be two different arms"),
+        ({"pairs": [["pcgrad", "nope"]]}, "'pairs': each entry must be two different arms"),
+        ({"pairs": "pcgrad"}, "'pairs' must be a list of \\[arm, arm\\] lists"),
         ({"reference": "sum"}, "must be single_task"),
         ({"baseline": "nope"}, "'baseline': 'nope' is not an arm"),
         ({"train_limits": {"quora": 5}}, "'train_limits' names tasks"),
