@@ -483,9 +483,10 @@ def plot(grid: dict[str, Any], rows: list[dict[str, Any]], path: str | os.PathLi
 
     tasks, ref = grid["tasks"], grid.get("reference")
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colour = {arm: f"C{i % 10}" for i, arm in enumerate(dict.fromkeys(r["arm"] for r in rows))}  # one colour per arm in both panels
     for r in rows:
         err = None if math.isnan(r["overall_ci"]) else r["overall_ci"]
-        left.errorbar(r["s_per_1k_examples"], r["overall"], yerr=err, fmt="o", capsize=3)
+        left.errorbar(r["s_per_1k_examples"], r["overall"], yerr=err, fmt="o", capsize=3, color=colour[r["arm"]])
         left.annotate(f"{r['arm']} (split {r['split']})", (r["s_per_1k_examples"], r["overall"]), fontsize=7, xytext=(4, 2),
                       textcoords="offset points")  # fmt: skip
     left.set_xlabel("training seconds per 1,000 examples")
@@ -498,7 +499,9 @@ def plot(grid: dict[str, Any], rows: list[dict[str, Any]], path: str | os.PathLi
         if base is None:
             continue
         deltas = [r[t] - base[t] for t in tasks]
-        right.bar([k + i * width for k in range(len(tasks))], deltas, width, label=f"{r['arm']} (split {r['split']})")
+        right.bar(
+            [k + i * width for k in range(len(tasks))], deltas, width, label=f"{r['arm']} (split {r['split']})", color=colour[r["arm"]]
+        )
     right.axhline(0, color="black", linewidth=0.8)
     right.set_xticks([k + 0.4 - width / 2 for k in range(len(tasks))], tasks)
     right.set_ylabel(f"metric minus `{ref}`")
