@@ -20,6 +20,9 @@ compare, the training seeds and the validation splits (``--validation_seed`` val
         candidates:             # the tuning budget: one run each on the tuning split
           round_robin: []
           annealed: [--schedule, annealed, --gradient_accumulation_steps, "3"]
+      pcgrad_on_sum_choice:     # PCGrad with the candidate sum_tuned chose: only the method differs
+        args: [--aggregator, pcgrad]
+        choice_of: sum_tuned
 
 ``python -m hf_multitask.compare run grid.yaml --output-dir DIR`` runs every
 (split, arm, seed) in its own process through the recipe (``python -m hf_multitask.recipe``),
@@ -62,13 +65,15 @@ class GridError(ValueError):
 @dataclass
 class Arm:
     """One method under comparison: recipe flags, or one single-task run per task, optionally
-    with ``candidates`` (name -> extra flags) compared on the tuning split, the best kept."""
+    with ``candidates`` (name -> extra flags) compared on the tuning split, the best kept, or
+    with ``choice_of`` another tuned arm, whose chosen candidate's flags it adds to its own."""
 
     name: str
     args: list[str] = field(default_factory=list)
     single_task: bool = False
     candidates: dict[str, list[str]] = field(default_factory=dict)
     tasks: list[str] | None = None  # a subset of the grid's tasks (None: all of them)
+    choice_of: str | None = None  # a tuned arm whose chosen candidate this arm reuses
 
 
 @dataclass
@@ -106,6 +111,13 @@ class Grid:
         tuned = [a.name for a in self.arms if a.candidates]
         if tuned and self.tuning_split is None:
             raise GridError(f"arms {tuned} have candidates but the grid has no 'tuning_split'")
+        for arm in self.arms:
+            if arm.choice_of is None:
+                continue
+            if arm.candidates or arm.single_task:
+                raise GridError(f"arm {arm.name!r}: 'choice_of' reuses another arm's tuning; it cannot have candidates or be single_task")
+            if arm.choice_of not in tuned:
+                raise GridError(f"arm {arm.name!r}: 'choice_of' must name an arm with candidates ({tuned}), got {arm.choice_of!r}")
         if self.tuning_split is not None and self.tuning_split in self.splits:
             raise GridError(f"'tuning_split' {self.tuning_split} is also in 'splits': never report on the split used to choose")
         unknown = sorted(set(self.train_limits) - set(self.tasks))
@@ -143,17 +155,18 @@ class Grid:
             raise GridError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
         arms_data = data.get("arms") or {}
         if not isinstance(arms_data, dict):
-            raise GridError(f"{where}: 'arms' must map arm names to {{args, single_task, candidates}}")
+            raise GridError(f"{where}: 'arms' must map arm names to {{args, single_task, candidates, choice_of, tasks}}")
         arms = []
         for name, spec in arms_data.items():
             spec = spec or {}
-            bad = sorted(set(spec) - {"args", "single_task", "candidates", "tasks"})
+            bad = sorted(set(spec) - {"args", "single_task", "candidates", "tasks", "choice_of"})
             if bad:
                 raise GridError(f"{where}: arm {name!r}: unknown keys {bad}")
             tasks = spec.get("tasks")
             arms.append(Arm(str(name), [str(a) for a in spec.get("args", [])], bool(spec.get("single_task", False)),
                             {str(k): [str(a) for a in (v or [])] for k, v in (spec.get("candidates") or {}).items()},
-                            None if tasks is None else [str(t) for t in tasks]))  # fmt: skip
+                            None if tasks is None else [str(t) for t in tasks],
+                            None if spec.get("choice_of") is None else str(spec["choice_of"])))  # fmt: skip
         fields = {k: data[k] for k in known - {"arms"} if k in data}
         for key in ("seeds", "splits"):
             if key in fields and not all(isinstance(v, int) for v in fields[key]):
@@ -256,9 +269,17 @@ def _overall(metrics: dict[str, Any], tasks: Sequence[str]) -> float:
 
 def tuned_args(grid: Grid, arm: Arm, out_dir: Path, say: Any = print) -> list[str]:
     """The arm's flags plus its best candidate's (by overall score on the tuning split), running
-    the candidates that have not run yet."""
+    the candidates that have not run yet; for a ``choice_of`` arm, plus the candidate that arm chose."""
+    if arm.choice_of is not None:
+        source = grid.arm(arm.choice_of)
+        return [*arm.args, *source.candidates[_choose(grid, source, out_dir, say)]]
     if not arm.candidates:
         return list(arm.args)
+    return [*arm.args, *arm.candidates[_choose(grid, arm, out_dir, say)]]
+
+
+def _choose(grid: Grid, arm: Arm, out_dir: Path, say: Any) -> str:
+    """The name of the arm's best candidate on the tuning split (recorded in ``choice.json``)."""
     assert grid.tuning_split is not None
     scores = {}
     for cand, extra in arm.candidates.items():
@@ -268,7 +289,7 @@ def tuned_args(grid: Grid, arm: Arm, out_dir: Path, say: Any = print) -> list[st
     best = max(scores, key=lambda k: scores[k])
     choice = {"arm": arm.name, "split": grid.tuning_split, "seed": grid.tuning_seed, "scores": scores, "chosen": best}
     (out_dir / "tuning" / arm.name / "choice.json").write_text(json.dumps(choice, indent=2))
-    return [*arm.args, *arm.candidates[best]]
+    return best
 
 
 def run_grid(grid: Grid, out_dir: str | os.PathLike, arms: Sequence[str] | None = None, say: Any = print) -> list[dict[str, Any]]:
@@ -296,7 +317,8 @@ def grid_dict(grid: Grid) -> dict[str, Any]:
     return {"tasks": grid.tasks, "train_limits": grid.train_limits, "seeds": grid.seeds, "splits": grid.splits, "protocol": grid.protocol,
             "tuning_split": grid.tuning_split, "tuning_seed": grid.tuning_seed, "reference": grid.reference,
             "baseline": grid.baseline, "pairs": grid.pairs,
-            "arms": {a.name: {"args": a.args, "single_task": a.single_task, "candidates": a.candidates, "tasks": a.tasks or grid.tasks}
+            "arms": {a.name: {"args": a.args, "single_task": a.single_task, "candidates": a.candidates, "tasks": a.tasks or grid.tasks,
+                              **({"choice_of": a.choice_of} if a.choice_of else {})}
                      for a in grid.arms}}  # fmt: skip
 
 
@@ -471,6 +493,11 @@ def markdown(
         lines.append(
             f"- `{choice['arm']}` tuned on split {choice['split']} (seed {choice['seed']}): {scores}; chosen `{choice['chosen']}`."
         )
+        for name, spec in grid.get("arms", {}).items():
+            if spec.get("choice_of") == choice["arm"]:
+                lines.append(
+                    f"- `{name}` takes `{choice['arm']}`'s choice, `{choice['chosen']}`, with its own flags {' '.join(spec['args'])}."
+                )
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -50,7 +50,7 @@ def _grid(backbone, data, **overrides) -> Grid:
                 "args": ["--aggregator", "sum"],
                 "candidates": {"lr_a": ["--learning_rate", "1e-4"], "lr_b": ["--learning_rate", "1e-3"]},
             },
-            "pcgrad": {"args": ["--aggregator", "pcgrad"]},
+            "pcgrad": {"args": ["--aggregator", "pcgrad"], "choice_of": "sum"},
         },
         **overrides,
     }
@@ -67,7 +67,12 @@ def test_tiny_grid_end_to_end_and_resume(tiny_backbone, tiny_data, tmp_path):
     choice = json.loads((out / "tuning" / "sum" / "choice.json").read_text())
     assert choice["split"] == 0 and set(choice["scores"]) == {"lr_a", "lr_b"}
     summed = next(r for r in results if r["arm"] == "sum")
-    assert summed["args"][-2:] == ["--learning_rate", "1e-4" if choice["chosen"] == "lr_a" else "1e-3"]
+    chosen_lr = ["--learning_rate", "1e-4" if choice["chosen"] == "lr_a" else "1e-3"]
+    assert summed["args"][-2:] == chosen_lr
+    # the choice_of arm reuses sum's tuning (no runs of its own on the tuning split) with its own method
+    pcgrad = next(r for r in results if r["arm"] == "pcgrad")
+    assert pcgrad["args"] == ["--aggregator", "pcgrad", *chosen_lr]
+    assert sorted(p.name for p in (out / "tuning").iterdir()) == ["sum"]
     cmd = (out / "runs" / "split1" / "pcgrad" / "seed1" / "run" / "metrics.json").read_text()
     assert json.loads(cmd)["train_global_steps"] == 2
     for r in results:
@@ -96,6 +101,7 @@ def test_tiny_grid_end_to_end_and_resume(tiny_backbone, tiny_data, tmp_path):
     )
     table = (out / "results.md").read_text()
     assert "| `pcgrad` | 2 |" in table and "chosen `" in table and "Validation split 1" in table
+    assert f"- `pcgrad` takes `sum`'s choice, `{choice['chosen']}`" in table
     assert (out / "results.png").stat().st_size > 5000
     with open(out / "results.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 3
@@ -164,6 +170,20 @@ def test_pairs_report_paired_differences_per_task_and_overall():
         ({"protocol": ["--seed", "3"]}, "--seed is set by the harness"),
         ({"seeds": ["a"]}, "'seeds' must be a list of integers"),
         ({"colour": 1}, "unknown keys \\['colour'\\]"),
+        (
+            {"arms": {"separate": {"single_task": True}, "sum": {}, "pc": {"choice_of": "sum"}}},
+            "'choice_of' must name an arm with candidates",
+        ),
+        (
+            {
+                "arms": {
+                    "separate": {"single_task": True},
+                    "sum": {"candidates": {"a": []}},
+                    "pc": {"choice_of": "sum", "candidates": {"b": []}},
+                }
+            },
+            "cannot have candidates",
+        ),
     ],
 )
 def test_grid_errors_name_the_key(tiny_backbone, tiny_data, change, message):
