@@ -405,14 +405,18 @@ def summarise(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[st
                 row[key], row[f"{key}_ci"] = interval(diffs)
                 row[f"{key}_seeds"] = len(paired)
             m = [by[(split, arm, s)] for s in seeds]
-            examples = sum(c["metrics"].get("train_examples", 0) for c in m)
-            seconds = sum(c["metrics"].get("train_seconds", 0.0) for c in m)
-            steps = sum(c["metrics"].get("train_global_steps", 0) for c in m)
-            row["s_per_1k_examples"] = 1000 * seconds / examples if examples else math.nan
-            row["s_per_step"] = seconds / steps if steps else math.nan
+            # medians over seeds: one run slowed by other work on the machine must not move the row
+            row["s_per_1k_examples"] = _median_rate(m, "train_examples", 1000.0)
+            row["s_per_step"] = _median_rate(m, "train_global_steps")
             row["peak_rss_mb"] = max(c["peak_rss_mb"] for c in m)
             rows.append(row)
     return rows
+
+
+def _median_rate(cells: list[dict[str, Any]], per: str, scale: float = 1.0) -> float:
+    """The median over cells of training seconds per ``per`` (times ``scale``); ``nan`` if none has it."""
+    rates = [scale * c["metrics"].get("train_seconds", 0.0) / c["metrics"][per] for c in cells if c["metrics"].get(per)]
+    return statistics.median(rates) if rates else math.nan
 
 
 def paired(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -467,7 +471,7 @@ def markdown(
                   f"(the reference), paired Δ overall vs `{grid.get('baseline')}` (the baseline)):", ""]  # fmt: skip
         names = {t: next((r[f"{t}_metric"] for r in rows if r["split"] == split and r[f"{t}_metric"]), "") for t in tasks}
         head = ["arm", "seeds", *[f"{t} {names[t]}" for t in tasks], "overall", "Δm (%)", "Δ vs reference", "Δ vs baseline",
-                "s / 1k examples", "s / step", "peak RSS (MB)"]  # fmt: skip
+                "s / 1k examples (median)", "s / step (median)", "peak RSS (MB)"]  # fmt: skip
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in (r for r in rows if r["split"] == split):
             subset = "" if r.get("tasks", " ".join(tasks)) == " ".join(tasks) else f" ({r['tasks']} only)"

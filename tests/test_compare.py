@@ -227,3 +227,17 @@ def test_an_arm_on_a_subset_of_tasks_is_scored_on_its_tasks():
     assert "(b only)" in table and "| `alone` | 2 | — | 0.805" in table and "| a accuracy | b accuracy |" in table
     with pytest.raises(GridError, match="'tasks' must be a non-empty subset"):
         Grid.from_dict({"tasks": ["a"], "arms": {"x": {"tasks": ["z"]}}, "seeds": [0], "splits": [0]})
+
+
+def test_cost_columns_are_medians_over_seeds():
+    grid = {"tasks": ["a"], "arms": {"m": {}}, "reference": None, "baseline": None}
+
+    def cell(seed, seconds):
+        return {"arm": "m", "seed": seed, "split": 1, "peak_rss_mb": 100.0 + seed,
+                "metrics": {"eval_a_accuracy": 0.5, "eval_a_score": 0.5, "train_seconds": seconds,
+                            "train_examples": 2000, "train_global_steps": 20}}  # fmt: skip
+
+    # seed 1 shared the machine with other work and took 10x as long: the median ignores it
+    (row,) = summarise(grid, [cell(0, 100.0), cell(1, 1000.0), cell(2, 110.0)])
+    assert row["s_per_1k_examples"] == pytest.approx(55.0) and row["s_per_step"] == pytest.approx(5.5)
+    assert row["peak_rss_mb"] == 102.0
