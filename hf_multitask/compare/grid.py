@@ -1,0 +1,157 @@
+"""The grid: arms, seeds, splits and protocol of a comparison, validated on construction."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULT = "result.json"  # a finished cell's file: its presence means the cell never runs again
+
+
+class GridError(ValueError):
+    """A grid file or a results folder that cannot be used (the message names the key or file)."""
+
+
+@dataclass
+class Arm:
+    """One method under comparison: recipe flags, or one single-task run per task, optionally
+    with ``candidates`` (name -> extra flags) compared on the tuning split, the best kept, or
+    with ``choice_of`` another tuned arm, whose chosen candidate's flags it adds to its own."""
+
+    name: str
+    args: list[str] = field(default_factory=list)
+    single_task: bool = False
+    candidates: dict[str, list[str]] = field(default_factory=dict)
+    tasks: list[str] | None = None  # a subset of the grid's tasks (None: all of them)
+    choice_of: str | None = None  # a tuned arm whose chosen candidate this arm reuses
+
+
+@dataclass
+class Grid:
+    """A comparison: ``arms`` x ``seeds`` x ``splits`` under one ``protocol`` (see the module docstring)."""
+
+    tasks: list[str]
+    arms: list[Arm]
+    seeds: list[int]
+    splits: list[int]
+    protocol: list[str] = field(default_factory=list)
+    train_limits: dict[str, int] = field(default_factory=dict)
+    tuning_split: int | None = None
+    tuning_seed: int = 0
+    reference: str | None = None
+    baseline: str | None = None
+    pairs: list[list[str]] = field(default_factory=list)  # [a, b]: report a - b per seed (e.g. a method vs its control)
+    command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "hf_multitask.recipe"])
+
+    def __post_init__(self) -> None:
+        names = [a.name for a in self.arms]
+        if not self.tasks or not self.arms or not self.seeds or not self.splits:
+            raise GridError("a grid needs non-empty 'tasks', 'arms', 'seeds' and 'splits'")
+        if len(set(names)) != len(names):
+            raise GridError(f"arm names repeat: {names}")
+        for key in ("reference", "baseline"):
+            value = getattr(self, key)
+            if value is not None and value not in names:
+                raise GridError(f"'{key}': {value!r} is not an arm ({names})")
+        for pair in self.pairs:
+            if len(pair) != 2 or pair[0] == pair[1] or any(a not in names for a in pair):
+                raise GridError(f"'pairs': each entry must be two different arms of {names}, got {pair}")
+        if self.reference is not None and not self.arm(self.reference).single_task:
+            raise GridError(f"'reference': arm {self.reference!r} must be single_task (Delta-m is relative to single-task models)")
+        tuned = [a.name for a in self.arms if a.candidates]
+        if tuned and self.tuning_split is None:
+            raise GridError(f"arms {tuned} have candidates but the grid has no 'tuning_split'")
+        for arm in self.arms:
+            if arm.choice_of is None:
+                continue
+            if arm.candidates or arm.single_task:
+                raise GridError(f"arm {arm.name!r}: 'choice_of' reuses another arm's tuning; it cannot have candidates or be single_task")
+            if arm.choice_of not in tuned:
+                raise GridError(f"arm {arm.name!r}: 'choice_of' must name an arm with candidates ({tuned}), got {arm.choice_of!r}")
+        if self.tuning_split is not None and self.tuning_split in self.splits:
+            raise GridError(f"'tuning_split' {self.tuning_split} is also in 'splits': never report on the split used to choose")
+        unknown = sorted(set(self.train_limits) - set(self.tasks))
+        if unknown:
+            raise GridError(f"'train_limits' names tasks {unknown} that are not in 'tasks' {self.tasks}")
+        for arm in self.arms:
+            extra = sorted(set(arm.tasks or []) - set(self.tasks))
+            if extra or (arm.tasks is not None and not arm.tasks):
+                raise GridError(f"arm {arm.name!r}: 'tasks' must be a non-empty subset of the grid's tasks {self.tasks}, got {arm.tasks}")
+            for flag in ("--seed", "--validation_seed", "--output-dir", "--output_dir", "--tasks", "--train_limits"):
+                if flag in arm.args or flag in self.protocol:
+                    raise GridError(f"arm {arm.name!r}: {flag} is set by the harness, not by the grid")
+
+    def arm(self, name: str) -> Arm:
+        return next(a for a in self.arms if a.name == name)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "grid") -> Grid:
+        known = {
+            "tasks",
+            "arms",
+            "seeds",
+            "splits",
+            "protocol",
+            "train_limits",
+            "tuning_split",
+            "tuning_seed",
+            "reference",
+            "baseline",
+            "pairs",
+            "command",
+        }
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise GridError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+        arms_data = data.get("arms") or {}
+        if not isinstance(arms_data, dict):
+            raise GridError(f"{where}: 'arms' must map arm names to {{args, single_task, candidates, choice_of, tasks}}")
+        arms = []
+        for name, spec in arms_data.items():
+            spec = spec or {}
+            bad = sorted(set(spec) - {"args", "single_task", "candidates", "tasks", "choice_of"})
+            if bad:
+                raise GridError(f"{where}: arm {name!r}: unknown keys {bad}")
+            tasks = spec.get("tasks")
+            arms.append(Arm(str(name), [str(a) for a in spec.get("args", [])], bool(spec.get("single_task", False)),
+                            {str(k): [str(a) for a in (v or [])] for k, v in (spec.get("candidates") or {}).items()},
+                            None if tasks is None else [str(t) for t in tasks],
+                            None if spec.get("choice_of") is None else str(spec["choice_of"])))  # fmt: skip
+        fields = {k: data[k] for k in known - {"arms"} if k in data}
+        for key in ("seeds", "splits"):
+            if key in fields and not all(isinstance(v, int) for v in fields[key]):
+                raise GridError(f"{where}: '{key}' must be a list of integers, got {fields[key]}")
+        if "pairs" in fields:
+            if not isinstance(fields["pairs"], list) or not all(isinstance(p, (list, tuple)) for p in fields["pairs"]):
+                raise GridError(f"{where}: 'pairs' must be a list of [arm, arm] lists, got {fields['pairs']}")
+            fields["pairs"] = [[str(a) for a in p] for p in fields["pairs"]]
+        try:
+            return cls(arms=arms, **fields)
+        except TypeError as err:
+            raise GridError(f"{where}: {err}") from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Grid:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise GridError(f"cannot read grid file {path}: {err.strerror}") from None
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                at = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+                raise GridError(f"{path}:{at} invalid YAML: {getattr(err, 'problem', err)}") from None
+        if not isinstance(data, dict):
+            raise GridError(f"{path}: a grid file must hold a mapping")
+        return cls.from_dict(data, where=str(path))

@@ -1,0 +1,141 @@
+"""The report of a comparison folder: CSV, markdown tables and a PNG of score vs cost."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .grid import RESULT, GridError
+from .stats import paired, summarise
+
+
+def load_results(out_dir: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The grid description and every finished reported cell (tuning runs excluded)."""
+    out = Path(out_dir)
+    if not (out / "grid.json").is_file():
+        raise GridError(f"{out} holds no grid.json: not a comparison folder (run `python -m hf_multitask.compare run` first)")
+    grid = json.loads((out / "grid.json").read_text())
+    cells = [json.loads(p.read_text()) for p in sorted((out / "runs").glob(f"split*/*/seed*/{RESULT}"))] if (out / "runs").is_dir() else []
+    return grid, cells
+
+
+def _fmt(mean: float, ci: float, digits: int = 3) -> str:
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.{digits}f}" if math.isnan(ci) else f"{mean:.{digits}f} ± {ci:.{digits}f}"
+
+
+def _verdict(mean: float, ci: float) -> str:
+    if math.isnan(mean) or math.isnan(ci):
+        return ""
+    if mean - ci > 0:
+        return " (better)"
+    if mean + ci < 0:
+        return " (worse)"
+    return " (within noise)"
+
+
+def markdown(
+    grid: dict[str, Any], rows: list[dict[str, Any]], tuning: list[dict[str, Any]] | None = None, pairs: list[dict[str, Any]] | None = None
+) -> str:
+    """The results table (one per split), the paired differences and the tuning choices, as markdown."""
+    tasks = grid["tasks"]
+    lines = []
+    for split in sorted({r["split"] for r in rows}):
+        lines += [f"Validation split {split} (seeds: mean ± 95 % t interval; Δm and the paired Δ overall vs `{grid.get('reference')}` "
+                  f"(the reference), paired Δ overall vs `{grid.get('baseline')}` (the baseline)):", ""]  # fmt: skip
+        names = {t: next((r[f"{t}_metric"] for r in rows if r["split"] == split and r[f"{t}_metric"]), "") for t in tasks}
+        head = ["arm", "seeds", *[f"{t} {names[t]}" for t in tasks], "overall", "Δm (%)", "Δ vs reference", "Δ vs baseline",
+                "s / 1k examples (median)", "s / step (median)", "peak RSS (MB)"]  # fmt: skip
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in (r for r in rows if r["split"] == split):
+            subset = "" if r.get("tasks", " ".join(tasks)) == " ".join(tasks) else f" ({r['tasks']} only)"
+            cells = [f"`{r['arm']}`", str(r["seeds"]), *[_fmt(r[t], r[f"{t}_ci"]) for t in tasks], _fmt(r["overall"], r["overall_ci"]) + subset,
+                     _fmt(r["delta_m"], r["delta_m_ci"], 2),
+                     _fmt(r["vs_reference"], r["vs_reference_ci"]) + _verdict(r["vs_reference"], r["vs_reference_ci"]),
+                     _fmt(r["vs_baseline"], r["vs_baseline_ci"]) + _verdict(r["vs_baseline"], r["vs_baseline_ci"]),
+                     f"{r['s_per_1k_examples']:.1f}", f"{r['s_per_step']:.2f}", f"{r['peak_rss_mb']:.0f}"]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        mine = [r for r in pairs or [] if r["split"] == split]
+        if mine:
+            lines += [f"Paired differences on split {split} (same seed; mean ± 95 % t interval over seeds):", ""]
+            head = ["a − b", "seeds", *[f"Δ {t}" for t in tasks], "Δ overall"]
+            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for r in mine:
+                cells = [f"`{r['pair']}`", str(r["seeds"]), *[_fmt(r[t], r[f"{t}_ci"]) for t in tasks],
+                         _fmt(r["overall"], r["overall_ci"]) + _verdict(r["overall"], r["overall_ci"])]  # fmt: skip
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
+    for choice in tuning or []:
+        scores = ", ".join(f"`{k}` {v:.4f}" for k, v in choice["scores"].items())
+        lines.append(
+            f"- `{choice['arm']}` tuned on split {choice['split']} (seed {choice['seed']}): {scores}; chosen `{choice['chosen']}`."
+        )
+        for name, spec in grid.get("arms", {}).items():
+            if spec.get("choice_of") == choice["arm"]:
+                lines.append(
+                    f"- `{name}` takes `{choice['arm']}`'s choice, `{choice['chosen']}`, with its own flags {' '.join(spec['args'])}."
+                )
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot(grid: dict[str, Any], rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Overall score vs training cost, and per-task differences from the reference arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks, ref = grid["tasks"], grid.get("reference")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colour = {arm: f"C{i % 10}" for i, arm in enumerate(dict.fromkeys(r["arm"] for r in rows))}  # one colour per arm in both panels
+    for r in rows:
+        err = None if math.isnan(r["overall_ci"]) else r["overall_ci"]
+        left.errorbar(r["s_per_1k_examples"], r["overall"], yerr=err, fmt="o", capsize=3, color=colour[r["arm"]])
+        left.annotate(f"{r['arm']} (split {r['split']})", (r["s_per_1k_examples"], r["overall"]), fontsize=7, xytext=(4, 2),
+                      textcoords="offset points")  # fmt: skip
+    left.set_xlabel("training seconds per 1,000 examples")
+    left.set_ylabel("overall score (mean over seeds)")
+    left.set_title("score vs cost")
+    others = [r for r in rows if r["arm"] != ref]
+    width = 0.8 / max(1, len(others))
+    for i, r in enumerate(others):
+        base = next((b for b in rows if b["arm"] == ref and b["split"] == r["split"]), None)
+        if base is None:
+            continue
+        deltas = [r[t] - base[t] for t in tasks]
+        right.bar(
+            [k + i * width for k in range(len(tasks))], deltas, width, label=f"{r['arm']} (split {r['split']})", color=colour[r["arm"]]
+        )
+    right.axhline(0, color="black", linewidth=0.8)
+    right.set_xticks([k + 0.4 - width / 2 for k in range(len(tasks))], tasks)
+    right.set_ylabel(f"metric minus `{ref}`")
+    right.set_title("per-task difference from single-task models")
+    if others:
+        right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(out_dir: str | os.PathLike, markdown_path: str | None = None, png_path: str | None = None) -> list[dict[str, Any]]:
+    """Write ``results.csv``, ``results.md`` (or ``markdown_path``) and ``results.png`` (or
+    ``png_path``) into the comparison folder; returns the summary rows."""
+    out = Path(out_dir)
+    grid, cells = load_results(out)
+    if not cells:
+        raise GridError(f"{out}: no finished runs yet")
+    rows = summarise(grid, cells)
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    tuning = [json.loads(p.read_text()) for p in sorted(out.glob("tuning/*/choice.json"))]
+    Path(markdown_path or out / "results.md").write_text(markdown(grid, rows, tuning, paired(grid, cells)))
+    plot(grid, rows, png_path or out / "results.png")
+    return rows

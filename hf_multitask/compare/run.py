@@ -1,0 +1,125 @@
+"""Running a grid: every cell in its own process, one at a time, resumable; tuning first."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .grid import RESULT, Arm, Grid, GridError
+from .stats import _overall
+
+
+def _run_one(cmd: list[str], out: Path, log: Path) -> dict[str, Any]:
+    """Run one recipe in a child process; its metrics plus wall time and the child's peak RSS."""
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"run failed (exit {proc.returncode}): {' '.join(cmd)}\nlog {log}:\n" + "\n".join(tail))
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"metrics": metrics, "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024}  # ru_maxrss is KiB on Linux
+
+
+def _recipe_cmd(grid: Grid, args: list[str], tasks: list[str], seed: int, split: int, out: Path) -> list[str]:
+    limits = {t: n for t, n in grid.train_limits.items() if t in tasks}
+    extra = ["--train_limits", json.dumps(limits)] if limits else []
+    return [*grid.command, *grid.protocol, *args, *extra, "--tasks", *tasks, "--seed", str(seed), "--validation_seed", str(split),
+            "--output-dir", str(out), "--overwrite_output_dir"]  # fmt: skip
+
+
+def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folder: Path, say: Any) -> dict[str, Any]:
+    """One (arm, seed, split) cell: resumable; single-task arms run once per task and combine."""
+    done = folder / RESULT
+    if done.is_file():
+        return json.loads(done.read_text())
+    tasks = list(arm.tasks or grid.tasks)
+    if arm.single_task:
+        parts: dict[str, dict[str, Any]] = {}
+        for task in tasks:
+            sub = folder / task
+            if (sub / RESULT).is_file():
+                parts[task] = json.loads((sub / RESULT).read_text())
+            else:
+                say(f"{arm.name} / {task}: seed {seed}, split {split}")
+                parts[task] = _run_one(_recipe_cmd(grid, args, [task], seed, split, sub / "run"), sub / "run", sub / "log.txt")
+                (sub / RESULT).write_text(json.dumps(parts[task], indent=2))
+        metrics: dict[str, float] = {}
+        for task, part in parts.items():
+            metrics.update({k: v for k, v in part["metrics"].items() if k.startswith(f"eval_{task}_")})
+        steps = sum(p["metrics"].get("train_global_steps", 0) for p in parts.values())
+        train_seconds = sum(p["metrics"].get("train_seconds", 0.0) for p in parts.values())
+        examples = sum(p["metrics"].get("train_examples", 0) for p in parts.values())
+        metrics.update(train_seconds=train_seconds, train_examples=examples, train_global_steps=steps)
+        result = {"metrics": metrics, "wall_seconds": sum(p["wall_seconds"] for p in parts.values()),
+                  "peak_rss_mb": max(p["peak_rss_mb"] for p in parts.values())}  # fmt: skip
+    else:
+        say(f"{arm.name}: seed {seed}, split {split}")
+        result = _run_one(_recipe_cmd(grid, args, tasks, seed, split, folder / "run"), folder / "run", folder / "log.txt")
+    result.update(arm=arm.name, seed=seed, split=split, args=args, tasks=tasks)
+    done.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def tuned_args(grid: Grid, arm: Arm, out_dir: Path, say: Any = print) -> list[str]:
+    """The arm's flags plus its best candidate's (by overall score on the tuning split), running
+    the candidates that have not run yet; for a ``choice_of`` arm, plus the candidate that arm chose."""
+    if arm.choice_of is not None:
+        source = grid.arm(arm.choice_of)
+        return [*arm.args, *source.candidates[_choose(grid, source, out_dir, say)]]
+    if not arm.candidates:
+        return list(arm.args)
+    return [*arm.args, *arm.candidates[_choose(grid, arm, out_dir, say)]]
+
+
+def _choose(grid: Grid, arm: Arm, out_dir: Path, say: Any) -> str:
+    """The name of the arm's best candidate on the tuning split (recorded in ``choice.json``)."""
+    assert grid.tuning_split is not None
+    scores = {}
+    for cand, extra in arm.candidates.items():
+        res = _execute(grid, [*arm.args, *extra], arm, grid.tuning_seed, grid.tuning_split,
+                       out_dir / "tuning" / arm.name / cand, say)  # fmt: skip
+        scores[cand] = _overall(res["metrics"], arm.tasks or grid.tasks)
+    best = max(scores, key=lambda k: scores[k])
+    choice = {"arm": arm.name, "split": grid.tuning_split, "seed": grid.tuning_seed, "scores": scores, "chosen": best}
+    (out_dir / "tuning" / arm.name / "choice.json").write_text(json.dumps(choice, indent=2))
+    return best
+
+
+def run_grid(grid: Grid, out_dir: str | os.PathLike, arms: Sequence[str] | None = None, say: Any = print) -> list[dict[str, Any]]:
+    """Run (or resume) the grid into ``out_dir``; returns every cell's result. ``arms`` restricts
+    the run to some arms (their tuning included). Runs go one at a time: on a small machine two
+    training processes at once slow each other down many times over."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "grid.json").write_text(json.dumps(grid_dict(grid), indent=2))
+    chosen = [grid.arm(a) for a in arms] if arms else grid.arms
+    unknown = sorted(set(arms or []) - {a.name for a in grid.arms})
+    if unknown:
+        raise GridError(f"--arms: unknown arms {unknown}; the grid has {[a.name for a in grid.arms]}")
+    results = []
+    for arm in chosen:
+        args = tuned_args(grid, arm, out, say)
+        for split in grid.splits:
+            for seed in grid.seeds:
+                results.append(_execute(grid, args, arm, seed, split, out / "runs" / f"split{split}" / arm.name / f"seed{seed}", say))
+    return results
+
+
+def grid_dict(grid: Grid) -> dict[str, Any]:
+    """The grid as ``grid.json`` records it in a comparison folder (what the report reads)."""
+    return {"tasks": grid.tasks, "train_limits": grid.train_limits, "seeds": grid.seeds, "splits": grid.splits, "protocol": grid.protocol,
+            "tuning_split": grid.tuning_split, "tuning_seed": grid.tuning_seed, "reference": grid.reference,
+            "baseline": grid.baseline, "pairs": grid.pairs,
+            "arms": {a.name: {"args": a.args, "single_task": a.single_task, "candidates": a.candidates, "tasks": a.tasks or grid.tasks,
+                              **({"choice_of": a.choice_of} if a.choice_of else {})}
+                     for a in grid.arms}}  # fmt: skip
