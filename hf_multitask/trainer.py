@@ -234,6 +234,16 @@ class MultitaskTrainer(Trainer):
         self.aggregator = (
             aggregator if aggregator is not None else get_aggregator(args.aggregator, seed=seed, **(args.aggregator_kwargs or {}))
         )
+        if (
+            args.activation_checkpointing
+            and (args.activation_checkpointing_kwargs or {}).get("use_reentrant")
+            and getattr(self.aggregator, "needs_gradients", True)
+        ):
+            raise ValueError(
+                f"--activation_checkpointing_kwargs use_reentrant=True does not work with aggregator {self.aggregator.name!r}: "
+                "its per-task gradients come from torch.autograd.grad, which torch's reentrant checkpointing refuses. "
+                "Leave use_reentrant out (the default is False: same memory saving, same update)"
+            )
         self.telemetry: ConflictTelemetryCallback | None = None
         if args.telemetry_steps > 0:
             self.telemetry = ConflictTelemetryCallback(args.telemetry_steps)

@@ -205,3 +205,29 @@ def test_activation_checkpointing_gives_the_same_surgery_step(tmp_path, tokenize
     assert calls[True] == 2 * calls[False], "checkpointing was not active (each layer forward must run again in backward)"
     for name, value in weights[False].items():
         torch.testing.assert_close(weights[True][name], value, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("aggregator", ["sum", "pcgrad"])
+def test_reentrant_activation_checkpointing_is_refused_where_gradients_are_per_task(aggregator, tmp_path, tokenizer):
+    """torch's reentrant checkpoint cannot serve torch.autograd.grad, which the surgery engine
+    uses for every task: refused when the trainer is built, not at the first step."""
+    model = deterministic_model()
+    args = train_args(
+        tmp_path, aggregator=aggregator, activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": True}
+    )
+    with pytest.raises(ValueError, match=r"--activation_checkpointing_kwargs.*use_reentrant.*" + aggregator):
+        hm.MultitaskTrainer(model=model, args=args, train_dataset=toy_encoded(tokenizer, model, n=8), processing_class=tokenizer)
+
+
+def test_reentrant_activation_checkpointing_works_for_loss_weightings(tmp_path, tokenizer):
+    """FAMO and the other loss weightings take one backward of the weighted loss, which reentrant
+    checkpointing supports: the run equals the one without checkpointing."""
+    weights = {}
+    for checkpointing in (False, True):
+        model = deterministic_model()
+        extra = {"activation_checkpointing": True, "activation_checkpointing_kwargs": {"use_reentrant": True}} if checkpointing else {}
+        args = train_args(tmp_path / str(checkpointing), aggregator="famo", max_steps=2, **extra)
+        hm.MultitaskTrainer(model=model, args=args, train_dataset=toy_encoded(tokenizer, model, n=32), processing_class=tokenizer).train()
+        weights[checkpointing] = model.state_dict()
+    for name, value in weights[False].items():
+        torch.testing.assert_close(weights[True][name], value, rtol=0, atol=1e-6, msg=name)
