@@ -241,3 +241,26 @@ def test_cost_columns_are_medians_over_seeds():
     (row,) = summarise(grid, [cell(0, 100.0), cell(1, 1000.0), cell(2, 110.0)])
     assert row["s_per_1k_examples"] == pytest.approx(55.0) and row["s_per_step"] == pytest.approx(5.5)
     assert row["peak_rss_mb"] == 102.0
+
+
+def test_a_cell_run_with_other_flags_is_refused_not_reused(tiny_backbone, tiny_data, tmp_path):
+    """A finished cell is reused only while the grid still gives it the same flags: after an
+    arm's args (or the protocol) change, its old result would silently stand for the new arm."""
+    grid = _grid(tiny_backbone, tiny_data, arms={"pcgrad": {"args": ["--aggregator", "pcgrad"]}}, reference=None, baseline=None,
+                 seeds=[0])  # fmt: skip
+    cell = tmp_path / "o" / "runs" / "split1" / "pcgrad" / "seed0" / "result.json"
+    cell.parent.mkdir(parents=True)
+    stale = {"metrics": {}, "arm": "pcgrad", "seed": 0, "split": 1, "args": ["--aggregator", "sum"], "tasks": ["sst", "sts"]}
+    cell.write_text(json.dumps(stale))
+    said = []
+    with pytest.raises(GridError, match=r"result.json was run with args \['--aggregator', 'sum'\].*'pcgrad'.*delete"):
+        run_grid(grid, tmp_path / "o", say=said.append)
+    assert said == [], "nothing ran"
+    # the same flags (an older cell that records only args and tasks): reused as it is
+    stale["args"] = ["--aggregator", "pcgrad"]
+    cell.write_text(json.dumps(stale))
+    assert run_grid(grid, tmp_path / "o", say=said.append) == [stale] and said == []
+    # a changed protocol is caught too, once the cell records it
+    cell.write_text(json.dumps({**stale, "protocol": [*grid.protocol[:-1], "true"]}))
+    with pytest.raises(GridError, match="was run with protocol"):
+        run_grid(grid, tmp_path / "o", say=said.append)

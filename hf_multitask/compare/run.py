@@ -37,21 +37,49 @@ def _recipe_cmd(grid: Grid, args: list[str], tasks: list[str], seed: int, split:
             "--output-dir", str(out), "--overwrite_output_dir"]  # fmt: skip
 
 
+def _identity(grid: Grid, args: list[str], tasks: list[str]) -> dict[str, Any]:
+    """What makes a finished cell's result valid for the grid as it is now: the run's flags."""
+    return {
+        "args": args,
+        "tasks": tasks,
+        "protocol": grid.protocol,
+        "train_limits": {t: n for t, n in grid.train_limits.items() if t in tasks},
+    }
+
+
+def _finished(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """A finished cell's result, or None if it has not run. A cell run with other flags (the grid
+    was edited since) is refused rather than silently reused. Keys a result does not record
+    (older cells) are not compared."""
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    for key, now in identity.items():
+        if key in result and result[key] != now:
+            raise GridError(
+                f"{path} was run with {key} {result[key]}, but the grid now gives {now}: delete that cell's folder to run it "
+                "again with the new flags, or give the changed arm or candidate a new name"
+            )
+    return result
+
+
 def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folder: Path, say: Any) -> dict[str, Any]:
     """One (arm, seed, split) cell: resumable; single-task arms run once per task and combine."""
-    done = folder / RESULT
-    if done.is_file():
-        return json.loads(done.read_text())
     tasks = list(arm.tasks or grid.tasks)
+    done = _finished(folder / RESULT, _identity(grid, args, tasks))
+    if done is not None:
+        return done
     if arm.single_task:
         parts: dict[str, dict[str, Any]] = {}
         for task in tasks:
             sub = folder / task
-            if (sub / RESULT).is_file():
-                parts[task] = json.loads((sub / RESULT).read_text())
+            part = _finished(sub / RESULT, _identity(grid, args, [task]))
+            if part is not None:
+                parts[task] = part
             else:
                 say(f"{arm.name} / {task}: seed {seed}, split {split}")
                 parts[task] = _run_one(_recipe_cmd(grid, args, [task], seed, split, sub / "run"), sub / "run", sub / "log.txt")
+                parts[task].update(_identity(grid, args, [task]))
                 (sub / RESULT).write_text(json.dumps(parts[task], indent=2))
         metrics: dict[str, float] = {}
         for task, part in parts.items():
@@ -65,8 +93,8 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
     else:
         say(f"{arm.name}: seed {seed}, split {split}")
         result = _run_one(_recipe_cmd(grid, args, tasks, seed, split, folder / "run"), folder / "run", folder / "log.txt")
-    result.update(arm=arm.name, seed=seed, split=split, args=args, tasks=tasks)
-    done.write_text(json.dumps(result, indent=2))
+    result.update(arm=arm.name, seed=seed, split=split, **_identity(grid, args, tasks))
+    (folder / RESULT).write_text(json.dumps(result, indent=2))
     return result
 
 
