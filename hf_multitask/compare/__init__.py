@@ -27,7 +27,8 @@ compare, the training seeds and the validation splits (``--validation_seed`` val
 ``python -m hf_multitask.compare run grid.yaml --output-dir DIR`` runs every
 (split, arm, seed) in its own process through the recipe (``python -m hf_multitask.recipe``),
 tuning arms first; a finished run (its ``result.json``) is never run again, so an interrupted
-grid continues where it stopped. Each run's wall time, training time and peak memory (the
+grid continues where it stopped (a result whose recorded flags no longer match the grid is
+refused, not reused). Each run's wall time, training time and peak memory (the
 child's max RSS) are recorded. ``python -m hf_multitask.compare report DIR`` writes the
 results as CSV, a markdown table (per-task metrics, overall and Delta-m with 95 % t
 intervals over seeds, the paired difference with the baseline and whether its interval
