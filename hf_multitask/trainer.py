@@ -316,6 +316,7 @@ class MultitaskTrainer(Trainer):
         self.examples_seen: dict[str, int] = {t: 0 for t in names}
         self.skipped_steps = 0
         self._pending_step: dict[str, int] | None = None  # counts of the step awaiting optimizer.step()
+        self._pending_observe: tuple[list[str], torch.Tensor] | None = None  # a loss weighting's step losses, likewise
         self._task_loss_log: dict[str, list[float]] = {}
         self._step_losses: dict[str, torch.Tensor] = {}
         self._step_loss_batches: dict[str, int] = {}
@@ -549,8 +550,8 @@ class MultitaskTrainer(Trainer):
             values = torch.stack([step_losses[t].double() for t in names])
             if self.args.world_size > 1:
                 values = self._mean_over_ranks(tasks, names, values)
-            if bool(torch.isfinite(values).all()):  # fp16 overflow: the scaler skips the step, the state waits
-                method.observe(names, values)
+            if bool(torch.isfinite(values).all()):  # observed once the optimizer step is known to have happened
+                self._pending_observe = (names, values)
         method.last_info = {"weights": torch.tensor([self._lw_weights[t] for t in names], dtype=torch.float64), "tasks": names}
         counts = {t: n * self.args.world_size for t, n in self._lw_counts.items()}
         self._pending_step = counts
@@ -605,8 +606,12 @@ class MultitaskTrainer(Trainer):
         return torch.zeros((), device=self.args.device)
 
     def optimizer_step_done(self) -> None:
-        """After each optimizer step: count the step (unless the GradScaler skipped it) and let
-        loss hooks with an EMA teacher follow the model."""
+        """After each optimizer step: count the step and let a loss weighting observe its losses
+        (unless the GradScaler skipped the step: FAMO's rates of improvement and UW's log-variances
+        must follow steps the model took), and let loss hooks with an EMA teacher follow the model."""
+        observed, self._pending_observe = self._pending_observe, None
+        if observed is not None and not self.accelerator.optimizer_step_was_skipped:
+            self.aggregator.observe(*observed)
         pending, self._pending_step = self._pending_step, None
         if pending is not None:
             if self.accelerator.optimizer_step_was_skipped:

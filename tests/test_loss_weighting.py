@@ -149,6 +149,22 @@ def test_famo_trainer_step_is_the_gradient_of_the_weighted_loss(tmp_path, tokeni
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("method", ["uw", "famo"])
+def test_steps_the_scaler_skips_leave_the_method_state_alone(tmp_path, tokenizer, monkeypatch, method):
+    """An fp16 overflow makes the GradScaler skip the optimizer step: the model did not move, so
+    FAMO must not read a rate of improvement from it, nor UW take its log-variance step."""
+    trainer = _trainer(tmp_path, tokenizer, aggregator=method, max_steps=3)
+    monkeypatch.setattr(type(trainer.accelerator), "optimizer_step_was_skipped", property(lambda self: True))
+    trainer.train()
+    state = trainer.aggregator.state_dict()
+    assert torch.equal(state["param"], torch.zeros(3, dtype=torch.float64)), "the logits / log-variances stayed at their start"
+    assert trainer.skipped_steps == 3
+    monkeypatch.undo()
+    moved = _trainer(tmp_path / "b", tokenizer, aggregator=method, max_steps=3)
+    moved.train()
+    assert not torch.equal(moved.aggregator.state_dict()["param"], torch.zeros(3, dtype=torch.float64)), "steps taken: the state moves"
+
+
 @pytest.mark.parametrize("method", [UncertaintyWeighting, FAMO])
 def test_state_dict_round_trip(method):
     a = method(seed=1)

@@ -9,7 +9,8 @@ contract, called by the trainer in this order every optimizer step:
    tasks in that micro-batch (under DDP: their mean over ranks, so every rank computes the
    same weights) returns the detached weights ``w`` of ``sum_i w_i L_i``;
 3. ``observe(names, losses)`` with the step's mean losses (over micro-batches and ranks)
-   updates the method's state (UW's log-variances, FAMO's logits).
+   updates the method's state (UW's log-variances, FAMO's logits). The trainer calls it after
+   the optimizer step, and skips it for a step the GradScaler skipped.
 
 The state (generator, parameters, optimiser moments) is in ``state_dict`` and saved with every
 checkpoint. A loss weighting is still an :class:`~hf_multitask.surgery.Aggregator` whose
@@ -42,7 +43,7 @@ class LossWeighting(Aggregator):
         return self.step_weights(tasks)
 
     def observe(self, tasks: Sequence[str], losses: torch.Tensor) -> None:
-        """The step's mean task losses, after the backward: update the state."""
+        """The step's mean task losses, after the optimizer step (not called for a skipped step): update the state."""
 
     def step_weights(self, tasks: Sequence[str]) -> torch.Tensor:
         """The current weights, without a loss to read (``weights`` on a Gram matrix uses this)."""
