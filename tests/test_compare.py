@@ -264,3 +264,11 @@ def test_a_cell_run_with_other_flags_is_refused_not_reused(tiny_backbone, tiny_d
     cell.write_text(json.dumps({**stale, "protocol": [*grid.protocol[:-1], "true"]}))
     with pytest.raises(GridError, match="was run with protocol"):
         run_grid(grid, tmp_path / "o", say=said.append)
+
+
+def test_narrow_intervals_are_shown_with_more_digits():
+    from hf_multitask.compare.report import _fmt
+
+    assert _fmt(0.7331, 0.0031) == "0.733 ± 0.003"
+    assert _fmt(0.00034, 0.00034) == "0.0003 ± 0.0003", "not 0.000 ± 0.000"
+    assert _fmt(0.5, 1e-9) == "0.50000 ± 0.00000" and _fmt(0.5, math.nan) == "0.500" and _fmt(math.nan, 0.1) == "—"

@@ -24,8 +24,11 @@ def load_results(out_dir: str | os.PathLike) -> tuple[dict[str, Any], list[dict[
 
 
 def _fmt(mean: float, ci: float, digits: int = 3) -> str:
+    """``mean ± ci``; an interval too narrow to show at ``digits`` gets up to two more digits."""
     if math.isnan(mean):
         return "—"
+    while not math.isnan(ci) and 0 < ci < 0.5 * 10**-digits and digits < 5:
+        digits += 1
     return f"{mean:.{digits}f}" if math.isnan(ci) else f"{mean:.{digits}f} ± {ci:.{digits}f}"
 
 
