@@ -80,7 +80,7 @@ def markdown(
             f"- `{choice['arm']}` tuned on split {choice['split']} (seed {choice['seed']}): {scores}; chosen `{choice['chosen']}`."
         )
         for name, spec in grid.get("arms", {}).items():
-            if spec.get("choice_of") == choice["arm"]:
+            if spec.get("choice_of") == choice["arm"] and any(r["arm"] == name for r in rows):
                 lines.append(
                     f"- `{name}` takes `{choice['arm']}`'s choice, `{choice['chosen']}`, with its own flags {' '.join(spec['args'])}."
                 )
