@@ -272,3 +272,8 @@ def test_narrow_intervals_are_shown_with_more_digits():
     assert _fmt(0.7331, 0.0031) == "0.733 ± 0.003"
     assert _fmt(0.00034, 0.00034) == "0.0003 ± 0.0003", "not 0.000 ± 0.000"
     assert _fmt(0.5, 1e-9) == "0.50000 ± 0.00000" and _fmt(0.5, math.nan) == "0.500" and _fmt(math.nan, 0.1) == "—"
+
+
+def test_unknown_arms_to_run_are_named(tiny_backbone, tiny_data, tmp_path):
+    with pytest.raises(GridError, match=r"--arms: unknown arms \['nope'\]; the grid has \['separate', 'sum', 'pcgrad'\]"):
+        run_grid(_grid(tiny_backbone, tiny_data), tmp_path / "o", arms=["sum", "nope"], say=lambda m: None)

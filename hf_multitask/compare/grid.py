@@ -86,7 +86,11 @@ class Grid:
                     raise GridError(f"arm {arm.name!r}: {flag} is set by the harness, not by the grid")
 
     def arm(self, name: str) -> Arm:
-        return next(a for a in self.arms if a.name == name)
+        """The arm called ``name`` (a :class:`GridError` naming the grid's arms if there is none)."""
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        raise GridError(f"no arm {name!r}; the grid has {[a.name for a in self.arms]}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "grid") -> Grid:

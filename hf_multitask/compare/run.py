@@ -130,10 +130,10 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, arms: Sequence[str] | None 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid.json").write_text(json.dumps(grid_dict(grid), indent=2))
-    chosen = [grid.arm(a) for a in arms] if arms else grid.arms
     unknown = sorted(set(arms or []) - {a.name for a in grid.arms})
     if unknown:
         raise GridError(f"--arms: unknown arms {unknown}; the grid has {[a.name for a in grid.arms]}")
+    chosen = [grid.arm(a) for a in arms] if arms else grid.arms
     results = []
     for arm in chosen:
         args = tuned_args(grid, arm, out, say)
