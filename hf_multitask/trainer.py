@@ -609,12 +609,13 @@ class MultitaskTrainer(Trainer):
         """After each optimizer step: count the step and let a loss weighting observe its losses
         (unless the GradScaler skipped the step: FAMO's rates of improvement and UW's log-variances
         must follow steps the model took), and let loss hooks with an EMA teacher follow the model."""
+        skipped = self.accelerator.optimizer_step_was_skipped
         observed, self._pending_observe = self._pending_observe, None
-        if observed is not None and not self.accelerator.optimizer_step_was_skipped:
+        if observed is not None and not skipped:
             self.aggregator.observe(*observed)
         pending, self._pending_step = self._pending_step, None
         if pending is not None:
-            if self.accelerator.optimizer_step_was_skipped:
+            if skipped:
                 self.skipped_steps += 1
             else:
                 for t, n in pending.items():

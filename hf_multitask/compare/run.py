@@ -30,8 +30,13 @@ def _run_one(cmd: list[str], out: Path, log: Path) -> dict[str, Any]:
     return {"metrics": metrics, "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024}  # ru_maxrss is KiB on Linux
 
 
+def _limits(grid: Grid, tasks: list[str]) -> dict[str, int]:
+    """The grid's train limits of the tasks a run trains."""
+    return {t: n for t, n in grid.train_limits.items() if t in tasks}
+
+
 def _recipe_cmd(grid: Grid, args: list[str], tasks: list[str], seed: int, split: int, out: Path) -> list[str]:
-    limits = {t: n for t, n in grid.train_limits.items() if t in tasks}
+    limits = _limits(grid, tasks)
     extra = ["--train_limits", json.dumps(limits)] if limits else []
     return [*grid.command, *grid.protocol, *args, *extra, "--tasks", *tasks, "--seed", str(seed), "--validation_seed", str(split),
             "--output-dir", str(out), "--overwrite_output_dir"]  # fmt: skip
@@ -39,12 +44,7 @@ def _recipe_cmd(grid: Grid, args: list[str], tasks: list[str], seed: int, split:
 
 def _identity(grid: Grid, args: list[str], tasks: list[str]) -> dict[str, Any]:
     """What makes a finished cell's result valid for the grid as it is now: the run's flags."""
-    return {
-        "args": args,
-        "tasks": tasks,
-        "protocol": grid.protocol,
-        "train_limits": {t: n for t, n in grid.train_limits.items() if t in tasks},
-    }
+    return {"args": args, "tasks": tasks, "protocol": grid.protocol, "train_limits": _limits(grid, tasks)}
 
 
 def _finished(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -66,20 +66,22 @@ def _finished(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
 def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folder: Path, say: Any) -> dict[str, Any]:
     """One (arm, seed, split) cell: resumable; single-task arms run once per task and combine."""
     tasks = list(arm.tasks or grid.tasks)
-    done = _finished(folder / RESULT, _identity(grid, args, tasks))
+    identity = _identity(grid, args, tasks)
+    done = _finished(folder / RESULT, identity)
     if done is not None:
         return done
     if arm.single_task:
         parts: dict[str, dict[str, Any]] = {}
         for task in tasks:
             sub = folder / task
-            part = _finished(sub / RESULT, _identity(grid, args, [task]))
+            part_identity = _identity(grid, args, [task])
+            part = _finished(sub / RESULT, part_identity)
             if part is not None:
                 parts[task] = part
             else:
                 say(f"{arm.name} / {task}: seed {seed}, split {split}")
                 parts[task] = _run_one(_recipe_cmd(grid, args, [task], seed, split, sub / "run"), sub / "run", sub / "log.txt")
-                parts[task].update(_identity(grid, args, [task]))
+                parts[task].update(part_identity)
                 (sub / RESULT).write_text(json.dumps(parts[task], indent=2))
         metrics: dict[str, float] = {}
         for task, part in parts.items():
@@ -93,7 +95,7 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
     else:
         say(f"{arm.name}: seed {seed}, split {split}")
         result = _run_one(_recipe_cmd(grid, args, tasks, seed, split, folder / "run"), folder / "run", folder / "log.txt")
-    result.update(arm=arm.name, seed=seed, split=split, **_identity(grid, args, tasks))
+    result.update(arm=arm.name, seed=seed, split=split, **identity)
     (folder / RESULT).write_text(json.dumps(result, indent=2))
     return result
 
