@@ -19,7 +19,16 @@ import datasets
 
 from .tasks import TaskSpec
 
-__all__ = ["DataError", "DataWarning", "BadRow", "load_task_data", "partial_label_tasks", "train_validation_split"]
+__all__ = [
+    "DataError",
+    "DataWarning",
+    "BadRow",
+    "load_task_data",
+    "load_text_label_files",
+    "partial_label_tasks",
+    "read_text_lines",
+    "train_validation_split",
+]
 
 _JSON_SUFFIXES = {".json", ".jsonl"}
 _TABLE_SUFFIXES = {".csv", ".tsv", ".txt"}
@@ -311,6 +320,80 @@ def load_task_data(
         return _validate(spec, str(source), columns, rows, **kwargs)
     header, table_rows = _read_table(path, delimiter)
     return _validate(spec, str(source), header, table_rows, **kwargs)
+
+
+def read_text_lines(path: str | os.PathLike[str]) -> list[str]:
+    """Every line of a UTF-8 text file, without its line ending (``\\n`` or ``\\r\\n``; a lone
+    ``\\r`` or a Unicode line separator inside a line stays text, so lines keep lining up with a
+    partner file that was split on ``\\n``), in order: line ``i + 1`` of the file is item ``i``. A leading byte-order mark is dropped, a
+    missing final newline is fine, blank lines are kept (they are lines). A line that is not UTF-8
+    or holds a NUL byte is a :class:`DataError` naming the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No such data file: {path}")
+    data = path.read_bytes()
+    if not data:
+        return []
+    parts = [part.removesuffix(b"\r") for part in data.split(b"\n")]
+    if parts[-1] == b"":
+        parts.pop()  # the final newline ends the last line; it does not start another
+    lines = []
+    for number, raw in enumerate(parts, start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: line {number} is not UTF-8 text ({err.reason} at byte {err.start} of the line)") from None
+        if "\x00" in text:
+            raise DataError(f"{path}: line {number}, column {text.index(chr(0)) + 1}: a NUL byte (is this a text file?)")
+        lines.append(text.removeprefix("\ufeff") if number == 1 else text)
+    return lines
+
+
+def load_text_label_files(
+    spec: TaskSpec,
+    text_file: str | os.PathLike[str],
+    label_file: str | os.PathLike[str],
+    *,
+    extra_columns: dict[str, str] | None = None,
+    id_prefix: str = "",
+    strict: bool = False,
+    max_bad_fraction: float = 0.01,
+    limit: int | None = None,
+) -> datasets.Dataset:
+    """One task's examples from the "one text per line + one label per line" layout (TweetEval,
+    SemEval releases and many others): line ``i`` of ``label_file`` labels line ``i`` of
+    ``text_file``. Labels are class indices or names from ``spec.label_names``.
+
+    The files must have the same number of lines, else a :class:`DataError` names both files
+    and the first line that has no partner. Bad rows (an empty text, a label that is not a
+    class) are reported by their line number and skipped, as in :func:`load_task_data`.
+
+    Args:
+        spec: A single-sentence task (its one text column gets the texts), or a pair task whose
+            first text column is given by ``extra_columns`` (e.g. a stance target).
+        extra_columns: Constant values of other text columns, ``{column: value}``.
+        id_prefix: Ids are ``f"{id_prefix}{line - 1}"`` (the 0-based line index).
+        strict / max_bad_fraction / limit: as in :func:`load_task_data`.
+    """
+    texts, labels = read_text_lines(text_file), read_text_lines(label_file)
+    if len(texts) != len(labels):
+        first = min(len(texts), len(labels)) + 1
+        longer = text_file if len(texts) > len(labels) else label_file
+        raise DataError(
+            f"{text_file} has {len(texts)} lines but {label_file} has {len(labels)}: line {first} of {longer} has no partner "
+            "(one text per line and one label per line, in the same order)"
+        )
+    constant = dict(extra_columns or {})
+    (text_column,) = [c for c in spec.text_columns if c not in constant] or [None]
+    if text_column is None:
+        raise DataError(f"Task {spec.name!r}: extra_columns {sorted(constant)} leave no text column for {text_file}")
+    columns = [*spec.text_columns, spec.label_column, spec.id_column]
+    rows = (
+        (number, {**constant, text_column: text, spec.label_column: label, spec.id_column: f"{id_prefix}{number - 1}"})
+        for number, (text, label) in enumerate(zip(texts, labels), start=1)
+    )
+    return _validate(spec, f"{text_file} + {label_file.name if isinstance(label_file, Path) else Path(label_file).name}", columns, rows,
+                     strict=strict, max_bad_fraction=max_bad_fraction, limit=limit)  # fmt: skip
 
 
 def train_validation_split(

@@ -9,7 +9,18 @@ import numpy as np
 
 from .tasks import TaskSpec
 
-__all__ = ["accuracy", "pearson", "spearman", "normalized_score", "overall_score", "compute_task_metrics", "predictions_from_logits"]
+__all__ = [
+    "accuracy",
+    "macro_f1",
+    "positive_f1",
+    "stance_f1",
+    "pearson",
+    "spearman",
+    "normalized_score",
+    "overall_score",
+    "compute_task_metrics",
+    "predictions_from_logits",
+]
 
 
 def _arrays(predictions: Sequence[float] | np.ndarray, labels: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -26,6 +37,44 @@ def accuracy(predictions: Sequence[int] | np.ndarray, labels: Sequence[int] | np
     """Fraction of exact matches."""
     p, y = _arrays(predictions, labels)
     return float(np.mean(p == y))
+
+
+def _class_f1(predictions: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(classes, F1 of each) over the classes that occur in the gold labels or the predictions,
+    from scikit-learn (the library of TweetEval's official script); a class never predicted
+    and never gold has no F1, one with no true positive scores 0."""
+    from sklearn.metrics import f1_score
+
+    p, y = _arrays(predictions, labels)
+    p, y = p.astype(np.int64), y.astype(np.int64)
+    classes = np.union1d(p, y)
+    return classes, f1_score(y, p, labels=classes, average=None, zero_division=0.0)
+
+
+def macro_f1(predictions: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """Macro-averaged F1: the unweighted mean of each class's F1 over the classes present in the
+    gold labels or the predictions (scikit-learn's ``f1_score(average="macro")``; TweetEval's
+    metric for emoji, emotion, hate and offensive)."""
+    return float(np.mean(_class_f1(predictions, labels)[1]))
+
+
+def _f1_of(predictions, labels, wanted: Sequence[int]) -> float:
+    classes, scores = _class_f1(predictions, labels)
+    by_class = dict(zip(classes.tolist(), scores.tolist()))
+    return float(np.mean([by_class.get(c, 0.0) for c in wanted]))
+
+
+def positive_f1(predictions: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """F1 of class 1 alone (TweetEval irony: the F1 of the ``irony`` class); 0 when class 1 is
+    neither gold nor predicted."""
+    return _f1_of(predictions, labels, [1])
+
+
+def stance_f1(predictions: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """The mean of the F1 of class 1 (``against``) and class 2 (``favor``), class 0 (``none``)
+    left out: SemEval-2016 Task 6's F_avg, TweetEval's stance metric (computed over the five
+    targets pooled)."""
+    return _f1_of(predictions, labels, [1, 2])
 
 
 def pearson(predictions: Sequence[float] | np.ndarray, labels: Sequence[float] | np.ndarray) -> float:
@@ -55,12 +104,14 @@ def spearman(predictions: Sequence[float] | np.ndarray, labels: Sequence[float] 
     return pearson(_ranks(p), _ranks(y))
 
 
-METRIC_DISPLAY = {"accuracy": "accuracy", "pearson": "pearsonr", "spearman": "spearmanr", "entity_f1": "f1"}
+METRIC_DISPLAY = {"accuracy": "accuracy", "pearson": "pearsonr", "spearman": "spearmanr", "entity_f1": "f1", "macro_f1": "f1",
+                  "positive_f1": "f1", "stance_f1": "f1"}  # fmt: skip
+_UNIT_METRICS = ("accuracy", "macro_f1", "positive_f1", "stance_f1")  # already in [0, 1]
 
 
 def normalized_score(metric: str, value: float) -> float:
-    """Map a metric to [0, 1]: accuracy as is, correlations as ``(r + 1) / 2``."""
-    if metric == "accuracy":
+    """Map a metric to [0, 1]: accuracy and the F1 scores as they are, correlations as ``(r + 1) / 2``."""
+    if metric in _UNIT_METRICS:
         return float(value)
     if metric in ("pearson", "spearman"):
         return (float(value) + 1.0) / 2.0

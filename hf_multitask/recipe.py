@@ -46,6 +46,9 @@ REFERENCE = {
 
 
 from .presets import PRESETS  # noqa: E402
+from .tweeteval import TWEETEVAL_TASKS  # noqa: E402
+
+BENCHMARKS = {"tweeteval": TWEETEVAL_TASKS}  # --benchmark: its tasks
 
 
 class RecipeError(ValueError):
@@ -99,7 +102,19 @@ class DataArguments:
         metadata={"help": "Folder of the CS224N-format training files (default: the reference tasks from Hub presets)"},
     )
     demo: bool = field(default=False, metadata={"help": "Train on the built-in demo examples (no data files, no network)"})
-    tasks: list[str] = field(default_factory=lambda: ["sst", "quora", "sts"], metadata={"help": "Reference task names to train"})
+    benchmark: str | None = field(
+        default=None,
+        metadata={"help": "tweeteval: the TweetEval tasks from --data-dir in the benchmark's layout (no --data-dir: the Hub's "
+                  "cardiffnlp/tweet_eval), official metrics, test prediction files in predictions/test/"},
+    )  # fmt: skip
+    benchmark_validation: str = field(
+        default="val",
+        metadata={"help": "With --benchmark: 'val' (the benchmark's validation files) or 'split' (a seeded --validation_fraction "
+                  "split of the training files, for tuning without touching val)"},
+    )  # fmt: skip
+    tasks: list[str] | None = field(
+        default=None, metadata={"help": "Task names to train (default: the reference trio sst quora sts, or every task of --benchmark)"}
+    )
     custom_tasks: list | str | None = field(
         default=None,
         metadata={"help": "Extra tasks: TaskSpec fields plus train_file (and optional validation_file), as a list or JSON"},
@@ -135,6 +150,10 @@ class DataArguments:
         for task, limit in self.train_limits.items():
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
                 raise RecipeError(f"--train_limits: the limit of task {task!r} must be a positive whole number of rows, got {limit!r}")
+        if self.benchmark is not None and self.benchmark not in BENCHMARKS:
+            raise RecipeError(f"--benchmark: unknown benchmark {self.benchmark!r}; known: {sorted(BENCHMARKS)}")
+        if self.benchmark_validation not in ("val", "split"):
+            raise RecipeError(f"--benchmark_validation must be 'val' or 'split', got {self.benchmark_validation!r}")
         if self.max_length < 1:
             raise RecipeError(f"--max_length must be a positive number of tokens, got {self.max_length} (it counts the special tokens)")
 
@@ -160,6 +179,11 @@ class RecipeTrainingArguments(MultitaskTrainingArguments):
     push_to_hub_repo: str | None = field(default=None, metadata={"help": "Push the best model with a model card to this Hub repo id"})
     hub_private: bool = False
     write_predictions: bool = True
+    test_predictions: bool = field(
+        default=True,
+        metadata={"help": "With --benchmark and --data-dir: write the official test prediction files of the best model to "
+                  "predictions/test/ ({task}.txt, stance/{target}.txt)"},
+    )  # fmt: skip
     plot_telemetry: bool = True
     lp_steps: int = field(default=0, metadata={"help": "LP-FT: train only the heads (encoder frozen) for this many steps first"})
     lp_learning_rate: float = field(default=1e-3, metadata={"help": "LP-FT: learning rate of the head-only phase"})
@@ -268,6 +292,7 @@ def _data_path(data_dir: Path, name: str) -> str:
 
 
 HUB_PRESET = "<hub preset>"
+BENCHMARK_DATA = "<benchmark files>"  # the --benchmark's own layout in --data-dir
 
 
 def build_tasks(data_args: DataArguments) -> list[tuple[TaskSpec, str, str | None]]:
@@ -275,7 +300,9 @@ def build_tasks(data_args: DataArguments) -> list[tuple[TaskSpec, str, str | Non
     out = []
     data_dir = Path(data_args.data_dir or ".")
     validation_files = {task: _data_path(data_dir, f) for task, f in data_args.validation_files.items()}
-    for name in data_args.tasks:
+    if data_args.benchmark is not None:
+        out.extend(_benchmark_tasks(data_args, validation_files))
+    for name in [] if data_args.benchmark is not None else _default_tasks(data_args):
         if name not in REFERENCE:
             raise RecipeError(f"--tasks: unknown task {name!r}; reference tasks are {sorted(REFERENCE)} (add others with --custom_tasks)")
         make, filename = REFERENCE[name]
@@ -306,6 +333,28 @@ def build_tasks(data_args: DataArguments) -> list[tuple[TaskSpec, str, str | Non
         if unknown:
             raise RecipeError(f"{flag} names unknown task(s) {unknown}; the run's tasks are {names}")
     return out
+
+
+def _default_tasks(data_args: DataArguments) -> list[str]:
+    if data_args.tasks is not None:
+        return list(data_args.tasks)
+    return list(BENCHMARKS[data_args.benchmark]) if data_args.benchmark else ["sst", "quora", "sts"]
+
+
+def _benchmark_tasks(data_args: DataArguments, validation_files: dict[str, str]) -> list[tuple[TaskSpec, str, str | None]]:
+    """The --benchmark's tasks: (spec, :data:`BENCHMARK_DATA` or :data:`HUB_PRESET`, validation file or None)."""
+    from .data import DataError
+    from .tweeteval import tweeteval_task
+
+    names = _default_tasks(data_args)
+    unknown = [t for t in names if t not in TWEETEVAL_TASKS]
+    if unknown:
+        raise RecipeError(f"--tasks: {unknown} are not {data_args.benchmark} tasks; its tasks are {list(TWEETEVAL_TASKS)}")
+    source = BENCHMARK_DATA if data_args.data_dir else HUB_PRESET
+    try:
+        return [(tweeteval_task(t, data_args.data_dir), source, validation_files.get(t)) for t in names]
+    except DataError as err:
+        raise RecipeError(f"--data-dir {data_args.data_dir}: not the TweetEval layout: {err}") from None
 
 
 def resolve_backbone(name: str) -> str:
@@ -418,12 +467,20 @@ def load_raw_data(data_args: DataArguments, tasks) -> dict[str, tuple[Any, Any]]
     the datasets tried and the other ways to get data.
     """
     from .presets import PresetUnavailable, load_preset, offline_message
+    from .tweeteval import load_tweeteval, load_tweeteval_hub
 
     raw: dict[str, tuple[Any, Any]] = {}
     unavailable: list[tuple[str, str]] = []
     for spec, train_file, validation_file in tasks:
+        own_val = validation_file is None and not (data_args.benchmark and data_args.benchmark_validation == "split")
         try:
-            if train_file == HUB_PRESET:
+            if train_file == BENCHMARK_DATA:
+                train = load_tweeteval(spec, data_args.data_dir, "train", strict=data_args.strict_data)
+                val = load_tweeteval(spec, data_args.data_dir, "val", strict=data_args.strict_data) if own_val else None
+            elif train_file == HUB_PRESET and data_args.benchmark:
+                train = load_tweeteval_hub(spec, "train", strict=data_args.strict_data)
+                val = load_tweeteval_hub(spec, "validation", strict=data_args.strict_data) if own_val else None
+            elif train_file == HUB_PRESET:
                 train = load_preset(spec, "train", strict=data_args.strict_data)
                 val = None if validation_file else load_preset(spec, "validation", strict=data_args.strict_data)
             else:
@@ -443,6 +500,12 @@ def load_raw_data(data_args: DataArguments, tasks) -> dict[str, tuple[Any, Any]]
             train = _eda(data_args).rebalance(train, spec)
             logger.info("task %s: EDA rebalancing added %d training examples", spec.name, len(train) - before)
         raw[spec.name] = (train, val)
+    if unavailable and data_args.benchmark:
+        raise RecipeError(
+            f"No --data-dir was given, so the {data_args.benchmark} tasks come from the Hub, but they could not be loaded "
+            f"({'; '.join(r for _, r in unavailable)}). Pass --data-dir with the benchmark's files in its own layout, or go "
+            "online once to cache the dataset."
+        )
     if unavailable:
         raise RecipeError(offline_message([t for t, _ in unavailable], [r for _, r in unavailable]))
     return raw
@@ -730,6 +793,13 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: RecipeTra
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         if args.write_predictions:
             _write_prediction_files(out, tasks, predictions, raw)
+        if args.test_predictions and data_args.benchmark and data_args.data_dir:
+            from .tweeteval import write_test_predictions
+
+            written = write_test_predictions(final_model, tokenizer, data_args.data_dir, out / "predictions" / "test",
+                                             max_length=data_args.max_length, batch_size=args.per_device_eval_batch_size,
+                                             progress=not args.disable_tqdm)  # fmt: skip
+            logger.info("test predictions (official layout): %s", sorted(written))
         if args.plot_telemetry and args.telemetry_steps > 0:
             try:
                 from .telemetry import plot_conflicts

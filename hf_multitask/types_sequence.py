@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .heads import CosineHead, LSTMHead, MLPHead, pair_features
-from .metrics import accuracy, normalized_score, pearson, spearman
+from .metrics import accuracy, macro_f1, normalized_score, pearson, positive_f1, spearman, stance_f1
 from .task_types import IGNORE_INDEX, TaskType, softmax
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -19,7 +19,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["ClassificationType", "RegressionType", "SequenceTaskType"]
 
-_METRIC_FNS = {"accuracy": accuracy, "pearson": pearson, "spearman": spearman}
+_METRIC_FNS = {"accuracy": accuracy, "macro_f1": macro_f1, "positive_f1": positive_f1, "stance_f1": stance_f1, "pearson": pearson,
+               "spearman": spearman}  # fmt: skip
 
 
 def _tokenize(tokenizer: Any, first: list[str], second: list[str] | None, max_length: int | None) -> dict[str, list[list[int]]]:
@@ -114,11 +115,12 @@ class SequenceTaskType(TaskType):
 
 
 class ClassificationType(SequenceTaskType):
-    """Single-sentence or sentence-pair classification: cross-entropy, accuracy."""
+    """Single-sentence or sentence-pair classification: cross-entropy; accuracy, macro-F1, the F1
+    of class 1 (``positive_f1``) or the mean F1 of classes 1 and 2 (``stance_f1``)."""
 
     name = "classification"
     card_type = "text-classification"
-    metrics = ("accuracy",)
+    metrics = ("accuracy", "macro_f1", "positive_f1", "stance_f1")
     label_dtype = "int64"
 
     def validate(self, spec):
@@ -127,6 +129,8 @@ class ClassificationType(SequenceTaskType):
             raise ValueError(f"TaskSpec {spec.name!r}: classification needs num_labels >= 2, got {spec.num_labels}")
         if spec.label_range is not None:
             raise ValueError(f"TaskSpec {spec.name!r}: label_range is for regression tasks only")
+        if spec.metric == "stance_f1" and spec.num_labels < 3:
+            raise ValueError(f"TaskSpec {spec.name!r}: stance_f1 averages the F1 of classes 1 and 2; it needs num_labels >= 3")
         if spec.pair_encoding == "cosine" and spec.num_labels != 2:
             raise ValueError(f"TaskSpec {spec.name!r}: the cosine pair head supports regression or binary classification only")
 

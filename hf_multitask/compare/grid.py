@@ -45,6 +45,9 @@ class Grid:
     reference: str | None = None
     baseline: str | None = None
     pairs: list[list[str]] = field(default_factory=list)  # [a, b]: report a - b per seed (e.g. a method vs its control)
+    # where each reported cell's test prediction files (its runs' predictions/test/) are gathered, relative
+    # to the results folder, e.g. "{arm}/seed{seed}/test" (None: not gathered)
+    test_predictions: str | None = None
     command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "hf_multitask.recipe"])
 
     def __post_init__(self) -> None:
@@ -74,6 +77,13 @@ class Grid:
                 raise GridError(f"arm {arm.name!r}: 'choice_of' must name an arm with candidates ({tuned}), got {arm.choice_of!r}")
         if self.tuning_split is not None and self.tuning_split in self.splits:
             raise GridError(f"'tuning_split' {self.tuning_split} is also in 'splits': never report on the split used to choose")
+        if self.test_predictions is not None:
+            try:
+                self.test_predictions.format(arm="a", seed=0, split=0)
+            except (KeyError, IndexError, ValueError) as err:
+                raise GridError(
+                    f"'test_predictions': {self.test_predictions!r} may use only {{arm}}, {{seed}} and {{split}} ({err})"
+                ) from None
         unknown = sorted(set(self.train_limits) - set(self.tasks))
         if unknown:
             raise GridError(f"'train_limits' names tasks {unknown} that are not in 'tasks' {self.tasks}")
@@ -107,6 +117,7 @@ class Grid:
             "baseline",
             "pairs",
             "command",
+            "test_predictions",
         }
         unknown = sorted(set(data) - known)
         if unknown:

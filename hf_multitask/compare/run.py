@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -63,8 +64,22 @@ def _finished(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     return result
 
 
-def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folder: Path, say: Any) -> dict[str, Any]:
-    """One (arm, seed, split) cell: resumable; single-task arms run once per task and combine."""
+def _gather_test_predictions(runs: list[Path], dest: Path) -> None:
+    """Copy the test prediction files of a cell's runs (``predictions/test/`` of each: one run, or
+    one per task of a single-task arm) into one folder, replacing what an earlier attempt left."""
+    found = [run / "predictions" / "test" for run in runs if (run / "predictions" / "test").is_dir()]
+    if not found:
+        return
+    if dest.exists():
+        shutil.rmtree(dest)
+    for source in found:
+        shutil.copytree(source, dest, dirs_exist_ok=True)
+
+
+def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folder: Path, say: Any,
+             gather: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """One (arm, seed, split) cell: resumable; single-task arms run once per task and combine.
+    ``gather``: where the cell's test prediction files go once it has run."""
     tasks = list(arm.tasks or grid.tasks)
     identity = _identity(grid, args, tasks)
     done = _finished(folder / RESULT, identity)
@@ -92,9 +107,13 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
         metrics.update(train_seconds=train_seconds, train_examples=examples, train_global_steps=steps)
         result = {"metrics": metrics, "wall_seconds": sum(p["wall_seconds"] for p in parts.values()),
                   "peak_rss_mb": max(p["peak_rss_mb"] for p in parts.values())}  # fmt: skip
+        runs = [folder / task / "run" for task in tasks]
     else:
         say(f"{arm.name}: seed {seed}, split {split}")
         result = _run_one(_recipe_cmd(grid, args, tasks, seed, split, folder / "run"), folder / "run", folder / "log.txt")
+        runs = [folder / "run"]
+    if gather is not None:
+        _gather_test_predictions(runs, gather)
     result.update(arm=arm.name, seed=seed, split=split, **identity)
     (folder / RESULT).write_text(json.dumps(result, indent=2))
     return result
@@ -141,7 +160,9 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, arms: Sequence[str] | None 
         args = tuned_args(grid, arm, out, say)
         for split in grid.splits:
             for seed in grid.seeds:
-                results.append(_execute(grid, args, arm, seed, split, out / "runs" / f"split{split}" / arm.name / f"seed{seed}", say))
+                gather = out / grid.test_predictions.format(arm=arm.name, seed=seed, split=split) if grid.test_predictions else None
+                folder = out / "runs" / f"split{split}" / arm.name / f"seed{seed}"
+                results.append(_execute(grid, args, arm, seed, split, folder, say, gather))
     return results
 
 
@@ -149,7 +170,7 @@ def grid_dict(grid: Grid) -> dict[str, Any]:
     """The grid as ``grid.json`` records it in a comparison folder (what the report reads)."""
     return {"tasks": grid.tasks, "train_limits": grid.train_limits, "seeds": grid.seeds, "splits": grid.splits, "protocol": grid.protocol,
             "tuning_split": grid.tuning_split, "tuning_seed": grid.tuning_seed, "reference": grid.reference,
-            "baseline": grid.baseline, "pairs": grid.pairs,
+            "baseline": grid.baseline, "pairs": grid.pairs, "test_predictions": grid.test_predictions,
             "arms": {a.name: {"args": a.args, "single_task": a.single_task, "candidates": a.candidates, "tasks": a.tasks or grid.tasks,
                               **({"choice_of": a.choice_of} if a.choice_of else {})}
                      for a in grid.arms}}  # fmt: skip
