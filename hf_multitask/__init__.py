@@ -5,7 +5,7 @@ from transformers import AutoConfig, AutoModel
 from . import hub, schemes, surgery
 from .backbone import default_backbone
 from .configuration import MultitaskConfig
-from .data import DataError, DataWarning, load_task_data, partial_label_tasks, train_validation_split
+from .data import DataError, DataWarning, load_task_data, load_text_label_files, partial_label_tasks, train_validation_split
 from .encoding import MultitaskCollator, encode_task
 from .metrics import accuracy, compute_task_metrics, overall_score, pearson
 from .modeling import MultitaskModel, MultitaskOutput
@@ -16,6 +16,7 @@ from .task_types import TaskType, get_task_type, register_task_type
 from .tasks import TaskSpec, quora_task, reference_tasks, sst_task, sts_task, upos_task
 from .telemetry import ConflictTelemetryCallback, plot_conflicts
 from .trainer import MultitaskTrainer, MultitaskTrainingArguments
+from .tweeteval import tweeteval_tasks
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,8 @@ __all__ = [
     "encode_task",
     "evaluate",
     "load_task_data",
+    "load_text_label_files",
+    "tweeteval_tasks",
     "overall_score",
     "pearson",
     "predict",
