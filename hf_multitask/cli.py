@@ -1,6 +1,7 @@
 """``hf-multitask``: the command line for people who never open Python.
 
     hf-multitask predict --model DIR --input file.tsv --output out.jsonl [--tasks sst sts] [--batch_size 32]
+    hf-multitask tweeteval-test --model DIR --data-dir tweeteval/ --output-dir test/
 
 The input is a TSV/CSV file with a header holding ``text`` (and ``text_b`` for sentence pairs;
 an ``id`` column is kept), or a JSON-lines file whose lines are ``{"id": ..., "text": ...,
@@ -77,20 +78,16 @@ def read_inputs(path: str | Path) -> Iterator[tuple[str, Any]]:
 
 def _predict(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
-    from transformers import AutoModel, AutoTokenizer
 
     import hf_multitask as hm
 
     inputs = list(read_inputs(args.input))  # read (and check) the whole file before loading the model
     if not inputs:
         raise InputError(f"{args.input}: no examples")
-    model_dir = Path(args.model)
-    if not (model_dir / "config.json").is_file():
-        raise InputError(f"--model {model_dir}: not a saved model folder (no config.json)")
-    model = AutoModel.from_pretrained(model_dir)
+    model, tokenizer = _load_model(args.model)
     if not isinstance(model, hm.MultitaskModel):
-        raise InputError(f"--model {model_dir}: a {type(model).__name__}, not an hf-multitask model")
-    pipe = model.pipeline(AutoTokenizer.from_pretrained(model_dir), device=args.device)
+        raise InputError(f"--model {args.model}: a {type(model).__name__}, not a MultitaskModel (the pipeline needs one)")
+    pipe = model.pipeline(tokenizer, device=args.device)
     extra = {"tasks": args.tasks} if args.tasks else {}
     if args.max_length:
         extra["max_length"] = args.max_length
@@ -108,6 +105,34 @@ def _predict(args: argparse.Namespace) -> None:
             bar.update(len(chunk))
 
 
+def _load_model(folder: str):
+    from transformers import AutoModel, AutoTokenizer
+
+    import hf_multitask as hm
+
+    model_dir = Path(folder)
+    if not (model_dir / "config.json").is_file():
+        raise InputError(f"--model {model_dir}: not a saved model folder (no config.json)")
+    model = AutoModel.from_pretrained(model_dir)
+    if not isinstance(model, (hm.MultitaskModel, hm.RoutedMultitaskModel)):
+        raise InputError(f"--model {model_dir}: a {type(model).__name__}, not an hf-multitask model")
+    return model.eval(), AutoTokenizer.from_pretrained(model_dir)
+
+
+def _tweeteval(args: argparse.Namespace) -> None:
+    from .data import DataError
+    from .tweeteval import write_test_predictions
+
+    model, tokenizer = _load_model(args.model)
+    try:
+        written = write_test_predictions(model, tokenizer, args.data_dir, args.output_dir, tasks=args.tasks, max_length=args.max_length,
+                                         batch_size=args.batch_size, progress=not args.quiet)  # fmt: skip
+    except (DataError, ValueError) as err:
+        raise InputError(str(err)) from None
+    for stem, path in sorted(written.items()):
+        print(f"{stem}: {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hf-multitask", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,11 +145,20 @@ def main(argv: list[str] | None = None) -> None:
     pred.add_argument("--max_length", type=int, default=None)
     pred.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
+    tweet = sub.add_parser("tweeteval-test", help="TweetEval test predictions in the official layout from a saved model")
+    tweet.add_argument("--model", required=True, help="a saved hf-multitask model folder with TweetEval tasks (e.g. outputs/run/best)")
+    tweet.add_argument("--data-dir", "--data_dir", dest="data_dir", required=True, help="the TweetEval folder (its test_text.txt files)")
+    tweet.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True,
+                       help="where {task}.txt and stance/{target}.txt go")  # fmt: skip
+    tweet.add_argument("--tasks", nargs="+", help="only these tasks (default: every TweetEval task the model has)")
+    tweet.add_argument("--batch_size", type=int, default=64)
+    tweet.add_argument("--max_length", type=int, default=64)
+    tweet.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch_size must be at least 1")
     try:
-        _predict(args)
+        _tweeteval(args) if args.command == "tweeteval-test" else _predict(args)
     except (InputError, OSError) as err:
         print(f"hf-multitask: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -192,15 +192,18 @@ def write_test_predictions(
     from .encoding import encode_task
     from .predict import predict
 
-    names = tasks or [t for t in model.config.task_names if t in TWEETEVAL_TASKS]
-    if not names:
-        raise ValueError(f"the model has no TweetEval task (its tasks: {model.config.task_names})")
+    known = model.config.task_names
+    names = tasks or [t for t in known if t in TWEETEVAL_TASKS]
+    unknown = [t for t in names if t not in known or t not in TWEETEVAL_TASKS]
+    if unknown or not names:
+        raise ValueError(f"the model has no TweetEval task {unknown or list(TWEETEVAL_TASKS)} (its tasks: {known})")
     written: dict[str, Path] = {}
     out = Path(output_dir)
     for name in names:
         spec = model.get_task(name)
         inputs, files = test_inputs(spec, data_dir)
-        encoded = encode_task(inputs, spec, tokenizer, pair_encoding=model.config.task_pair_encoding(spec), max_length=max_length)
+        config = model.expert(name).config if hasattr(model, "expert") else model.config  # a routed two-step model: its expert's
+        encoded = encode_task(inputs, spec, tokenizer, pair_encoding=config.task_pair_encoding(spec), max_length=max_length)
         order = np.argsort(spec.task_type.lengths(encoded), kind="stable")  # batches of like lengths pad little
         by_length = predict(model, encoded.select(order), name, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size,
                             progress=progress).predictions  # fmt: skip

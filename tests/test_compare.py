@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import write_tsv
 
 from hf_multitask.compare import Grid, GridError, interval, report, run_grid, summarise
 
@@ -277,3 +278,26 @@ def test_narrow_intervals_are_shown_with_more_digits():
 def test_unknown_arms_to_run_are_named(tiny_backbone, tiny_data, tmp_path):
     with pytest.raises(GridError, match=r"--arms: unknown arms \['nope'\]; the grid has \['separate', 'sum', 'pcgrad'\]"):
         run_grid(_grid(tiny_backbone, tiny_data), tmp_path / "o", arms=["sum", "nope"], say=lambda m: None)
+
+
+def test_per_task_flags_are_cut_to_a_single_task_run():
+    from hf_multitask.compare.run import _per_task_flags
+
+    flags = ["--validation_files", '{"sst": "a.csv", "sts": "b.csv"}', "--task_batch_sizes", '{"sts": 8}', "--schedule_kwargs",
+             '{"steps_per_epoch": 3}', "--lr", "1"]  # fmt: skip
+    assert _per_task_flags(flags, ["sst", "sts"], ["sst"]) == [
+        "--validation_files", '{"sst": "a.csv"}', "--schedule_kwargs", '{"steps_per_epoch": 3}', "--lr", "1"]  # fmt: skip
+    assert _per_task_flags(flags, ["sst", "sts"], ["sst", "sts"])[:2] == ["--validation_files", '{"sst": "a.csv", "sts": "b.csv"}']
+
+
+def test_a_single_task_arm_takes_the_protocols_validation_files(tiny_backbone, tiny_data, tmp_path):
+    rows = [[f"v{i}", "good fun day", i % 5] for i in range(6)]
+    write_tsv(tmp_path / "sst-dev.csv", ["id", "sentence", "sentiment"], rows)
+    write_tsv(
+        tmp_path / "sts-dev.csv", ["id", "sentence1", "sentence2", "similarity"], [[f"w{i}", "good", "fun day", i % 5] for i in range(6)]
+    )
+    files = json.dumps({"sst": str(tmp_path / "sst-dev.csv"), "sts": str(tmp_path / "sts-dev.csv")})
+    grid = _grid(tiny_backbone, tiny_data, seeds=[0], tuning_split=None, baseline=None, pairs=[],
+                 arms={"separate": {"single_task": True, "args": ["--aggregator", "sum", "--validation_files", files]}})  # fmt: skip
+    results = run_grid(grid, tmp_path / "cmp", say=lambda m: None)
+    assert {"eval_sst_accuracy", "eval_sts_pearson"} <= set(results[0]["metrics"])

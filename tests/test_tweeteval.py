@@ -325,3 +325,53 @@ def test_recipe_refuses_bad_benchmark_flags(tiny_backbone, tweeteval_dir, tmp_pa
 def test_recipe_names_a_folder_that_is_not_the_layout(tiny_backbone, tmp_path):
     with pytest.raises(RecipeError, match="not the TweetEval layout.*no folder emoji/"):
         run(_recipe(tiny_backbone, tmp_path, tmp_path / "out"))
+
+
+def test_cli_writes_the_test_files_of_a_saved_model_and_names_a_bad_folder(tokenizer, tweeteval_dir, tmp_path, capsys):
+    from hf_multitask.cli import main
+
+    model = tiny_model(hm.tweeteval_tasks(tweeteval_dir, ["irony", "stance"]))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    main(["tweeteval-test", "--model", str(tmp_path / "model"), "--data-dir", str(tweeteval_dir), "--output-dir", str(tmp_path / "t"),
+          "--quiet"])  # fmt: skip
+    assert sorted(p.relative_to(tmp_path / "t").as_posix() for p in (tmp_path / "t").rglob("*.txt")) == sorted(
+        ["irony.txt", *(f"stance/{t}.txt" for t in te.STANCE_TARGETS)]
+    )
+    assert "irony:" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tweeteval-test", "--model", str(tmp_path / "model"), "--data-dir", str(tmp_path / "nowhere"), "--output-dir",
+              str(tmp_path / "u"), "--quiet"])  # fmt: skip
+    assert exit_info.value.code == 2 and "no folder irony/" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["tweeteval-test", "--model", str(tmp_path / "model"), "--data-dir", str(tweeteval_dir), "--output-dir",
+              str(tmp_path / "v"), "--tasks", "hate", "--quiet"])  # fmt: skip
+    assert "no TweetEval task ['hate']" in capsys.readouterr().err
+
+
+def test_recipe_with_two_step_specialisation_writes_the_routed_models_test_files(tiny_backbone, tweeteval_dir, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(_recipe(tiny_backbone, tweeteval_dir, tmp_path / "out", "--tasks", "irony", "emotion", "--specialise_steps", "2"))
+    test = tmp_path / "out" / "predictions" / "test"
+    assert sorted(p.name for p in test.iterdir()) == ["emotion.txt", "irony.txt"]
+
+
+def test_grid_gathers_each_cells_test_files_in_the_official_layout(tiny_backbone, tweeteval_dir, tmp_path):
+    from hf_multitask.compare import Grid, report, run_grid
+
+    protocol = _recipe(tiny_backbone, tweeteval_dir, tmp_path / "unused")
+    cut = protocol.index("--output-dir")
+    protocol = protocol[:cut] + protocol[cut + 2 :] + ["--max_length", "32"]
+    grid = Grid.from_dict({"tasks": ["irony", "stance"], "seeds": [0], "splits": [0], "protocol": protocol,
+                           "test_predictions": "{arm}/seed{seed}/test",
+                           "arms": {"separate": {"single_task": True}, "sum": {"args": ["--aggregator", "sum"]}}})  # fmt: skip
+    run_grid(grid, tmp_path / "cmp", say=lambda m: None)
+    expected = sorted(["irony.txt", *(f"stance/{t}.txt" for t in te.STANCE_TARGETS)])
+    for arm in ("separate", "sum"):
+        folder = tmp_path / "cmp" / arm / "seed0" / "test"
+        assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.txt")) == expected, arm
+    # a grid with neither reference nor baseline reports without naming a missing arm
+    report(tmp_path / "cmp")
+    table = (tmp_path / "cmp" / "results.md").read_text()
+    assert "None" not in table and "Δ vs" not in table and "| `sum` | 1 |" in table

@@ -48,20 +48,28 @@ def markdown(
     """The results table (one per split), the paired differences and the tuning choices, as markdown."""
     tasks = grid["tasks"]
     lines = []
+    reference, baseline = grid.get("reference"), grid.get("baseline")
+    against = [f"Δm and the paired Δ overall vs `{reference}` (the reference)"] if reference else []
+    against += [f"paired Δ overall vs `{baseline}` (the baseline)"] if baseline else []
     for split in sorted({r["split"] for r in rows}):
-        lines += [f"Validation split {split} (seeds: mean ± 95 % t interval; Δm and the paired Δ overall vs `{grid.get('reference')}` "
-                  f"(the reference), paired Δ overall vs `{grid.get('baseline')}` (the baseline)):", ""]  # fmt: skip
+        lines += [f"Validation split {split} (seeds: mean ± 95 % t interval{'; ' if against else ''}{', '.join(against)}):", ""]
         names = {t: next((r[f"{t}_metric"] for r in rows if r["split"] == split and r[f"{t}_metric"]), "") for t in tasks}
-        head = ["arm", "seeds", *[f"{t} {names[t]}" for t in tasks], "overall", "Δm (%)", "Δ vs reference", "Δ vs baseline",
-                "s / 1k examples (median)", "s / step (median)", "peak RSS (MB)"]  # fmt: skip
+        head = ["arm", "seeds", *[f"{t} {names[t]}" for t in tasks], "overall", *(["Δm (%)", "Δ vs reference"] if reference else []),
+                *(["Δ vs baseline"] if baseline else []), "s / 1k examples (median)", "s / step (median)", "peak RSS (MB)"]  # fmt: skip
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in (r for r in rows if r["split"] == split):
             subset = "" if r.get("tasks", " ".join(tasks)) == " ".join(tasks) else f" ({r['tasks']} only)"
+            versus = (
+                [
+                    _fmt(r["delta_m"], r["delta_m_ci"], 2),
+                    _fmt(r["vs_reference"], r["vs_reference_ci"]) + _verdict(r["vs_reference"], r["vs_reference_ci"]),
+                ]
+                if reference
+                else []
+            )
+            versus += [_fmt(r["vs_baseline"], r["vs_baseline_ci"]) + _verdict(r["vs_baseline"], r["vs_baseline_ci"])] if baseline else []
             cells = [f"`{r['arm']}`", str(r["seeds"]), *[_fmt(r[t], r[f"{t}_ci"]) for t in tasks], _fmt(r["overall"], r["overall_ci"]) + subset,
-                     _fmt(r["delta_m"], r["delta_m_ci"], 2),
-                     _fmt(r["vs_reference"], r["vs_reference_ci"]) + _verdict(r["vs_reference"], r["vs_reference_ci"]),
-                     _fmt(r["vs_baseline"], r["vs_baseline_ci"]) + _verdict(r["vs_baseline"], r["vs_baseline_ci"]),
-                     f"{r['s_per_1k_examples']:.1f}", f"{r['s_per_step']:.2f}", f"{r['peak_rss_mb']:.0f}"]  # fmt: skip
+                     *versus, f"{r['s_per_1k_examples']:.1f}", f"{r['s_per_step']:.2f}", f"{r['peak_rss_mb']:.0f}"]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         mine = [r for r in pairs or [] if r["split"] == split]
@@ -95,7 +103,8 @@ def plot(grid: dict[str, Any], rows: list[dict[str, Any]], path: str | os.PathLi
     import matplotlib.pyplot as plt
 
     tasks, ref = grid["tasks"], grid.get("reference")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2 if ref else 1, figsize=(12 if ref else 6, 4.5), squeeze=False)
+    left = axes[0][0]
     colour = {arm: f"C{i % 10}" for i, arm in enumerate(dict.fromkeys(r["arm"] for r in rows))}  # one colour per arm in both panels
     for r in rows:
         err = None if math.isnan(r["overall_ci"]) else r["overall_ci"]
@@ -105,6 +114,14 @@ def plot(grid: dict[str, Any], rows: list[dict[str, Any]], path: str | os.PathLi
     left.set_xlabel("training seconds per 1,000 examples")
     left.set_ylabel("overall score (mean over seeds)")
     left.set_title("score vs cost")
+    if ref:  # the per-task panel needs single-task models to compare with
+        _per_task_panel(axes[0][1], tasks, ref, rows, colour)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _per_task_panel(right: Any, tasks: list[str], ref: str, rows: list[dict[str, Any]], colour: dict[str, str]) -> None:
     others = [r for r in rows if r["arm"] != ref]
     width = 0.8 / max(1, len(others))
     for i, r in enumerate(others):
@@ -121,9 +138,6 @@ def plot(grid: dict[str, Any], rows: list[dict[str, Any]], path: str | os.PathLi
     right.set_title("per-task difference from single-task models")
     if others:
         right.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def report(out_dir: str | os.PathLike, markdown_path: str | None = None, png_path: str | None = None) -> list[dict[str, Any]]:

@@ -36,10 +36,33 @@ def _limits(grid: Grid, tasks: list[str]) -> dict[str, int]:
     return {t: n for t, n in grid.train_limits.items() if t in tasks}
 
 
+def _per_task_flags(flags: list[str], grid_tasks: list[str], tasks: list[str]) -> list[str]:
+    """``flags`` with every per-task mapping (a flag whose value is a JSON object keyed by grid
+    tasks, e.g. ``--validation_files {"sst": ..., "sts": ...}``) cut to the run's ``tasks``, and
+    dropped when none of them is left, so a single-task run is never refused for naming the
+    other tasks."""
+    out: list[str] = []
+    for i, value in enumerate(flags):
+        if i and flags[i - 1].startswith("--") and value.lstrip().startswith("{"):
+            try:
+                mapping = json.loads(value)
+            except json.JSONDecodeError:
+                mapping = None
+            if isinstance(mapping, dict) and mapping and set(mapping) <= set(grid_tasks):
+                kept = {t: v for t, v in mapping.items() if t in tasks}
+                if not kept:
+                    out.pop()  # the flag itself goes too
+                    continue
+                value = json.dumps(kept)
+        out.append(value)
+    return out
+
+
 def _recipe_cmd(grid: Grid, args: list[str], tasks: list[str], seed: int, split: int, out: Path) -> list[str]:
     limits = _limits(grid, tasks)
     extra = ["--train_limits", json.dumps(limits)] if limits else []
-    return [*grid.command, *grid.protocol, *args, *extra, "--tasks", *tasks, "--seed", str(seed), "--validation_seed", str(split),
+    flags = _per_task_flags([*grid.protocol, *args], grid.tasks, tasks) if set(tasks) != set(grid.tasks) else [*grid.protocol, *args]
+    return [*grid.command, *flags, *extra, "--tasks", *tasks, "--seed", str(seed), "--validation_seed", str(split),
             "--output-dir", str(out), "--overwrite_output_dir"]  # fmt: skip
 
 
