@@ -59,7 +59,7 @@ class MultitaskTrainingArguments(TrainingArguments):
     aggregator: str = field(
         default="pcgrad",
         metadata={
-            "help": "Gradient aggregator: sum, mean, pcgrad, weighted_pcgrad, gradvac, cagrad, aligned_mtl, upgrad, db_mtl; loss weightings rlw, uw, famo"
+            "help": "Gradient aggregator: sum, mean, pcgrad, weighted_pcgrad, pooled_pcgrad, gradvac, cagrad, aligned_mtl, upgrad, db_mtl; loss weightings rlw, uw, famo"
         },
     )
     aggregator_kwargs: dict | str | None = field(
@@ -131,10 +131,14 @@ class MultitaskTrainingArguments(TrainingArguments):
                 f"--train_sampling_strategy {self.train_sampling_strategy!r} is not supported by MultitaskTrainer: the "
                 "task schedule decides the batches (--schedule); length grouping is --length_grouping"
             )
-        if self.aggregator == "weighted_pcgrad" and self.gradient_accumulation_steps > 1 and self.schedule != "round_robin":
+        if (
+            self.aggregator in ("weighted_pcgrad", "pooled_pcgrad")
+            and self.gradient_accumulation_steps > 1
+            and self.schedule != "round_robin"
+        ):
             raise ValueError(
-                "--aggregator weighted_pcgrad with --gradient_accumulation_steps > 1 needs --schedule round_robin: its rows "
-                "must be each task's mean-loss gradient over the step, which holds only when every task is in every micro-batch"
+                f"--aggregator {self.aggregator} with --gradient_accumulation_steps > 1 needs --schedule round_robin: its rows "
+                "must be each task's per-sample mean gradient over the step, which holds only when every task is in every micro-batch"
             )
         # per-task sub-batches are nested dicts: never drop their columns
         self.remove_unused_columns = False

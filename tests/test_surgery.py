@@ -71,27 +71,44 @@ def test_two_conflicting_tasks_closed_form_and_no_conflict_left():
 
 @settings(max_examples=40, deadline=None)
 @given(matrices, st.lists(st.integers(1, 64), min_size=5, max_size=5))
-def test_weighted_pcgrad_is_pcgrad_on_rows_weighted_by_sample_share(shape, ns):
+def test_weighted_pcgrad_is_pcgrad_on_the_per_sample_mean_rows(shape, ns):
+    """The paper's rule: g^_i = g_i / n_i for rows of losses summed over n_i samples, i.e. PCGrad on
+    each task's per-sample mean gradient; rows that already are means get no further scaling."""
     t, p, seed = shape
-    grads = _grads(t, p, seed)
+    mean_rows = _grads(t, p, seed)
     counts = torch.tensor(ns[:t], dtype=torch.float64)
-    w = counts / counts.mean()
-    agg = get_aggregator("weighted_pcgrad", seed=seed)
-    out = agg(grads, counts)
-    assert torch.allclose(out, get_aggregator("pcgrad", seed=seed)(grads * w[:, None]), atol=1e-9)
-    assert torch.allclose(agg.loss_weights(agg.last_info["weights"]), w)
-    # only the split matters: the same shares from other totals give the same update
-    assert torch.allclose(get_aggregator("weighted_pcgrad", seed=seed)(grads, counts * 3), out, atol=1e-9)
+    expected = get_aggregator("pcgrad", seed=seed)(mean_rows)
+    summed = get_aggregator("weighted_pcgrad", seed=seed, rows="sum")
+    out = summed(mean_rows * counts[:, None], counts)  # summed-loss rows: divided by n_i exactly once
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(summed.loss_weights(summed.last_info["weights"]), 1.0 / counts, rtol=1e-15, atol=0.0)
+    mean = get_aggregator("weighted_pcgrad", seed=seed)  # the trainer's rows: mean losses
+    assert torch.equal(mean(mean_rows, counts), expected), "mean rows: exactly PCGrad"
+    assert torch.equal(mean.loss_weights(mean.last_info["weights"]), torch.ones(t, dtype=torch.float64))
     with pytest.raises(ValueError, match="counts"):
-        get_aggregator("weighted_pcgrad")(grads)
+        get_aggregator("weighted_pcgrad", rows="sum")(mean_rows)
 
 
-def test_weighted_pcgrad_weights_tasks_by_their_samples_not_inversely():
-    # a 3-example STS batch must count less than an 8-example QQP batch (it counted 2.7x more)
-    grads = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)  # orthogonal: no projection
-    out = get_aggregator("weighted_pcgrad")(grads, counts=[8, 3])
-    assert torch.allclose(out, torch.tensor([16 / 11, 6 / 11], dtype=torch.float64))
-    assert torch.allclose(get_aggregator("weighted_pcgrad")(grads, counts=[24, 8]), torch.tensor([1.5, 0.5], dtype=torch.float64))
+@pytest.mark.parametrize("rows", ["mean", "sum"])
+def test_weighted_pcgrad_never_weights_the_task_with_more_samples_above_the_other(rows):
+    # counts 10 : 30, orthogonal rows (no projection), each the task's gradient as the rows convention gives it
+    per_sample = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    counts = torch.tensor([10.0, 30.0], dtype=torch.float64)
+    grads = per_sample * counts[:, None] if rows == "sum" else per_sample
+    agg = get_aggregator("weighted_pcgrad", rows=rows)
+    out = agg(grads, counts)
+    assert out[1] <= out[0], "the 30-sample task moves the update no more than the 10-sample one"
+    torch.testing.assert_close(out, torch.tensor([1.0, 1.0], dtype=torch.float64))  # every task counts equally
+    weights = agg.loss_weights(agg.last_info["weights"])
+    assert weights[1] <= weights[0]
+
+
+def test_pooled_pcgrad_keeps_the_share_weighting_under_its_own_name():
+    grads = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    out = get_aggregator("pooled_pcgrad")(grads, counts=[24, 8])
+    torch.testing.assert_close(out, torch.tensor([1.5, 0.5], dtype=torch.float64))
+    with pytest.raises(ValueError, match="counts"):
+        get_aggregator("pooled_pcgrad")(grads)
 
 
 def test_gradvac_matches_its_formula_and_updates_the_ema():
@@ -176,3 +193,26 @@ def test_gram_accumulates_half_precision_in_fp32():
 def test_unknown_aggregator_name():
     with pytest.raises(KeyError, match="choose from"):
         get_aggregator("pcgradd")
+
+
+def test_the_weighted_pcgrad_config_readme_and_docstring_say_the_same_thing():
+    """The config's comment, the README's config row and aggregator row and the class docstring all
+    describe the paper's rule (per-sample mean gradients, no further scaling on mean rows, the
+    effect in the batch ratio), and none the old share weighting."""
+    from pathlib import Path
+
+    from hf_multitask.surgery import WeightedPCGrad
+
+    repo = Path(__file__).resolve().parents[1]
+    comment = " ".join(line.lstrip("# ") for line in (repo / "recipes" / "configs" / "weighted_pcgrad.yaml").read_text().splitlines()
+                       if line.startswith("#"))  # fmt: skip
+    readme = (repo / "README.md").read_text().splitlines()
+    config_row = next(line for line in readme if line.startswith("| `weighted_pcgrad.yaml`"))
+    method_row = next(line for line in readme if line.startswith("| `weighted_pcgrad` |"))
+    doc = " ".join(WeightedPCGrad.__doc__.split())
+    for text in (comment, config_row, method_row, doc):
+        flat = " ".join(text.split())
+        assert "per-sample mean" in flat and "no further scaling" in flat, text
+        assert "share of the step's samples" not in flat, text
+    for text in (comment, config_row):
+        assert "0:3:1" in text

@@ -326,17 +326,39 @@ def test_buffers_hold_only_the_training_tasks_and_follow_the_trainable_set(tmp_p
     assert trainer._engine.p_shared == 0, "rebuilt for the new trainable set"
 
 
-def test_weighted_pcgrad_step_does_not_depend_on_how_the_samples_were_batched(tmp_path, tokenizer):
+@pytest.mark.parametrize("aggregator", ["weighted_pcgrad", "pooled_pcgrad"])
+@pytest.mark.parametrize(
+    ("one", "micro", "accumulation"),
+    [({"sst": 12, "quora": 4, "sts": 8}, {"sst": 6, "quora": 2, "sts": 4}, 2),
+     ({"sst": 24, "quora": 12, "sts": 6}, {"sst": 8, "quora": 4, "sts": 2}, 3)],  # sst: one batch of 24 or three of 8
+)  # fmt: skip
+def test_sample_weighted_pcgrad_step_does_not_depend_on_how_the_samples_were_batched(tmp_path, tokenizer, aggregator, one, micro,
+                                                                                     accumulation):  # fmt: skip
     def step(**overrides):
-        trainer = _trainer(tmp_path, tokenizer, aggregator="weighted_pcgrad", optim="sgd", max_grad_norm=0.0, learning_rate=0.1, max_steps=1,
+        trainer = _trainer(tmp_path, tokenizer, aggregator=aggregator, optim="sgd", max_grad_norm=0.0, learning_rate=0.1, max_steps=1,
                            **overrides)  # fmt: skip
         trainer.train()
         return _params(trainer.model)
 
-    one_batch = step(task_batch_sizes={"sst": 12, "quora": 4, "sts": 8}, gradient_accumulation_steps=1)
-    micro = step(task_batch_sizes={"sst": 6, "quora": 2, "sts": 4}, gradient_accumulation_steps=2)
+    one_batch = step(task_batch_sizes=one, gradient_accumulation_steps=1)
+    micro_batches = step(task_batch_sizes=micro, gradient_accumulation_steps=accumulation)
     for name, p in one_batch.items():
-        torch.testing.assert_close(micro[name], p, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(micro_batches[name], p, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_weighted_pcgrad_trains_exactly_like_pcgrad_on_mean_loss_rows(tmp_path, tokenizer):
+    """The trainer's rows are per-sample means, so the paper's 1/n_i scaling is already applied:
+    the same seed gives bit-identical weights; the method's effect is in the batch sizes."""
+
+    def run(aggregator):
+        trainer = _trainer(tmp_path / aggregator, tokenizer, aggregator=aggregator, max_steps=3,
+                           task_batch_sizes={"sst": 2, "quora": 6, "sts": 4})  # fmt: skip
+        trainer.train()
+        return _params(trainer.model)
+
+    pcgrad, weighted, pooled = run("pcgrad"), run("weighted_pcgrad"), run("pooled_pcgrad")
+    assert all(torch.equal(pcgrad[n], weighted[n]) for n in pcgrad)
+    assert not all(torch.equal(pcgrad[n], pooled[n]) for n in pcgrad), "the pooled weighting does change the step"
 
 
 # ---------------------------------------------------------------- Trainer features that broke

@@ -8,7 +8,8 @@ mapping the ``(T, P)`` matrix to one ``(P,)`` update.
 | ``sum`` | plain summed-loss multitask |
 | ``mean`` | mean of the task gradients |
 | ``pcgrad`` | PCGrad (Yu et al. 2020) |
-| ``weighted_pcgrad`` | sample-weighted PCGrad (rows scaled by 1/n_i) |
+| ``weighted_pcgrad`` | sample-weighted PCGrad: PCGrad on each task's per-sample mean gradient (summed-loss rows scaled by 1/n_i; the trainer's mean-loss rows need no scaling) |
+| ``pooled_pcgrad`` | PCGrad on rows weighted by each task's share of the step's samples (n_i / mean n): one pooled batch |
 | ``gradvac`` | Gradient Vaccine (Wang et al. 2021) |
 | ``cagrad`` | CAGrad (Liu et al. 2021) |
 | ``aligned_mtl`` | Aligned-MTL (Senushkin et al. 2023) |
@@ -29,13 +30,27 @@ from .cagrad import CAGrad
 from .dbmtl import DBMTL
 from .gradvac import GradVac
 from .loss_weighting import FAMO, RLW, LossWeighting, UncertaintyWeighting
-from .pcgrad import PCGrad, WeightedPCGrad, pcgrad_coefficients
+from .pcgrad import PCGrad, PooledPCGrad, WeightedPCGrad, pcgrad_coefficients
 from .simple import Mean, Sum
 from .upgrad import UPGrad
 
 AGGREGATORS: dict[str, type[Aggregator]] = {
     cls.name: cls
-    for cls in (Sum, Mean, PCGrad, WeightedPCGrad, GradVac, CAGrad, AlignedMTL, UPGrad, DBMTL, RLW, UncertaintyWeighting, FAMO)
+    for cls in (
+        Sum,
+        Mean,
+        PCGrad,
+        WeightedPCGrad,
+        PooledPCGrad,
+        GradVac,
+        CAGrad,
+        AlignedMTL,
+        UPGrad,
+        DBMTL,
+        RLW,
+        UncertaintyWeighting,
+        FAMO,
+    )
 }
 
 
@@ -72,6 +87,7 @@ __all__ = [
     "UPGrad",
     "UncertaintyWeighting",
     "WeightedPCGrad",
+    "PooledPCGrad",
     "get_aggregator",
     "gram_matrix",
     "pcgrad_coefficients",
