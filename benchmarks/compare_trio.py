@@ -36,6 +36,9 @@ STS_COSINE = ["--pooling", "mean", "--task_pair_encodings", '{"sts": "cosine"}']
 LLRD = ["--layer_lr_decay", "0.9", "--head_learning_rate", "1e-3"]
 TEMPERATURE = ["--schedule", "temperature", "--schedule_kwargs", '{"temperature": 2.0}', "--gradient_accumulation_steps", "3"]
 
+# the published batch ratio of sample-weighted PCGrad, SST:QQP:STS = 0:3:1 (SST sits out), for as many steps as ROUND_ROBIN
+RATIO_031 = ["--schedule_kwargs", '{"steps_per_epoch": 220, "ratios": "0:3:1"}']
+
 # The tuning candidates (one run each on the tuning split, the best kept) shared by the tuned arms
 TUNING = {
     "round_robin": ROUND_ROBIN,
@@ -66,6 +69,8 @@ GRID = {
         ["upgrad", "sum"],
         ["famo", "sum"],
         ["rlw", "sum"],
+        ["weighted_pcgrad_031", "pcgrad_031"],
+        ["weighted_pcgrad_031", "pooled_pcgrad_031"],
     ],  # fmt: skip
     "arms": {
         # three single-task models, each one pass over its data (10 % warm-up, as the stock-Trainer baseline had)
@@ -84,6 +89,11 @@ GRID = {
         # the best recipe of benchmarks/README.md, and the same recipe with the summed loss
         "lpft_annealed_pcgrad": {"args": ["--aggregator", "pcgrad", *ANNEALED, *LP_FT]},
         "lpft_annealed_sum": {"args": ["--aggregator", "sum", *ANNEALED, *LP_FT]},
+        # issue 28: sample-weighted PCGrad as published (per-sample mean rows: equal to PCGrad on our mean-loss
+        # rows) against plain PCGrad and the old share weighting (pooled_pcgrad), all at the 0:3:1 batch ratio
+        "weighted_pcgrad_031": {"args": ["--aggregator", "weighted_pcgrad", *RATIO_031]},
+        "pcgrad_031": {"args": ["--aggregator", "pcgrad", *RATIO_031]},
+        "pooled_pcgrad_031": {"args": ["--aggregator", "pooled_pcgrad", *RATIO_031]},
     },
     "protocol": PROTOCOL,
 }
