@@ -19,10 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .reading import BadRecord, DataError, iter_json_records
+
 __all__ = ["main", "read_inputs"]
 
 
-class InputError(ValueError):
+class InputError(DataError):
     """An input file that cannot be read; the message names the file and line."""
 
 
@@ -42,29 +44,28 @@ def _row_input(path: Path, line: int, row: dict[str, Any]) -> Any:
 
 def read_inputs(path: str | Path) -> Iterator[tuple[str, Any]]:
     """``(id, pipeline input)`` for every example of a TSV/CSV/JSONL file; a malformed line is
-    an :class:`InputError` naming it (nothing is skipped silently)."""
+    an :class:`InputError` naming it (nothing is skipped silently), and so is a file with no
+    example at all."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no such input file: {path}")
-    if path.suffix.lower() in (".jsonl", ".json"):
-        with open(path, encoding="utf-8-sig") as handle:
-            for line, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw.rstrip("\r\n"))
-                except json.JSONDecodeError as err:
-                    raise InputError(f"{path}: line {line}, column {err.colno}: not valid JSON ({err.msg})") from None
-                if not isinstance(row, dict):
-                    raise InputError(f"{path}: line {line}: expected a JSON object, got {type(row).__name__}")
-                yield str(row.get("id", line)), _row_input(path, line, row)
-        return
-    from .data import DataError, _read_table
+    count = 0
+    for count, item in enumerate(_read_inputs(path), start=1):  # noqa: B007 - the count is the point
+        yield item
+    if not count:
+        raise InputError(f"{path}: no examples")
 
-    try:
-        header, rows = _read_table(path, None)
-    except DataError as err:
-        raise InputError(str(err)) from None
+
+def _read_inputs(path: Path) -> Iterator[tuple[str, Any]]:
+    if path.suffix.lower() in (".jsonl", ".json"):
+        for line, row in iter_json_records(path):
+            if isinstance(row, BadRecord):
+                raise InputError(f"{path}: line {line}, {row}" if row.startswith("column") else f"{path}: line {line}: {row}")
+            yield str(row.get("id", line)), _row_input(path, line, row)
+        return
+    from .data import _read_table
+
+    header, rows = _read_table(path, None)
     if "text" not in header:
         raise InputError(f"{path}: the header {header} has no 'text' column (add 'text_b' for sentence pairs)")
     for line, fields in rows:
@@ -82,8 +83,6 @@ def _predict(args: argparse.Namespace) -> None:
     import hf_multitask as hm
 
     inputs = list(read_inputs(args.input))  # read (and check) the whole file before loading the model
-    if not inputs:
-        raise InputError(f"{args.input}: no examples")
     model, tokenizer = _load_model(args.model)
     if not isinstance(model, hm.MultitaskModel):
         raise InputError(f"--model {args.model}: a {type(model).__name__}, not a MultitaskModel (the pipeline needs one)")
@@ -93,16 +92,21 @@ def _predict(args: argparse.Namespace) -> None:
         extra["max_length"] = args.max_length
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as handle, tqdm(total=len(inputs), desc="Predicting", disable=args.quiet) as bar:
-        for start in range(0, len(inputs), args.batch_size):
-            chunk = inputs[start : start + args.batch_size]
-            try:
-                answers = pipe([x for _, x in chunk], batch_size=args.batch_size, **extra)
-            except ValueError as err:
-                raise InputError(f"{args.input}: examples {chunk[0][0]}..{chunk[-1][0]}: {err}") from None
-            for (ident, value), answer in zip(chunk, answers):
-                handle.write(json.dumps({"id": ident, "input": value, "answers": answer}) + "\n")
-            bar.update(len(chunk))
+    partial = out.with_name(out.name + ".partial")  # renamed to the output only once every example is answered
+    try:
+        with open(partial, "w", encoding="utf-8") as handle, tqdm(total=len(inputs), desc="Predicting", disable=args.quiet) as bar:
+            for start in range(0, len(inputs), args.batch_size):
+                chunk = inputs[start : start + args.batch_size]
+                try:
+                    answers = pipe([x for _, x in chunk], batch_size=args.batch_size, **extra)
+                except ValueError as err:
+                    raise InputError(f"{args.input}: examples {chunk[0][0]}..{chunk[-1][0]}: {err}") from None
+                for (ident, value), answer in zip(chunk, answers):
+                    handle.write(json.dumps({"id": ident, "input": value, "answers": answer}) + "\n")
+                bar.update(len(chunk))
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _load_model(folder: str):
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--batch_size must be at least 1")
     try:
         _tweeteval(args) if args.command == "tweeteval-test" else _predict(args)
-    except (InputError, OSError) as err:
+    except (DataError, OSError) as err:
         print(f"hf-multitask: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .reading import iter_lines
+
 __all__ = ["CONLLU_COLUMNS", "UPOS_TAGS", "ConlluSentenceError", "read_conllu"]
 
 UPOS_TAGS = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT", "SCONJ", "SYM",
@@ -49,36 +51,35 @@ def read_conllu(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | Conllu
         record.setdefault("id", str(count))
         return first, record
 
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                if any(record.get(c) for c in _FIELDS) or problem is not None:
-                    yield finish()
-                record, problem, first, bad_line = {}, None, 0, 0
-                continue
-            if line.startswith("#") and not any(record.get(c) for c in _FIELDS):
-                key, _, value = line[1:].partition("=")
-                if key.strip() == "sent_id" and value.strip():
-                    record["id"] = value.strip()
-                continue
-            fields = line.split("\t")
-            if not first:
-                first = number
-            reason = None
-            if len(fields) != 10:
-                reason = f"{len(fields)} tab-separated fields, CoNLL-U has 10 (the sentence is skipped)"
-            elif "-" in fields[0] or "." in fields[0]:  # multiword token or empty node: no tag of its own
-                continue
-            elif not fields[0].isdigit():
-                reason = f"field ID {fields[0]!r} is not a word index (the sentence is skipped)"
-            elif not fields[1]:
-                reason = "field FORM is empty (the sentence is skipped)"
-            if reason is not None:
-                if problem is None:
-                    problem, bad_line = reason, number
-                continue
-            for column, index in _FIELDS.items():
-                record.setdefault(column, []).append(fields[index])
+    # lines (UTF-8, line endings, bad bytes named by line) come from the one reading layer
+    for number, line in iter_lines(path):
+        if not line.strip():
+            if any(record.get(c) for c in _FIELDS) or problem is not None:
+                yield finish()
+            record, problem, first, bad_line = {}, None, 0, 0
+            continue
+        if line.startswith("#") and not any(record.get(c) for c in _FIELDS):
+            key, _, value = line[1:].partition("=")
+            if key.strip() == "sent_id" and value.strip():
+                record["id"] = value.strip()
+            continue
+        fields = line.split("\t")
+        if not first:
+            first = number
+        reason = None
+        if len(fields) != 10:
+            reason = f"{len(fields)} tab-separated fields, CoNLL-U has 10 (the sentence is skipped)"
+        elif "-" in fields[0] or "." in fields[0]:  # multiword token or empty node: no tag of its own
+            continue
+        elif not fields[0].isdigit():
+            reason = f"field ID {fields[0]!r} is not a word index (the sentence is skipped)"
+        elif not fields[1]:
+            reason = "field FORM is empty (the sentence is skipped)"
+        if reason is not None:
+            if problem is None:
+                problem, bad_line = reason, number
+            continue
+        for column, index in _FIELDS.items():
+            record.setdefault(column, []).append(fields[index])
     if any(record.get(c) for c in _FIELDS) or problem is not None:
         yield finish()

@@ -17,6 +17,7 @@ from typing import Any
 
 import datasets
 
+from .reading import BadRecord, DataError, DataWarning, iter_json_records, iter_lines, read_lines
 from .tasks import TaskSpec
 
 __all__ = [
@@ -26,21 +27,12 @@ __all__ = [
     "load_task_data",
     "load_text_label_files",
     "partial_label_tasks",
-    "read_text_lines",
     "train_validation_split",
 ]
 
 _JSON_SUFFIXES = {".json", ".jsonl"}
 _TABLE_SUFFIXES = {".csv", ".tsv", ".txt"}
 _MAX_LISTED = 10
-
-
-class DataError(ValueError):
-    """Bad task data: names the source, the line or row, and the column."""
-
-
-class DataWarning(UserWarning):
-    """A malformed row was skipped while loading task data."""
 
 
 @dataclass(frozen=True)
@@ -70,46 +62,59 @@ def _read_table(path: Path, delimiter: str | None) -> tuple[list[str], Iterator[
     module: a quote that does not close on its line can never swallow the lines after it.
     Such a line, and a field holding the delimiter tab, come back as a :class:`_TableRow`
     whose ``problem`` says what is wrong, so the caller reports and skips exactly that line.
-    The file is read as UTF-8 (an optional byte-order mark is dropped); a line that is not
-    UTF-8 is an error naming it.
+    Lines come from the reading layer (:mod:`hf_multitask.reading`): UTF-8, a byte-order mark
+    dropped, a line that is not UTF-8 an error naming it.
     """
-    handle = open(path, "rb")  # decoded line by line, so an encoding error names its line
-
-    def decode(raw: bytes, line: int) -> str:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            handle.close()
-            raise DataError(f"{path}: line {line} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-        return text.removeprefix("\ufeff") if line == 1 else text
-
-    first = decode(handle.readline(), 1)
+    lines = iter_lines(path)
+    first = next(lines, (1, ""))[1]
     if not first.strip():
-        handle.close()
+        lines.close()
         raise DataError(f"{path}: the file is empty" if not first else f"{path}: line 1 (the header) is empty")
     if delimiter is None:
         delimiter = "\t" if (path.suffix == ".tsv" or "\t" in first) else ","
-    header = next(csv.reader([first.rstrip("\r\n")], delimiter=delimiter))
+    header = next(csv.reader([first], delimiter=delimiter))
 
     def rows() -> Iterator[tuple[int, list[str]]]:
-        with handle:
-            for line, raw in enumerate(handle, start=2):
-                text = decode(raw, line).rstrip("\r\n")
-                if not text.strip():
-                    continue
-                try:
-                    fields = _TableRow(next(csv.reader([text], delimiter=delimiter, strict=True)))
-                except csv.Error as err:
-                    fields = _TableRow(text.split(delimiter))
-                    fields.problem = f"malformed quoting ({err}): a quote opens a field that does not close on this line"
-                else:
-                    if delimiter == "\t" and any("\t" in f for f in fields):
-                        fields.problem = "a field holds a tab (quoted): in a tab-separated file that is a stray quote"
-                    elif any("\r" in f for f in fields):
-                        fields.problem = "a field holds a carriage return"
-                yield line, fields
+        for line, text in lines:
+            if not text.strip():
+                continue
+            try:
+                fields = _TableRow(next(csv.reader([text], delimiter=delimiter, strict=True)))
+            except csv.Error as err:
+                fields = _TableRow(text.split(delimiter))
+                fields.problem = f"malformed quoting ({err}): a quote opens a field that does not close on this line"
+            else:
+                if delimiter == "\t" and any("\t" in f for f in fields):
+                    fields.problem = "a field holds a tab (quoted): in a tab-separated file that is a stray quote"
+                elif any("\r" in f for f in fields):
+                    fields.problem = "a field holds a carriage return"
+            yield line, fields
 
     return header, rows()
+
+
+class _BadJson(dict):
+    """A JSON record that cannot be a row; ``problem`` says why."""
+
+    problem: str | None = None
+
+
+def _json_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+    """Columns (every key, in order of first appearance) and (line, record) rows of a JSON /
+    JSON-lines file; an unreadable line comes as a :class:`_BadJson` carrying its problem."""
+    columns: dict[str, None] = {}
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for line, record in iter_json_records(path):
+        if isinstance(record, BadRecord):
+            bad = _BadJson()
+            bad.problem = str(record)
+            rows.append((line, bad))
+            continue
+        columns.update(dict.fromkeys(record))
+        rows.append((line, record))
+    if not rows:
+        raise DataError(f"{path}: the file is empty")
+    return list(columns), rows
 
 
 def _is_hub_id(source: str) -> bool:
@@ -148,9 +153,9 @@ def _check_row(
     spec: TaskSpec, origin: str, line: int, row: Any, columns: list[str], index: dict[str, int], missing_labels: bool = False
 ) -> BadRow | tuple[dict[str, str], float | int]:
     """The row's (texts, label), or the :class:`BadRow` that says why it cannot be used."""
-    if isinstance(row, list):  # delimited file: the quoting and the field count first
-        if getattr(row, "problem", None):
-            return BadRow(origin, line, None, row.problem)
+    if getattr(row, "problem", None):  # a line the reader could not parse (quoting, JSON syntax)
+        return BadRow(origin, line, None, row.problem)
+    if isinstance(row, list):  # delimited file: the field count first
         if len(row) != len(columns):
             return BadRow(origin, line, None, f"row has {len(row)} fields, the header has {len(columns)}")
         get = lambda c: row[index[c]]  # noqa: E731
@@ -312,41 +317,10 @@ def load_task_data(
 
         return _validate(spec, str(source), list(CONLLU_COLUMNS), read_conllu(path), **kwargs)
     if suffix in _JSON_SUFFIXES:
-        try:
-            ds = datasets.load_dataset("json", data_files=str(path), split="train")
-        except Exception as err:
-            raise DataError(f"{source}: not valid JSON / JSON lines: {err}") from err
-        columns, rows = _records_from_dataset(ds, first_line=1)
+        columns, rows = _json_rows(path)
         return _validate(spec, str(source), columns, rows, **kwargs)
     header, table_rows = _read_table(path, delimiter)
     return _validate(spec, str(source), header, table_rows, **kwargs)
-
-
-def read_text_lines(path: str | os.PathLike[str]) -> list[str]:
-    """Every line of a UTF-8 text file, without its line ending (``\\n`` or ``\\r\\n``; a lone
-    ``\\r`` or a Unicode line separator inside a line stays text, so lines keep lining up with a
-    partner file that was split on ``\\n``), in order: line ``i + 1`` of the file is item ``i``. A leading byte-order mark is dropped, a
-    missing final newline is fine, blank lines are kept (they are lines). A line that is not UTF-8
-    or holds a NUL byte is a :class:`DataError` naming the file and the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No such data file: {path}")
-    data = path.read_bytes()
-    if not data:
-        return []
-    parts = [part.removesuffix(b"\r") for part in data.split(b"\n")]
-    if parts[-1] == b"":
-        parts.pop()  # the final newline ends the last line; it does not start another
-    lines = []
-    for number, raw in enumerate(parts, start=1):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path}: line {number} is not UTF-8 text ({err.reason} at byte {err.start} of the line)") from None
-        if "\x00" in text:
-            raise DataError(f"{path}: line {number}, column {text.index(chr(0)) + 1}: a NUL byte (is this a text file?)")
-        lines.append(text.removeprefix("\ufeff") if number == 1 else text)
-    return lines
 
 
 def load_text_label_files(
@@ -375,13 +349,22 @@ def load_text_label_files(
         id_prefix: Ids are ``f"{id_prefix}{line - 1}"`` (the 0-based line index).
         strict / max_bad_fraction / limit: as in :func:`load_task_data`.
     """
-    texts, labels = read_text_lines(text_file), read_text_lines(label_file)
+    texts, labels = read_lines(text_file), read_lines(label_file)
     if len(texts) != len(labels):
         first = min(len(texts), len(labels)) + 1
         longer = text_file if len(texts) > len(labels) else label_file
         raise DataError(
             f"{text_file} has {len(texts)} lines but {label_file} has {len(labels)}: line {first} of {longer} has no partner "
             "(one text per line and one label per line, in the same order)"
+        )
+    ends = {path: _ends_with_newline(path) for path in (text_file, label_file)}
+    if len(set(ends.values())) == 2 and texts:  # one file was cut short, or written differently: say which line
+        cut = next(path for path, ended in ends.items() if not ended)
+        warnings.warn(
+            f"{cut}: line {len(texts)} (the last) has no line ending, but its partner file's last line has one: if {Path(cut).name} "
+            "was cut short, that row is incomplete",
+            DataWarning,
+            stacklevel=2,
         )
     constant = dict(extra_columns or {})
     (text_column,) = [c for c in spec.text_columns if c not in constant] or [None]
@@ -394,6 +377,14 @@ def load_text_label_files(
     )
     return _validate(spec, f"{text_file} + {label_file.name if isinstance(label_file, Path) else Path(label_file).name}", columns, rows,
                      strict=strict, max_bad_fraction=max_bad_fraction, limit=limit)  # fmt: skip
+
+
+def _ends_with_newline(path: str | os.PathLike[str]) -> bool:
+    with open(path, "rb") as handle:
+        if handle.seek(0, os.SEEK_END) == 0:
+            return True  # an empty file has no last line to lack an ending
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
 
 
 def train_validation_split(

@@ -32,6 +32,7 @@ from .encoding import encode_task
 from .hub import save_for_hub, upload_folder
 from .modeling import MultitaskModel
 from .predict import write_predictions
+from .reading import read_text
 from .tasks import TaskSpec, quora_task, sst_task, sts_task, upos_task
 from .trainer import MultitaskTrainer, MultitaskTrainingArguments
 
@@ -238,7 +239,7 @@ def load_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"--config: no such file {path}")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+        loaded = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -569,9 +570,9 @@ def _eda(data_args: DataArguments):
         if not path.is_file():
             raise RecipeError(f"--eda_synonyms: no such file {path}")
         try:
-            synonyms = json.loads(path.read_text(encoding="utf-8-sig"))
+            synonyms = json.loads(read_text(path))
         except json.JSONDecodeError as err:
-            raise RecipeError(f"--eda_synonyms {path}: not valid JSON ({err})") from None
+            raise RecipeError(f"--eda_synonyms {path}: line {err.lineno}, column {err.colno}: not valid JSON ({err.msg})") from None
     a = data_args.eda_alpha
     return EDA(synonyms, alpha_sr=a, alpha_ri=a, alpha_rs=a, p_rd=a, seed=data_args.validation_seed)
 

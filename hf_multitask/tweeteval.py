@@ -33,7 +33,8 @@ from typing import Any
 import datasets
 import numpy as np
 
-from .data import DataError, load_text_label_files, read_text_lines
+from .data import load_text_label_files
+from .reading import DataError, read_lines
 from .tasks import TaskSpec
 
 __all__ = [
@@ -72,7 +73,7 @@ def read_mapping(path: str | os.PathLike[str]) -> tuple[str, ...]:
     The indices must be ``0 .. K-1`` (in any order); anything else is a :class:`DataError`
     naming the line."""
     names: dict[int, str] = {}
-    for number, line in enumerate(read_text_lines(path), start=1):
+    for number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -162,7 +163,7 @@ def test_inputs(spec: TaskSpec | str, data_dir: str | os.PathLike[str]) -> tuple
     rows: dict[str, list[Any]] = {"id": [], **{c: [] for c in spec.text_columns}}
     files = []
     for prefix, folder, extra in _groups(data_dir, spec.name):
-        lines = read_text_lines(folder / "test_text.txt")
+        lines = read_lines(folder / "test_text.txt")
         for i, line in enumerate(lines):
             rows["id"].append(f"{prefix}{i}")
             rows["text"].append(line.strip())

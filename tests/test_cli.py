@@ -93,8 +93,27 @@ def test_the_command_reports_a_bad_file_in_one_line_and_writes_nothing(folder, t
     assert not (tmp_path / "o.jsonl").exists(), "nothing is written for a bad input file"
 
 
+@pytest.mark.parametrize("suffix", [".tsv", ".jsonl"])
+def test_a_latin1_input_stops_the_real_command_in_one_line_with_status_2(folder, tmp_path, suffix):
+    """End to end, in a real process: no traceback, the file and line named, no output left behind."""
+    import os
+
+    path = tmp_path / f"in{suffix}"
+    text = "id\ttext\nx\thello\ny\tcafé au lait\n" if suffix == ".tsv" else '{"id": "x", "text": "hi"}\n{"id": "y", "text": "café"}\n'
+    path.write_bytes(text.encode("latin-1"))
+    out = tmp_path / "o.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "hf_multitask.cli", "predict", "--model", str(folder), "--input", str(path),
+                           "--output", str(out), "--quiet"], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = 3 if suffix == ".tsv" else 2
+    assert f"in{suffix}: line {line}, column " in lines[0] and "not UTF-8" in lines[0]
+    assert not out.exists() and not list(tmp_path.glob("o.jsonl*")), "no partial output file"
+
+
 def test_a_task_that_cannot_answer_is_an_error_naming_the_examples(folder, tmp_path, capsys):
     tsv = tmp_path / "in.tsv"
     tsv.write_text("id\ttext\nx\thello\n")
     status, err = _cli_in_process(capsys, "predict", "--model", folder, "--input", tsv, "--output", tmp_path / "o.jsonl", "--tasks", "para")
     assert status == 2 and "examples x..x" in err and "cannot answer" in err
+    assert not list(tmp_path.glob("o.jsonl*")), "a run stopped half-way leaves no partial output"

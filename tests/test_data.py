@@ -231,7 +231,7 @@ def test_byte_order_mark_in_the_header_keeps_the_ids(tmp_path):
 def test_non_utf8_file_names_the_line(tmp_path):
     path = tmp_path / "sst.csv"
     path.write_bytes(b"\tid\tsentence\tsentiment\n0\ta\tgood\t1\n1\tb\tcaf\xe9\t2\n")
-    with pytest.raises(DataError, match=r"sst.csv: line 3 is not UTF-8"):
+    with pytest.raises(DataError, match=r"sst.csv: line 3, column 8: not UTF-8"):
         load_task_data(hm.sst_task(), path)
 
 

@@ -15,8 +15,9 @@ from conftest import RECIPE_WORDS, tiny_model
 
 import hf_multitask as hm
 from hf_multitask import tweeteval as te
-from hf_multitask.data import DataError, load_text_label_files, read_text_lines
+from hf_multitask.data import DataError, load_text_label_files
 from hf_multitask.metrics import macro_f1, positive_f1, stance_f1
+from hf_multitask.reading import read_lines
 from hf_multitask.recipe import RecipeError, run
 
 SIZES = {"train": 24, "val": 10, "test": 7}
@@ -57,23 +58,23 @@ def tweeteval_dir(tmp_path_factory) -> Path:
 # --- the reader ----------------------------------------------------------------------------------
 
 
-def test_read_text_lines_handles_bom_crlf_blank_lines_and_no_final_newline(tmp_path):
+def test_read_lines_handles_bom_crlf_blank_lines_and_no_final_newline(tmp_path):
     path = tmp_path / "t.txt"
     path.write_bytes(b"\xef\xbb\xbffirst\r\n\r\nthird has a lone \r inside\nlast")
-    assert read_text_lines(path) == ["first", "", "third has a lone \r inside", "last"]
+    assert read_lines(path) == ["first", "", "third has a lone \r inside", "last"]
     path.write_bytes(b"")
-    assert read_text_lines(path) == []
+    assert read_lines(path) == []
 
 
 @pytest.mark.parametrize(
     ("raw", "message"),
-    [(b"ok\ncaf\xe9 latin-1\n", "line 2 is not UTF-8"), (b"ok\nok\nnul\x00here\n", "line 3, column 4: a NUL byte")],
+    [(b"ok\ncaf\xe9 latin-1\n", "line 2, column 4: not UTF-8"), (b"ok\nok\nnul\x00here\n", "line 3, column 4: a NUL byte")],
 )
-def test_read_text_lines_names_the_bad_line(tmp_path, raw, message):
+def test_read_lines_names_the_bad_line(tmp_path, raw, message):
     path = tmp_path / "bad.txt"
     path.write_bytes(raw)
     with pytest.raises(DataError, match=message) as err:
-        read_text_lines(path)
+        read_lines(path)
     assert str(path) in str(err.value)
 
 

@@ -152,12 +152,19 @@ class Grid:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Grid:
         path = Path(path)
+        from ..reading import DataError, read_text
+
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text(path)
         except OSError as err:
             raise GridError(f"cannot read grid file {path}: {err.strerror}") from None
+        except DataError as err:
+            raise GridError(str(err)) from None
         if path.suffix == ".json":
-            data = json.loads(text)
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise GridError(f"{path}: line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}") from None
         else:
             import yaml
 
