@@ -42,13 +42,20 @@ def compare_main(doc: str, grid: dict, default_output: str, report_stem: str, ta
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["run", "report"])
     parser.add_argument("--arms", nargs="+", help="run only these arms, in this order")
+    parser.add_argument("--seeds", nargs="+", type=int, help="run only these of the grid's seeds (e.g. one seed of every arm first)")
     parser.add_argument("--output-dir", help=f"results folder (default: {default_output} in the repository)")
     args = parser.parse_args()
     output_dir = Path(args.output_dir).resolve() if args.output_dir else REPO / default_output
     os.chdir(REPO)
     try:
         if args.command == "run":
-            run_grid(Grid.from_dict(grid), output_dir, args.arms, say=lambda m: print(f"[{tag}] {m}", flush=True))
+            chosen = Grid.from_dict(grid)
+            if args.seeds:
+                unknown = sorted(set(args.seeds) - set(chosen.seeds))
+                if unknown:
+                    raise GridError(f"--seeds: {unknown} are not seeds of the grid {chosen.seeds}")
+                chosen = Grid.from_dict({**grid, "seeds": [s for s in chosen.seeds if s in args.seeds]})
+            run_grid(chosen, output_dir, args.arms, say=lambda m: print(f"[{tag}] {m}", flush=True))
         else:
             # the grid as defined now (pairs added since the runs started, say), as `run` writes it
             (output_dir / "grid.json").write_text(json.dumps(grid_dict(Grid.from_dict(grid)), indent=2))
