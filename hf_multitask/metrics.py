@@ -18,6 +18,7 @@ __all__ = [
     "spearman",
     "normalized_score",
     "overall_score",
+    "primary_overall",
     "compute_task_metrics",
     "predictions_from_logits",
 ]
@@ -127,6 +128,20 @@ def overall_score(scores: Mapping[str, float]) -> float:
     if not scores:
         raise ValueError("overall_score needs at least one task score")
     return float(np.mean(list(scores.values())))
+
+
+def primary_overall(results: dict[str, float], primary: Sequence[str] | None) -> dict[str, float]:
+    """``results`` with ``overall`` the mean score of the ``primary`` tasks (what the best
+    checkpoint, early stopping and the model card follow) and the mean over every evaluated task
+    kept as ``overall_all``. Unchanged without primary tasks, or when none of them was
+    evaluated (a phase that scores other tasks one at a time, e.g. head pretraining)."""
+    present = [t for t in primary or [] if f"{t}_score" in results]
+    if not present:
+        return results
+    out = dict(results)
+    out["overall_all"] = results["overall"]
+    out["overall"] = overall_score({t: results[f"{t}_score"] for t in present})
+    return out
 
 
 def predictions_from_logits(spec: TaskSpec, logits: np.ndarray, batch: Mapping[str, Any] | None = None) -> np.ndarray:

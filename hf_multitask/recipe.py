@@ -30,6 +30,7 @@ from .configuration import MultitaskConfig
 from .data import load_task_data, train_validation_split
 from .encoding import encode_task
 from .hub import save_for_hub, upload_folder
+from .metrics import primary_overall
 from .modeling import MultitaskModel
 from .predict import write_predictions
 from .reading import read_text
@@ -206,6 +207,14 @@ class RecipeTrainingArguments(MultitaskTrainingArguments):
     )
     head_pretrain_learning_rate: float = 1e-3
     head_pretrain_eval_steps: int = field(default=0, metadata={"help": "Per-task head pretraining: evaluate every N steps (0: steps/4)"})
+    intermediate_steps: int = field(
+        default=0,
+        metadata={"help": "Intermediate-task transfer (STILTs): train this many steps on the auxiliary tasks (all but "
+                  "--primary_tasks) first; the main run then trains the primary tasks only"},
+    )  # fmt: skip
+    intermediate_learning_rate: float | None = field(
+        default=None, metadata={"help": "Intermediate-task transfer: learning rate of the auxiliary phase (default --learning_rate)"}
+    )
     ensemble: list[str] = field(
         default_factory=list, metadata={"help": "No training: evaluate and predict with the ensemble of these checkpoint folders"}
     )
@@ -603,7 +612,7 @@ def run_ensemble(model_args: ModelArguments, data_args: DataArguments, args: Rec
     predictions: dict = {}
     scores = evaluate(ensemble, validation, pad_token_id=tokenizer.pad_token_id, batch_size=args.per_device_eval_batch_size,
                       progress=not args.disable_tqdm, predictions=predictions)  # fmt: skip
-    metrics = {f"eval_{k}": v for k, v in scores.items()}
+    metrics = {f"eval_{k}": v for k, v in primary_overall(scores, args.primary_tasks).items()}
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -747,6 +756,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: RecipeTra
                                 **_SINGLE_TASK)  # fmt: skip
         best = pretrain_heads(model, train, validation, head_args, processing_class=tokenizer)
         logger.info("per-task head pretraining: best scores %s", best)
+    if args.intermediate_steps > 0:
+        train = _intermediate_transfer(args, model, train, tokenizer, resume)
     if resume is None and args.lp_steps > 0:
         from .schemes.lpft import linear_probe
 
@@ -778,6 +789,9 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: RecipeTra
     out = Path(args.output_dir)
     final_model, predictions = trainer.gathered_model(), trainer.last_predictions  # full weights under FSDP2 (all ranks gather)
     training = f"Trained with `recipes/train_pcgrad.py`: aggregator `{args.aggregator}`, schedule `{args.schedule}`."
+    if args.primary_tasks:
+        training += (f" Primary task(s): {', '.join(f'`{t}`' for t in args.primary_tasks)} (the others are auxiliary); the overall "
+                     "score and the checkpoint choice follow the primary task(s).")  # fmt: skip
     if args.specialise_steps > 0:
         final_model, predictions, specialised, special_metrics = _specialise(args, trainer, train, validation, tokenizer)
         # the routed model's scores become the run's eval_* metrics; the multitask model's stay as multitask_eval_*
@@ -822,6 +836,23 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: RecipeTra
     return metrics
 
 
+def _intermediate_transfer(args: RecipeTrainingArguments, model: MultitaskModel, train: dict, tokenizer, resume) -> dict:
+    """STILTs (Phang, Févry, Bowman 2018): train on the auxiliary tasks for ``intermediate_steps``
+    (skipped on resume: the checkpoint holds the result), then return the training sets the main
+    run keeps: the primary tasks only."""
+    primary = args.primary_tasks or []
+    auxiliary = {t: d for t, d in train.items() if t not in primary}
+    if not primary or not auxiliary:
+        raise RecipeError("--intermediate_steps trains the auxiliary tasks first: name the primary task(s) with --primary_tasks and "
+                          "train at least one other task")  # fmt: skip
+    if resume is None:
+        phase = _phase_args(args, "intermediate", args.intermediate_steps, args.intermediate_learning_rate or args.learning_rate)
+        MultitaskTrainer(model=model, args=phase, train_dataset=auxiliary, processing_class=tokenizer).train()
+        logger.info("intermediate-task transfer: %d steps on %s, then the primary task(s) %s", args.intermediate_steps,
+                    sorted(auxiliary), primary)  # fmt: skip
+    return {t: d for t, d in train.items() if t in primary}
+
+
 def _specialise(args: RecipeTrainingArguments, trainer: MultitaskTrainer, train: dict, validation: dict, tokenizer) -> tuple:
     """Two-step specialisation of the trained multitask model; returns the routed model, its
     validation predictions, the specialised models and the routed model's ``eval_*`` metrics
@@ -838,7 +869,7 @@ def _specialise(args: RecipeTrainingArguments, trainer: MultitaskTrainer, train:
     predictions: dict = {}
     scores = evaluate(routed, validation, pad_token_id=tokenizer.pad_token_id, batch_size=args.per_device_eval_batch_size,
                       progress=not args.disable_tqdm, predictions=predictions)  # fmt: skip
-    metrics = {f"eval_{k}": v for k, v in scores.items()}
+    metrics = {f"eval_{k}": v for k, v in primary_overall(scores, args.primary_tasks).items()}
     metrics["specialise_seconds"] = time.perf_counter() - start
     sizes = args.task_batch_sizes or {}
     metrics["specialise_examples"] = sum(

@@ -36,6 +36,7 @@ from .checkpoints import (
 )
 from .fsdp import fsdp2_wrap_classes, gather_full_model
 from .lr_groups import learning_rate_factors, split_param_groups
+from .metrics import primary_overall
 from .mixing import SCHEDULE_NAMES, WINDOW_KEY, MultitaskStepSampler, make_train_dataloader
 from .predict import evaluate as evaluate_tasks
 from .predict import metrics_from_predictions
@@ -89,6 +90,14 @@ class MultitaskTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Learning rate of the task-owned parameters (heads, PALs, per-task LoRA); default --learning_rate"},
     )
+    primary_tasks: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "The tasks you care about; the others are auxiliary. Their mean validation score is 'overall' (best "
+            "checkpoint, early stopping, model card; the mean over all tasks stays as overall_all), and the primary-aware "
+            "aggregators (gradsim, pcgrad_primary, metabalance) serve them"
+        },  # fmt: skip
+    )
     layer_lr_decay: float = field(
         default=1.0,
         metadata={
@@ -111,8 +120,14 @@ class MultitaskTrainingArguments(TrainingArguments):
         # names are checked here, before any data or model is built
         if self.aggregator not in AGGREGATORS:
             raise ValueError(f"--aggregator: unknown aggregator {self.aggregator!r}; choose from {sorted(AGGREGATORS)}")
+        if isinstance(self.primary_tasks, str):
+            self.primary_tasks = [self.primary_tasks]
+        if self.primary_tasks is not None and (not self.primary_tasks or len(set(self.primary_tasks)) != len(self.primary_tasks)):
+            raise ValueError(f"--primary_tasks must name distinct tasks, got {self.primary_tasks}")
+        if getattr(AGGREGATORS[self.aggregator], "uses_primary", False) and not self.primary_tasks:
+            raise ValueError(f"--aggregator {self.aggregator} serves primary tasks: name them with --primary_tasks")
         try:
-            get_aggregator(self.aggregator, **(self.aggregator_kwargs or {}))
+            get_aggregator(self.aggregator, **aggregator_kwargs(self))
         except (TypeError, ValueError) as err:
             raise ValueError(f"--aggregator_kwargs {self.aggregator_kwargs} do not fit aggregator {self.aggregator!r}: {err}") from None
         if self.schedule not in SCHEDULE_NAMES:
@@ -142,6 +157,15 @@ class MultitaskTrainingArguments(TrainingArguments):
             )
         # per-task sub-batches are nested dicts: never drop their columns
         self.remove_unused_columns = False
+
+
+def aggregator_kwargs(args: MultitaskTrainingArguments) -> dict[str, Any]:
+    """The aggregator's keyword arguments: ``aggregator_kwargs``, plus ``primary`` from
+    ``primary_tasks`` for the primary-aware methods."""
+    kwargs = dict(args.aggregator_kwargs or {})
+    if getattr(AGGREGATORS[args.aggregator], "uses_primary", False) and args.primary_tasks:
+        kwargs.setdefault("primary", list(args.primary_tasks))
+    return kwargs
 
 
 def example_lengths(dataset: datasets.Dataset, task_type: Any = None) -> list[int]:
@@ -234,10 +258,11 @@ class MultitaskTrainer(Trainer):
             unknown = [t for t in (value or {}) if t not in self.model.task_names]
             if unknown:
                 raise KeyError(f"{name} names unknown task(s) {unknown}; the model knows {self.model.task_names}")
+        unknown = [t for t in args.primary_tasks or [] if t not in self.model.task_names]
+        if unknown:
+            raise ValueError(f"--primary_tasks names unknown task(s) {unknown}; the model knows {self.model.task_names}")
         seed = args.seed if args.surgery_seed is None else args.surgery_seed
-        self.aggregator = (
-            aggregator if aggregator is not None else get_aggregator(args.aggregator, seed=seed, **(args.aggregator_kwargs or {}))
-        )
+        self.aggregator = aggregator if aggregator is not None else get_aggregator(args.aggregator, seed=seed, **aggregator_kwargs(args))
         if (
             args.activation_checkpointing
             and (args.activation_checkpointing_kwargs or {}).get("use_reentrant")
@@ -722,6 +747,7 @@ class MultitaskTrainer(Trainer):
             progress=not self.args.disable_tqdm,
             predictions=self.last_predictions,
         )
+        results = primary_overall(results, self.args.primary_tasks)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in results.items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

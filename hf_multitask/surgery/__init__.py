@@ -18,6 +18,9 @@ mapping the ``(T, P)`` matrix to one ``(P,)`` update.
 | ``rlw`` | random loss weighting (Lin et al. 2022), a loss weighting: no per-task gradients |
 | ``uw`` | uncertainty weighting (Kendall et al. 2018), a loss weighting |
 | ``famo`` | FAMO (Liu et al. 2023), a loss weighting: O(1) memory |
+| ``gradsim`` | primary tasks: auxiliaries used only where their cosine with the primary is > 0 (Du et al. 2018; ``weighted=True`` scales by the cosine) |
+| ``pcgrad_primary`` | primary tasks: a conflicting auxiliary is projected onto the primary's normal plane, the primary never changed |
+| ``metabalance`` | primary tasks: auxiliary gradient norms relaxed toward the primary's (He et al. 2022) |
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .dbmtl import DBMTL
 from .gradvac import GradVac
 from .loss_weighting import FAMO, RLW, LossWeighting, UncertaintyWeighting
 from .pcgrad import PCGrad, PooledPCGrad, WeightedPCGrad, pcgrad_coefficients
+from .primary import GradSimGating, MetaBalance, PrimaryPCGrad
 from .simple import Mean, Sum
 from .upgrad import UPGrad
 
@@ -50,6 +54,9 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
         RLW,
         UncertaintyWeighting,
         FAMO,
+        GradSimGating,
+        PrimaryPCGrad,
+        MetaBalance,
     )
 }
 
@@ -88,6 +95,9 @@ __all__ = [
     "UncertaintyWeighting",
     "WeightedPCGrad",
     "PooledPCGrad",
+    "GradSimGating",
+    "PrimaryPCGrad",
+    "MetaBalance",
     "get_aggregator",
     "gram_matrix",
     "pcgrad_coefficients",
