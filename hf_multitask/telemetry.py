@@ -86,6 +86,37 @@ class ConflictTelemetryCallback(TrainerCallback):
         return control
 
 
+MAX_CURVE_TASKS = 4  # above this many tasks the pairwise cosines are drawn as a matrix, not as curves
+
+
+def _cosine_matrix(rows: list[dict[str, Any]], tasks: list[str]) -> list[list[float]]:
+    """Mean pairwise cosine over the recorded steps (NaN where a pair was never recorded)."""
+    out = []
+    for a in tasks:
+        line = []
+        for b in tasks:
+            if a == b:
+                line.append(1.0)
+                continue
+            key = PREFIX + (f"cos_{a}_{b}" if any(PREFIX + f"cos_{a}_{b}" in r for r in rows) else f"cos_{b}_{a}")
+            values = [r[key] for r in rows if key in r]
+            line.append(sum(values) / len(values) if values else float("nan"))
+        out.append(line)
+    return out
+
+
+def _draw_matrix(ax: Any, matrix: list[list[float]], tasks: list[str], steps: int) -> None:
+    image = ax.imshow(matrix, cmap="RdBu", vmin=-0.3, vmax=0.3)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
+    for i, line in enumerate(matrix):
+        for j, value in enumerate(line):
+            if i != j and value == value:
+                ax.text(j, i, f"{value:+.2f}", ha="center", va="center", fontsize=5.5)
+    ax.set_title(f"mean pairwise cosine over {steps} recorded steps (blue: agree, red: conflict)")
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+
+
 def plot_conflicts(source: str | os.PathLike[str] | list[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Plot conflict telemetry (pairwise cosines, conflict rate, norms, removed) to a PNG.
 
@@ -109,14 +140,21 @@ def plot_conflicts(source: str | os.PathLike[str] | list[dict[str, Any]], path: 
     if not rows:
         raise ValueError("No conflict telemetry in the logs: train with telemetry_steps > 0")
     keys = sorted({k for r in rows for k in r if k.startswith(PREFIX)})
+    tasks = [k[len(PREFIX + "grad_norm_") :] for k in keys if k.startswith(PREFIX + "grad_norm_")]
+    many = len(tasks) > MAX_CURVE_TASKS  # 10 tasks give 45 cosine curves: a matrix reads better
     groups = [
-        ("pairwise cosine", [k for k in keys if k.startswith(PREFIX + "cos_")]),
+        ("pairwise cosine", [] if many else [k for k in keys if k.startswith(PREFIX + "cos_")]),
         ("conflict rate", [k for k in keys if k == PREFIX + "rate"]),
         ("gradient norm", [k for k in keys if k.startswith(PREFIX + "grad_norm_")]),
         ("removed by surgery", [k for k in keys if k.startswith(PREFIX + "removed_")]),
     ]
     groups = [(title, ks) for title, ks in groups if ks]
-    fig, axes = plt.subplots(len(groups), 1, figsize=(7, 2.6 * len(groups)), sharex=True, squeeze=False)
+    matrix = _cosine_matrix(rows, tasks) if many else None
+    extra = 1 if matrix is not None else 0
+    fig, axes = plt.subplots(len(groups) + extra, 1, figsize=(7, 2.6 * len(groups) + 5.5 * extra), squeeze=False,
+                             gridspec_kw={"height_ratios": [2.6] * len(groups) + [5.5] * extra})  # fmt: skip
+    if matrix is not None:
+        _draw_matrix(axes[-1, 0], matrix, tasks, len(rows))
     for ax, (title, ks) in zip(axes[:, 0], groups):
         for k in ks:
             pts = [(r["step"], r[k]) for r in rows if k in r]
@@ -124,8 +162,8 @@ def plot_conflicts(source: str | os.PathLike[str] | list[dict[str, Any]], path: 
         ax.set_title(title)
         if title == "pairwise cosine":
             ax.axhline(0.0, color="grey", lw=0.8)
-        ax.legend(fontsize=7)
-    axes[-1, 0].set_xlabel("optimizer step")
+        ax.legend(fontsize=6 if many else 7, ncol=2 if many else 1)
+        ax.set_xlabel("optimizer step")
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
