@@ -1,6 +1,10 @@
-"""Step time and memory of PCGrad vs summed-loss steps on the packaged MiniLM, 3 tasks.
+"""Step time and memory of PCGrad vs summed-loss steps on the packaged MiniLM, 3 tasks (or 10, 20).
 
-    python benchmarks/surgery_speed.py [--steps 8] [--batch 32] [--aggregator pcgrad[,famo,...]]
+    python benchmarks/surgery_speed.py [--steps 8] [--batch 32] [--aggregator pcgrad[,famo,...]] [--tasks 3|10|20]
+
+``--tasks 10`` takes the TweetEval tasks with stance as five tasks, one per target (emoji,
+emotion, hate, irony, offensive, stance_abortion, ...); ``--tasks 20`` repeats each of those
+ten with a second head (``emoji_2``, ...) on the same data.
 
 Ways to take one optimizer step on identical batches (one batch of each task):
   plain    -- sum the three task losses, one loss.backward() (what summed-loss multitask does)
@@ -30,7 +34,7 @@ import torch
 from transformers import AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import load_reference  # noqa: E402
+from common import DATA_DIR, load_reference  # noqa: E402
 
 import hf_multitask as hm  # noqa: E402
 
@@ -38,12 +42,45 @@ DEVICE = "cpu"
 BF16 = False
 
 
+TASKS = 3
+
+
+def tweeteval_tasks(tokenizer, count: int, limit: int) -> tuple[list, dict]:
+    """``count`` (10 or 20) TweetEval tasks with stance split by target, and their encoded data."""
+    from hf_multitask.data import load_text_label_files
+    from hf_multitask.tweeteval import STANCE_TARGETS, load_tweeteval, tweeteval_task
+
+    root = DATA_DIR / "tweeteval"
+    specs, raw = [], {}
+    for name in ("emoji", "emotion", "hate", "irony", "offensive"):
+        spec = tweeteval_task(name, root)
+        specs.append(spec)
+        raw[name] = load_tweeteval(spec, root, "train").select(range(limit))
+    for target in STANCE_TARGETS:
+        spec = hm.TaskSpec(name=f"stance_{target}", kind="classification", num_labels=3, text_columns=("text",), metric="stance_f1")
+        folder = root / "stance" / target
+        specs.append(spec)
+        raw[spec.name] = load_text_label_files(spec, folder / "train_text.txt", folder / "train_labels.txt").select(range(limit))
+    if count == 20:
+        twins = [hm.TaskSpec.from_dict({**s.to_dict(), "name": f"{s.name}_2"}) for s in specs]
+        raw.update({t.name: raw[s.name] for s, t in zip(specs, twins)})
+        specs += twins
+    if len(specs) != count:
+        raise SystemExit(f"--tasks must be 3, 10 or 20, got {count}")
+    data = {s.name: hm.encode_task(raw[s.name], s, tokenizer, max_length=64) for s in specs}
+    return specs, data
+
+
 def build(aggregator: str, batch: int):
     backbone = hm.default_backbone()
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     torch.manual_seed(0)
-    model = hm.MultitaskModel.from_encoder(backbone, tasks=hm.reference_tasks(), pair_encoding="cross")
-    data = load_reference(tokenizer, model.config, limit=batch * 4)
+    if TASKS == 3:
+        model = hm.MultitaskModel.from_encoder(backbone, tasks=hm.reference_tasks(), pair_encoding="cross")
+        data = load_reference(tokenizer, model.config, limit=batch * 4)
+    else:
+        specs, data = tweeteval_tasks(tokenizer, TASKS, batch * 4)
+        model = hm.MultitaskModel.from_encoder(backbone, tasks=specs)
     args = hm.MultitaskTrainingArguments(
         output_dir=tempfile.mkdtemp(),
         per_device_train_batch_size=batch,
@@ -120,10 +157,11 @@ def main() -> None:
     parser.add_argument("--aggregator", default="pcgrad", help="one or several (comma-separated) methods to time")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (both modes)")
+    parser.add_argument("--tasks", type=int, default=3, choices=[3, 10, 20], help="3: the trio; 10 / 20: TweetEval tasks (see above)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global DEVICE, BF16
-    DEVICE, BF16 = args.device, args.bf16
+    global DEVICE, BF16, TASKS
+    DEVICE, BF16, TASKS = args.device, args.bf16, args.tasks
     warnings.simplefilter("ignore")
     if args.memory_child:
         memory_child(args.memory_child, args.aggregator, args.batch)
@@ -156,6 +194,8 @@ def main() -> None:
                 str(args.batch),
                 "--device",
                 args.device,
+                "--tasks",
+                str(args.tasks),
                 *(["--bf16"] if args.bf16 else []),
             ],  # fmt: skip
             capture_output=True,
