@@ -1,0 +1,161 @@
+"""`MultitaskTrainingArguments`: `transformers.TrainingArguments` plus the multitask knobs.
+
+Every field is honoured by :class:`~hf_multitask.MultitaskTrainer` or refused here, when the
+arguments are built, with a message that names it. Names of aggregators and schedules are
+checked against their registries (:data:`hf_multitask.surgery.AGGREGATORS`,
+:data:`hf_multitask.mixing.SCHEDULE_NAMES`) before any data is read or model built.
+
+| field | what |
+|---|---|
+| ``aggregator``, ``aggregator_kwargs`` | the gradient method (surgery or loss weighting) and its options |
+| ``surgery_seed`` | seed of the methods' own randomness (projection order); default ``seed`` |
+| ``schedule``, ``schedule_kwargs``, ``schedule_epochs`` | which tasks make up each step |
+| ``task_batch_sizes`` | per-task batch sizes (``per_device_train_batch_size`` is each task's otherwise) |
+| ``length_grouping`` | batch examples of similar length together |
+| ``telemetry_steps`` | gradient-conflict telemetry every N optimizer steps |
+| ``ddp_surgery`` | how DDP reduces the per-task rows: ``all_reduce`` or ``reduce_scatter`` |
+| ``resume_without_surgery_state`` | accept a checkpoint without ``multitask_state.pt`` |
+| ``head_learning_rate``, ``layer_lr_decay`` | learning rates of the task-owned parameters and of the encoder's layers |
+| ``primary_tasks`` | the tasks whose score is ``overall``; the primary-aware aggregators serve them |
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .mixing import SCHEDULE_NAMES
+from .surgery import AGGREGATORS, get_aggregator
+
+__all__ = ["MultitaskTrainingArguments", "aggregator_kwargs"]
+
+# TrainingArguments that cannot work with per-task surgery steps: refused when the arguments are built
+_REFUSED_FIELDS = {
+    "auto_find_batch_size": (
+        False,
+        "each task's batch size comes from per_device_train_batch_size / task_batch_sizes, and a retried step would "
+        "reuse half-filled surgery rows; pick the batch sizes yourself",
+    ),
+    "label_smoothing_factor": (0.0, "each task's head computes its own loss; label smoothing is not implemented there"),
+}
+
+
+@dataclass
+class MultitaskTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the multitask knobs.
+
+    ``per_device_train_batch_size`` is the batch size of *each task* in a step.
+    """
+
+    aggregator: str = field(
+        default="pcgrad",
+        metadata={
+            "help": "Gradient aggregator: sum, mean, pcgrad, weighted_pcgrad, pooled_pcgrad, gradvac, cagrad, aligned_mtl, upgrad, db_mtl; loss weightings rlw, uw, famo"
+        },
+    )
+    aggregator_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Keyword arguments of the aggregator (dict or JSON string)"}
+    )
+    surgery_seed: int | None = field(default=None, metadata={"help": "Seed of the projection order (defaults to --seed)"})
+    schedule: str = field(
+        default="round_robin",
+        metadata={"help": "Task schedule: round_robin, proportional, annealed, temperature, uniform, staggered, gradient_compromise"},
+    )
+    schedule_kwargs: dict | str | None = field(default=None, metadata={"help": "Keyword arguments of the schedule (dict or JSON string)"})
+    schedule_epochs: int | None = field(
+        default=None, metadata={"help": "E of the annealed schedules (default: num_train_epochs, or the epochs max_steps spans)"}
+    )
+    task_batch_sizes: dict | str | None = field(default=None, metadata={"help": "Per-task batch sizes (dict or JSON string)"})
+    length_grouping: bool = field(default=True, metadata={"help": "Batch examples of similar length together (less padding, faster steps)"})
+    telemetry_steps: int = field(default=0, metadata={"help": "Log gradient-conflict telemetry every N optimizer steps (0: off)"})
+    ddp_surgery: str = field(
+        default="all_reduce",
+        metadata={"help": "DDP: all_reduce the (T, P) task rows, or reduce_scatter them and all-gather the update ((T+1)P on the wire)"},
+    )
+    resume_without_surgery_state: bool = field(
+        default=False,
+        metadata={"help": "Accept resuming from a checkpoint without multitask_state.pt (surgery state and task counters restart)"},
+    )
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the task-owned parameters (heads, PALs, per-task LoRA); default --learning_rate"},
+    )
+    primary_tasks: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "The tasks you care about; the others are auxiliary. Their mean validation score is 'overall' (best "
+            "checkpoint, early stopping, model card; the mean over all tasks stays as overall_all), and the primary-aware "
+            "aggregators (gradsim, pcgrad_primary, metabalance) serve them"
+        },  # fmt: skip
+    )
+    layer_lr_decay: float = field(
+        default=1.0,
+        metadata={
+            "help": "Layer-wise learning-rate decay of the encoder: layer i of L trains at lr * decay**(L - i), "
+            "the embeddings at lr * decay**(L + 1); 1 turns it off"
+        },  # fmt: skip
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("aggregator_kwargs", "schedule_kwargs", "task_batch_sizes"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    setattr(self, name, json.loads(value) if value.strip() else None)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"--{name}: not valid JSON ({err}): {value!r}") from None
+        if self.telemetry_steps < 0:
+            raise ValueError(f"telemetry_steps must be >= 0, got {self.telemetry_steps}")
+        # names are checked here, before any data or model is built
+        if self.aggregator not in AGGREGATORS:
+            raise ValueError(f"--aggregator: unknown aggregator {self.aggregator!r}; choose from {sorted(AGGREGATORS)}")
+        if isinstance(self.primary_tasks, str):
+            self.primary_tasks = [self.primary_tasks]
+        if self.primary_tasks is not None and (not self.primary_tasks or len(set(self.primary_tasks)) != len(self.primary_tasks)):
+            raise ValueError(f"--primary_tasks must name distinct tasks, got {self.primary_tasks}")
+        if getattr(AGGREGATORS[self.aggregator], "uses_primary", False) and not self.primary_tasks:
+            raise ValueError(f"--aggregator {self.aggregator} serves primary tasks: name them with --primary_tasks")
+        try:
+            get_aggregator(self.aggregator, **aggregator_kwargs(self))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"--aggregator_kwargs {self.aggregator_kwargs} do not fit aggregator {self.aggregator!r}: {err}") from None
+        if self.schedule not in SCHEDULE_NAMES:
+            raise ValueError(f"--schedule: unknown schedule {self.schedule!r}; choose from {list(SCHEDULE_NAMES)}")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ValueError(f"--layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            raise ValueError(f"--head_learning_rate must be positive, got {self.head_learning_rate}")
+        if self.ddp_surgery not in ("all_reduce", "reduce_scatter"):
+            raise ValueError(f"--ddp_surgery must be all_reduce or reduce_scatter, got {self.ddp_surgery!r}")
+        for name, (default, why) in _REFUSED_FIELDS.items():
+            if getattr(self, name) != default:
+                raise ValueError(f"--{name} is not supported by MultitaskTrainer: {why}")
+        if self.train_sampling_strategy != "random":
+            raise ValueError(
+                f"--train_sampling_strategy {self.train_sampling_strategy!r} is not supported by MultitaskTrainer: the "
+                "task schedule decides the batches (--schedule); length grouping is --length_grouping"
+            )
+        if (
+            self.aggregator in ("weighted_pcgrad", "pooled_pcgrad")
+            and self.gradient_accumulation_steps > 1
+            and self.schedule != "round_robin"
+        ):
+            raise ValueError(
+                f"--aggregator {self.aggregator} with --gradient_accumulation_steps > 1 needs --schedule round_robin: its rows "
+                "must be each task's per-sample mean gradient over the step, which holds only when every task is in every micro-batch"
+            )
+        # per-task sub-batches are nested dicts: never drop their columns
+        self.remove_unused_columns = False
+
+
+def aggregator_kwargs(args: MultitaskTrainingArguments) -> dict[str, Any]:
+    """The aggregator's keyword arguments: ``aggregator_kwargs``, plus ``primary`` from
+    ``primary_tasks`` for the primary-aware methods."""
+    kwargs = dict(args.aggregator_kwargs or {})
+    if getattr(AGGREGATORS[args.aggregator], "uses_primary", False) and args.primary_tasks:
+        kwargs.setdefault("primary", list(args.primary_tasks))
+    return kwargs
