@@ -31,20 +31,47 @@ PROTOCOL = ["--benchmark", "tweeteval", "--data-dir", f"{DATA_ARG}/tweeteval", "
             "--write_predictions", "false", "--test_predictions", "true", "--logging_steps", "50", "--disable_tqdm", "true",
             "--telemetry_steps", "0"]  # fmt: skip
 ANNEALED = ["--schedule", "annealed"]  # the PAL schedule, one task per step: p_i ~ N_i^alpha, alpha 1 -> 0.2
+# every task in every step (the primary-aware methods compare each auxiliary with the primary), 108 steps of
+# 6 x 32 examples per epoch: the same number of examples as one pass over the capped data (41,498 in 2 epochs)
+ROUND_ROBIN = ["--schedule", "round_robin", "--schedule_kwargs", '{"steps_per_epoch": 108}']
+PRIMARIES = ("irony", "emotion", "stance")  # the three smallest tasks, each the primary in turn (issue 25)
+
+
+def primary_candidates(task: str) -> dict[str, list[str]]:
+    """The primary-task methods compared on the tuning split (one run each), the best reported on val."""
+    return {
+        "sum": ["--aggregator", "sum", *ROUND_ROBIN],
+        "gradsim": ["--aggregator", "gradsim", *ROUND_ROBIN],
+        "gradsim_weighted": ["--aggregator", "gradsim", "--aggregator_kwargs", '{"weighted": true}', *ROUND_ROBIN],
+        "pcgrad_primary": ["--aggregator", "pcgrad_primary", *ROUND_ROBIN],
+        "metabalance": ["--aggregator", "metabalance", *ROUND_ROBIN],
+        # STILTs: the auxiliaries first (150 steps of 5 x 32), then 2 epochs of the primary alone
+        "stilts": ["--aggregator", "sum", "--intermediate_steps", "150"],
+        # multitask, then 100 steps of the primary alone from the multitask encoder (two-step specialisation)
+        "mt_then_ft": ["--aggregator", "sum", *ROUND_ROBIN, "--specialise_steps", "100", "--specialise_tasks", task],
+    }
+
 
 GRID = {
     "tasks": ["emoji", "emotion", "hate", "irony", "offensive", "stance"],
     "train_limits": {"emoji": 4000, "hate": 4000, "offensive": 4000},
     "seeds": [0, 1, 2],
     "splits": [0],  # the official validation files (the split seed does not change them)
+    # tuning (the primary-task methods) on a seeded 10 % split of the training files, never on val
+    "tuning_split": 1,
+    "tuning_args": ["--benchmark_validation", "split", "--validation_fraction", "0.1", "--test_predictions", "false"],
     "reference": "separate",
-    "pairs": [["sum_annealed", "separate"]],
+    "pairs": [["sum_annealed", "separate"], *([f"primary_{p}", f"symmetric_{p}"] for p in PRIMARIES)],
     "test_predictions": "{arm}/seed{seed}/test",
     "arms": {
         # six single-task models (stance: one model for the five targets), each trained on its own data for 2 epochs
         "separate": {"single_task": True, "args": ["--aggregator", "sum"]},
         # one encoder, summed loss, the annealed schedule (the trio's best schedule), same examples and epochs
         "sum_annealed": {"args": ["--aggregator", "sum", *ANNEALED]},
+        # issue 25, per primary task P: symmetric multitask with P's checkpoint choice, and the best primary-task
+        # method chosen on the tuning split (only P's test file is written)
+        **{f"symmetric_{p}": {"args": ["--primary_tasks", p, "--aggregator", "sum", *ROUND_ROBIN]} for p in PRIMARIES},
+        **{f"primary_{p}": {"args": ["--primary_tasks", p], "candidates": primary_candidates(p)} for p in PRIMARIES},
     },
     "protocol": PROTOCOL,
 }

@@ -812,7 +812,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: RecipeTra
             from .tweeteval import write_test_predictions
 
             written = write_test_predictions(final_model, tokenizer, data_args.data_dir, out / "predictions" / "test",
-                                             max_length=data_args.max_length, batch_size=args.per_device_eval_batch_size,
+                                             tasks=args.primary_tasks or None, max_length=data_args.max_length, batch_size=args.per_device_eval_batch_size,
                                              progress=not args.disable_tqdm)  # fmt: skip
             logger.info("test predictions (official layout): %s", sorted(written))
         if args.plot_telemetry and args.telemetry_steps > 0:

@@ -301,3 +301,13 @@ def test_a_single_task_arm_takes_the_protocols_validation_files(tiny_backbone, t
                  arms={"separate": {"single_task": True, "args": ["--aggregator", "sum", "--validation_files", files]}})  # fmt: skip
     results = run_grid(grid, tmp_path / "cmp", say=lambda m: None)
     assert {"eval_sst_accuracy", "eval_sts_pearson"} <= set(results[0]["metrics"])
+
+
+def test_tuning_args_reach_the_tuning_runs_only(tiny_backbone, tiny_data, tmp_path):
+    grid = _grid(tiny_backbone, tiny_data, seeds=[0], tuning_args=["--validation_fraction", "0.25"], reference=None, baseline="sum", pairs=[],
+                 arms={"sum": {"args": ["--aggregator", "sum"], "candidates": {"a": ["--learning_rate", "1e-4"], "b": []}}})  # fmt: skip
+    results = run_grid(grid, tmp_path / "cmp", say=lambda m: None)
+    tuned = json.loads((tmp_path / "cmp" / "tuning" / "sum" / "a" / "result.json").read_text())
+    assert tuned["args"][-2:] == ["--validation_fraction", "0.25"]
+    assert "--validation_fraction" not in results[0]["args"]
+    assert json.loads((tmp_path / "cmp" / "grid.json").read_text())["tuning_args"] == ["--validation_fraction", "0.25"]

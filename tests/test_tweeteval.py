@@ -376,3 +376,11 @@ def test_grid_gathers_each_cells_test_files_in_the_official_layout(tiny_backbone
     report(tmp_path / "cmp")
     table = (tmp_path / "cmp" / "results.md").read_text()
     assert "None" not in table and "Δ vs" not in table and "| `sum` | 1 |" in table
+
+
+def test_recipe_with_a_primary_task_writes_only_the_primarys_test_file(tiny_backbone, tweeteval_dir, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metrics = run(_recipe(tiny_backbone, tweeteval_dir, tmp_path / "out", "--tasks", "irony", "emotion", "--primary_tasks", "irony"))
+    assert [p.name for p in (tmp_path / "out" / "predictions" / "test").iterdir()] == ["irony.txt"]
+    assert metrics["eval_overall"] == pytest.approx(metrics["eval_irony_positive_f1"])

@@ -42,6 +42,9 @@ class Grid:
     train_limits: dict[str, int] = field(default_factory=dict)
     tuning_split: int | None = None
     tuning_seed: int = 0
+    # flags added to the tuning runs only, e.g. ["--benchmark_validation", "split"]: choose on a split carved from
+    # the training data when the reported runs use a fixed validation set
+    tuning_args: list[str] = field(default_factory=list)
     reference: str | None = None
     baseline: str | None = None
     pairs: list[list[str]] = field(default_factory=list)  # [a, b]: report a - b per seed (e.g. a method vs its control)
@@ -118,6 +121,7 @@ class Grid:
             "pairs",
             "command",
             "test_predictions",
+            "tuning_args",
         }
         unknown = sorted(set(data) - known)
         if unknown:

@@ -158,7 +158,7 @@ def _choose(grid: Grid, arm: Arm, out_dir: Path, say: Any) -> str:
     assert grid.tuning_split is not None
     scores = {}
     for cand, extra in arm.candidates.items():
-        res = _execute(grid, [*arm.args, *extra], arm, grid.tuning_seed, grid.tuning_split,
+        res = _execute(grid, [*arm.args, *extra, *grid.tuning_args], arm, grid.tuning_seed, grid.tuning_split,
                        out_dir / "tuning" / arm.name / cand, say)  # fmt: skip
         scores[cand] = _overall(res["metrics"], arm.tasks or grid.tasks)
     best = max(scores, key=lambda k: scores[k])
@@ -192,7 +192,8 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, arms: Sequence[str] | None 
 def grid_dict(grid: Grid) -> dict[str, Any]:
     """The grid as ``grid.json`` records it in a comparison folder (what the report reads)."""
     return {"tasks": grid.tasks, "train_limits": grid.train_limits, "seeds": grid.seeds, "splits": grid.splits, "protocol": grid.protocol,
-            "tuning_split": grid.tuning_split, "tuning_seed": grid.tuning_seed, "reference": grid.reference,
+            "tuning_split": grid.tuning_split, "tuning_seed": grid.tuning_seed, "tuning_args": grid.tuning_args,
+            "reference": grid.reference,
             "baseline": grid.baseline, "pairs": grid.pairs, "test_predictions": grid.test_predictions,
             "arms": {a.name: {"args": a.args, "single_task": a.single_task, "candidates": a.candidates, "tasks": a.tasks or grid.tasks,
                               **({"choice_of": a.choice_of} if a.choice_of else {})}
