@@ -1,5 +1,6 @@
 """``hf-multitask``: the command line for people who never open Python.
 
+    hf-multitask train [--config recipes/configs/X.yaml] [--key value ...]   (the recipe; --help lists every flag)
     hf-multitask predict --model DIR --input file.tsv --output out.jsonl [--tasks sst sts] [--batch_size 32]
     hf-multitask tweeteval-test --model DIR --data-dir tweeteval/ --output-dir test/
 
@@ -138,8 +139,14 @@ def _tweeteval(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # the recipe owns its flags (HfArgumentParser): hand them over whole
+        from .recipe import main as train
+
+        return train(argv[1:])
     parser = argparse.ArgumentParser(prog="hf-multitask", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="train with the recipe (every flag of recipes/train_pcgrad.py; `hf-multitask train --help`)")
     pred = sub.add_parser("predict", help="every task's answer for each line of a file")
     pred.add_argument("--model", required=True, help="a saved hf-multitask model folder (e.g. outputs/run/best)")
     pred.add_argument("--input", required=True, help="TSV/CSV with a 'text' (and 'text_b') column, or JSON lines")

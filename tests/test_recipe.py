@@ -40,9 +40,9 @@ def test_every_config_runs_as_written(config, tiny_backbone, tiny_data, tmp_path
 def test_yaml_values_are_overridden_by_flags(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("aggregator: gradvac\nlearning_rate: 0.001\ntasks: [sst, sts]\nhead_hidden_sizes: [8, 4]\n")
-    model_args, data_args, args = parse_args(["--config", str(config), "--learning_rate", "0.5", "--output_dir", str(tmp_path)])
-    assert args.aggregator == "gradvac" and args.learning_rate == 0.5
-    assert data_args.tasks == ["sst", "sts"] and model_args.head_hidden_sizes == [8, 4]
+    parsed = parse_args(["--config", str(config), "--learning_rate", "0.5", "--output_dir", str(tmp_path)])
+    assert parsed.training.aggregator == "gradvac" and parsed.training.learning_rate == 0.5
+    assert parsed.data.tasks == ["sst", "sts"] and parsed.model.head_hidden_sizes == [8, 4]
     with pytest.raises(RecipeError, match="no such file"):
         parse_args(["--config", str(tmp_path / "missing.yaml")])
 
@@ -197,7 +197,7 @@ def test_recipe_head_pretraining_eda_adjustment_and_lstm(tiny_backbone, tiny_dat
 def test_recipe_eda_rebalances_the_training_classes(tiny_backbone, tiny_data, tmp_path, caplog):
     import logging
 
-    from hf_multitask.recipe import DataArguments, build_tasks, load_model, prepare_data
+    from hf_multitask.recipe import DataArguments, build_tasks, encode_data, load_model, load_raw_data
 
     synonyms = tmp_path / "synonyms.json"
     synonyms.write_text('{"good": ["fine"], "bad": ["awful"]}')
@@ -205,7 +205,7 @@ def test_recipe_eda_rebalances_the_training_classes(tiny_backbone, tiny_data, tm
     tasks = build_tasks(data_args)
     model, tokenizer = load_model(hm.recipe.ModelArguments(backbone=str(tiny_backbone)), [s for s, _, _ in tasks])
     with caplog.at_level(logging.INFO, logger="hf_multitask.recipe"):
-        train, validation, _ = prepare_data(data_args, tasks, model, tokenizer)
+        train, validation, _ = encode_data(data_args, tasks, load_raw_data(data_args, tasks), model, tokenizer)
     labels = train["sst"]["labels"]
     counts = [labels.count(c) for c in range(5)]
     assert len(set(counts)) == 1, f"every SST class is as large as the largest: {counts}"
@@ -222,11 +222,12 @@ def test_recipe_ensemble_mode_evaluates_checkpoints_without_training(tiny_backbo
     out = tmp_path / "ens"
     metrics = run(["--ensemble", *members, "--data-dir", str(tiny_data), "--output-dir", str(out), "--disable_tqdm", "true"])
     ensemble = hm.schemes.EnsembleModel.from_pretrained(members)
-    from hf_multitask.recipe import DataArguments, build_tasks, prepare_data
+    from hf_multitask.recipe import DataArguments, build_tasks, encode_data, load_raw_data
 
     data_args = DataArguments(data_dir=str(tiny_data))
     tokenizer = BertTokenizerFast.from_pretrained(members[0])
-    _, validation, _ = prepare_data(data_args, build_tasks(data_args), ensemble.members[0], tokenizer)
+    tasks = build_tasks(data_args)
+    _, validation, _ = encode_data(data_args, tasks, load_raw_data(data_args, tasks), ensemble.members[0], tokenizer)
     expected = hm.evaluate(ensemble, validation, pad_token_id=tokenizer.pad_token_id, progress=False)
     assert metrics["eval_overall"] == pytest.approx(expected["overall"])
     assert json.loads((out / "metrics.json").read_text())["eval_overall"] == pytest.approx(expected["overall"])
@@ -247,3 +248,26 @@ def test_recipe_pushes_the_saved_best_folder_once(tiny_backbone, tiny_data, tmp_
         assert name in calls["files"], name
     assert [Path(p) for p in saves].count(out / "best") == 1, "the best model is written once, then uploaded"
     assert "me/run" in (out / "best" / "README.md").read_text()
+
+
+def test_the_recipe_is_phases_each_deciding_whether_it_runs(tiny_backbone, tiny_data, tmp_path, monkeypatch):
+    """The recipe runs its phases in order on one context; a phase whose flag is off never runs."""
+    from hf_multitask.recipe import PHASES
+    from hf_multitask.recipe.phases import Phase
+
+    ran = []
+    for phase in PHASES:
+        original = type(phase).run
+
+        def spy(self, ctx, original=original):
+            ran.append(self.name)
+            return original(self, ctx)
+
+        monkeypatch.setattr(type(phase), "run", spy)
+    run([*_common(tiny_backbone, tiny_data, tmp_path / "a"), "--lp_steps", "1"])
+    assert ran == ["lp", "multitask", "outputs"]
+    ran.clear()
+    run([*_common(tiny_backbone, tiny_data, tmp_path / "b"), "--simcse_steps", "1", "--specialise_steps", "1"])
+    assert ran == ["simcse", "multitask", "specialise", "outputs"]
+    assert all(isinstance(p, Phase) for p in PHASES) and [p.name for p in PHASES] == [
+        "simcse", "head-pretraining", "intermediate", "lp", "multitask", "specialise", "outputs"]  # fmt: skip

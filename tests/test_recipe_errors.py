@@ -38,8 +38,8 @@ def test_unknown_config_key_is_named(tmp_path, capsys):
 def test_config_equals_form_is_honoured(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("aggregator: cagrad\ntasks: [sts]\n")
-    _, data_args, args = parse_args([f"--config={config}", "--output_dir", str(tmp_path)])
-    assert args.aggregator == "cagrad" and data_args.tasks == ["sts"]
+    parsed = parse_args([f"--config={config}", "--output_dir", str(tmp_path)])
+    assert parsed.training.aggregator == "cagrad" and parsed.data.tasks == ["sts"]
 
 
 @pytest.mark.parametrize(
@@ -162,3 +162,31 @@ def test_a_running_output_dir_is_locked_and_old_checkpoints_need_overwrite(tiny_
     before = marker.stat().st_mtime_ns
     run([*flags, "--overwrite_output_dir", "true"])
     assert marker.stat().st_mtime_ns != before, "the earlier run's checkpoint was replaced"
+
+
+def test_traceback_flag_shows_the_traceback_and_debug_with_a_value_stays_transformers(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown aggregator"):
+        main(["--aggregator", "nope", "--output_dir", str(tmp_path), "--traceback"])
+    # TrainingArguments' own --debug takes a value; it is not our traceback flag
+    err = _fails(["--aggregator", "nope", "--output_dir", str(tmp_path), "--debug", "underflow_overflow"], capsys)
+    assert "unknown aggregator" in err
+
+
+def test_hf_multitask_train_is_the_recipe_and_its_help_lists_every_flag(capsys):
+    import dataclasses
+
+    from hf_multitask.cli import main as cli
+    from hf_multitask.recipe.arguments import ARGUMENT_CLASSES
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: hf-multitask train")
+    flags = {f.name for dc in ARGUMENT_CLASSES for f in dataclasses.fields(dc) if f.init}
+    missing = sorted(f for f in flags if f"--{f}" not in text)
+    assert not missing, missing
+    assert "--config" in text and "--traceback" in text and "--lp_steps" in text and "--intermediate_steps" in text
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["train", "--aggregator", "nope"])
+    assert exit_info.value.code == 2 and "unknown aggregator" in capsys.readouterr().err

@@ -1,0 +1,120 @@
+"""The recipe's model: the backbone (the packaged MiniLM, a folder, a Hub id, or an earlier
+run's ``best/``), the heads, adapters and which parameters train."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+from ..backbone import default_backbone
+from ..configuration import MultitaskConfig
+from ..modeling import MultitaskModel
+from ..tasks import TaskSpec
+from .arguments import ModelArguments, RecipeError
+
+__all__ = ["resolve_backbone", "check_max_length", "load_model"]
+
+logger = logging.getLogger("hf_multitask.recipe")
+
+_NO_NETWORK_HINT = ("With no network, pass --backbone packaged (the offline MiniLM from `pip install 'hf-multitask[offline]'`) or "
+                    "a local model folder.")  # fmt: skip
+
+
+def resolve_backbone(name: str) -> str:
+    return default_backbone() if name == "packaged" else name
+
+
+# encoders whose position ids start after the padding index (RoBERTa's offset of pad_token_id + 1)
+_POSITION_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert", "longformer", "xlm-roberta-xl")
+
+
+def _backbone_config(backbone: str):
+    try:
+        return AutoConfig.from_pretrained(backbone)
+    except (OSError, ValueError) as err:
+        raise RecipeError(f"Could not load the backbone {backbone!r}: {err}\n{_NO_NETWORK_HINT}") from None
+
+
+def check_max_length(max_length: int, encoder_config) -> None:
+    """``max_length`` (special tokens included) must fit the encoder's position embeddings."""
+    positions = getattr(encoder_config, "max_position_embeddings", None)
+    if positions is None:
+        return
+    if encoder_config.model_type in _POSITION_OFFSET_TYPES:
+        positions -= int(getattr(encoder_config, "pad_token_id", 1) or 0) + 1
+    if not 1 <= max_length <= positions:
+        raise RecipeError(
+            f"--max_length {max_length} does not fit the encoder ({encoder_config.model_type}): it counts the special "
+            f"tokens and must be between 1 and {positions}, the encoder's position limit"
+        )
+
+
+def _from_own_checkpoint(backbone: str, config: MultitaskConfig, specs: list[TaskSpec]) -> MultitaskModel:
+    """Continue from a saved multitask model: its trained encoder and heads, fresh heads for new tasks."""
+    have = {s.name: s for s in config.task_specs}
+    for spec in specs:
+        if spec.name in have and have[spec.name] != spec:
+            raise RecipeError(
+                f"--backbone {backbone}: its task {spec.name!r} is {have[spec.name]}, but this run defines it as {spec}; "
+                "rename the task or make the definitions agree"
+            )
+    trained = MultitaskModel.from_pretrained(backbone, dtype=torch.float32)
+    new = [s for s in specs if s.name not in have]
+    if not new:
+        return trained
+    config = MultitaskConfig.from_dict({**config.to_dict(), "tasks": [*config.tasks, *[s.to_dict() for s in new]]})
+    model = MultitaskModel(config)
+    missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
+    fresh = {k.split(".")[1] for k in missing}
+    if unexpected or not fresh <= {s.name for s in new}:
+        raise RecipeError(
+            f"--backbone {backbone}: could not add tasks {[s.name for s in new]} (missing {missing}, unexpected {unexpected})"
+        )
+    logger.info("continuing from %s: tasks %s keep their trained heads, %s get new ones", backbone, sorted(have), [s.name for s in new])
+    return model
+
+
+def load_model(model_args: ModelArguments, specs: list[TaskSpec], max_length: int | None = None) -> tuple[MultitaskModel, Any]:
+    """The model and tokenizer of the run. ``--backbone`` is an encoder (fresh heads) or a saved
+    multitask model (``out/best`` of an earlier run: its heads are kept, new tasks get heads)."""
+    backbone = resolve_backbone(model_args.backbone)
+    overrides = model_args.task_pair_encodings or {}
+    specs = [TaskSpec.from_dict({**s.to_dict(), "pair_encoding": overrides[s.name]}) if s.name in overrides else s for s in specs]
+    config = _backbone_config(backbone)
+    if getattr(config, "model_type", None) == "hf_multitask_routed":
+        raise RecipeError(f"--backbone {backbone} is a routed two-step checkpoint; continue from one of its experts instead")
+    own = isinstance(config, MultitaskConfig)
+    if max_length is not None:
+        check_max_length(max_length, config.encoder_config if own else config)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(backbone)
+        if own:
+            model = _from_own_checkpoint(backbone, config, specs)
+        else:
+            model = MultitaskModel.from_encoder(
+                backbone,
+                tasks=specs,
+                pair_encoding=model_args.pair_encoding,
+                head_type=model_args.head_type,
+                head_hidden_sizes=model_args.head_hidden_sizes,
+                head_dropout=model_args.head_dropout,
+                pooling=model_args.pooling,
+                pal_tasks=model_args.pal_tasks,
+                pal_rank=model_args.pal_rank,
+                pal_heads=model_args.pal_heads,
+                pal_shared_projections=model_args.pal_shared_projections,
+                pal_init=model_args.pal_init,
+                adjustment_tasks=model_args.adjustment_tasks,
+            )
+    except OSError as err:
+        raise RecipeError(f"Could not load the backbone {backbone!r}: {err}\n{_NO_NETWORK_HINT}") from None
+    if model_args.lora_r > 0 and not (own and model.config.lora):
+        model.add_lora(
+            r=model_args.lora_r, alpha=model_args.lora_alpha, target_modules=model_args.lora_targets, per_task=model_args.lora_per_task
+        )
+    counts = model.set_trainable(model_args.trainable)
+    logger.info("parameters: %s", counts)
+    return model, tokenizer

@@ -1,0 +1,239 @@
+"""The recipe's training phases, in the order they run on one shared :class:`RecipeContext`.
+
+Each phase says whether it runs (:meth:`Phase.runs`) and runs (:meth:`Phase.run`):
+
+1. :class:`SimCSEPhase` — unsupervised SimCSE on the tasks' own sentences;
+2. :class:`HeadPretrainingPhase` — each head alone on a frozen encoder;
+3. :class:`IntermediatePhase` — STILTs: the auxiliary tasks first, then only the primary ones train;
+4. :class:`LinearProbePhase` — LP-FT's head-only phase;
+5. :class:`MultitaskPhase` — multitask training with ``MultitaskTrainer`` (SMART as its loss hook), evaluation;
+6. :class:`SpecialisationPhase` — two-step specialisation into one routed model;
+7. :class:`~hf_multitask.recipe.outputs.OutputsPhase` — ``best/``, metrics, predictions, plot, Hub push.
+
+The phases before multitask training do not run again on resume: their result is in the
+checkpoint's weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..metrics import primary_overall
+from ..modeling import MultitaskModel
+from ..trainer import MultitaskTrainer
+from .arguments import RecipeArguments, RecipeError, RecipeTrainingArguments
+
+__all__ = ["Phase", "RecipeContext", "TRAINING_PHASES", "phase_args"]
+
+logger = logging.getLogger("hf_multitask.recipe")
+
+
+@dataclass
+class RecipeContext:
+    """What the phases share: the arguments, the data, the model, and what training produced."""
+
+    arguments: RecipeArguments
+    tasks: list
+    raw: dict
+    resume: str | bool | None
+    model: MultitaskModel | None = None
+    tokenizer: Any = None
+    train: dict = field(default_factory=dict)
+    validation: dict = field(default_factory=dict)
+    raw_texts: dict = field(default_factory=dict)
+    trainer: MultitaskTrainer | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    final_model: Any = None  # what best/ holds: the multitask model, or the routed model after specialisation
+    predictions: dict = field(default_factory=dict)
+    training_note: str = ""  # the model card's account of the training
+
+    @property
+    def args(self) -> RecipeTrainingArguments:
+        return self.arguments.training
+
+    @property
+    def out(self) -> Path:
+        return Path(self.args.output_dir)
+
+
+class Phase:
+    """One step of the recipe: :meth:`runs` says whether, :meth:`run` does it."""
+
+    name = "phase"
+
+    def runs(self, ctx: RecipeContext) -> bool:
+        raise NotImplementedError
+
+    def run(self, ctx: RecipeContext) -> None:
+        raise NotImplementedError
+
+
+def phase_args(args: RecipeTrainingArguments, phase: str, steps: int, learning_rate: float, **overrides: Any) -> RecipeTrainingArguments:
+    """Training arguments of a phase around the main run: ``steps`` steps at ``learning_rate``
+    into ``output_dir/phase``, no evaluation or saving unless ``overrides`` say otherwise."""
+    settings = {"max_steps": steps, "learning_rate": learning_rate, "eval_strategy": "no", "save_strategy": "no",
+                "load_best_model_at_end": False, "output_dir": str(Path(args.output_dir) / phase)}  # fmt: skip
+    return replace(args, **{**settings, **overrides})
+
+
+# single-task phases: plain batches of per_device_train_batch_size, one per optimizer step
+SINGLE_TASK = {"schedule": "round_robin", "schedule_kwargs": None, "gradient_accumulation_steps": 1}
+
+
+class SimCSEPhase(Phase):
+    name = "simcse"
+
+    def runs(self, ctx):
+        return ctx.arguments.simcse.simcse_steps > 0 and ctx.resume is None
+
+    def run(self, ctx):
+        from ..schemes import simcse_pretrain
+
+        simcse, args = ctx.arguments.simcse, ctx.args
+        sentences = sorted({t for spec, _, _ in ctx.tasks for c in spec.text_columns for t in ctx.raw_texts[spec.name][c]})
+        losses = simcse_pretrain(ctx.model, sentences, ctx.tokenizer, steps=simcse.simcse_steps, batch_size=args.per_device_train_batch_size,
+                                 learning_rate=simcse.simcse_learning_rate, max_length=ctx.arguments.data.max_length, seed=args.seed,
+                                 progress=not args.disable_tqdm)  # fmt: skip
+        logger.info("SimCSE: loss %.4f -> %.4f", losses[0], losses[-1])
+
+
+class HeadPretrainingPhase(Phase):
+    name = "head-pretraining"
+
+    def runs(self, ctx):
+        return ctx.arguments.head_pretrain.head_pretrain_steps > 0 and ctx.resume is None
+
+    def run(self, ctx):
+        from ..schemes import pretrain_heads
+
+        heads = ctx.arguments.head_pretrain
+        every = heads.head_pretrain_eval_steps or max(1, heads.head_pretrain_steps // 4)
+        head_args = phase_args(ctx.args, self.name, heads.head_pretrain_steps, heads.head_pretrain_learning_rate, eval_strategy="steps",
+                               eval_steps=every, save_strategy="steps", save_steps=every, **SINGLE_TASK)  # fmt: skip
+        best = pretrain_heads(ctx.model, ctx.train, ctx.validation, head_args, processing_class=ctx.tokenizer)
+        logger.info("per-task head pretraining: best scores %s", best)
+
+
+class IntermediatePhase(Phase):
+    """STILTs (Phang, Févry, Bowman 2018): train on the auxiliary tasks for ``intermediate_steps``
+    (not again on resume: the checkpoint holds the result); from then on only the primary tasks
+    train."""
+
+    name = "intermediate"
+
+    def runs(self, ctx):
+        return ctx.arguments.intermediate.intermediate_steps > 0
+
+    def run(self, ctx):
+        args, steps = ctx.args, ctx.arguments.intermediate.intermediate_steps
+        primary = args.primary_tasks or []
+        auxiliary = {t: d for t, d in ctx.train.items() if t not in primary}
+        if not primary or not auxiliary:
+            raise RecipeError("--intermediate_steps trains the auxiliary tasks first: name the primary task(s) with --primary_tasks "
+                              "and train at least one other task")  # fmt: skip
+        if ctx.resume is None:
+            phase = phase_args(args, self.name, steps, ctx.arguments.intermediate.intermediate_learning_rate or args.learning_rate)
+            MultitaskTrainer(model=ctx.model, args=phase, train_dataset=auxiliary, processing_class=ctx.tokenizer).train()
+            logger.info("intermediate-task transfer: %d steps on %s, then the primary task(s) %s", steps, sorted(auxiliary), primary)
+        ctx.train = {t: d for t, d in ctx.train.items() if t in primary}
+
+
+class LinearProbePhase(Phase):
+    name = "lp"
+
+    def runs(self, ctx):
+        return ctx.arguments.lpft.lp_steps > 0 and ctx.resume is None
+
+    def run(self, ctx):
+        from ..schemes.lpft import linear_probe
+
+        lpft = ctx.arguments.lpft
+        linear_probe(ctx.model, ctx.train, phase_args(ctx.args, self.name, lpft.lp_steps, lpft.lp_learning_rate),
+                     processing_class=ctx.tokenizer)  # fmt: skip
+
+
+class MultitaskPhase(Phase):
+    """Multitask training (from ``--resume_from_checkpoint`` when given), then evaluation."""
+
+    name = "multitask"
+
+    def runs(self, ctx):
+        return True
+
+    def run(self, ctx):
+        args, smart = ctx.args, ctx.arguments.smart
+        loss_hook = None
+        if smart.smart_lambda_s > 0:
+            from ..schemes import SmartRegularizer
+
+            loss_hook = SmartRegularizer(ctx.model, lambda_s=smart.smart_lambda_s, mu=smart.smart_mu, epsilon=smart.smart_epsilon,
+                                         step_size=smart.smart_step_size, steps=smart.smart_steps)  # fmt: skip
+        trainer = MultitaskTrainer(model=ctx.model, args=args, train_dataset=ctx.train, eval_dataset=ctx.validation,
+                                   processing_class=ctx.tokenizer, loss_hook=loss_hook)  # fmt: skip
+        start = time.perf_counter()
+        trainer.train(resume_from_checkpoint=ctx.resume)
+        train_seconds = time.perf_counter() - start
+        metrics = trainer.evaluate()
+        examples = sum(trainer.examples_seen.values())
+        ctx.metrics = {
+            **metrics,
+            "train_seconds": train_seconds,
+            "train_examples": examples,
+            "train_examples_per_second": examples / train_seconds,
+            "train_global_steps": trainer.state.global_step,
+            **{f"train_steps_{t}": n for t, n in trainer.task_steps.items()},
+            **{f"train_examples_{t}": n for t, n in trainer.examples_seen.items()},
+        }
+        ctx.trainer = trainer
+        ctx.final_model, ctx.predictions = trainer.gathered_model(), trainer.last_predictions  # full weights under FSDP2 (all ranks gather)
+        ctx.training_note = f"Trained with `recipes/train_pcgrad.py`: aggregator `{args.aggregator}`, schedule `{args.schedule}`."
+        if args.primary_tasks:
+            ctx.training_note += (f" Primary task(s): {', '.join(f'`{t}`' for t in args.primary_tasks)} (the others are auxiliary); the "
+                                  "overall score and the checkpoint choice follow the primary task(s).")  # fmt: skip
+
+
+class SpecialisationPhase(Phase):
+    """Two-step specialisation of the trained multitask model: one fine-tuned copy per task,
+    routed; the routed model's scores become the run's ``eval_*`` metrics (the multitask model's
+    stay as ``multitask_eval_*``)."""
+
+    name = "specialise"
+
+    def runs(self, ctx):
+        return ctx.arguments.specialise.specialise_steps > 0
+
+    def run(self, ctx):
+        from ..predict import evaluate
+        from ..schemes.specialise import route, specialise
+
+        args, special = ctx.args, ctx.arguments.specialise
+        tasks = special.specialise_tasks or list(ctx.train)
+        special_args = phase_args(args, self.name, special.specialise_steps, special.specialise_learning_rate, **SINGLE_TASK)
+        start = time.perf_counter()
+        specialised = specialise(ctx.trainer.model, ctx.train, special_args, tasks=tasks, fresh_heads=special.specialise_fresh_heads,
+                                 processing_class=ctx.tokenizer)  # fmt: skip
+        routed = route(specialised, ctx.trainer.model)
+        predictions: dict = {}
+        scores = evaluate(routed, ctx.validation, pad_token_id=ctx.tokenizer.pad_token_id, batch_size=args.per_device_eval_batch_size,
+                          progress=not args.disable_tqdm, predictions=predictions)  # fmt: skip
+        metrics = {f"eval_{k}": v for k, v in primary_overall(scores, args.primary_tasks).items()}
+        metrics["specialise_seconds"] = time.perf_counter() - start
+        sizes = args.task_batch_sizes or {}
+        metrics["specialise_examples"] = sum(
+            special.specialise_steps * int(sizes.get(t, args.per_device_train_batch_size)) * args.world_size for t in tasks
+        )
+        ctx.metrics = {**{f"multitask_{k}": v for k, v in ctx.metrics.items() if k.startswith("eval_")}, **ctx.metrics, **metrics}
+        ctx.final_model, ctx.predictions = routed, predictions
+        ctx.training_note += f" Then two-step specialisation: {special.specialise_steps} single-task steps per task."
+        logger.info("two-step specialisation: overall %.4f -> %.4f", ctx.metrics["multitask_eval_overall"], ctx.metrics["eval_overall"])
+        if ctx.trainer.is_world_process_zero():
+            for task, model in specialised.items():
+                model.save_pretrained(ctx.out / "specialised" / task)
+
+
+TRAINING_PHASES: tuple[Phase, ...] = (SimCSEPhase(), HeadPretrainingPhase(), IntermediatePhase(), LinearProbePhase(), MultitaskPhase(),
+                                      SpecialisationPhase())  # fmt: skip
