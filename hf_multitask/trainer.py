@@ -21,7 +21,7 @@ import datasets
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, PredictionOutput, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, PredictionOutput
 
 from .checkpoints import (
     SURGERY_STATE_NAME,
@@ -43,6 +43,7 @@ from .surgery import Aggregator, get_aggregator
 from .surgery.engine import GradientEngine, ReplicatedEngine, ShardedEngine, ddp_collectives, trainable_signature
 from .telemetry import ConflictTelemetryCallback, conflict_metrics
 from .training_args import MultitaskTrainingArguments, aggregator_kwargs
+from .transformers_private import initial_value, rotate_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -287,16 +288,17 @@ class MultitaskTrainer(Trainer):
         sampler = getattr(self, "_train_sampler", None)
         if sampler is None or not sampler.uneven:
             return tuple(values)
-        # (num_train_epochs, num_update_steps_per_epoch, num_examples, num_train_samples, total_batch, steps_in_epoch, max_steps)
         updates = sampler.updates_per_epoch()
-        total_batch = values[4]
+        total_batch = values[initial_value("total_train_batch_size")]
         if args.max_steps > 0:
             max_steps = args.max_steps
             epochs = sampler.epochs_for_updates(max_steps)
         else:
             epochs = max(1, math.ceil(args.num_train_epochs))
             max_steps = sum(updates[:epochs])
-        values[0], values[3], values[6] = epochs, max_steps * total_batch, max_steps
+        values[initial_value("num_train_epochs")] = epochs
+        values[initial_value("num_train_samples")] = max_steps * total_batch
+        values[initial_value("max_steps")] = max_steps
         return tuple(values)
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
