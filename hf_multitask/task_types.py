@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .registry import Registry
+
 if TYPE_CHECKING:  # pragma: no cover
     from .tasks import TaskSpec
 
@@ -150,7 +152,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-TASK_TYPES: dict[str, TaskType] = {}
+TASK_TYPES: Registry[TaskType] = Registry("task type")
 
 
 def register_task_type(task_type: TaskType | type[TaskType]) -> TaskType:
@@ -158,16 +160,14 @@ def register_task_type(task_type: TaskType | type[TaskType]) -> TaskType:
     instance = task_type() if isinstance(task_type, type) else task_type
     if not isinstance(instance, TaskType):
         raise TypeError(f"register_task_type takes a TaskType, got {type(instance).__name__}")
-    TASK_TYPES[instance.name] = instance
+    TASK_TYPES.register(instance.name, instance)
     return task_type  # type: ignore[return-value]
 
 
 def get_task_type(name: str) -> TaskType:
-    """The registered task type called ``name``."""
-    try:
-        return TASK_TYPES[name]
-    except KeyError:
-        raise ValueError(f"Unknown task type {name!r}; registered types: {sorted(TASK_TYPES)}") from None
+    """The registered task type called ``name`` (a :class:`~hf_multitask.registry.RegistryError`,
+    also a ``ValueError``, lists them otherwise)."""
+    return TASK_TYPES.get_entry(name)
 
 
 def _register_builtins() -> None:

@@ -3,7 +3,7 @@
 Every field is honoured by :class:`~hf_multitask.MultitaskTrainer` or refused here, when the
 arguments are built, with a message that names it. Names of aggregators and schedules are
 checked against their registries (:data:`hf_multitask.surgery.AGGREGATORS`,
-:data:`hf_multitask.mixing.SCHEDULE_NAMES`) before any data is read or model built.
+:data:`hf_multitask.mixing.SCHEDULES`) before any data is read or model built.
 
 | field | what |
 |---|---|
@@ -27,7 +27,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .mixing import SCHEDULE_NAMES
+from .mixing import SCHEDULES
 from .surgery import AGGREGATORS, get_aggregator
 
 __all__ = ["MultitaskTrainingArguments", "aggregator_kwargs"]
@@ -52,9 +52,7 @@ class MultitaskTrainingArguments(TrainingArguments):
 
     aggregator: str = field(
         default="pcgrad",
-        metadata={
-            "help": "Gradient aggregator: sum, mean, pcgrad, weighted_pcgrad, pooled_pcgrad, gradvac, cagrad, aligned_mtl, upgrad, db_mtl; loss weightings rlw, uw, famo"
-        },
+        metadata={"help": f"Gradient method (surgery or loss weighting), one of the registry's: {', '.join(AGGREGATORS.names())}"},
     )
     aggregator_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Keyword arguments of the aggregator (dict or JSON string)"}
@@ -62,7 +60,7 @@ class MultitaskTrainingArguments(TrainingArguments):
     surgery_seed: int | None = field(default=None, metadata={"help": "Seed of the projection order (defaults to --seed)"})
     schedule: str = field(
         default="round_robin",
-        metadata={"help": "Task schedule: round_robin, proportional, annealed, temperature, uniform, staggered, gradient_compromise"},
+        metadata={"help": f"Task schedule, one of the registry's: {', '.join(SCHEDULES.names())}"},
     )
     schedule_kwargs: dict | str | None = field(default=None, metadata={"help": "Keyword arguments of the schedule (dict or JSON string)"})
     schedule_epochs: int | None = field(
@@ -112,7 +110,7 @@ class MultitaskTrainingArguments(TrainingArguments):
             raise ValueError(f"telemetry_steps must be >= 0, got {self.telemetry_steps}")
         # names are checked here, before any data or model is built
         if self.aggregator not in AGGREGATORS:
-            raise ValueError(f"--aggregator: unknown aggregator {self.aggregator!r}; choose from {sorted(AGGREGATORS)}")
+            raise ValueError(f"--aggregator: unknown aggregator {self.aggregator!r}; choose from {AGGREGATORS.names()}")
         if isinstance(self.primary_tasks, str):
             self.primary_tasks = [self.primary_tasks]
         if self.primary_tasks is not None and (not self.primary_tasks or len(set(self.primary_tasks)) != len(self.primary_tasks)):
@@ -123,8 +121,8 @@ class MultitaskTrainingArguments(TrainingArguments):
             get_aggregator(self.aggregator, **aggregator_kwargs(self))
         except (TypeError, ValueError) as err:
             raise ValueError(f"--aggregator_kwargs {self.aggregator_kwargs} do not fit aggregator {self.aggregator!r}: {err}") from None
-        if self.schedule not in SCHEDULE_NAMES:
-            raise ValueError(f"--schedule: unknown schedule {self.schedule!r}; choose from {list(SCHEDULE_NAMES)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"--schedule: unknown schedule {self.schedule!r}; choose from {SCHEDULES.names()}")
         if not 0 < self.layer_lr_decay <= 1:
             raise ValueError(f"--layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
         if self.head_learning_rate is not None and not self.head_learning_rate > 0:

@@ -289,3 +289,13 @@ def recipe_flags(backbone: Path, data: Path, out: Path) -> list[str]:
     """The recipe flags of a quiet 3-step CPU run on the tiny backbone and data."""
     return ["--backbone", str(backbone), "--data-dir", str(data), "--output-dir", str(out), "--max-steps", "3",
             "--per_device_train_batch_size", "4", "--use_cpu", "true", "--disable_tqdm", "true", "--telemetry_steps", "1"]  # fmt: skip
+
+
+def make_aggregator(name: str, **kwargs):
+    """``get_aggregator(name, **kwargs)``, with row 0 ("0", the default name of the first row) as the
+    primary task of the primary-aware methods, so generic property tests cover them too."""
+    from hf_multitask.surgery import AGGREGATORS, get_aggregator
+
+    if getattr(AGGREGATORS[name], "uses_primary", False):
+        kwargs.setdefault("primary", "0")
+    return get_aggregator(name, **kwargs)

@@ -4,6 +4,7 @@ rank cut-off, no overflow at the ends of float64, and a cross-check against torc
 import pytest
 import torch
 import torchjd.aggregation as torchjd  # a dev dependency (pyproject's dev extra)
+from conftest import make_aggregator
 
 from hf_multitask.surgery import AGGREGATORS, get_aggregator
 from hf_multitask.surgery.cagrad import cagrad_objective, kkt_residual, solve_cagrad_dual
@@ -101,8 +102,8 @@ def test_aligned_mtl_agrees_in_float32_and_float64_on_rank_deficient_inputs(seed
 def test_float64_entries_beyond_1e154_do_not_overflow(name):
     gen = torch.Generator().manual_seed(1)
     grads = torch.randn(3, 7, generator=gen, dtype=torch.float64)
-    small = get_aggregator(name, seed=0)(grads, counts=[1, 2, 3])
-    big = get_aggregator(name, seed=0)(grads * 1e200, counts=[1, 2, 3])
+    small = make_aggregator(name, seed=0)(grads, counts=[1, 2, 3])
+    big = make_aggregator(name, seed=0)(grads * 1e200, counts=[1, 2, 3])
     assert torch.isfinite(big).all()
     torch.testing.assert_close(big / 1e200, small, rtol=1e-9, atol=1e-12)
 

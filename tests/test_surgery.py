@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import make_aggregator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -159,11 +160,11 @@ def test_aligned_mtl_equalises_singular_values():
 @pytest.mark.parametrize("scale", [0.0, 1e-30, 1.0, 1e30])
 def test_results_are_finite_for_zero_tiny_and_huge_gradients(name, scale):
     grads = (_grads(3, 50, 0, torch.float32) * scale).contiguous()
-    out = get_aggregator(name)(grads, counts=[8, 16, 32])
+    out = make_aggregator(name)(grads, counts=[8, 16, 32])
     assert out.shape == (50,) and torch.isfinite(out).all()
     if scale > 0 and name in ("pcgrad", "weighted_pcgrad", "gradvac", "sum"):
         # homogeneous: the same direction at every scale
-        ref = get_aggregator(name)(_grads(3, 50, 0, torch.float32), counts=[8, 16, 32])
+        ref = make_aggregator(name)(_grads(3, 50, 0, torch.float32), counts=[8, 16, 32])
         assert torch.allclose(out / scale, ref, rtol=1e-3, atol=1e-5)
 
 
@@ -171,16 +172,16 @@ def test_results_are_finite_for_zero_tiny_and_huge_gradients(name, scale):
 def test_non_finite_gradients_propagate(name):
     grads = _grads(3, 10, 0, torch.float32)
     grads[1, 3] = float("inf")
-    assert not torch.isfinite(get_aggregator(name)(grads, counts=[1, 2, 3])).all()
+    assert not torch.isfinite(make_aggregator(name)(grads, counts=[1, 2, 3])).all()
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_same_seed_same_output_and_state_roundtrip(name):
     grads = _grads(4, 30, 1)
-    a, b = get_aggregator(name, seed=3), get_aggregator(name, seed=3)
+    a, b = make_aggregator(name, seed=3), make_aggregator(name, seed=3)
     for _ in range(3):
         assert torch.equal(a(grads, counts=[1, 2, 3, 4]), b(grads, counts=[1, 2, 3, 4]))
-    c = get_aggregator(name, seed=99)
+    c = make_aggregator(name, seed=99)
     c.load_state_dict(a.state_dict())
     assert torch.equal(a(grads, counts=[1, 2, 3, 4]), c(grads, counts=[1, 2, 3, 4]))
 
@@ -216,3 +217,31 @@ def test_the_weighted_pcgrad_config_readme_and_docstring_say_the_same_thing():
         assert "share of the step's samples" not in flat, text
     for text in (comment, config_row):
         assert "0:3:1" in text
+
+
+def test_every_registry_speaks_one_style():
+    """Task types, aggregators and schedules: one error type (a KeyError and a ValueError) listing the names."""
+    from hf_multitask.mixing import SCHEDULES, build_schedule, register_schedule
+    from hf_multitask.mixing.schedules import RoundRobin
+    from hf_multitask.registry import RegistryError
+    from hf_multitask.task_types import get_task_type
+
+    for call, kind in ((lambda: get_task_type("nope"), "task type"), (lambda: get_aggregator("nope"), "aggregator"),
+                       (lambda: build_schedule("nope"), "schedule")):  # fmt: skip
+        with pytest.raises(RegistryError, match=f"Unknown {kind} 'nope'; choose from \\[") as err:
+            call()
+        assert isinstance(err.value, KeyError) and isinstance(err.value, ValueError)
+    register_schedule("every_step_round_robin", lambda **kw: RoundRobin(**kw))
+    try:
+        assert isinstance(build_schedule("every_step_round_robin"), RoundRobin)
+        assert hm_training_args_accepts_schedule("every_step_round_robin")
+    finally:
+        del SCHEDULES["every_step_round_robin"]
+
+
+def hm_training_args_accepts_schedule(name):
+    import tempfile
+
+    import hf_multitask as hm
+
+    return hm.MultitaskTrainingArguments(output_dir=tempfile.mkdtemp(), schedule=name, use_cpu=True, report_to=[]).schedule == name

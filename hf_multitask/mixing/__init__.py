@@ -6,6 +6,7 @@ See :mod:`hf_multitask.mixing.schedules` for the schedules and their formulas.
 from .loader import WINDOW_KEY, MultitaskStepSampler, TaskIndexedDataset, derive_seed, make_train_dataloader
 from .schedules import (
     SCHEDULE_NAMES,
+    SCHEDULES,
     GradientCompromise,
     RoundRobin,
     Sampled,
@@ -16,11 +17,14 @@ from .schedules import (
     build_schedule,
     compromise_beta,
     parse_ratios,
+    register_schedule,
     task_probabilities,
 )
 
 __all__ = [
     "SCHEDULE_NAMES",
+    "SCHEDULES",
+    "register_schedule",
     "GradientCompromise",
     "MultitaskStepSampler",
     "RoundRobin",

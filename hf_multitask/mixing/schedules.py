@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from ..registry import Registry
+
 __all__ = [
     "Slot",
     "Schedule",
@@ -28,6 +30,8 @@ __all__ = [
     "build_schedule",
     "parse_ratios",
     "SCHEDULE_NAMES",
+    "SCHEDULES",
+    "register_schedule",
 ]
 
 
@@ -293,20 +297,28 @@ class Staggered(Schedule):
         return max(num_epochs, sum(e for _, e, _ in self.stages))
 
 
-SCHEDULE_NAMES = ("round_robin", "proportional", "annealed", "temperature", "uniform", "staggered", "gradient_compromise")
+def _sampled(kind: str):
+    return lambda **kwargs: Sampled(kind, **kwargs)
+
+
+# name -> factory(**schedule_kwargs); register_schedule adds your own
+SCHEDULES: Registry[Any] = Registry("schedule", {
+    "round_robin": RoundRobin,
+    **{kind: _sampled(kind) for kind in ("proportional", "annealed", "temperature", "uniform")},
+    "staggered": Staggered,
+    "gradient_compromise": GradientCompromise,
+})  # fmt: skip
+SCHEDULE_NAMES = tuple(SCHEDULES)  # the built-in ones, in this order
+
+
+def register_schedule(name: str, factory: Any) -> Any:
+    """Register a schedule factory (``factory(**schedule_kwargs) -> Schedule``) under ``name``."""
+    return SCHEDULES.register(name, factory)
 
 
 def build_schedule(name: str | Schedule, **kwargs: Any) -> Schedule:
     """A schedule by name: ``round_robin``, ``proportional``, ``annealed``, ``temperature``,
-    ``uniform``, ``staggered`` (``stages=[...]``) or ``gradient_compromise``."""
+    ``uniform``, ``staggered`` (``stages=[...]``), ``gradient_compromise`` or a registered one."""
     if isinstance(name, Schedule):
         return name
-    if name == "round_robin":
-        return RoundRobin(**kwargs)
-    if name in ("proportional", "annealed", "temperature", "uniform"):
-        return Sampled(name, **kwargs)
-    if name == "staggered":
-        return Staggered(**kwargs)
-    if name == "gradient_compromise":
-        return GradientCompromise(**kwargs)
-    raise ValueError(f"Unknown schedule {name!r}; choose from {SCHEDULE_NAMES}")
+    return SCHEDULES.get_entry(name)(**kwargs)

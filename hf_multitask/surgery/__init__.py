@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..registry import Registry
 from .aligned_mtl import AlignedMTL
 from .base import Aggregator, gram_matrix, projected_norms
 from .cagrad import CAGrad
@@ -38,44 +39,42 @@ from .primary import GradSimGating, MetaBalance, PrimaryPCGrad
 from .simple import Mean, Sum
 from .upgrad import UPGrad
 
-AGGREGATORS: dict[str, type[Aggregator]] = {
-    cls.name: cls
-    for cls in (
-        Sum,
-        Mean,
-        PCGrad,
-        WeightedPCGrad,
-        PooledPCGrad,
-        GradVac,
-        CAGrad,
-        AlignedMTL,
-        UPGrad,
-        DBMTL,
-        RLW,
-        UncertaintyWeighting,
-        FAMO,
-        GradSimGating,
-        PrimaryPCGrad,
-        MetaBalance,
-    )
-}
+AGGREGATORS: Registry[type[Aggregator]] = Registry(
+    "aggregator",
+    {
+        cls.name: cls
+        for cls in (
+            Sum,
+            Mean,
+            PCGrad,
+            WeightedPCGrad,
+            PooledPCGrad,
+            GradVac,
+            CAGrad,
+            AlignedMTL,
+            UPGrad,
+            DBMTL,
+            RLW,
+            UncertaintyWeighting,
+            FAMO,
+            GradSimGating,
+            PrimaryPCGrad,
+            MetaBalance,
+        )
+    },
+)
 
 
 def get_aggregator(name: str, **kwargs: Any) -> Aggregator:
     """Build an aggregator by name (see the module docstring for the list)."""
-    try:
-        cls = AGGREGATORS[name]
-    except KeyError:
-        raise KeyError(f"Unknown aggregator {name!r}; choose from {sorted(AGGREGATORS)}") from None
-    return cls(**kwargs)
+    return AGGREGATORS.get_entry(name)(**kwargs)
 
 
 def register_aggregator(cls: type[Aggregator]) -> type[Aggregator]:
     """Register a custom :class:`Aggregator` subclass under ``cls.name`` (usable as a decorator)."""
     if not (isinstance(cls, type) and issubclass(cls, Aggregator)):
         raise TypeError("register_aggregator takes an Aggregator subclass")
-    AGGREGATORS[cls.name] = cls
-    return cls
+    return AGGREGATORS.register(cls.name, cls)
 
 
 __all__ = [

@@ -148,12 +148,13 @@ class MetaBalance(_PrimaryAware):
         return self.norms[key]
 
     def _auxiliary_coefficients(self, coeffs, gram, primary, aux, tasks):
-        factor = float(self.last_info.get("gram_factor", 1.0))  # the Gram matrix comes scaled; the averages need true norms
+        # the Gram matrix comes divided by scale**2; the averages need true norms (sqrt first: scale**2 may overflow)
+        scale = float(self.last_info.get("gram_scale", 1.0))
         _, primary_sq = self._primary_products(gram, primary)
-        m_primary = self._average("__primary__", math.sqrt(max(primary_sq * factor, 0.0)))
+        m_primary = self._average("__primary__", math.sqrt(max(primary_sq, 0.0)) * scale)
         scales = {}
         for a in aux:
-            m_aux = self._average(tasks[a], math.sqrt(max(float(gram[a, a]) * factor, 0.0)))
+            m_aux = self._average(tasks[a], math.sqrt(max(float(gram[a, a]), 0.0)) * scale)
             apply = (self.strategy == "both" or (self.strategy == "reduce" and m_aux > m_primary)
                      or (self.strategy == "enlarge" and m_aux < m_primary))  # fmt: skip
             if apply and m_aux > 0:
