@@ -41,6 +41,7 @@ from .predict import metrics_from_predictions
 from .predict import predict as predict_task
 from .surgery import Aggregator, get_aggregator
 from .surgery.engine import GradientEngine, ReplicatedEngine, ShardedEngine, ddp_collectives, trainable_signature
+from .task_types import TaskType
 from .telemetry import ConflictTelemetryCallback, conflict_metrics
 from .training_args import MultitaskTrainingArguments, aggregator_kwargs
 from .transformers_private import initial_value, rotate_checkpoints
@@ -48,17 +49,6 @@ from .transformers_private import initial_value, rotate_checkpoints
 logger = logging.getLogger(__name__)
 
 __all__ = ["MultitaskTrainer", "MultitaskTrainingArguments"]
-
-
-def example_lengths(dataset: datasets.Dataset, task_type: Any = None) -> list[int]:
-    """Token count of every example (both sides for siamese pairs; the task type's count, e.g.
-    every choice of a multiple-choice example, when ``task_type`` is given)."""
-    if task_type is not None:
-        return task_type.lengths(dataset)
-    lengths = [len(x) for x in dataset["input_ids"]]
-    if "input_ids_b" in dataset.column_names:
-        lengths = [a + len(b) for a, b in zip(lengths, dataset["input_ids_b"])]
-    return lengths
 
 
 class _AfterOptimizerStep(TrainerCallback):
@@ -246,7 +236,8 @@ class MultitaskTrainer(Trainer):
 
         core = self.accelerator.unwrap_model(self.model) if self.model is not None else None
         types = {t: core.get_task(t).task_type if core is not None and hasattr(core, "get_task") else None for t in self.train_dataset}
-        lengths = {t: example_lengths(d, types[t]) for t, d in self.train_dataset.items()} if self.args.length_grouping else None
+        # each task type counts its examples' tokens (every choice of a multiple-choice example, both sides of a siamese pair)
+        lengths = {t: (types[t] or TaskType()).lengths(d) for t, d in self.train_dataset.items()} if self.args.length_grouping else None
 
         def build(num_epochs: int) -> MultitaskStepSampler:
             return MultitaskStepSampler(
@@ -727,9 +718,3 @@ class MultitaskTrainer(Trainer):
                 if state.get("loss_hook") is not None and hasattr(self.loss_hook, "load_state_dict"):
                     self.loss_hook.load_state_dict(state["loss_hook"])
         return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
-
-
-def surgery_overhead_bytes(trainer: MultitaskTrainer) -> int:
-    """Bytes held by the surgery buffers on this rank (``(T + 1) x P x 4`` plus heads replicated,
-    ``(T + 1) x P/N x 4`` plus head shards under FSDP2)."""
-    return 0 if trainer._engine is None else trainer._engine.nbytes()

@@ -425,10 +425,8 @@ def test_from_dataset_hub_id_is_a_clear_error_offline(monkeypatch):
 
 
 def test_length_grouping_counts_every_choice_and_routed_models_pass_type_inputs(tokenizer):
-    from hf_multitask.trainer import example_lengths
-
     enc = _mc_data(tokenizer, 8)
-    lengths = example_lengths(enc, get_task_type("multiple_choice"))
+    lengths = get_task_type("multiple_choice").lengths(enc)
     assert lengths == [sum(len(c) for c in ids) for ids in enc["input_ids"]] and min(lengths) > 3
     model = _model([POS, MC]).eval()
     routed = hm.RoutedMultitaskModel.from_models({"pos": model, "mc": model}).eval()
