@@ -19,6 +19,7 @@ __all__ = [
     "normalized_score",
     "overall_score",
     "primary_overall",
+    "prefixed_metrics",
     "compute_task_metrics",
     "predictions_from_logits",
 ]
@@ -142,6 +143,12 @@ def primary_overall(results: dict[str, float], primary: Sequence[str] | None) ->
     out["overall_all"] = results["overall"]
     out["overall"] = overall_score({t: results[f"{t}_score"] for t in present})
     return out
+
+
+def prefixed_metrics(results: dict[str, float], primary: Sequence[str] | None, prefix: str = "eval") -> dict[str, float]:
+    """Evaluation results as the Trainer reports them: ``overall`` following the primary tasks
+    (:func:`primary_overall`), every key prefixed with ``{prefix}_``."""
+    return {f"{prefix}_{k}": v for k, v in primary_overall(results, primary).items()}
 
 
 def predictions_from_logits(spec: TaskSpec, logits: np.ndarray, batch: Mapping[str, Any] | None = None) -> np.ndarray:

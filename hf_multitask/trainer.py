@@ -34,7 +34,7 @@ from .checkpoints import (
 )
 from .fsdp import fsdp2_wrap_classes, gather_full_model
 from .lr_groups import learning_rate_factors, split_param_groups
-from .metrics import primary_overall
+from .metrics import prefixed_metrics
 from .mixing import WINDOW_KEY, MultitaskStepSampler, make_train_dataloader
 from .predict import evaluate as evaluate_tasks
 from .predict import metrics_from_predictions
@@ -610,8 +610,7 @@ class MultitaskTrainer(Trainer):
             progress=not self.args.disable_tqdm,
             predictions=self.last_predictions,
         )
-        results = primary_overall(results, self.args.primary_tasks)
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in results.items()}
+        metrics = prefixed_metrics(results, self.args.primary_tasks, metric_key_prefix)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics

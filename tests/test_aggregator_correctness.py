@@ -3,7 +3,6 @@ rank cut-off, no overflow at the ends of float64, and a cross-check against torc
 
 import pytest
 import torch
-import torchjd.aggregation as torchjd  # a dev dependency (pyproject's dev extra)
 from conftest import make_aggregator
 
 from hf_multitask.surgery import AGGREGATORS, get_aggregator
@@ -125,19 +124,25 @@ def _well_conditioned(seed: int, t: int, p: int) -> torch.Tensor:
 
 
 @pytest.fixture
+def torchjd():
+    """torchjd's aggregators, or a skip saying why (a dev dependency: pip install -e '.[dev]')."""
+    return pytest.importorskip("torchjd.aggregation", reason="the cross-checks against torchjd need the dev extra: pip install -e '.[dev]'")
+
+
+@pytest.fixture
 def identity_orders(monkeypatch):
     real = torch.randperm
     monkeypatch.setattr(torch, "randperm", lambda n, *a, **k: torch.arange(n) if not a else real(n, *a, **k))
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_pcgrad_matches_torchjd(seed, identity_orders):
+def test_pcgrad_matches_torchjd(seed, identity_orders, torchjd):
     grads = _well_conditioned(seed, 2 + seed % 4, 50)
     torch.testing.assert_close(get_aggregator("pcgrad")(grads), torchjd.PCGrad()(grads), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_gradvac_matches_torchjd_over_steps(seed, identity_orders):
+def test_gradvac_matches_torchjd_over_steps(seed, identity_orders, torchjd):
     ours, theirs = get_aggregator("gradvac", beta=0.01), torchjd.GradVac(beta=0.01)
     for step in range(4):
         grads = _well_conditioned(100 * seed + step, 3 + seed % 3, 40)
@@ -145,14 +150,14 @@ def test_gradvac_matches_torchjd_over_steps(seed, identity_orders):
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_aligned_mtl_is_t_times_torchjd(seed):
+def test_aligned_mtl_is_t_times_torchjd(seed, torchjd):
     grads = _well_conditioned(seed, 2 + seed % 4, 30)
     t = grads.shape[0]
     torch.testing.assert_close(get_aggregator("aligned_mtl")(grads), t * torchjd.AlignedMTL()(grads), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_cagrad_matches_torchjd(seed):
+def test_cagrad_matches_torchjd(seed, torchjd):
     # torchjd solves the dual with Clarabel to its default tolerance (about 1e-8 in the
     # objective, which leaves the weights ~1e-4 loose); ours is solved in closed form
     grads = _well_conditioned(seed, 2 + seed % 4, 30)
@@ -179,7 +184,7 @@ def test_upgrad_conflicts_with_no_task_and_is_the_mean_without_conflict(seed):
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_upgrad_matches_torchjd(seed):
+def test_upgrad_matches_torchjd(seed, torchjd):
     grads = _well_conditioned(seed, 2 + seed % 4, 30)
     # torchjd regularises the Gram matrix for its QP solver (reg_eps 1e-4 on the diagonal by
     # default): with reg_eps=0 both solve the same problem

@@ -10,7 +10,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from ..hub import save_for_hub, upload_folder
-from ..metrics import primary_overall
+from ..metrics import prefixed_metrics
 from ..predict import write_predictions
 from .arguments import RecipeArguments, RecipeError
 from .data import build_tasks, check_task_names, encode_data, load_raw_data
@@ -99,7 +99,7 @@ def run_ensemble(arguments: RecipeArguments) -> dict[str, float]:
     predictions: dict = {}
     scores = evaluate(ensemble, validation, pad_token_id=tokenizer.pad_token_id, batch_size=args.per_device_eval_batch_size,
                       progress=not args.disable_tqdm, predictions=predictions)  # fmt: skip
-    metrics = {f"eval_{k}": v for k, v in primary_overall(scores, args.primary_tasks).items()}
+    metrics = prefixed_metrics(scores, args.primary_tasks)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..metrics import primary_overall
+from ..metrics import prefixed_metrics
 from ..modeling import MultitaskModel
 from ..trainer import MultitaskTrainer
 from .arguments import RecipeArguments, RecipeError, RecipeTrainingArguments
@@ -220,7 +220,7 @@ class SpecialisationPhase(Phase):
         predictions: dict = {}
         scores = evaluate(routed, ctx.validation, pad_token_id=ctx.tokenizer.pad_token_id, batch_size=args.per_device_eval_batch_size,
                           progress=not args.disable_tqdm, predictions=predictions)  # fmt: skip
-        metrics = {f"eval_{k}": v for k, v in primary_overall(scores, args.primary_tasks).items()}
+        metrics = prefixed_metrics(scores, args.primary_tasks)
         metrics["specialise_seconds"] = time.perf_counter() - start
         sizes = args.task_batch_sizes or {}
         metrics["specialise_examples"] = sum(
