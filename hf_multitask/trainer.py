@@ -12,39 +12,23 @@ and the update is written into ``.grad`` for the Trainer's clipping, unscaling a
 from __future__ import annotations
 
 import logging
-import math
-import os
-import shutil
 from typing import Any
 
 import datasets
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, PredictionOutput
+from transformers import Trainer, TrainerCallback
 
-from .checkpoints import (
-    SURGERY_STATE_NAME,
-    CheckpointError,
-    atomic_torch_save,
-    latest_complete_checkpoint,
-    load_surgery_state,
-    verify_checkpoint,
-    write_marker,
-)
 from .fsdp import fsdp2_wrap_classes, gather_full_model
 from .lr_groups import learning_rate_factors, split_param_groups
-from .metrics import prefixed_metrics
-from .mixing import WINDOW_KEY, MultitaskStepSampler, make_train_dataloader
-from .predict import evaluate as evaluate_tasks
-from .predict import metrics_from_predictions
-from .predict import predict as predict_task
+from .mixing import WINDOW_KEY
 from .surgery import Aggregator, get_aggregator
 from .surgery.engine import GradientEngine, ReplicatedEngine, ShardedEngine, ddp_collectives, trainable_signature
-from .task_types import TaskType
 from .telemetry import ConflictTelemetryCallback, conflict_metrics
+from .trainer_checkpoints import _CheckpointMixin
+from .trainer_evaluation import _EvaluationMixin
+from .trainer_schedule import _ScheduleMixin
 from .training_args import MultitaskTrainingArguments, aggregator_kwargs
-from .transformers_private import initial_value, rotate_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +43,7 @@ class _AfterOptimizerStep(TrainerCallback):
         self.trainer.optimizer_step_done()
 
 
-class MultitaskTrainer(Trainer):
+class MultitaskTrainer(_ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Trainer):
     """A `Trainer` for :class:`~hf_multitask.MultitaskModel` with gradient surgery.
 
     Args:
@@ -223,93 +207,6 @@ class MultitaskTrainer(Trainer):
     def _train_tasks(self) -> list[str]:
         names = self.model.task_names
         return [t for t in names if t in (self.train_dataset or {})] or list(names)
-
-    def get_train_dataloader(self):
-        if self.train_dataset is None:
-            raise ValueError("MultitaskTrainer: training requires train_dataset={task: dataset}")
-        sizes = {t: len(d) for t, d in self.train_dataset.items()}
-        batch = self.args.per_device_train_batch_size
-        batch_sizes = {t: int((self.args.task_batch_sizes or {}).get(t, batch)) for t in sizes}
-        unknown = [t for t in (self.args.task_batch_sizes or {}) if t not in sizes]
-        if unknown:
-            raise KeyError(f"task_batch_sizes names task(s) {unknown} with no training data; tasks are {list(sizes)}")
-
-        core = self.accelerator.unwrap_model(self.model) if self.model is not None else None
-        types = {t: core.get_task(t).task_type if core is not None and hasattr(core, "get_task") else None for t in self.train_dataset}
-        # each task type counts its examples' tokens (every choice of a multiple-choice example, both sides of a siamese pair)
-        lengths = {t: (types[t] or TaskType()).lengths(d) for t, d in self.train_dataset.items()} if self.args.length_grouping else None
-
-        def build(num_epochs: int) -> MultitaskStepSampler:
-            return MultitaskStepSampler(
-                sizes,
-                batch_sizes,
-                schedule=self.args.schedule,
-                schedule_kwargs=self.args.schedule_kwargs,
-                num_epochs=num_epochs,
-                seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-                rank=self.args.process_index,
-                world_size=self.args.world_size,
-                lengths=lengths,
-                accumulation=self.args.gradient_accumulation_steps,
-            )
-
-        if self.args.schedule_epochs is not None:
-            sampler = build(self.args.schedule_epochs)
-        else:
-            sampler = build(max(1, math.ceil(self.args.num_train_epochs)))
-            if self.args.max_steps > 0:
-                sampler = build(sampler.epochs_for_updates(self.args.max_steps))
-        self._train_sampler = sampler
-        args = self.args
-        return make_train_dataloader(
-            self.train_dataset,
-            sampler,
-            self._pad_token_id(),
-            num_workers=args.dataloader_num_workers,
-            pin_memory=args.dataloader_pin_memory and torch.cuda.is_available(),
-            persistent_workers=args.dataloader_persistent_workers,
-            prefetch_factor=args.dataloader_prefetch_factor,
-        )
-
-    def set_initial_training_values(self, args: TrainingArguments, dataloader: Any):
-        """``Trainer.set_initial_training_values`` with the exact step count of schedules whose
-        epochs differ in length (``staggered``): the Trainer plans every epoch as long as the
-        longest, which cut training short and mis-planned the learning-rate schedule."""
-        values = list(super().set_initial_training_values(args, dataloader))
-        sampler = getattr(self, "_train_sampler", None)
-        if sampler is None or not sampler.uneven:
-            return tuple(values)
-        updates = sampler.updates_per_epoch()
-        total_batch = values[initial_value("total_train_batch_size")]
-        if args.max_steps > 0:
-            max_steps = args.max_steps
-            epochs = sampler.epochs_for_updates(max_steps)
-        else:
-            epochs = max(1, math.ceil(args.num_train_epochs))
-            max_steps = sum(updates[:epochs])
-        values[initial_value("num_train_epochs")] = epochs
-        values[initial_value("num_train_samples")] = max_steps * total_batch
-        values[initial_value("max_steps")] = max_steps
-        return tuple(values)
-
-    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
-        # Private Trainer method (no public hook): on resume it locates the epoch and the batch
-        # to continue from as global_step // steps-per-epoch, which is wrong when epochs differ
-        # in length. Recompute both from the schedule's real epoch lengths.
-        epochs_trained, steps_in_epoch = super()._init_training_state(
-            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
-        )
-        sampler = getattr(self, "_train_sampler", None)
-        if resume_from_checkpoint is None or sampler is None or not sampler.uneven:
-            return epochs_trained, steps_in_epoch
-        done, epoch = self.state.global_step, 0
-        for updates in sampler.updates_per_epoch(max(num_train_epochs, 1)):
-            if done < updates:
-                break
-            done -= updates
-            epoch += 1
-        skip = 0 if self.args.ignore_data_skip else done * self.args.gradient_accumulation_steps
-        return epoch, skip
 
     # ------------------------------------------------------------------ the step
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -553,167 +450,3 @@ class MultitaskTrainer(Trainer):
                 logs = {**logs, **{f"loss/{t}": m for t, m in means.items()}}
                 self._task_loss_log = {}
         super().log(logs, *args, **kwargs)
-
-    # ------------------------------------------------------------------ accounting
-    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
-        """``6 x tokens x parameters`` summed over the step's task batches (the Trainer's
-        estimate, which sees no top-level ``input_ids`` in a multitask step)."""
-        core = self.accelerator.unwrap_model(self.model)
-        params = core.num_parameters(exclude_embeddings=True) if hasattr(core, "num_parameters") else 0
-        tokens = 0
-        for batch in inputs.values():
-            if isinstance(batch, dict):
-                for key in ("input_ids", "input_ids_b"):
-                    if key in batch:
-                        tokens += batch[key].numel()
-        return 6 * tokens * params
-
-    def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:
-        # Private Trainer hook (no public one): it looks for a top-level input_ids, which a
-        # multitask step does not have, and warned on every step. Count over the task batches.
-        mode = self.args.include_num_input_tokens_seen
-        if mode in (None, False, "no"):
-            return
-        tokens = 0
-        for batch in inputs.values():
-            if not isinstance(batch, dict):
-                continue
-            for ids, mask in (("input_ids", "attention_mask"), ("input_ids_b", "attention_mask_b")):
-                if ids in batch:
-                    tokens += int(batch[mask].sum()) if mode == "non_padding" and mask in batch else batch[ids].numel()
-        total = self.accelerator.gather(torch.tensor(tokens, device=self.args.device, dtype=torch.int64)).sum()
-        self.state.num_input_tokens_seen += int(total)
-
-    # ------------------------------------------------------------------ evaluation
-    def evaluate(
-        self, eval_dataset: dict[str, datasets.Dataset] | None = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"
-    ) -> dict[str, float]:
-        """Each task's metric and loss, ``{task}_score``, ``overall`` and ``loss`` (the summed
-        per-task mean losses) on the evaluation sets, as ``{metric_key_prefix}_...``.
-
-        The predictions behind them stay in ``self.last_predictions`` (``{task: TaskPredictions}``).
-        """
-        data = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if not data:
-            raise ValueError("MultitaskTrainer.evaluate needs eval_dataset={task: dataset}")
-        if not isinstance(data, dict):
-            raise TypeError(f"eval_dataset must be a dict {{task: dataset}}, got {type(data).__name__}")
-        if hasattr(self.optimizer, "eval") and callable(self.optimizer.eval):
-            self.optimizer.eval()  # schedule-free optimizers evaluate at their averaged weights
-        core = self.accelerator.unwrap_model(self.model)
-        self.last_predictions = {}
-        results = evaluate_tasks(
-            core,
-            data,
-            pad_token_id=self._pad_token_id(),
-            batch_size=self.args.per_device_eval_batch_size,
-            progress=not self.args.disable_tqdm,
-            predictions=self.last_predictions,
-        )
-        metrics = prefixed_metrics(results, self.args.primary_tasks, metric_key_prefix)
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
-
-    def predict(
-        self, test_dataset: dict[str, datasets.Dataset], ignore_keys: Any = None, metric_key_prefix: str = "test"
-    ) -> PredictionOutput:
-        """Predictions of every task: ``predictions`` and ``label_ids`` are ``{task: array}``
-        (``label_ids[task]`` is None for unlabelled data); ``metrics`` holds the evaluation
-        metrics (prefixed ``test_``) when every task has labels."""
-        if not isinstance(test_dataset, dict):
-            raise TypeError(f"test_dataset must be a dict {{task: dataset}}, got {type(test_dataset).__name__}")
-        core = self.accelerator.unwrap_model(self.model)
-        outputs = {
-            t: predict_task(
-                core,
-                ds,
-                t,
-                pad_token_id=self._pad_token_id(),
-                batch_size=self.args.per_device_eval_batch_size,
-                progress=not self.args.disable_tqdm,
-            )  # fmt: skip
-            for t, ds in test_dataset.items()
-        }
-        metrics: dict[str, float] = {}
-        if all(o.labels is not None for o in outputs.values()):
-            metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics_from_predictions(core, outputs).items()}
-        self.last_predictions = outputs
-        return PredictionOutput(
-            predictions={t: o.predictions for t, o in outputs.items()}, label_ids={t: o.labels for t, o in outputs.items()}, metrics=metrics
-        )
-
-    # ------------------------------------------------------------------ checkpoints
-    def _multitask_state(self) -> dict[str, Any]:
-        return {
-            "aggregator": self.aggregator.state_dict(),
-            "task_steps": dict(self.task_steps),
-            "examples_seen": dict(self.examples_seen),
-            "skipped_steps": self.skipped_steps,
-            "loss_hook": self.loss_hook.state_dict() if hasattr(self.loss_hook, "state_dict") else None,
-        }
-
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """Write the checkpoint so that a kill at any moment leaves a complete one on disk.
-
-        Order: the surgery state, then everything ``transformers`` saves (rotation held
-        back), then the completion marker (see :mod:`hf_multitask.checkpoints`), and only
-        then the rotation of older checkpoints.
-        """
-        run_dir = self._get_output_dir(trial=trial)
-        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self.args.should_save:
-            if os.path.isdir(folder):  # a partial leftover of a killed run, or a step written again after a resume
-                shutil.rmtree(folder)
-            os.makedirs(folder, exist_ok=True)
-            atomic_torch_save(self._multitask_state(), os.path.join(folder, SURGERY_STATE_NAME))
-        limit = self.args.save_total_limit
-        self.args.save_total_limit = None
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
-        if self.args.should_save:
-            write_marker(folder, self.state.global_step)
-            rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
-
-    def resolve_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
-        """The checkpoint folder to resume from, verified complete and intact.
-
-        ``True`` takes the newest complete checkpoint of ``output_dir`` (partial folders of a
-        killed run are skipped, with a log line saying so). Raises :class:`CheckpointError`
-        for a partial, truncated or surgery-state-less checkpoint (the last one is accepted
-        with ``resume_without_surgery_state``).
-        """
-        if resume_from_checkpoint is None or resume_from_checkpoint is False:
-            return None
-        if resume_from_checkpoint is True:
-            found, skipped = latest_complete_checkpoint(self.args.output_dir)
-            partial = f"; incomplete folders skipped: {[p.name for p in skipped]}" if skipped else ""
-            if found is None:
-                raise CheckpointError(f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir}{partial}")
-            logger.warning("Resuming from %s, the newest complete checkpoint%s", found, partial)
-            resume_from_checkpoint = str(found)
-        verify_checkpoint(resume_from_checkpoint, require_surgery_state=not self.args.resume_without_surgery_state)
-        return str(resume_from_checkpoint)
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any):
-        """``Trainer.train``; resuming verifies the checkpoint first and restores the surgery state
-        (aggregator RNG and state, per-task step and example counters) with it. Counters start
-        at zero for each call that does not resume; surgery buffers are built afresh (the model
-        may be a new one from ``model_init``)."""
-        checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
-        self._engine = None
-        self._reset_counters()
-        if checkpoint is not None:
-            state = load_surgery_state(checkpoint)
-            if state is None:
-                logger.warning("%s has no %s: the surgery state and task counters start fresh (as asked)", checkpoint, SURGERY_STATE_NAME)
-            else:
-                self.aggregator.load_state_dict(state["aggregator"])
-                self.task_steps = dict(state["task_steps"])
-                self.examples_seen = dict(state["examples_seen"])
-                self.skipped_steps = int(state["skipped_steps"])
-                if state.get("loss_hook") is not None and hasattr(self.loss_hook, "load_state_dict"):
-                    self.loss_hook.load_state_dict(state["loss_hook"])
-        return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)

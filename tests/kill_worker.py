@@ -11,6 +11,7 @@ import sys
 import time
 
 import hf_multitask.trainer as trainer_module
+import hf_multitask.trainer_checkpoints as checkpoints_module
 from hf_multitask.recipe import main
 
 mode, target = sys.argv[1], int(sys.argv[2])
@@ -34,7 +35,7 @@ if mode == "after":
 
     trainer_module.MultitaskTrainer._save_checkpoint = save_then_pause
 elif mode == "during":
-    original_marker = trainer_module.write_marker
+    original_marker = checkpoints_module.write_marker
 
     def pause_before_marker(folder, step):
         saves["n"] += 1
@@ -42,7 +43,7 @@ elif mode == "during":
             pause()
         original_marker(folder, step)
 
-    trainer_module.write_marker = pause_before_marker
+    checkpoints_module.write_marker = pause_before_marker
 else:
     raise SystemExit(f"unknown mode {mode!r}")
 

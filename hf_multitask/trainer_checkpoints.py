@@ -1,0 +1,105 @@
+"""`MultitaskTrainer`'s checkpoints: the surgery state written first, the completion marker last,
+rotation after it; resume only from a complete, intact checkpoint (a mixin of :class:`~hf_multitask.MultitaskTrainer`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import Any
+
+from torch import nn
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .checkpoints import (
+    SURGERY_STATE_NAME,
+    CheckpointError,
+    atomic_torch_save,
+    latest_complete_checkpoint,
+    load_surgery_state,
+    verify_checkpoint,
+    write_marker,
+)
+from .transformers_private import rotate_checkpoints
+
+logger = logging.getLogger("hf_multitask.trainer")
+
+
+class _CheckpointMixin(Trainer):
+    """Crash-safe checkpoint writing and verified resume."""
+
+    # ------------------------------------------------------------------ checkpoints
+    def _multitask_state(self) -> dict[str, Any]:
+        return {
+            "aggregator": self.aggregator.state_dict(),
+            "task_steps": dict(self.task_steps),
+            "examples_seen": dict(self.examples_seen),
+            "skipped_steps": self.skipped_steps,
+            "loss_hook": self.loss_hook.state_dict() if hasattr(self.loss_hook, "state_dict") else None,
+        }
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Write the checkpoint so that a kill at any moment leaves a complete one on disk.
+
+        Order: the surgery state, then everything ``transformers`` saves (rotation held
+        back), then the completion marker (see :mod:`hf_multitask.checkpoints`), and only
+        then the rotation of older checkpoints.
+        """
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save:
+            if os.path.isdir(folder):  # a partial leftover of a killed run, or a step written again after a resume
+                shutil.rmtree(folder)
+            os.makedirs(folder, exist_ok=True)
+            atomic_torch_save(self._multitask_state(), os.path.join(folder, SURGERY_STATE_NAME))
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            write_marker(folder, self.state.global_step)
+            rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    def resolve_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
+        """The checkpoint folder to resume from, verified complete and intact.
+
+        ``True`` takes the newest complete checkpoint of ``output_dir`` (partial folders of a
+        killed run are skipped, with a log line saying so). Raises :class:`CheckpointError`
+        for a partial, truncated or surgery-state-less checkpoint (the last one is accepted
+        with ``resume_without_surgery_state``).
+        """
+        if resume_from_checkpoint is None or resume_from_checkpoint is False:
+            return None
+        if resume_from_checkpoint is True:
+            found, skipped = latest_complete_checkpoint(self.args.output_dir)
+            partial = f"; incomplete folders skipped: {[p.name for p in skipped]}" if skipped else ""
+            if found is None:
+                raise CheckpointError(f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir}{partial}")
+            logger.warning("Resuming from %s, the newest complete checkpoint%s", found, partial)
+            resume_from_checkpoint = str(found)
+        verify_checkpoint(resume_from_checkpoint, require_surgery_state=not self.args.resume_without_surgery_state)
+        return str(resume_from_checkpoint)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any):
+        """``Trainer.train``; resuming verifies the checkpoint first and restores the surgery state
+        (aggregator RNG and state, per-task step and example counters) with it. Counters start
+        at zero for each call that does not resume; surgery buffers are built afresh (the model
+        may be a new one from ``model_init``)."""
+        checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
+        self._engine = None
+        self._reset_counters()
+        if checkpoint is not None:
+            state = load_surgery_state(checkpoint)
+            if state is None:
+                logger.warning("%s has no %s: the surgery state and task counters start fresh (as asked)", checkpoint, SURGERY_STATE_NAME)
+            else:
+                self.aggregator.load_state_dict(state["aggregator"])
+                self.task_steps = dict(state["task_steps"])
+                self.examples_seen = dict(state["examples_seen"])
+                self.skipped_steps = int(state["skipped_steps"])
+                if state.get("loss_hook") is not None and hasattr(self.loss_hook, "load_state_dict"):
+                    self.loss_hook.load_state_dict(state["loss_hook"])
+        return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)

@@ -1,0 +1,112 @@
+"""`MultitaskTrainer`'s accounting and evaluation: FLOPs and tokens of nested per-task batches,
+``evaluate`` and ``predict`` over ``{task: dataset}`` (a mixin of :class:`~hf_multitask.MultitaskTrainer`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import datasets
+import torch
+from transformers import Trainer
+from transformers.trainer_utils import PredictionOutput
+
+from .metrics import prefixed_metrics
+from .predict import evaluate as evaluate_tasks
+from .predict import metrics_from_predictions
+from .predict import predict as predict_task
+
+logger = logging.getLogger("hf_multitask.trainer")
+
+
+class _EvaluationMixin(Trainer):
+    """Per-task evaluation and prediction; token and FLOP accounting of nested batches."""
+
+    # ------------------------------------------------------------------ accounting
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        """``6 x tokens x parameters`` summed over the step's task batches (the Trainer's
+        estimate, which sees no top-level ``input_ids`` in a multitask step)."""
+        core = self.accelerator.unwrap_model(self.model)
+        params = core.num_parameters(exclude_embeddings=True) if hasattr(core, "num_parameters") else 0
+        tokens = 0
+        for batch in inputs.values():
+            if isinstance(batch, dict):
+                for key in ("input_ids", "input_ids_b"):
+                    if key in batch:
+                        tokens += batch[key].numel()
+        return 6 * tokens * params
+
+    def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:
+        # Private Trainer hook (no public one): it looks for a top-level input_ids, which a
+        # multitask step does not have, and warned on every step. Count over the task batches.
+        mode = self.args.include_num_input_tokens_seen
+        if mode in (None, False, "no"):
+            return
+        tokens = 0
+        for batch in inputs.values():
+            if not isinstance(batch, dict):
+                continue
+            for ids, mask in (("input_ids", "attention_mask"), ("input_ids_b", "attention_mask_b")):
+                if ids in batch:
+                    tokens += int(batch[mask].sum()) if mode == "non_padding" and mask in batch else batch[ids].numel()
+        total = self.accelerator.gather(torch.tensor(tokens, device=self.args.device, dtype=torch.int64)).sum()
+        self.state.num_input_tokens_seen += int(total)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(
+        self, eval_dataset: dict[str, datasets.Dataset] | None = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Each task's metric and loss, ``{task}_score``, ``overall`` and ``loss`` (the summed
+        per-task mean losses) on the evaluation sets, as ``{metric_key_prefix}_...``.
+
+        The predictions behind them stay in ``self.last_predictions`` (``{task: TaskPredictions}``).
+        """
+        data = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if not data:
+            raise ValueError("MultitaskTrainer.evaluate needs eval_dataset={task: dataset}")
+        if not isinstance(data, dict):
+            raise TypeError(f"eval_dataset must be a dict {{task: dataset}}, got {type(data).__name__}")
+        if hasattr(self.optimizer, "eval") and callable(self.optimizer.eval):
+            self.optimizer.eval()  # schedule-free optimizers evaluate at their averaged weights
+        core = self.accelerator.unwrap_model(self.model)
+        self.last_predictions = {}
+        results = evaluate_tasks(
+            core,
+            data,
+            pad_token_id=self._pad_token_id(),
+            batch_size=self.args.per_device_eval_batch_size,
+            progress=not self.args.disable_tqdm,
+            predictions=self.last_predictions,
+        )
+        metrics = prefixed_metrics(results, self.args.primary_tasks, metric_key_prefix)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def predict(
+        self, test_dataset: dict[str, datasets.Dataset], ignore_keys: Any = None, metric_key_prefix: str = "test"
+    ) -> PredictionOutput:
+        """Predictions of every task: ``predictions`` and ``label_ids`` are ``{task: array}``
+        (``label_ids[task]`` is None for unlabelled data); ``metrics`` holds the evaluation
+        metrics (prefixed ``test_``) when every task has labels."""
+        if not isinstance(test_dataset, dict):
+            raise TypeError(f"test_dataset must be a dict {{task: dataset}}, got {type(test_dataset).__name__}")
+        core = self.accelerator.unwrap_model(self.model)
+        outputs = {
+            t: predict_task(
+                core,
+                ds,
+                t,
+                pad_token_id=self._pad_token_id(),
+                batch_size=self.args.per_device_eval_batch_size,
+                progress=not self.args.disable_tqdm,
+            )  # fmt: skip
+            for t, ds in test_dataset.items()
+        }
+        metrics: dict[str, float] = {}
+        if all(o.labels is not None for o in outputs.values()):
+            metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics_from_predictions(core, outputs).items()}
+        self.last_predictions = outputs
+        return PredictionOutput(
+            predictions={t: o.predictions for t, o in outputs.items()}, label_ids={t: o.labels for t, o in outputs.items()}, metrics=metrics
+        )
