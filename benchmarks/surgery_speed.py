@@ -55,12 +55,14 @@ def tweeteval_tasks(tokenizer, count: int, limit: int) -> tuple[list, dict]:
     for name in ("emoji", "emotion", "hate", "irony", "offensive"):
         spec = tweeteval_task(name, root)
         specs.append(spec)
-        raw[name] = load_tweeteval(spec, root, "train").select(range(limit))
+        rows = load_tweeteval(spec, root, "train")
+        raw[name] = rows.select(range(min(limit, len(rows))))
     for target in STANCE_TARGETS:
         spec = hm.TaskSpec(name=f"stance_{target}", kind="classification", num_labels=3, text_columns=("text",), metric="stance_f1")
         folder = root / "stance" / target
         specs.append(spec)
-        raw[spec.name] = load_text_label_files(spec, folder / "train_text.txt", folder / "train_labels.txt").select(range(limit))
+        rows = load_text_label_files(spec, folder / "train_text.txt", folder / "train_labels.txt")
+        raw[spec.name] = rows.select(range(min(limit, len(rows))))
     if count == 20:
         twins = [hm.TaskSpec.from_dict({**s.to_dict(), "name": f"{s.name}_2"}) for s in specs]
         raw.update({t.name: raw[s.name] for s, t in zip(specs, twins)})
