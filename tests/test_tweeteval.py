@@ -84,8 +84,9 @@ def _binary(name="t"):
 
 def test_text_label_files_load_in_order_with_label_names_and_ids(tmp_path):
     (tmp_path / "x.txt").write_text("a b \nc d\r\ne f\n")
-    (tmp_path / "y.txt").write_text("1\nno\nyes")  # names or indices; no final newline
-    ds = load_text_label_files(_binary(), tmp_path / "x.txt", tmp_path / "y.txt", id_prefix="p-")
+    (tmp_path / "y.txt").write_text("1\nno\nyes")  # names or indices; no final newline, while its partner has one
+    with pytest.warns(hm.DataWarning, match=r"y.txt: line 3 \(the last\) has no line ending"):
+        ds = load_text_label_files(_binary(), tmp_path / "x.txt", tmp_path / "y.txt", id_prefix="p-")
     assert ds["text"] == ["a b", "c d", "e f"] and ds["label"] == [1, 0, 1] and ds["id"] == ["p-0", "p-1", "p-2"]
 
 
