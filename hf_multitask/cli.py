@@ -125,14 +125,13 @@ def _load_model(folder: str):
 
 
 def _tweeteval(args: argparse.Namespace) -> None:
-    from .data import DataError
     from .tweeteval import write_test_predictions
 
     model, tokenizer = _load_model(args.model)
     try:
         written = write_test_predictions(model, tokenizer, args.data_dir, args.output_dir, tasks=args.tasks, max_length=args.max_length,
                                          batch_size=args.batch_size, progress=not args.quiet)  # fmt: skip
-    except (DataError, ValueError) as err:
+    except ValueError as err:  # a DataError too: one line on stderr, exit 2
         raise InputError(str(err)) from None
     for stem, path in sorted(written.items()):
         print(f"{stem}: {path}")

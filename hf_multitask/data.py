@@ -93,24 +93,15 @@ def _read_table(path: Path, delimiter: str | None) -> tuple[list[str], Iterator[
     return header, rows()
 
 
-class _BadJson(dict):
-    """A JSON record that cannot be a row; ``problem`` says why."""
-
-    problem: str | None = None
-
-
 def _json_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
     """Columns (every key, in order of first appearance) and (line, record) rows of a JSON /
-    JSON-lines file; an unreadable line comes as a :class:`_BadJson` carrying its problem."""
+    JSON-lines file; an unreadable line comes as the reader's :class:`BadRecord`, whose
+    ``problem`` makes it a bad row."""
     columns: dict[str, None] = {}
-    rows: list[tuple[int, dict[str, Any]]] = []
+    rows: list[tuple[int, Any]] = []
     for line, record in iter_json_records(path):
-        if isinstance(record, BadRecord):
-            bad = _BadJson()
-            bad.problem = str(record)
-            rows.append((line, bad))
-            continue
-        columns.update(dict.fromkeys(record))
+        if not isinstance(record, BadRecord):
+            columns.update(dict.fromkeys(record))
         rows.append((line, record))
     if not rows:
         raise DataError(f"{path}: the file is empty")

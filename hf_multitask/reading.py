@@ -96,6 +96,11 @@ def read_text(path: str | os.PathLike[str]) -> str:
 class BadRecord(str):
     """A record that cannot be read (its text says why); the line is yielded beside it."""
 
+    @property
+    def problem(self) -> str:
+        """Why the record cannot be read (what row readers report for a bad row)."""
+        return str(self)
+
 
 def _json_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     """The items of a JSON array, each with the line it starts on."""
