@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from .tasks import TaskSpec
+if TYPE_CHECKING:  # pragma: no cover
+    from .tasks import TaskSpec
 
 
 class MLPHead(nn.Module):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .tasks import TaskSpec
+if TYPE_CHECKING:  # pragma: no cover
+    from .tasks import TaskSpec
 
 __all__ = [
     "accuracy",

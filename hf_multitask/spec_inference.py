@@ -7,6 +7,8 @@ from typing import Any
 
 import datasets
 
+from .reading import DataError
+
 __all__ = ["infer_task_fields"]
 
 
@@ -32,8 +34,6 @@ def features_of(source: Any, split: str = "train", subset: str | None = None) ->
     if isinstance(source, datasets.Dataset):
         return source.features, (source.info.dataset_name or "task")
     if isinstance(source, str):
-        from .data import DataError
-
         try:
             builder = datasets.load_dataset_builder(source, subset)
         except Exception as err:  # offline with a cold cache, unknown id, no network

@@ -16,7 +16,10 @@ type is one module and one :func:`register_task_type` call.
 
 The built-in types live in flat modules next to this one (``types_sequence.py``,
 ``types_token_classification.py``, ``types_multiple_choice.py``): saved checkpoints carry the package's modules for
-``trust_remote_code``, which copies flat files only.
+``trust_remote_code``, which copies flat files only. Each registers itself with the
+``@register_task_type`` decorator; :mod:`hf_multitask.tasks` imports them, so a ``TaskSpec``
+always finds its kind, and this module imports none of them (imports flow one way: registry,
+task types, tasks).
 """
 
 from __future__ import annotations
@@ -169,14 +172,3 @@ def get_task_type(name: str) -> TaskType:
     also a ``ValueError``, lists them otherwise)."""
     return TASK_TYPES.get_entry(name)
 
-
-def _register_builtins() -> None:
-    from .types_multiple_choice import MultipleChoiceType
-    from .types_sequence import ClassificationType, RegressionType
-    from .types_token_classification import TokenClassificationType
-
-    for task_type in (ClassificationType, RegressionType, TokenClassificationType, MultipleChoiceType):
-        register_task_type(task_type)
-
-
-_register_builtins()

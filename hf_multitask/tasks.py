@@ -8,6 +8,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+# importing the built-in task types registers them (each class is decorated with @register_task_type;
+# `from .module import Name`, not `from . import module`: trust_remote_code copies only the former)
+from .types_multiple_choice import MultipleChoiceType  # noqa: F401
+from .types_sequence import ClassificationType, RegressionType  # noqa: F401
+from .types_token_classification import TokenClassificationType  # noqa: F401
+from .conllu import UPOS_TAGS
+from .spec_inference import features_of, infer_task_fields
+from .task_types import TASK_TYPES, TaskType, get_task_type
+
 TaskKind = str  # a registered task type: "classification", "regression", "token_classification", ...
 PairEncoding = Literal["cross", "bi", "cosine"]
 
@@ -59,13 +68,9 @@ class TaskSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise ValueError(f"TaskSpec name {self.name!r} must start with a letter and hold only letters, digits, '_' or '-'")
-        from .task_types import get_task_type
-
         try:
             task_type = get_task_type(self.kind)
         except ValueError:
-            from .task_types import TASK_TYPES
-
             raise ValueError(
                 f"TaskSpec {self.name!r}: kind must be a registered task type {sorted(TASK_TYPES)}, got {self.kind!r}"
             ) from None
@@ -115,8 +120,6 @@ class TaskSpec:
         (only its metadata is read; offline, a :class:`~hf_multitask.DataError` says what to
         do). ``overrides`` set or replace any field (``kind=`` and ``num_labels=`` together skip
         the inference)."""
-        from .spec_inference import features_of, infer_task_fields
-
         columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
         features, default_name = features_of(source, split=split, subset=subset)
         explicit = {"kind", "num_labels"} <= set(overrides)
@@ -128,10 +131,8 @@ class TaskSpec:
         return cls(name=task_name, text_columns=columns, label_column=label_column, **fields)
 
     @property
-    def task_type(self):
+    def task_type(self) -> TaskType:
         """The :class:`~hf_multitask.task_types.TaskType` that owns this task's kind."""
-        from .task_types import get_task_type
-
         return get_task_type(self.kind)
 
     @property
@@ -192,8 +193,6 @@ def sts_task(name: str = "sts") -> TaskSpec:
 def upos_task(name: str = "upos") -> TaskSpec:
     """Universal POS tagging (17 UPOS tags, word accuracy) on a CoNLL-U file such as UD
     English-EWT (``en_ewt-ud-dev.conllu``): words from FORM, tags from UPOS."""
-    from .conllu import UPOS_TAGS
-
     return TaskSpec(name=name, kind="token_classification", num_labels=len(UPOS_TAGS), text_columns=("tokens",),
                     label_column="upos", label_names=UPOS_TAGS, metric="accuracy")  # fmt: skip
 

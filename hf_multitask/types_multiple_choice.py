@@ -10,7 +10,7 @@ from torch import nn
 
 from .heads import MLPHead
 from .metrics import accuracy
-from .task_types import IGNORE_INDEX, TaskType, softmax
+from .task_types import IGNORE_INDEX, TaskType, register_task_type, softmax
 
 __all__ = ["CHOICE_SEPARATOR", "MultipleChoiceType"]
 
@@ -24,6 +24,7 @@ def _choices(value: Any) -> list[str]:
     return [str(c).strip() for c in value]
 
 
+@register_task_type
 class MultipleChoiceType(TaskType):
     """Pick one of up to ``num_labels`` candidate endings for a context.
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from .heads import CosineHead, LSTMHead, MLPHead, pair_features
 from .metrics import accuracy, macro_f1, normalized_score, pearson, positive_f1, spearman, stance_f1
-from .task_types import IGNORE_INDEX, TaskType, softmax
+from .task_types import IGNORE_INDEX, TaskType, register_task_type, softmax
 
 if TYPE_CHECKING:  # pragma: no cover
     from .tasks import TaskSpec
@@ -114,6 +114,7 @@ class SequenceTaskType(TaskType):
         return {metric: value, "score": normalized_score(metric, value)}
 
 
+@register_task_type
 class ClassificationType(SequenceTaskType):
     """Single-sentence or sentence-pair classification: cross-entropy; accuracy, macro-F1, the F1
     of class 1 (``positive_f1``) or the mean F1 of classes 1 and 2 (``stance_f1``)."""
@@ -184,6 +185,7 @@ class ClassificationType(SequenceTaskType):
         return {"label": spec.label_names[index] if spec.label_names else index, "score": float(probs[index])}
 
 
+@register_task_type
 class RegressionType(SequenceTaskType):
     """Single-sentence or sentence-pair regression: mean squared error, Pearson r (or Spearman)."""
 

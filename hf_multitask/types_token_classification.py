@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .heads import MLPHead
-from .task_types import IGNORE_INDEX, TaskType, softmax
+from .task_types import IGNORE_INDEX, TaskType, register_task_type, softmax
 
 __all__ = ["TokenClassificationType"]
 
@@ -21,6 +21,7 @@ def _words(value: Any) -> list[str]:
     return [str(w) for w in value]
 
 
+@register_task_type
 class TokenClassificationType(TaskType):
     """Word-level labels (POS tags, BIO entity tags) over the encoder's token states.
 

@@ -1,40 +1,6 @@
-"""Does a multitask method help *my* tasks? A seeded, resumable comparison harness.
-
-A grid (YAML or JSON) names the recipe flags every run shares (the protocol), the arms to
-compare, the training seeds and the validation splits (``--validation_seed`` values)::
-
-    tasks: [sst, quora, sts]
-    train_limits: {quora: 8000}   # passed as --train_limits to the runs that train the task
-    protocol: [--data-dir, ../shared/data, --max_length, "64", ...]
-    seeds: [0, 1, 2]
-    splits: [1]                 # the splits results are reported on
-    tuning_split: 0             # candidates are compared here only, never reported as results
-    reference: separate         # the single-task arm: Delta-m is relative to it
-    baseline: sum_tuned         # paired differences are against it
-    pairs: [[pcgrad, sum_tuned]]  # more paired differences (a - b per seed), e.g. a method vs its control
-    arms:
-      separate: {single_task: true, args: [--warmup_ratio, "0.1"]}
-      pcgrad: {args: [--aggregator, pcgrad]}
-      sum_tuned:
-        args: [--aggregator, sum]
-        candidates:             # the tuning budget: one run each on the tuning split
-          round_robin: []
-          annealed: [--schedule, annealed, --gradient_accumulation_steps, "3"]
-      pcgrad_on_sum_choice:     # PCGrad with the candidate sum_tuned chose: only the method differs
-        args: [--aggregator, pcgrad]
-        choice_of: sum_tuned
-
-``python -m hf_multitask.compare run grid.yaml --output-dir DIR`` runs every
-(split, arm, seed) in its own process through the recipe (``python -m hf_multitask.recipe``),
-tuning arms first; a finished run (its ``result.json``) is never run again, so an interrupted
-grid continues where it stopped (a result whose recorded flags no longer match the grid is
-refused, not reused). Each run's wall time, training time and peak memory (the
-child's max RSS) are recorded. ``python -m hf_multitask.compare report DIR`` writes the
-results as CSV, a markdown table (per-task metrics, overall and Delta-m with 95 % t
-intervals over seeds, the paired difference with the baseline and whether its interval
-excludes 0, cost; then the ``pairs`` table of paired differences) and a PNG of score vs cost
-and per-task deltas.
-"""
+"""Does a multitask method help *my* tasks? A seeded, resumable comparison harness: a grid of
+arms x seeds x splits run through the recipe, reported with intervals. The grid format and the
+commands are in :mod:`hf_multitask.compare.cli` (``python -m hf_multitask.compare --help``)."""
 
 from __future__ import annotations
 
