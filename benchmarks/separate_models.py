@@ -78,7 +78,7 @@ def main() -> None:
         trainer.train()
         timings[spec.name] = {"seconds": time.perf_counter() - start, "samples": len(train_enc)}
         logits = trainer.predict(val_enc).predictions
-        preds = hm.metrics.predictions_from_logits(spec, np.asarray(logits))
+        preds = spec.task_type.predictions(spec, np.asarray(logits), {})
         m = hm.compute_task_metrics(spec, preds, np.asarray(val_enc["labels"]))
         scores[spec.name] = m["score"]
         results.update({f"{spec.name}_{k}": v for k, v in m.items()})

@@ -109,12 +109,11 @@ class MultitaskConfig(PretrainedConfig):
         adjustment_tasks = list(adjustment_tasks or [])
         for t in adjustment_tasks:
             spec = next((s for s in specs if s.name == t), None)
-            if spec is None or spec.kind != "classification":
+            if spec is None or not spec.task_type.label_classes:
                 raise ValueError(f"adjustment_tasks: {t!r} is not a classification task of this model")
         self.adjustment_tasks = adjustment_tasks
         for spec in specs:
-            if spec.is_pair and self.task_pair_encoding(spec) == "cosine" and spec.kind == "classification" and spec.num_labels != 2:
-                raise ValueError(f"Task {spec.name!r}: the cosine pair head supports regression or binary classification only")
+            spec.task_type.validate_model(spec, self)
         # pipeline(model=..., trust_remote_code=True) finds the pipeline in the checkpoint's code
         # (under its own task name: with the package imported, "multitask-text" is the registered pipeline)
         kwargs.setdefault(

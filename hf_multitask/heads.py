@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .tasks import TaskSpec
 
 
 class MLPHead(nn.Module):
@@ -34,24 +29,24 @@ class MLPHead(nn.Module):
 class CosineHead(nn.Module):
     """Siamese cosine-similarity head.
 
-    Regression: ``y = low + (cos(u, v) + 1) / 2 * (high - low)`` (the task's label range;
-    ``cos`` itself when the task has no range). Binary classification: the logit of the
+    Regression (``classifier=False``): ``y = low + (cos(u, v) + 1) / 2 * (high - low)`` (the
+    task's ``label_range``; ``cos`` itself without one). Binary classification (``classifier=True``): the logit of the
     positive class is ``z = a * cos(u, v) + b`` with learnable ``a`` (init 5) and ``b``
     (init 0); logits are ``[0, z]`` so softmax gives ``sigmoid(z)``.
     """
 
-    def __init__(self, spec: TaskSpec) -> None:
+    def __init__(self, label_range: tuple[float, float] | None = None, classifier: bool = False) -> None:
         super().__init__()
-        self.kind = spec.kind
-        low, high = spec.label_range if spec.label_range is not None else (-1.0, 1.0)
+        self.classifier = bool(classifier)
+        low, high = label_range if label_range is not None else (-1.0, 1.0)
         self.low, self.high = float(low), float(high)
-        if spec.kind == "classification":
+        if self.classifier:
             self.scale = nn.Parameter(torch.empty(()))
             self.bias = nn.Parameter(torch.empty(()))
 
     def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         cos = nn.functional.cosine_similarity(u.float(), v.float(), dim=-1, eps=1e-8)
-        if self.kind == "regression":
+        if not self.classifier:
             return (self.low + (cos + 1.0) * 0.5 * (self.high - self.low)).unsqueeze(-1)
         z = self.scale * cos + self.bias
         return torch.stack([torch.zeros_like(z), z], dim=-1)

@@ -17,12 +17,10 @@ __all__ = [
     "stance_f1",
     "pearson",
     "spearman",
-    "normalized_score",
     "overall_score",
     "primary_overall",
     "prefixed_metrics",
     "compute_task_metrics",
-    "predictions_from_logits",
 ]
 
 
@@ -109,16 +107,6 @@ def spearman(predictions: Sequence[float] | np.ndarray, labels: Sequence[float] 
 
 METRIC_DISPLAY = {"accuracy": "accuracy", "pearson": "pearsonr", "spearman": "spearmanr", "entity_f1": "f1", "macro_f1": "f1",
                   "positive_f1": "f1", "stance_f1": "f1"}  # fmt: skip
-_UNIT_METRICS = ("accuracy", "macro_f1", "positive_f1", "stance_f1")  # already in [0, 1]
-
-
-def normalized_score(metric: str, value: float) -> float:
-    """Map a metric to [0, 1]: accuracy and the F1 scores as they are, correlations as ``(r + 1) / 2``."""
-    if metric in _UNIT_METRICS:
-        return float(value)
-    if metric in ("pearson", "spearman"):
-        return (float(value) + 1.0) / 2.0
-    raise ValueError(f"Unknown metric {metric!r}")
 
 
 def overall_score(scores: Mapping[str, float]) -> float:
@@ -152,13 +140,7 @@ def prefixed_metrics(results: dict[str, float], primary: Sequence[str] | None, p
     return {f"{prefix}_{k}": v for k, v in primary_overall(results, primary).items()}
 
 
-def predictions_from_logits(spec: TaskSpec, logits: np.ndarray, batch: Mapping[str, Any] | None = None) -> np.ndarray:
-    """The task type's predictions: class indices (argmax) for classification, the scalar
-    output for regression, per-word tag arrays for token classification (needs the batch's
-    ``word_mask``)."""
-    return spec.task_type.predictions(spec, np.asarray(logits), dict(batch or {}))
-
-
 def compute_task_metrics(spec: TaskSpec, predictions: Sequence[Any] | np.ndarray, labels: Sequence[Any] | np.ndarray) -> dict[str, float]:
-    """``{metric_name: value, "score": normalised value}`` for one task (its type's metrics)."""
+    """``{metric_name: value, "score": value in [0, 1]}`` for one task: its task type's metrics
+    (``spec.task_type.compute_metrics``), the public entry point for code outside the library."""
     return spec.task_type.compute_metrics(spec, predictions, labels)

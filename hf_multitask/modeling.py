@@ -257,7 +257,7 @@ class MultitaskModel(PreTrainedModel):
         elif isinstance(module, nn.LSTM):
             for name, param in module.named_parameters():
                 (init.zeros_ if "bias" in name else init.xavier_uniform_)(param)
-        elif isinstance(module, CosineHead) and module.kind == "classification":
+        elif isinstance(module, CosineHead) and module.classifier:
             init.constant_(module.scale, 5.0)
             init.zeros_(module.bias)
 
@@ -369,8 +369,9 @@ class MultitaskModel(PreTrainedModel):
         self._pal_router.attention_mask = attention_mask
         return self.encoder(**kwargs).last_hidden_state
 
-    def _encode_pair(self, a: dict[str, torch.Tensor | None], b: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode both sides of a siamese pair in one encoder call."""
+    def encode_pair(self, a: dict[str, torch.Tensor | None], b: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pooled vectors ``(u, v)`` of both sides of a siamese pair (``a``, ``b``: dicts of
+        ``input_ids`` / ``attention_mask`` / ``token_type_ids``), in one encoder call."""
         length = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
         pad_id = int(getattr(self.config.encoder_config, "pad_token_id", 0) or 0)
         batch = a["input_ids"].shape[0]

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .encoding import MultitaskCollator
-from .metrics import compute_task_metrics, overall_score, predictions_from_logits
+from .metrics import compute_task_metrics, overall_score
 from .tasks import TaskSpec
 
 __all__ = ["TaskPredictions", "predict", "evaluate", "metrics_from_predictions", "write_predictions"]
@@ -61,7 +61,7 @@ def predict(
         out = model(**inputs)
         logits = out.logits.float().cpu().numpy()
         host = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        preds.append(predictions_from_logits(spec, logits, host))
+        preds.append(spec.task_type.predictions(spec, logits, host))
         if gold is not None:
             labels.append(spec.task_type.gold(spec, gold.numpy(), host))
             if getattr(out, "loss", None) is not None:

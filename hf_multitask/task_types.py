@@ -49,10 +49,20 @@ class TaskType:
     metrics: tuple[str, ...] = ()  # metric names; the first is the default
     label_dtype = "int64"  # how labels are stored ("int64", "float32"; lists of them for sequence labels)
     sequence_labels = False  # True: one label per word (text_columns hold token lists)
+    # how logits compare and combine: "scores" (class scores over the last axis: SMART's symmetric
+    # KL, an ensemble's mean probability or vote) or "values" (squared error, the mean)
+    logits_kind = "scores"
+    # each example has one label from a fixed class set: class rebalancing (EDA) and the SST
+    # adjustment matrix apply
+    label_classes = False
 
     # --- the spec --------------------------------------------------------------------------
     def validate(self, spec: TaskSpec) -> None:
         """Raise ``ValueError`` naming the task when the spec's fields do not fit the type."""
+
+    def validate_model(self, spec: TaskSpec, config: Any) -> None:
+        """Raise ``ValueError`` naming the task when the model's settings (``config``: the
+        :class:`~hf_multitask.MultitaskConfig`, e.g. its pair encoding) do not fit the task."""
 
     # --- data --------------------------------------------------------------------------------
     def parse_label(self, spec: TaskSpec, raw: Any) -> tuple[Any, str | None]:
@@ -130,6 +140,10 @@ class TaskType:
     def compute_metrics(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """``{metric: value, ..., "score": value in [0, 1]}``."""
         raise NotImplementedError
+
+    def score(self, spec: TaskSpec, metric: str, value: float) -> float:
+        """``value`` of ``metric`` mapped to ``[0, 1]`` for ``overall`` (as it is, by default)."""
+        return float(value)
 
     def format_prediction(self, spec: TaskSpec, prediction: Any) -> str:
         """One prediction as text for prediction files."""

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .heads import CosineHead, LSTMHead, MLPHead, pair_features
-from .metrics import accuracy, macro_f1, normalized_score, pearson, positive_f1, spearman, stance_f1
+from .metrics import accuracy, macro_f1, pearson, positive_f1, spearman, stance_f1
 from .task_types import IGNORE_INDEX, TaskType, register_task_type, softmax
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,7 +65,7 @@ class SequenceTaskType(TaskType):
     def build_head(self, spec, config, hidden):
         encoding = config.task_pair_encoding(spec)
         if encoding == "cosine":
-            return CosineHead(spec)
+            return CosineHead(spec.label_range, classifier=self.logits_kind == "scores")
         if config.head_type == "lstm" and encoding != "bi":
             return LSTMHead(hidden, spec.num_labels, config.head_hidden_sizes, config.head_dropout)
         in_features = 4 * hidden if encoding == "bi" else hidden
@@ -79,7 +79,7 @@ class SequenceTaskType(TaskType):
         if encoding in ("bi", "cosine"):
             if inputs.get("input_ids_b") is None:
                 raise ValueError(f"Task {spec.name!r} uses the {encoding!r} pair encoding: pass the second sentence as input_ids_b")
-            u, v = model._encode_pair(
+            u, v = model.encode_pair(
                 {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids},
                 {"input_ids": inputs["input_ids_b"], "attention_mask": inputs.get("attention_mask_b"),
                  "token_type_ids": inputs.get("token_type_ids_b")},
@@ -90,9 +90,7 @@ class SequenceTaskType(TaskType):
             logits = head(model.encode_tokens(input_ids, mask, token_type_ids), mask)
         else:
             logits = head(model.encode(input_ids, attention_mask, token_type_ids))
-        if spec.name in model.adjustments:
-            logits = model.adjustments[spec.name](logits)
-        return logits
+        return self._adjusted(model, spec, logits)
 
     def shares_states(self, model, spec, batch):
         return model.config.task_pair_encoding(spec) not in ("bi", "cosine")  # siamese pairs encode two inputs
@@ -100,9 +98,13 @@ class SequenceTaskType(TaskType):
     def logits_from_states(self, model, spec, states, attention_mask):
         head = model.heads[spec.name]
         logits = head(states, attention_mask) if isinstance(head, LSTMHead) else head(model.pool(states, attention_mask))
-        if spec.name in model.adjustments:
-            logits = model.adjustments[spec.name](logits)
-        return logits
+        return self._adjusted(model, spec, logits)
+
+    @staticmethod
+    def _adjusted(model, spec, logits):
+        """The task's SST adjustment matrix (``adjustment_tasks``) on its logits, if it has one:
+        the one place both logits paths (own encoding, shared states) apply it."""
+        return model.adjustments[spec.name](logits) if spec.name in model.adjustments else logits
 
     def _present(self, labels: np.ndarray) -> np.ndarray:
         return np.ones(np.shape(labels)[0], dtype=bool)
@@ -111,7 +113,7 @@ class SequenceTaskType(TaskType):
         metric = spec.metric or self.metrics[0]
         present = self._present(np.asarray(labels))  # partial labels: missing ones are not scored
         value = _METRIC_FNS[metric](np.asarray(predictions)[present], np.asarray(labels)[present])
-        return {metric: value, "score": normalized_score(metric, value)}
+        return {metric: value, "score": self.score(spec, metric, value)}
 
 
 @register_task_type
@@ -123,6 +125,7 @@ class ClassificationType(SequenceTaskType):
     card_type = "text-classification"
     metrics = ("accuracy", "macro_f1", "positive_f1", "stance_f1")
     label_dtype = "int64"
+    label_classes = True
 
     def validate(self, spec):
         super().validate(spec)
@@ -134,6 +137,10 @@ class ClassificationType(SequenceTaskType):
             raise ValueError(f"TaskSpec {spec.name!r}: stance_f1 averages the F1 of classes 1 and 2; it needs num_labels >= 3")
         if spec.pair_encoding == "cosine" and spec.num_labels != 2:
             raise ValueError(f"TaskSpec {spec.name!r}: the cosine pair head supports regression or binary classification only")
+
+    def validate_model(self, spec, config):
+        if spec.is_pair and config.task_pair_encoding(spec) == "cosine" and spec.num_labels != 2:
+            raise ValueError(f"Task {spec.name!r}: the cosine pair head supports regression or binary classification only")
 
     def parse_label(self, spec, raw):
         if isinstance(raw, str) and spec.label_names and raw.strip() in spec.label_names:
@@ -193,6 +200,7 @@ class RegressionType(SequenceTaskType):
     card_type = "text-regression"
     metrics = ("pearson", "spearman")
     label_dtype = "float32"
+    logits_kind = "values"
 
     def validate(self, spec):
         super().validate(spec)
@@ -224,6 +232,9 @@ class RegressionType(SequenceTaskType):
         if bool(present.all()):
             return nn.functional.mse_loss(pred, gold)
         return ((pred - gold.nan_to_num()) ** 2 * present).sum() / present.sum().clamp_min(1)
+
+    def score(self, spec, metric, value):
+        return (float(value) + 1.0) / 2.0  # a correlation in [-1, 1]
 
     def predictions(self, spec, logits, batch=None):
         return np.asarray(logits).reshape(-1).astype(np.float64)

@@ -5,7 +5,7 @@ import torch
 from conftest import tiny_model
 
 import hf_multitask as hm
-from hf_multitask.metrics import normalized_score, predictions_from_logits, spearman
+from hf_multitask.metrics import spearman
 
 
 def test_accuracy_by_hand():
@@ -28,17 +28,18 @@ def test_correlations_match_scipy():
 
 def test_overall_score_is_the_published_formula():
     sst_acc, qqp_acc, sts_r = 0.52, 0.81, 0.64
-    scores = {"sst": sst_acc, "quora": qqp_acc, "sts": normalized_score("pearson", sts_r)}
+    sst, _, sts = hm.reference_tasks()
+    scores = {"sst": sst.task_type.score(sst, "accuracy", sst_acc), "quora": qqp_acc, "sts": sts.task_type.score(sts, "pearson", sts_r)}
     assert hm.overall_score(scores) == pytest.approx((sst_acc + qqp_acc + (sts_r + 1) / 2) / 3)
-    assert normalized_score("pearson", -1.0) == 0.0
+    assert sts.task_type.score(sts, "spearman", -1.0) == 0.0
     with pytest.raises(ValueError):
         hm.overall_score({})
 
 
-def test_compute_task_metrics_and_predictions_from_logits():
+def test_compute_task_metrics_and_the_task_types_predictions():
     sst, _, sts = hm.reference_tasks()
     logits = np.array([[0.1, 2.0, 0, 0, 0], [3.0, 0, 0, 0, 0]])
-    assert predictions_from_logits(sst, logits).tolist() == [1, 0]
+    assert sst.task_type.predictions(sst, logits, {}).tolist() == [1, 0]
     assert hm.compute_task_metrics(sst, [1, 0], [1, 1]) == {"accuracy": 0.5, "score": 0.5}
     m = hm.compute_task_metrics(sts, [1.0, 2.0, 3.5], [1.0, 2.5, 3.0])
     assert m["score"] == pytest.approx((m["pearson"] + 1) / 2)

@@ -119,7 +119,7 @@ class EDA:
         Works on loaded (not tokenised) data: each copy augments every text column of a
         randomly chosen example of its class and keeps its label; ids get a ``-eda{k}`` suffix.
         """
-        if spec.kind != "classification":
+        if not spec.task_type.label_classes or spec.task_type.sequence_labels:
             raise ValueError(f"Task {spec.name!r} is a {spec.kind} task: EDA rebalancing is for sentence classification")
         labels = dataset["label"]
         counts = Counter(labels)

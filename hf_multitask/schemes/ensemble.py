@@ -52,7 +52,7 @@ class EnsembleModel(nn.Module):
     def forward(self, task: str, labels: torch.Tensor | None = None, **inputs: Any) -> MultitaskOutput:
         spec = self.get_task(task)
         outs = [m(task=task, **inputs).logits.float() for m in self.members]
-        if spec.kind == "regression":
+        if spec.task_type.logits_kind == "values":
             logits = torch.stack(outs).mean(0)
         elif self.vote == "mean":
             logits = torch.stack([o.softmax(-1) for o in outs]).mean(0).clamp_min(1e-12).log()

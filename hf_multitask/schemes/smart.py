@@ -16,7 +16,7 @@ def symmetric_divergence(spec: TaskSpec, p_logits: torch.Tensor, q_logits: torch
     squared error (mean) for regression. Per-token logits ``(batch, length, labels)`` with a
     ``mask`` (token classification: the labelled positions) give the mean over the masked
     positions."""
-    if spec.kind == "regression":
+    if spec.task_type.logits_kind == "values":
         return ((p_logits.float() - q_logits.float()) ** 2).mean()
     p_log, q_log = p_logits.float().log_softmax(-1), q_logits.float().log_softmax(-1)
     per = (p_log.exp() * (p_log - q_log)).sum(-1) + (q_log.exp() * (q_log - p_log)).sum(-1)
