@@ -185,4 +185,3 @@ def get_task_type(name: str) -> TaskType:
     """The registered task type called ``name`` (a :class:`~hf_multitask.registry.RegistryError`,
     also a ``ValueError``, lists them otherwise)."""
     return TASK_TYPES.get_entry(name)
-

@@ -8,14 +8,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .conllu import UPOS_TAGS
+from .spec_inference import features_of, infer_task_fields
+from .task_types import TASK_TYPES, TaskType, get_task_type
+
 # importing the built-in task types registers them (each class is decorated with @register_task_type;
 # `from .module import Name`, not `from . import module`: trust_remote_code copies only the former)
 from .types_multiple_choice import MultipleChoiceType  # noqa: F401
 from .types_sequence import ClassificationType, RegressionType  # noqa: F401
 from .types_token_classification import TokenClassificationType  # noqa: F401
-from .conllu import UPOS_TAGS
-from .spec_inference import features_of, infer_task_fields
-from .task_types import TASK_TYPES, TaskType, get_task_type
 
 TaskKind = str  # a registered task type: "classification", "regression", "token_classification", ...
 PairEncoding = Literal["cross", "bi", "cosine"]

@@ -43,6 +43,18 @@ _REFUSED_FIELDS = {
 }
 
 
+def json_flag(value: Any, flag: str) -> Any:
+    """A flag that takes JSON on the command line (``--schedule_kwargs '{"ratios": "0:3:1"}'``):
+    a string is parsed (an empty one is None), anything else (a YAML config's mapping, a value
+    set in Python) is kept; invalid JSON is a ``ValueError`` naming the flag."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value) if value.strip() else None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--{flag}: not valid JSON ({err}): {value!r}") from None
+
+
 @dataclass
 class MultitaskTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the multitask knobs.
@@ -100,12 +112,7 @@ class MultitaskTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("aggregator_kwargs", "schedule_kwargs", "task_batch_sizes"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                try:
-                    setattr(self, name, json.loads(value) if value.strip() else None)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"--{name}: not valid JSON ({err}): {value!r}") from None
+            setattr(self, name, json_flag(getattr(self, name), name))
         if self.telemetry_steps < 0:
             raise ValueError(f"telemetry_steps must be >= 0, got {self.telemetry_steps}")
         # names are checked here, before any data or model is built

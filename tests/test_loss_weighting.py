@@ -180,6 +180,24 @@ def test_state_dict_round_trip(method):
     assert torch.equal(a.param, b.param) and torch.equal(a.step_weights(["x", "y"]), b.step_weights(["x", "y"]))
 
 
+@pytest.mark.parametrize("method", [UncertaintyWeighting, FAMO])
+def test_a_checkpoint_of_the_earlier_hand_written_adam_resumes_the_same_moments(method):
+    a = method(seed=1)
+    for losses in ([1.0, 2.0], [0.8, 1.9], [0.7, 1.5]):
+        a.begin_step(["x", "y"])
+        a.micro_weights(["x", "y"], torch.tensor(losses, dtype=torch.float64))
+        a.observe(["x", "y"], torch.tensor(losses, dtype=torch.float64))
+    state = a.state_dict()
+    moments = state["opt"]["state"][0]
+    state["opt"] = {"m": moments["exp_avg"], "v": moments["exp_avg_sq"], "t": int(moments["step"])}  # the old layout
+    b = method(seed=5)
+    b.load_state_dict(state)
+    for m in (a, b):
+        m.begin_step(["x", "y"])
+        m.observe(["x", "y"], torch.tensor([0.5, 1.4], dtype=torch.float64))
+    assert torch.equal(a.param, b.param)
+
+
 @pytest.mark.parametrize("method", ["rlw", "uw", "famo"])
 def test_loss_weightings_train_every_task(tmp_path, tokenizer, method):
     from conftest import train_and_measure

@@ -11,11 +11,10 @@ dataclass per optional phase: :class:`SimCSEArguments`, :class:`HeadPretrainArgu
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..training_args import MultitaskTrainingArguments
+from ..training_args import MultitaskTrainingArguments, json_flag
 from ..tweeteval import TWEETEVAL_TASKS
 
 BENCHMARKS = {"tweeteval": TWEETEVAL_TASKS}  # --benchmark: its tasks
@@ -26,12 +25,11 @@ class RecipeError(ValueError):
 
 
 def _json_arg(value: Any, flag: str) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value) if value.strip() else None
-        except json.JSONDecodeError as err:
-            raise RecipeError(f"--{flag}: not valid JSON ({err}): {value!r}") from None
-    return value
+    """:func:`~hf_multitask.training_args.json_flag`, its error a :class:`RecipeError`."""
+    try:
+        return json_flag(value, flag)
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
 
 
 @dataclass

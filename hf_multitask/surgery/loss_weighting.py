@@ -12,13 +12,14 @@ contract, called by the trainer in this order every optimizer step:
    updates the method's state (UW's log-variances, FAMO's logits). The trainer calls it after
    the optimizer step, and skips it for a step the GradScaler skipped.
 
-The state (generator, parameters, optimiser moments) is in ``state_dict`` and saved with every
+The state (generator, parameters, the Adam state) is in ``state_dict`` and saved with every
 checkpoint. A loss weighting is still an :class:`~hf_multitask.surgery.Aggregator` whose
 ``weights`` are the current loss weights, so it can be called on gradient rows too (tests).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,47 +54,26 @@ class LossWeighting(Aggregator):
         return self.step_weights(list(tasks))
 
 
-class _Adam:
-    """A tiny Adam (L2 weight decay added to the gradient, like ``torch.optim.Adam``) for the
-    handful of method parameters, in float64, with a state that checkpoints as plain tensors."""
-
-    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
-        self.lr, self.betas, self.eps, self.weight_decay = float(lr), betas, float(eps), float(weight_decay)
-        self.m: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
-        self.t = 0
-
-    def step(self, param: torch.Tensor, grad: torch.Tensor) -> None:
-        if self.m is None:
-            self.m, self.v = torch.zeros_like(param), torch.zeros_like(param)
-        grad = grad + self.weight_decay * param
-        b1, b2 = self.betas
-        self.t += 1
-        self.m.mul_(b1).add_(grad, alpha=1 - b1)
-        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        m_hat = self.m / (1 - b1**self.t)
-        v_hat = self.v / (1 - b2**self.t)
-        param.sub_(self.lr * m_hat / (v_hat.sqrt() + self.eps))
-
-    def state_dict(self) -> dict[str, Any]:
-        clone = lambda x: None if x is None else x.clone()  # noqa: E731 - copies: the moments are updated in place
-        return {"m": clone(self.m), "v": clone(self.v), "t": self.t}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        clone = lambda x: None if x is None else x.clone()  # noqa: E731
-        self.m, self.v, self.t = clone(state["m"]), clone(state["v"]), int(state["t"])
-
-
 class _PerTaskParameter(LossWeighting):
-    """A loss weighting with one float64 parameter per task, trained by :class:`_Adam`."""
+    """A loss weighting with one float64 parameter per task, trained by ``torch.optim.Adam``
+    (``weight_decay`` is Adam's L2 term) on the gradient the method computes in :meth:`observe`."""
 
     def __init__(self, seed: int = 0, lr: float = 1e-2, weight_decay: float = 0.0) -> None:
         super().__init__(seed)
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr}")
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.task_names: list[str] = []
-        self.param = torch.zeros(0, dtype=torch.float64)
-        self.opt = _Adam(lr, weight_decay=weight_decay)
+        self._reset(torch.zeros(0, dtype=torch.float64))
+
+    def _reset(self, param: torch.Tensor) -> None:
+        self.param = param
+        self.opt = torch.optim.Adam([self.param], lr=self.lr, weight_decay=self.weight_decay, foreach=False)
+
+    def _adam_step(self, grad: torch.Tensor) -> None:
+        self.param.grad = grad
+        self.opt.step()
+        self.param.grad = None
 
     def begin_step(self, tasks: Sequence[str]) -> None:
         self._ensure(tasks)
@@ -101,19 +81,30 @@ class _PerTaskParameter(LossWeighting):
     def _ensure(self, tasks: Sequence[str]) -> list[int]:
         new = [t for t in tasks if t not in self.task_names]
         if new:
-            if self.opt.t > 0:
+            if self.opt.state:
                 raise ValueError(f"{type(self).__name__}: tasks {new} appeared after training started ({self.task_names})")
             self.task_names.extend(new)
-            self.param = torch.zeros(len(self.task_names), dtype=torch.float64)
+            self._reset(torch.zeros(len(self.task_names), dtype=torch.float64))
         return [self.task_names.index(t) for t in tasks]
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "tasks": list(self.task_names), "param": self.param.clone(), "opt": self.opt.state_dict()}
+        return {
+            **super().state_dict(),
+            "tasks": list(self.task_names),
+            "param": self.param.clone(),
+            # a copy: Adam updates its moments in place, and load_state_dict keeps the tensors it is given
+            "opt": copy.deepcopy(self.opt.state_dict()),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.task_names, self.param = list(state["tasks"]), state["param"].clone()
-        self.opt.load_state_dict(state["opt"])
+        self.task_names = list(state["tasks"])
+        self._reset(state["param"].clone())
+        opt = state["opt"]
+        if "m" in opt:  # a checkpoint of the earlier hand-written Adam: its moments and step count
+            moments = {} if opt["m"] is None else {0: {"step": torch.tensor(float(opt["t"])), "exp_avg": opt["m"], "exp_avg_sq": opt["v"]}}
+            opt = {"state": moments, "param_groups": self.opt.state_dict()["param_groups"]}
+        self.opt.load_state_dict(copy.deepcopy(opt))
 
 
 class RLW(LossWeighting):
@@ -171,7 +162,7 @@ class UncertaintyWeighting(_PerTaskParameter):
         idx = self._ensure(tasks)
         grad = torch.zeros_like(self.param)
         grad[idx] = 1 - torch.exp(-self.param[idx]) * losses.double()
-        self.opt.step(self.param, grad)
+        self._adam_step(grad)
 
 
 class FAMO(_PerTaskParameter):
@@ -243,7 +234,7 @@ class FAMO(_PerTaskParameter):
             delta[rows] = prev[seen].log() - d[seen].log()
             z = torch.softmax(self.param, 0)
             grad = z * (delta - (z * delta).sum())  # J_softmax^T delta, J = diag(z) - z z^T
-            self.opt.step(self.param, grad)
+            self._adam_step(grad)
         self.previous[idx] = d
 
     def state_dict(self) -> dict[str, Any]:
