@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .reading import BadRecord, DataError, iter_json_records
+from .reading import BadRecord, DataError, iter_json_records, read_table
 
 __all__ = ["main", "read_inputs"]
 
@@ -64,9 +64,7 @@ def _read_inputs(path: Path) -> Iterator[tuple[str, Any]]:
                 raise InputError(f"{path}: line {line}, {row}" if row.startswith("column") else f"{path}: line {line}: {row}")
             yield str(row.get("id", line)), _row_input(path, line, row)
         return
-    from .data import _read_table
-
-    header, rows = _read_table(path, None)
+    header, rows = read_table(path, None)
     if "text" not in header:
         raise InputError(f"{path}: the header {header} has no 'text' column (add 'text_b' for sentence pairs)")
     for line, fields in rows:

@@ -6,7 +6,6 @@ text columns and ``label`` (int for classification, float for regression).
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import warnings
@@ -17,7 +16,7 @@ from typing import Any
 
 import datasets
 
-from .reading import BadRecord, DataError, DataWarning, iter_json_records, iter_lines, read_lines
+from .reading import BadRecord, DataError, DataWarning, iter_json_records, read_lines, read_table
 from .tasks import TaskSpec
 
 __all__ = [
@@ -47,50 +46,6 @@ class BadRow:
     def __str__(self) -> str:
         col = f", column {self.column!r}" if self.column else ""
         return f"{self.origin}: line {self.line}{col}: {self.reason}"
-
-
-class _TableRow(list):
-    """The fields of one physical line, or the reason that line cannot be a row."""
-
-    problem: str | None = None
-
-
-def _read_table(path: Path, delimiter: str | None) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """Header and (line number, fields) rows of a delimited file.
-
-    Every physical line is one record (header = line 1), parsed on its own with the csv
-    module: a quote that does not close on its line can never swallow the lines after it.
-    Such a line, and a field holding the delimiter tab, come back as a :class:`_TableRow`
-    whose ``problem`` says what is wrong, so the caller reports and skips exactly that line.
-    Lines come from the reading layer (:mod:`hf_multitask.reading`): UTF-8, a byte-order mark
-    dropped, a line that is not UTF-8 an error naming it.
-    """
-    lines = iter_lines(path)
-    first = next(lines, (1, ""))[1]
-    if not first.strip():
-        lines.close()
-        raise DataError(f"{path}: the file is empty" if not first else f"{path}: line 1 (the header) is empty")
-    if delimiter is None:
-        delimiter = "\t" if (path.suffix == ".tsv" or "\t" in first) else ","
-    header = next(csv.reader([first], delimiter=delimiter))
-
-    def rows() -> Iterator[tuple[int, list[str]]]:
-        for line, text in lines:
-            if not text.strip():
-                continue
-            try:
-                fields = _TableRow(next(csv.reader([text], delimiter=delimiter, strict=True)))
-            except csv.Error as err:
-                fields = _TableRow(text.split(delimiter))
-                fields.problem = f"malformed quoting ({err}): a quote opens a field that does not close on this line"
-            else:
-                if delimiter == "\t" and any("\t" in f for f in fields):
-                    fields.problem = "a field holds a tab (quoted): in a tab-separated file that is a stray quote"
-                elif any("\r" in f for f in fields):
-                    fields.problem = "a field holds a carriage return"
-            yield line, fields
-
-    return header, rows()
 
 
 def _json_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
@@ -310,7 +265,7 @@ def load_task_data(
     if suffix in _JSON_SUFFIXES:
         columns, rows = _json_rows(path)
         return _validate(spec, str(source), columns, rows, **kwargs)
-    header, table_rows = _read_table(path, delimiter)
+    header, table_rows = read_table(path, delimiter)
     return _validate(spec, str(source), header, table_rows, **kwargs)
 
 

@@ -19,6 +19,7 @@ skipped, ``strict`` making it an error, more than ``max_bad_fraction`` of the ro
 from __future__ import annotations
 
 import codecs
+import csv
 import itertools
 import json
 import os
@@ -26,7 +27,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BadRecord", "DataError", "DataWarning", "iter_json_records", "iter_lines", "read_lines", "read_text", "where"]
+__all__ = [
+    "BadRecord",
+    "DataError",
+    "DataWarning",
+    "TableRow",
+    "iter_json_records",
+    "iter_lines",
+    "read_lines",
+    "read_table",
+    "read_text",
+    "where",
+]
 
 _WIDE_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
               (codecs.BOM_UTF16_BE, "UTF-16"))  # fmt: skip
@@ -159,3 +171,49 @@ def iter_json_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[
             yield number, BadRecord(f"column {err.colno}: not valid JSON ({err.msg})")
             continue
         yield number, item if isinstance(item, dict) else BadRecord(f"expected a JSON object, got {type(item).__name__}")
+
+
+class TableRow(list):
+    """The fields of one physical line, or the reason that line cannot be a row."""
+
+    problem: str | None = None
+
+
+def read_table(path: str | os.PathLike[str], delimiter: str | None = None) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """Header and (line number, fields) rows of a delimited file.
+
+    Every physical line is one record (header = line 1), parsed on its own with the csv
+    module: a quote that does not close on its line can never swallow the lines after it.
+    Such a line, and a field holding the delimiter tab, come back as a :class:`TableRow`
+    whose ``problem`` says what is wrong, so the caller reports and skips exactly that line.
+    Lines come from :func:`iter_lines`: UTF-8, a byte-order mark dropped, a line that is not
+    UTF-8 an error naming it. ``delimiter`` None: a tab for ``.tsv`` files or a tab in the
+    header, else a comma.
+    """
+    path = Path(path)
+    lines = iter_lines(path)
+    first = next(lines, (1, ""))[1]
+    if not first.strip():
+        lines.close()
+        raise DataError(f"{path}: the file is empty" if not first else f"{path}: line 1 (the header) is empty")
+    if delimiter is None:
+        delimiter = "\t" if (path.suffix == ".tsv" or "\t" in first) else ","
+    header = next(csv.reader([first], delimiter=delimiter))
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        for line, text in lines:
+            if not text.strip():
+                continue
+            try:
+                fields = TableRow(next(csv.reader([text], delimiter=delimiter, strict=True)))
+            except csv.Error as err:
+                fields = TableRow(text.split(delimiter))
+                fields.problem = f"malformed quoting ({err}): a quote opens a field that does not close on this line"
+            else:
+                if delimiter == "\t" and any("\t" in f for f in fields):
+                    fields.problem = "a field holds a tab (quoted): in a tab-separated file that is a stray quote"
+                elif any("\r" in f for f in fields):
+                    fields.problem = "a field holds a carriage return"
+            yield line, fields
+
+    return header, rows()
