@@ -18,7 +18,7 @@ PREFIX = "conflict/"
 
 
 def conflict_metrics(info: dict[str, Any], grad_scale: float = 1.0) -> dict[str, float]:
-    """Telemetry of one surgery step from an aggregator's ``last_info``.
+    """Telemetry of one surgery step from an aggregator's ``last_info`` (the engine returns it as ``EngineStep.info``).
 
     ``grad_scale`` is the factor the gradients carry (the fp16 loss scale): norms are divided
     by it. Keys: ``conflict/cos_{a}_{b}``, ``conflict/rate`` (share of task pairs with negative

@@ -22,7 +22,7 @@ from transformers import Trainer, TrainerCallback
 from .fsdp import fsdp2_wrap_classes, gather_full_model
 from .lr_groups import learning_rate_factors, split_param_groups
 from .mixing import WINDOW_KEY
-from .surgery import Aggregator, get_aggregator
+from .surgery import Aggregator, LossWeighting, get_aggregator
 from .surgery.engine import GradientEngine, ReplicatedEngine, ShardedEngine, ddp_collectives, trainable_signature
 from .telemetry import ConflictTelemetryCallback, conflict_metrics
 from .trainer_checkpoints import _CheckpointMixin
@@ -80,7 +80,7 @@ class MultitaskTrainer(_ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Train
         args: MultitaskTrainingArguments | None = None,
         train_dataset: dict[str, datasets.Dataset] | None = None,
         eval_dataset: dict[str, datasets.Dataset] | None = None,
-        aggregator: Aggregator | None = None,
+        aggregator: Aggregator | LossWeighting | None = None,
         loss_hook: Any = None,
         **kwargs: Any,
     ) -> None:
@@ -111,13 +111,15 @@ class MultitaskTrainer(_ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Train
         if (
             args.activation_checkpointing
             and (args.activation_checkpointing_kwargs or {}).get("use_reentrant")
-            and getattr(self.aggregator, "needs_gradients", True)
+            and not isinstance(self.aggregator, LossWeighting)
         ):
             raise ValueError(
                 f"--activation_checkpointing_kwargs use_reentrant=True does not work with aggregator {self.aggregator.name!r}: "
                 "its per-task gradients come from torch.autograd.grad, which torch's reentrant checkpointing refuses. "
                 "Leave use_reentrant out (the default is False: same memory saving, same update)"
             )
+        # the step strategy, chosen once: one weighted backward, or per-task gradients and surgery
+        self._method_step = self._loss_weighting_step if isinstance(self.aggregator, LossWeighting) else self._surgery_step
         self.telemetry: ConflictTelemetryCallback | None = None
         if args.telemetry_steps > 0:
             self.telemetry = ConflictTelemetryCallback(args.telemetry_steps)
@@ -292,7 +294,7 @@ class MultitaskTrainer(_ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Train
         return losses
 
     def _loss_weighting_step(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-        """Loss-weighting methods (``needs_gradients = False``): one backward of ``sum_i w_i L_i``
+        """A :class:`~hf_multitask.surgery.LossWeighting`: one backward of ``sum_i w_i L_i``
         per micro-batch, no per-task gradient buffer. The method sees the losses averaged over
         DDP ranks, so its weights and state are the same on every rank (see
         :mod:`hf_multitask.surgery.loss_weighting` for the call order)."""
@@ -341,7 +343,6 @@ class MultitaskTrainer(_ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Train
                 values = self._mean_over_ranks(tasks, names, values)
             if bool(torch.isfinite(values).all()):  # observed once the optimizer step is known to have happened
                 self._pending_observe = (names, values)
-        method.last_info = {"weights": torch.tensor([self._lw_weights[t] for t in names], dtype=torch.float64), "tasks": names}
         counts = {t: n * self.args.world_size for t, n in self._lw_counts.items()}
         self._pending_step = counts
         objective = torch.zeros((), device=self.args.device)
@@ -371,8 +372,11 @@ class MultitaskTrainer(_ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Train
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()  # schedule-free optimizers
-        if not getattr(self.aggregator, "needs_gradients", True):
-            return self._loss_weighting_step(model, inputs)
+        return self._method_step(model, inputs)
+
+    def _surgery_step(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        """A gradient :class:`~hf_multitask.surgery.Aggregator`: each task's gradient row into
+        the engine; on the last micro-batch of the step, the surgery (:meth:`_apply_surgery`)."""
         core = self.accelerator.unwrap_model(model)
         engine = self._get_engine(core)
         accumulation = self._accumulation(inputs)
@@ -431,7 +435,7 @@ class MultitaskTrainer(_ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Train
         due = self.state.global_step + 1
         if self.telemetry is not None and self.telemetry.is_due(due):
             grad_scale = float(scaler.get_scale()) if scaler is not None else 1.0
-            self.telemetry.record(due, conflict_metrics(self.aggregator.last_info, grad_scale))
+            self.telemetry.record(due, conflict_metrics(step.info, grad_scale))
         # what is optimised: sum_i loss_weight_i * L_i (L_i: task i's mean loss over the step's micro-batches)
         objective = torch.zeros((), device=self.args.device)
         for t, w in zip(step.tasks, step.loss_weights):

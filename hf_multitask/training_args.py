@@ -2,8 +2,8 @@
 
 Every field is honoured by :class:`~hf_multitask.MultitaskTrainer` or refused here, when the
 arguments are built, with a message that names it. Names of aggregators and schedules are
-checked against their registries (:data:`hf_multitask.surgery.AGGREGATORS`,
-:data:`hf_multitask.mixing.SCHEDULES`) before any data is read or model built.
+checked against their registries (:data:`hf_multitask.surgery.AGGREGATORS` and
+:data:`~hf_multitask.surgery.LOSS_WEIGHTINGS`, :data:`hf_multitask.mixing.SCHEDULES`) before any data is read or model built.
 
 | field | what |
 |---|---|
@@ -28,7 +28,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .mixing import SCHEDULES
-from .surgery import AGGREGATORS, get_aggregator
+from .surgery import get_aggregator, method_class, method_names
 
 __all__ = ["MultitaskTrainingArguments", "aggregator_kwargs"]
 
@@ -64,7 +64,7 @@ class MultitaskTrainingArguments(TrainingArguments):
 
     aggregator: str = field(
         default="pcgrad",
-        metadata={"help": f"Gradient method (surgery or loss weighting), one of the registry's: {', '.join(AGGREGATORS.names())}"},
+        metadata={"help": f"Gradient method (surgery or loss weighting), one of the registries': {', '.join(method_names())}"},
     )
     aggregator_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Keyword arguments of the aggregator (dict or JSON string)"}
@@ -116,13 +116,13 @@ class MultitaskTrainingArguments(TrainingArguments):
         if self.telemetry_steps < 0:
             raise ValueError(f"telemetry_steps must be >= 0, got {self.telemetry_steps}")
         # names are checked here, before any data or model is built
-        if self.aggregator not in AGGREGATORS:
-            raise ValueError(f"--aggregator: unknown aggregator {self.aggregator!r}; choose from {AGGREGATORS.names()}")
+        if self.aggregator not in method_names():
+            raise ValueError(f"--aggregator: unknown aggregator {self.aggregator!r}; choose from {method_names()}")
         if isinstance(self.primary_tasks, str):
             self.primary_tasks = [self.primary_tasks]
         if self.primary_tasks is not None and (not self.primary_tasks or len(set(self.primary_tasks)) != len(self.primary_tasks)):
             raise ValueError(f"--primary_tasks must name distinct tasks, got {self.primary_tasks}")
-        if getattr(AGGREGATORS[self.aggregator], "uses_primary", False) and not self.primary_tasks:
+        if method_class(self.aggregator).uses_primary and not self.primary_tasks:
             raise ValueError(f"--aggregator {self.aggregator} serves primary tasks: name them with --primary_tasks")
         try:
             get_aggregator(self.aggregator, **aggregator_kwargs(self))
@@ -161,6 +161,6 @@ def aggregator_kwargs(args: MultitaskTrainingArguments) -> dict[str, Any]:
     """The aggregator's keyword arguments: ``aggregator_kwargs``, plus ``primary`` from
     ``primary_tasks`` for the primary-aware methods."""
     kwargs = dict(args.aggregator_kwargs or {})
-    if getattr(AGGREGATORS[args.aggregator], "uses_primary", False) and args.primary_tasks:
+    if method_class(args.aggregator).uses_primary and args.primary_tasks:
         kwargs.setdefault("primary", list(args.primary_tasks))
     return kwargs

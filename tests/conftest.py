@@ -294,8 +294,8 @@ def recipe_flags(backbone: Path, data: Path, out: Path) -> list[str]:
 def make_aggregator(name: str, **kwargs):
     """``get_aggregator(name, **kwargs)``, with row 0 ("0", the default name of the first row) as the
     primary task of the primary-aware methods, so generic property tests cover them too."""
-    from hf_multitask.surgery import AGGREGATORS, get_aggregator
+    from hf_multitask.surgery import get_aggregator, method_class
 
-    if getattr(AGGREGATORS[name], "uses_primary", False):
+    if method_class(name).uses_primary:
         kwargs.setdefault("primary", "0")
     return get_aggregator(name, **kwargs)

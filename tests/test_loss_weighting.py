@@ -22,7 +22,35 @@ def test_rlw_weights_are_a_seeded_softmax_of_normals():
     torch.testing.assert_close(w, torch.softmax(torch.randn(3, generator=gen, dtype=torch.float64), 0))
     assert torch.equal(w, b.step_weights(["x", "y", "z"])) and abs(float(w.sum()) - 1) < 1e-12
     assert not torch.equal(a.step_weights(["x", "y", "z"]), w), "a new draw every step"
-    assert not RLW.needs_gradients and get_aggregator("rlw").name == "rlw"
+    assert get_aggregator("rlw").name == "rlw"
+
+
+def test_loss_weightings_have_their_own_registry_and_one_flag_names_both_kinds():
+    from hf_multitask.surgery import (
+        AGGREGATORS,
+        LOSS_WEIGHTINGS,
+        Aggregator,
+        LossWeighting,
+        method_names,
+        register_aggregator,
+        register_loss_weighting,
+    )
+
+    assert sorted(LOSS_WEIGHTINGS) == ["famo", "rlw", "uw"] and not set(LOSS_WEIGHTINGS) & set(AGGREGATORS)
+    assert set(method_names()) == set(AGGREGATORS) | set(LOSS_WEIGHTINGS)
+    assert not isinstance(get_aggregator("famo"), Aggregator) and isinstance(get_aggregator("famo"), LossWeighting)
+    with pytest.raises(ValueError, match="choose from") as err:
+        get_aggregator("nope")
+    assert "famo" in str(err.value) and "pcgrad" in str(err.value)
+    with pytest.raises(TypeError, match="register_loss_weighting"):
+        register_aggregator(RLW)
+
+    class Clash(LossWeighting):
+        name = "pcgrad"
+
+    with pytest.raises(ValueError, match="already a registered aggregator"):
+        register_loss_weighting(Clash)
+    assert AGGREGATORS["pcgrad"].name == "pcgrad" and "pcgrad" not in LOSS_WEIGHTINGS
 
 
 def test_rlw_step_is_the_gradient_of_the_weighted_loss_and_allocates_no_buffer(tmp_path, tokenizer):

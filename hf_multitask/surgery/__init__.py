@@ -1,7 +1,12 @@
-"""Gradient aggregators ("gradient surgery") over a (tasks x shared params) gradient matrix.
+"""Multitask methods, two kinds in two registries:
 
-``get_aggregator(name, **kwargs)`` returns a callable ``agg(grads, counts=None, tasks=None)``
-mapping the ``(T, P)`` matrix to one ``(P,)`` update.
+- gradient aggregators ("gradient surgery", :data:`AGGREGATORS`): a callable ``agg(grads,
+  counts=None, tasks=None)`` mapping the ``(T, P)`` matrix of per-task gradients of the shared
+  parameters to one ``(P,)`` update, its weights a function of the Gram matrix;
+- loss weightings (:data:`LOSS_WEIGHTINGS`, :mod:`.loss_weighting`): weights of the task
+  losses, one backward, no per-task gradients.
+
+The trainer's ``aggregator`` flag names either; ``get_aggregator(name, **kwargs)`` builds it.
 
 | name | method |
 |---|---|
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..registry import Registry
+from ..registry import Registry, RegistryError
 from .aligned_mtl import AlignedMTL
 from .base import Aggregator, gram_matrix, projected_norms
 from .cagrad import CAGrad
@@ -54,9 +59,6 @@ AGGREGATORS: Registry[type[Aggregator]] = Registry(
             AlignedMTL,
             UPGrad,
             DBMTL,
-            RLW,
-            UncertaintyWeighting,
-            FAMO,
             GradSimGating,
             PrimaryPCGrad,
             MetaBalance,
@@ -65,20 +67,54 @@ AGGREGATORS: Registry[type[Aggregator]] = Registry(
 )
 
 
-def get_aggregator(name: str, **kwargs: Any) -> Aggregator:
-    """Build an aggregator by name (see the module docstring for the list)."""
-    return AGGREGATORS.get_entry(name)(**kwargs)
+LOSS_WEIGHTINGS: Registry[type[LossWeighting]] = Registry("loss weighting", {cls.name: cls for cls in (RLW, UncertaintyWeighting, FAMO)})
+
+
+def method_names() -> list[str]:
+    """Every name the trainer's ``aggregator`` flag takes: the gradient aggregators and the loss weightings."""
+    return sorted([*AGGREGATORS, *LOSS_WEIGHTINGS])
+
+
+def method_class(name: str) -> type[Aggregator] | type[LossWeighting]:
+    """The aggregator or loss weighting registered as ``name`` (a :class:`~hf_multitask.registry.RegistryError`,
+    also a ``ValueError``, lists them all otherwise)."""
+    for registry in (AGGREGATORS, LOSS_WEIGHTINGS):
+        if name in registry:
+            return registry[name]
+    raise RegistryError(f"Unknown aggregator {name!r}; choose from {method_names()}")
+
+
+def get_aggregator(name: str, **kwargs: Any) -> Aggregator | LossWeighting:
+    """Build the method the ``aggregator`` flag names: a gradient :class:`Aggregator` or a
+    :class:`LossWeighting` (see the module docstring for the list)."""
+    return method_class(name)(**kwargs)
+
+
+def _check_free(name: str, registry: Registry) -> None:
+    other = LOSS_WEIGHTINGS if registry is AGGREGATORS else AGGREGATORS
+    if name in other:
+        raise ValueError(f"{name!r} is already a registered {other.kind}: the aggregator flag names one method")
 
 
 def register_aggregator(cls: type[Aggregator]) -> type[Aggregator]:
     """Register a custom :class:`Aggregator` subclass under ``cls.name`` (usable as a decorator)."""
     if not (isinstance(cls, type) and issubclass(cls, Aggregator)):
-        raise TypeError("register_aggregator takes an Aggregator subclass")
+        raise TypeError("register_aggregator takes an Aggregator subclass (a LossWeighting: register_loss_weighting)")
+    _check_free(cls.name, AGGREGATORS)
     return AGGREGATORS.register(cls.name, cls)
+
+
+def register_loss_weighting(cls: type[LossWeighting]) -> type[LossWeighting]:
+    """Register a custom :class:`LossWeighting` subclass under ``cls.name`` (usable as a decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, LossWeighting)):
+        raise TypeError("register_loss_weighting takes a LossWeighting subclass")
+    _check_free(cls.name, LOSS_WEIGHTINGS)
+    return LOSS_WEIGHTINGS.register(cls.name, cls)
 
 
 __all__ = [
     "AGGREGATORS",
+    "LOSS_WEIGHTINGS",
     "Aggregator",
     "AlignedMTL",
     "CAGrad",
@@ -101,5 +137,8 @@ __all__ = [
     "gram_matrix",
     "pcgrad_coefficients",
     "projected_norms",
+    "method_class",
+    "method_names",
     "register_aggregator",
+    "register_loss_weighting",
 ]

@@ -92,9 +92,8 @@ class Aggregator:
     # True for a method that needs the full gradient vectors, not just the Gram matrix: the
     # sharded engines (FSDP2, DDP reduce-scatter) refuse it. None of the built-in methods does.
     needs_full_vectors = False
-    # False for loss-weighting methods: the trainer then takes one backward of the weighted
-    # loss sum and allocates no per-task gradient buffer (see surgery.loss_weighting)
-    needs_gradients = True
+    # True for a method that serves primary tasks: the trainer passes primary=args.primary_tasks
+    uses_primary = False
     # True for a method that wants the step's task losses before it aggregates (DB-MTL): the
     # trainer then calls set_step_losses with them (averaged over DDP ranks) before each update
     uses_step_losses = False

@@ -69,6 +69,7 @@ class EngineStep:
     counts: list[float]  # their samples (all ranks)
     loss_weights: list[float]  # each task's weight in the objective (applied to its head)
     finite: bool  # False: the gradients held inf/NaN
+    info: dict[str, Any]  # the aggregator's telemetry of the step (its ``last_info``: Gram matrix, weights, ...)
 
 
 class GradientEngine:
@@ -120,7 +121,7 @@ class GradientEngine:
                     self.head_flat[t].mul_(w)  # the head follows its task's weight in the objective
                 for p, view in zip(self.heads[t], self.head_views[t]):
                     p.grad = _like(p, view.clone())
-        return EngineStep(names, [], loss_weights, finite)
+        return EngineStep(names, [], loss_weights, finite, dict(aggregator.last_info))
 
     def _write_rows(self, targets: list[torch.Tensor], grads: list[torch.Tensor | None], row: int) -> None:
         pairs = [(v, g.float() if g.dtype != torch.float32 else g) for v, g in zip(targets, grads) if g is not None]

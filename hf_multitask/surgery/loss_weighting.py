@@ -1,7 +1,6 @@
 """Loss-weighting methods: one weighted sum of the task losses, no per-task gradients at all.
 
-A method here declares ``needs_gradients = False``: the trainer then takes one backward of
-``sum_i w_i L_i`` per micro-batch and never allocates the ``(T, P)`` surgery buffer. The
+A :class:`LossWeighting` trains on ``sum_i w_i L_i``: the trainer takes one backward of it per micro-batch and never allocates the ``(T, P)`` surgery buffer. The
 contract, called by the trainer in this order every optimizer step:
 
 1. ``begin_step(tasks)`` with every training task (RLW draws its weights here);
@@ -13,8 +12,10 @@ contract, called by the trainer in this order every optimizer step:
    the optimizer step, and skips it for a step the GradScaler skipped.
 
 The state (generator, parameters, the Adam state) is in ``state_dict`` and saved with every
-checkpoint. A loss weighting is still an :class:`~hf_multitask.surgery.Aggregator` whose
-``weights`` are the current loss weights, so it can be called on gradient rows too (tests).
+checkpoint. A loss weighting is not an :class:`~hf_multitask.surgery.Aggregator`: it never
+sees a gradient. Both kinds are named by the trainer's one ``aggregator`` flag; the trainer
+picks its step (one weighted backward, or per-task gradients and surgery) once, from the
+kind of the method it was given.
 """
 
 from __future__ import annotations
@@ -25,16 +26,18 @@ from typing import Any
 
 import torch
 
-from .base import Aggregator
-
 __all__ = ["FAMO", "RLW", "LossWeighting", "UncertaintyWeighting"]
 
 
-class LossWeighting(Aggregator):
+class LossWeighting:
     """Base class of the methods that weight losses instead of gradients (see the module docstring)."""
 
-    needs_gradients = False
+    name = "base"
     uses_losses = False  # True: micro_weights reads the losses (the trainer averages them over ranks first)
+    uses_primary = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self.generator = torch.Generator().manual_seed(int(seed))
 
     def begin_step(self, tasks: Sequence[str]) -> None:
         """A new optimizer step over ``tasks`` (all training tasks) begins."""
@@ -47,11 +50,14 @@ class LossWeighting(Aggregator):
         """The step's mean task losses, after the optimizer step (not called for a skipped step): update the state."""
 
     def step_weights(self, tasks: Sequence[str]) -> torch.Tensor:
-        """The current weights, without a loss to read (``weights`` on a Gram matrix uses this)."""
+        """The current weights, without a loss to read."""
         raise NotImplementedError
 
-    def weights(self, gram: torch.Tensor, counts: torch.Tensor | None, tasks: Sequence[str]) -> torch.Tensor:
-        return self.step_weights(list(tasks))
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
 
 
 class _PerTaskParameter(LossWeighting):
