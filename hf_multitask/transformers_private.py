@@ -1,6 +1,6 @@
 """The private ``transformers`` surface :class:`~hf_multitask.MultitaskTrainer` relies on, in one place.
 
-Each is used only where ``Trainer`` offers no public hook, and ``tests/test_transformers_surface.py``
+Each is used only where ``Trainer`` offers no public hook, and ``tests/trainer/test_transformers_surface.py``
 pins every one (names, signatures, the order of the tuple we edit), so a transformers release
 that moves one fails CI loudly instead of mis-resuming silently.
 

@@ -16,6 +16,8 @@ from transformers import BertConfig, BertModel, BertTokenizerFast, DistilBertCon
 import hf_multitask as hm
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+WORKERS = Path(__file__).resolve().parent / "workers"  # scripts run in their own processes (torchrun, a kill)
 GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
 
 

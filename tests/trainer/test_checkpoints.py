@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import deterministic_model, toy_encoded, train_args
+from conftest import WORKERS, deterministic_model, toy_encoded, train_args
 from safetensors.torch import load_file
 
 import hf_multitask as hm
 from hf_multitask.checkpoints import COMPLETE_MARKER, SURGERY_STATE_NAME, CheckpointError, latest_complete_checkpoint
 
-HERE = Path(__file__).resolve().parent
+HERE = WORKERS
 COUNTERS = ("train_examples", "train_steps_sst", "train_steps_quora", "train_steps_sts", "train_examples_sst", "train_examples_sts")
 
 

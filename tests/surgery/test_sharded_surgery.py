@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import launch_distributed
+from conftest import WORKERS, launch_distributed
 
 from hf_multitask.surgery.engine import engine_bytes_formula
 
-WORKER = Path(__file__).with_name("fsdp_worker.py")
-TRAINER_WORKER = Path(__file__).with_name("fsdp_trainer_worker.py")
+WORKER = WORKERS / "fsdp_worker.py"
+TRAINER_WORKER = WORKERS / "fsdp_trainer_worker.py"
 
 
 def _launch(nproc: int, out: Path, vocab: Path, mode: str, worker: Path = WORKER) -> dict:

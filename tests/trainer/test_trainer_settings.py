@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import deterministic_model, toy_encoded, train_args
+from conftest import REPO, deterministic_model, toy_encoded, train_args
 from transformers import Trainer
 
 import hf_multitask as hm
@@ -183,9 +183,8 @@ def test_supported_training_argument_has_its_effect(field, tmp_path, tokenizer, 
 
 
 def test_readme_trainer_features_table_matches_the_tests():
-    from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     table = readme[readme.index("### Trainer features") :]
     table = table[: table.index("\n\n", table.index("|---"))]
     supported = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `") and "| supported" in line}

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_aggregator
+from conftest import REPO, make_aggregator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -200,11 +200,10 @@ def test_the_weighted_pcgrad_config_readme_and_docstring_say_the_same_thing():
     """The config's comment, the README's config row and aggregator row and the class docstring all
     describe the paper's rule (per-sample mean gradients, no further scaling on mean rows, the
     effect in the batch ratio), and none the old share weighting."""
-    from pathlib import Path
 
     from hf_multitask.surgery import WeightedPCGrad
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     comment = " ".join(line.lstrip("# ") for line in (repo / "recipes" / "configs" / "weighted_pcgrad.yaml").read_text().splitlines()
                        if line.startswith("#"))  # fmt: skip
     readme = (repo / "README.md").read_text().splitlines()

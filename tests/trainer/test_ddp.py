@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import launch_distributed
+from conftest import WORKERS, launch_distributed
 
-WORKER = Path(__file__).with_name("ddp_worker.py")
+WORKER = WORKERS / "ddp_worker.py"
 
 
 def _run(nproc: int, out: Path, vocab: Path, batch: int, aggregator: str, overrides: dict | None = None, mode: str = "train") -> dict:

@@ -10,7 +10,7 @@ the collectives issued inside the surgery step and the buffer sizes.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for conftest
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402

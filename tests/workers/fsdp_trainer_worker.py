@@ -25,7 +25,7 @@ With ``HF_MULTITASK_TEST_DEVICE=cuda`` (``benchmarks/gpu/run.sh``) nothing is pa
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for conftest
 
 import torch  # noqa: E402
 from conftest import deterministic_model, toy_encoded  # noqa: E402

@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import RECIPE_WORDS, assert_same_outputs, assert_same_weights, recipe_flags, write_tsv
+from conftest import RECIPE_WORDS, REPO, assert_same_outputs, assert_same_weights, recipe_flags, write_tsv
 from huggingface_hub import HfApi
 from transformers import AutoModel, BertTokenizerFast
 
 import hf_multitask as hm
 from hf_multitask.recipe import RecipeError, parse_args, run
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO / "recipes" / "configs").glob("*.yaml"))
 WORDS = RECIPE_WORDS
 
 
@@ -111,7 +111,7 @@ def test_quickstart_notebook_runs_on_a_tiny_checkpoint(tiny_backbone, tiny_data,
 
     run_dir = tmp_path / "run"
     run([*_common(tiny_backbone, tiny_data, run_dir), "--save_strategy", "steps", "--save_steps", "3", "--load_best_model_at_end", "false"])
-    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
+    notebook = REPO / "notebooks" / "quickstart.ipynb"
     nb = nbformat.read(notebook, as_version=4)
     env_cell = nbformat.v4.new_code_cell(
         f"import os\nos.environ['HF_MULTITASK_RUN'] = {str(run_dir)!r}\nos.environ['HF_MULTITASK_DATA'] = {str(tiny_data)!r}"

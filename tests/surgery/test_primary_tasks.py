@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import deterministic_model, launch_distributed, recipe_flags, toy_encoded, train_args
+from conftest import WORKERS, deterministic_model, launch_distributed, recipe_flags, toy_encoded, train_args
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -154,7 +154,7 @@ def test_no_primary_task_trains_as_before_bit_for_bit(tmp_path, tokenizer):
 
 
 def test_metabalance_under_two_gloo_processes_equals_one_process(tmp_path, tokenizer):
-    worker = Path(__file__).with_name("ddp_worker.py")
+    worker = WORKERS / "ddp_worker.py"
     vocab = Path(tokenizer.vocab_file)
     over = json.dumps({"primary_tasks": ["sts"]})
     runs = {}

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import REPO
 from transformers import AutoTokenizer
 
 import hf_multitask as hm
@@ -44,7 +45,7 @@ def test_front_door_command_on_the_packaged_backbone(tmp_path, shared_data):
 
     from transformers import AutoModel
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     accelerate = Path(sys.executable).with_name("accelerate")
     out = tmp_path / "run"
     cmd = [str(accelerate), "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -74,7 +75,7 @@ def test_demo_command_runs_as_written_on_a_machine_without_shared(tmp_path):
 
     from transformers import AutoModel
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     readme = (root / "README.md").read_text()
     command = "accelerate launch recipes/train_pcgrad.py --demo"
     assert readme.index(command) < readme.index("--data-dir ../shared/data"), "the demo is the first command after setup"
@@ -96,9 +97,8 @@ def test_demo_command_runs_as_written_on_a_machine_without_shared(tmp_path):
 
 
 def _readme_section_code(title: str) -> list[str]:
-    from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     start = readme.index(f"\n## {title}\n")
     end = readme.index("\n## ", start + 1)
     blocks = readme[start:end].split("```python\n")[1:]
@@ -111,7 +111,7 @@ def test_readme_task_type_snippets_run(shared_data, monkeypatch, capsys):
     with its `...`, excepted) runs as written from the repository root."""
     from pathlib import Path
 
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.chdir(REPO)
     assert (Path("..") / "shared" / "data").resolve() == shared_data.resolve()
     snippets = [code for code in _readme_section_code("Task types") if "..." not in code]
     assert len(snippets) == 3
