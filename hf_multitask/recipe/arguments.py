@@ -11,6 +11,7 @@ dataclass per optional phase: :class:`SimCSEArguments`, :class:`HeadPretrainArgu
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,8 +145,12 @@ class RecipeTrainingArguments(MultitaskTrainingArguments):
     logging_steps: float = 20
     report_to: None | str | list[str] = "none"
     telemetry_steps: int = 20
-    push_to_hub_repo: str | None = field(default=None, metadata={"help": "Push the best model with a model card to this Hub repo id"})
-    hub_private: bool = False
+    push_to_hub_repo: str | None = field(
+        default=None,
+        metadata={"help": "Push the best model once, at the end, with its model card, to this Hub repo id (private with "
+                  "--hub_private_repo). Unlike the Trainer's --push_to_hub, no checkpoint is pushed during training"},
+    )  # fmt: skip
+    hub_private: bool = field(default=False, metadata={"help": "Deprecated alias of the Trainer's --hub_private_repo"})
     write_predictions: bool = True
     test_predictions: bool = field(
         default=True,
@@ -156,6 +161,13 @@ class RecipeTrainingArguments(MultitaskTrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Delete the checkpoints another run left in --output_dir instead of refusing to start"}
     )
+
+    def __post_init__(self) -> None:
+        if self.hub_private:  # a duplicate of the Trainer's own field: one name for one setting
+            warnings.warn("--hub_private is an alias of the Trainer's --hub_private_repo, and will go: use --hub_private_repo",
+                          FutureWarning, stacklevel=3)  # fmt: skip
+            self.hub_private_repo, self.hub_private = True, False  # cleared: phases copy these arguments
+        super().__post_init__()
 
 
 @dataclass

@@ -70,7 +70,7 @@ class OutputsPhase(Phase):
         logger.info("metrics: %s", json.dumps(metrics))
         if args.push_to_hub_repo:
             try:
-                url = upload_folder(final, args.push_to_hub_repo, private=args.hub_private)
+                url = upload_folder(final, args.push_to_hub_repo, private=bool(args.hub_private_repo))
             except Exception as err:  # offline, auth, quota: the results on disk stay, say where
                 raise RecipeError(
                     f"pushing to the Hub repo {args.push_to_hub_repo!r} failed ({type(err).__name__}: {err}). "

@@ -242,7 +242,7 @@ def test_recipe_pushes_the_saved_best_folder_once(tiny_backbone, tiny_data, tmp_
     original = hm.MultitaskModel.save_pretrained
     monkeypatch.setattr(hm.MultitaskModel, "save_pretrained", lambda self, *a, **k: saves.append(a[0]) or original(self, *a, **k))
     out = tmp_path / "out"
-    run([*_common(tiny_backbone, tiny_data, out), "--push_to_hub_repo", "me/run", "--hub_private", "true"])
+    run([*_common(tiny_backbone, tiny_data, out), "--push_to_hub_repo", "me/run", "--hub_private_repo", "true"])
     assert calls["repo"] == ("me/run", True) and calls["repo_id"] == "me/run"
     for name in ("README.md", "config.json", "model.safetensors", "metrics.json", "tokenizer.json"):
         assert name in calls["files"], name
@@ -271,3 +271,10 @@ def test_the_recipe_is_phases_each_deciding_whether_it_runs(tiny_backbone, tiny_
     assert ran == ["simcse", "multitask", "specialise", "outputs"]
     assert all(isinstance(p, Phase) for p in PHASES) and [p.name for p in PHASES] == [
         "simcse", "head-pretraining", "intermediate", "lp", "multitask", "specialise", "outputs"]  # fmt: skip
+
+
+def test_hub_private_is_an_alias_of_the_trainers_field_that_warns(tmp_path):
+    with pytest.warns(FutureWarning, match="--hub_private_repo"):
+        parsed = parse_args(["--hub_private", "true", "--output_dir", str(tmp_path)])
+    assert parsed.training.hub_private_repo is True and parsed.training.hub_private is False
+    assert parse_args(["--hub_private_repo", "true", "--output_dir", str(tmp_path)]).training.hub_private_repo is True
