@@ -15,6 +15,11 @@ Through :mod:`hf_multitask.compare`: every run in its own process, resumable, re
 test prediction files in the official layout gathered into
 ``benchmarks/results/tweeteval/<arm>/seed<k>/test/`` (committed: the held-out test labels score
 them). The report goes to ``benchmarks/compare_tweeteval.md`` and ``.png``.
+
+Arms: ``separate``, ``sum_annealed``, the tuned summed loss ``sum_tuned`` (five candidates, one
+run each on the tuning split), and PCGrad, UPGrad and FAMO on round-robin batches against
+``sum_round_robin``, plus the primary-task arms of issue 25. One run costs 20-40 min of this
+CPU, so each seed of these arms is about 3 h, and the tuning is another 3 h.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ ANNEALED = ["--schedule", "annealed"]  # the PAL schedule, one task per step: p_
 # every task in every step (the primary-aware methods compare each auxiliary with the primary), 108 steps of
 # 6 x 32 examples per epoch: the same number of examples as one pass over the capped data (41,498 in 2 epochs)
 ROUND_ROBIN = ["--schedule", "round_robin", "--schedule_kwargs", '{"steps_per_epoch": 108}']
+TEMPERATURE_2 = ["--schedule", "temperature", "--schedule_kwargs", '{"temperature": 2}']  # p_i ~ N_i^(1/2)
 PRIMARIES = ("irony", "emotion", "stance")  # the three smallest tasks, each the primary in turn (issue 25)
 
 
@@ -52,6 +58,15 @@ def primary_candidates(task: str) -> dict[str, list[str]]:
     }
 
 
+# the tuned summed loss (issue 24): its budget, one run each on the tuning split (a seeded 10 % of train, never val)
+SUM_CANDIDATES = {
+    "annealed": ANNEALED,
+    "round_robin": ROUND_ROBIN,
+    "temperature_2": TEMPERATURE_2,
+    "annealed_lpft": [*ANNEALED, "--lp_steps", "200"],
+    "annealed_lr_5e-5": [*ANNEALED, "--learning_rate", "5e-5"],
+}
+
 GRID = {
     "tasks": ["emoji", "emotion", "hate", "irony", "offensive", "stance"],
     "train_limits": {"emoji": 4000, "hate": 4000, "offensive": 4000},
@@ -61,13 +76,27 @@ GRID = {
     "tuning_split": 1,
     "tuning_args": ["--benchmark_validation", "split", "--validation_fraction", "0.1", "--test_predictions", "false"],
     "reference": "separate",
-    "pairs": [["sum_annealed", "separate"], *([f"primary_{p}", f"symmetric_{p}"] for p in PRIMARIES)],
+    "baseline": "sum_tuned",
+    "pairs": [
+        ["sum_annealed", "separate"],
+        # the gradient methods need every task in every step (under the annealed schedule a step has one task,
+        # and PCGrad is the summed loss): each against the summed loss on the same round-robin batches
+        ["pcgrad", "sum_round_robin"],
+        ["upgrad", "sum_round_robin"],
+        ["famo", "sum_round_robin"],
+        *([f"primary_{p}", f"symmetric_{p}"] for p in PRIMARIES),
+    ],
     "test_predictions": "{arm}/seed{seed}/test",
     "arms": {
         # six single-task models (stance: one model for the five targets), each trained on its own data for 2 epochs
         "separate": {"single_task": True, "args": ["--aggregator", "sum"]},
         # one encoder, summed loss, the annealed schedule (the trio's best schedule), same examples and epochs
         "sum_annealed": {"args": ["--aggregator", "sum", *ANNEALED]},
+        "sum_tuned": {"args": ["--aggregator", "sum"], "candidates": SUM_CANDIDATES},
+        "sum_round_robin": {"args": ["--aggregator", "sum", *ROUND_ROBIN]},
+        "pcgrad": {"args": ["--aggregator", "pcgrad", *ROUND_ROBIN]},
+        "upgrad": {"args": ["--aggregator", "upgrad", *ROUND_ROBIN]},
+        "famo": {"args": ["--aggregator", "famo", *ROUND_ROBIN]},
         # issue 25, per primary task P: symmetric multitask with P's checkpoint choice, and the best primary-task
         # method chosen on the tuning split (only P's test file is written)
         **{f"symmetric_{p}": {"args": ["--primary_tasks", p, "--aggregator", "sum", *ROUND_ROBIN]} for p in PRIMARIES},
