@@ -303,7 +303,7 @@ def load_text_label_files(
             f"{text_file} has {len(texts)} lines but {label_file} has {len(labels)}: line {first} of {longer} has no partner "
             "(one text per line and one label per line, in the same order)"
         )
-    ends = {path: _ends_with_newline(path) for path in (text_file, label_file)}
+    ends = {text_file: texts.final_newline, label_file: labels.final_newline}
     if len(set(ends.values())) == 2 and texts:  # one file was cut short, or written differently: say which line
         cut = next(path for path, ended in ends.items() if not ended)
         warnings.warn(
@@ -323,14 +323,6 @@ def load_text_label_files(
     )
     return _validate(spec, f"{text_file} + {label_file.name if isinstance(label_file, Path) else Path(label_file).name}", columns, rows,
                      strict=strict, max_bad_fraction=max_bad_fraction, limit=limit)  # fmt: skip
-
-
-def _ends_with_newline(path: str | os.PathLike[str]) -> bool:
-    with open(path, "rb") as handle:
-        if handle.seek(0, os.SEEK_END) == 0:
-            return True  # an empty file has no last line to lack an ending
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1) == b"\n"
 
 
 def train_validation_split(

@@ -77,13 +77,20 @@ def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
     Streams the file (a large file is never read whole). Blank lines are yielded (callers
     decide what a blank line means). Raises ``FileNotFoundError`` for a missing file and
     :class:`DataError` (naming file, line, column) for text that is not UTF-8."""
-    path = Path(path)
+    yield from _lines(Path(path), {})
+
+
+def _lines(path: Path, state: dict[str, bool]) -> Iterator[tuple[int, str]]:
+    """:func:`iter_lines`, recording in ``state["final_newline"]`` whether the last line ended
+    with a line ending (an empty file counts as ended: it has no last line to lack one)."""
     if path.is_dir():
         raise DataError(f"{path} is a folder, not a file")
+    state["final_newline"] = True
     with open(path, "rb") as handle:
         number = 0
         for raw in handle:  # binary iteration splits at b"\n" only
             number += 1
+            state["final_newline"] = raw.endswith(b"\n")
             if number == 1:
                 for bom, name in _WIDE_BOMS:
                     if raw.startswith(bom):
@@ -94,9 +101,19 @@ def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
             yield number, _decode(path, number, raw)
 
 
-def read_lines(path: str | os.PathLike[str]) -> list[str]:
-    """Every line of the file (see :func:`iter_lines`): item ``i`` is line ``i + 1``."""
-    return [text for _, text in iter_lines(path)]
+class Lines(list):
+    """The lines of a file; ``final_newline`` says whether its last line had a line ending."""
+
+    final_newline: bool = True
+
+
+def read_lines(path: str | os.PathLike[str]) -> Lines:
+    """Every line of the file (see :func:`iter_lines`): item ``i`` is line ``i + 1``. One pass:
+    ``final_newline`` on the result tells a file cut short inside its last line."""
+    state: dict[str, bool] = {}
+    lines = Lines(text for _, text in _lines(Path(path), state))
+    lines.final_newline = state["final_newline"]
+    return lines
 
 
 def read_text(path: str | os.PathLike[str]) -> str:

@@ -62,8 +62,11 @@ def test_read_lines_handles_bom_crlf_blank_lines_and_no_final_newline(tmp_path):
     path = tmp_path / "t.txt"
     path.write_bytes(b"\xef\xbb\xbffirst\r\n\r\nthird has a lone \r inside\nlast")
     assert read_lines(path) == ["first", "", "third has a lone \r inside", "last"]
+    assert read_lines(path).final_newline is False, "the last line has no line ending"
+    path.write_bytes(b"a\r\nb\r\n")
+    assert read_lines(path) == ["a", "b"] and read_lines(path).final_newline is True
     path.write_bytes(b"")
-    assert read_lines(path) == []
+    assert read_lines(path) == [] and read_lines(path).final_newline is True, "an empty file lacks no line ending"
 
 
 @pytest.mark.parametrize(
