@@ -31,6 +31,7 @@ __all__ = [
     "BadRecord",
     "DataError",
     "DataWarning",
+    "Lines",
     "TableRow",
     "iter_json_records",
     "iter_lines",

@@ -135,12 +135,16 @@ class ClassificationType(SequenceTaskType):
             raise ValueError(f"TaskSpec {spec.name!r}: label_range is for regression tasks only")
         if spec.metric == "stance_f1" and spec.num_labels < 3:
             raise ValueError(f"TaskSpec {spec.name!r}: stance_f1 averages the F1 of classes 1 and 2; it needs num_labels >= 3")
-        if spec.pair_encoding == "cosine" and spec.num_labels != 2:
-            raise ValueError(f"TaskSpec {spec.name!r}: the cosine pair head supports regression or binary classification only")
+        self._check_cosine(spec, spec.pair_encoding, "TaskSpec")
 
     def validate_model(self, spec, config):
-        if spec.is_pair and config.task_pair_encoding(spec) == "cosine" and spec.num_labels != 2:
-            raise ValueError(f"Task {spec.name!r}: the cosine pair head supports regression or binary classification only")
+        if spec.is_pair:  # the model-wide pair encoding applies too
+            self._check_cosine(spec, config.task_pair_encoding(spec), "Task")
+
+    @staticmethod
+    def _check_cosine(spec, encoding, who):
+        if encoding == "cosine" and spec.num_labels != 2:
+            raise ValueError(f"{who} {spec.name!r}: the cosine pair head supports regression or binary classification only")
 
     def parse_label(self, spec, raw):
         if isinstance(raw, str) and spec.label_names and raw.strip() in spec.label_names:

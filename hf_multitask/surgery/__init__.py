@@ -90,8 +90,8 @@ def get_aggregator(name: str, **kwargs: Any) -> Aggregator | LossWeighting:
     return method_class(name)(**kwargs)
 
 
-def _check_free(name: str, registry: Registry) -> None:
-    other = LOSS_WEIGHTINGS if registry is AGGREGATORS else AGGREGATORS
+def _refuse_taken(name: str, other: Registry) -> None:
+    """One flag names both kinds: a name is in one registry at most."""
     if name in other:
         raise ValueError(f"{name!r} is already a registered {other.kind}: the aggregator flag names one method")
 
@@ -100,7 +100,7 @@ def register_aggregator(cls: type[Aggregator]) -> type[Aggregator]:
     """Register a custom :class:`Aggregator` subclass under ``cls.name`` (usable as a decorator)."""
     if not (isinstance(cls, type) and issubclass(cls, Aggregator)):
         raise TypeError("register_aggregator takes an Aggregator subclass (a LossWeighting: register_loss_weighting)")
-    _check_free(cls.name, AGGREGATORS)
+    _refuse_taken(cls.name, LOSS_WEIGHTINGS)
     return AGGREGATORS.register(cls.name, cls)
 
 
@@ -108,7 +108,7 @@ def register_loss_weighting(cls: type[LossWeighting]) -> type[LossWeighting]:
     """Register a custom :class:`LossWeighting` subclass under ``cls.name`` (usable as a decorator)."""
     if not (isinstance(cls, type) and issubclass(cls, LossWeighting)):
         raise TypeError("register_loss_weighting takes a LossWeighting subclass")
-    _check_free(cls.name, LOSS_WEIGHTINGS)
+    _refuse_taken(cls.name, AGGREGATORS)
     return LOSS_WEIGHTINGS.register(cls.name, cls)
 
 

@@ -72,7 +72,25 @@ def projected_norms(gram: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     return sq.clamp_min(0).sqrt()
 
 
-class Aggregator:
+class SeededMethod:
+    """What every multitask method has: a ``name``, a seeded generator for its own randomness
+    (projection order, RLW's draws; every DDP rank draws the same) and a state that checkpoints."""
+
+    name = "base"
+    # True for a method that serves primary tasks: the trainer passes primary=args.primary_tasks
+    uses_primary = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class Aggregator(SeededMethod):
     """Base class: subclasses implement :meth:`weights` on the Gram matrix.
 
     Calling an aggregator ``agg(grads, counts=None, tasks=None, out=None)`` returns the
@@ -88,18 +106,15 @@ class Aggregator:
     is ``coeffs[i] @ grads``) and ``removed`` (``||g_i - g_i'||`` per task).
     """
 
-    name = "base"
     # True for a method that needs the full gradient vectors, not just the Gram matrix: the
     # sharded engines (FSDP2, DDP reduce-scatter) refuse it. None of the built-in methods does.
     needs_full_vectors = False
-    # True for a method that serves primary tasks: the trainer passes primary=args.primary_tasks
-    uses_primary = False
     # True for a method that wants the step's task losses before it aggregates (DB-MTL): the
     # trainer then calls set_step_losses with them (averaged over DDP ranks) before each update
     uses_step_losses = False
 
     def __init__(self, seed: int = 0) -> None:
-        self.generator = torch.Generator().manual_seed(int(seed))
+        super().__init__(seed)
         self.last_info: dict[str, Any] = {}
 
     def weights(self, gram: torch.Tensor, counts: torch.Tensor | None, tasks: Sequence[str]) -> torch.Tensor:
@@ -168,13 +183,6 @@ class Aggregator:
         for ``cagrad`` and ``aligned_mtl`` the coefficient of each ``g_i`` in ``d``);
         projection methods override it with the weights before projection (1 for PCGrad)."""
         return weights
-
-    # checkpointing -------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
 
     def _permutation(self, n: int) -> list[int]:
         return torch.randperm(n, generator=self.generator).tolist()

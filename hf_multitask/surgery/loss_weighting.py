@@ -1,7 +1,8 @@
 """Loss-weighting methods: one weighted sum of the task losses, no per-task gradients at all.
 
-A :class:`LossWeighting` trains on ``sum_i w_i L_i``: the trainer takes one backward of it per micro-batch and never allocates the ``(T, P)`` surgery buffer. The
-contract, called by the trainer in this order every optimizer step:
+A :class:`LossWeighting` trains on ``sum_i w_i L_i``: the trainer takes one backward of it per
+micro-batch and never allocates the ``(T, P)`` surgery buffer. The contract, called by the
+trainer in this order every optimizer step:
 
 1. ``begin_step(tasks)`` with every training task (RLW draws its weights here);
 2. per micro-batch, ``micro_weights(names, losses)`` with the detached float64 losses of the
@@ -26,18 +27,15 @@ from typing import Any
 
 import torch
 
+from .base import SeededMethod
+
 __all__ = ["FAMO", "RLW", "LossWeighting", "UncertaintyWeighting"]
 
 
-class LossWeighting:
+class LossWeighting(SeededMethod):
     """Base class of the methods that weight losses instead of gradients (see the module docstring)."""
 
-    name = "base"
     uses_losses = False  # True: micro_weights reads the losses (the trainer averages them over ranks first)
-    uses_primary = False
-
-    def __init__(self, seed: int = 0) -> None:
-        self.generator = torch.Generator().manual_seed(int(seed))
 
     def begin_step(self, tasks: Sequence[str]) -> None:
         """A new optimizer step over ``tasks`` (all training tasks) begins."""
@@ -52,12 +50,6 @@ class LossWeighting:
     def step_weights(self, tasks: Sequence[str]) -> torch.Tensor:
         """The current weights, without a loss to read."""
         raise NotImplementedError
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
 
 
 class _PerTaskParameter(LossWeighting):

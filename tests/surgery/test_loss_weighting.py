@@ -193,13 +193,18 @@ def test_steps_the_scaler_skips_leave_the_method_state_alone(tmp_path, tokenizer
     assert not torch.equal(moved.aggregator.state_dict()["param"], torch.zeros(3, dtype=torch.float64)), "steps taken: the state moves"
 
 
+def _three_steps(method):
+    """``method`` after three optimizer steps on tasks x and y (its state has moved)."""
+    for losses in ([1.0, 2.0], [0.8, 1.9], [0.7, 1.5]):
+        method.begin_step(["x", "y"])
+        method.micro_weights(["x", "y"], torch.tensor(losses, dtype=torch.float64))
+        method.observe(["x", "y"], torch.tensor(losses, dtype=torch.float64))
+    return method
+
+
 @pytest.mark.parametrize("method", [UncertaintyWeighting, FAMO])
 def test_state_dict_round_trip(method):
-    a = method(seed=1)
-    for losses in ([1.0, 2.0], [0.8, 1.9], [0.7, 1.5]):
-        a.begin_step(["x", "y"])
-        a.micro_weights(["x", "y"], torch.tensor(losses, dtype=torch.float64))
-        a.observe(["x", "y"], torch.tensor(losses, dtype=torch.float64))
+    a = _three_steps(method(seed=1))
     b = method(seed=5)
     b.load_state_dict(a.state_dict())
     for m in (a, b):
@@ -210,11 +215,7 @@ def test_state_dict_round_trip(method):
 
 @pytest.mark.parametrize("method", [UncertaintyWeighting, FAMO])
 def test_a_checkpoint_of_the_earlier_hand_written_adam_resumes_the_same_moments(method):
-    a = method(seed=1)
-    for losses in ([1.0, 2.0], [0.8, 1.9], [0.7, 1.5]):
-        a.begin_step(["x", "y"])
-        a.micro_weights(["x", "y"], torch.tensor(losses, dtype=torch.float64))
-        a.observe(["x", "y"], torch.tensor(losses, dtype=torch.float64))
+    a = _three_steps(method(seed=1))
     state = a.state_dict()
     moments = state["opt"]["state"][0]
     state["opt"] = {"m": moments["exp_avg"], "v": moments["exp_avg_sq"], "t": int(moments["step"])}  # the old layout
