@@ -114,6 +114,12 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
             sub = folder / task
             part_identity = _identity(grid, args, [task])
             part = _finished(sub / RESULT, part_identity)
+            if part is not None and gather is not None and not (sub / "run").is_dir():
+                # a committed part whose run folder (not committed) is gone: its test predictions went with it,
+                # and the cell's gathered folder would silently lack this task's files, so it runs again
+                say(f"{arm.name} / {task}: seed {seed}, split {split} has a result but no run folder for its test "
+                    "predictions: running it again")  # fmt: skip
+                part = None
             if part is not None:
                 parts[task] = part
             else:

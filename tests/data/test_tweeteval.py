@@ -4,6 +4,7 @@ layout, the Hub presets (offline, with datasets shaped like the Hub's) and the r
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -376,6 +377,17 @@ def test_grid_gathers_each_cells_test_files_in_the_official_layout(tiny_backbone
     for arm in ("separate", "sum"):
         folder = tmp_path / "cmp" / arm / "seed0" / "test"
         assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.txt")) == expected, arm
+    # a seed committed part by part (result.json kept, the run folders are not committed): on a fresh
+    # clone the part without its run folder runs again, so the gathered folder is whole, not five files short
+    cell = tmp_path / "cmp" / "runs" / "split0" / "separate" / "seed0"
+    (cell / "result.json").unlink()
+    shutil.rmtree(cell / "stance" / "run")
+    shutil.rmtree(tmp_path / "cmp" / "separate")
+    said: list[str] = []
+    run_grid(grid, tmp_path / "cmp", arms=["separate"], say=said.append)
+    assert len(said) == 2 and "stance" in said[0] and "no run folder" in said[0], said
+    folder = tmp_path / "cmp" / "separate" / "seed0" / "test"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.txt")) == expected
     # a grid with neither reference nor baseline reports without naming a missing arm
     report(tmp_path / "cmp")
     table = (tmp_path / "cmp" / "results.md").read_text()
