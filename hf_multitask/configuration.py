@@ -6,7 +6,7 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
-from .tasks import PAIR_ENCODINGS, TaskSpec, as_task_spec
+from .tasks import PAIR_ENCODINGS, TaskSpec, as_task_spec, metric_groups
 
 HEAD_TYPES = ("linear", "mlp", "lstm")
 POOLINGS = ("cls", "mean")
@@ -73,6 +73,7 @@ class MultitaskConfig(PretrainedConfig):
         names = [t.name for t in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"Task names must be unique, got {names}")
+        metric_groups(specs)  # members of a pooled metric group must agree
         self.tasks = [t.to_dict() for t in specs]
         if pair_encoding not in PAIR_ENCODINGS:
             raise ValueError(f"pair_encoding must be one of {PAIR_ENCODINGS}, got {pair_encoding!r}")
@@ -129,6 +130,11 @@ class MultitaskConfig(PretrainedConfig):
     @property
     def task_names(self) -> list[str]:
         return [t["name"] for t in self.tasks]
+
+    @property
+    def metric_groups(self) -> dict[str, list[str]]:
+        """``{group: [task, ...]}``: tasks scored as one pooled metric (``TaskSpec.metric_group``)."""
+        return metric_groups(self.task_specs)
 
     def get_task(self, name: str) -> TaskSpec:
         """Look a task up by name; unknown names raise ``KeyError`` listing the known ones."""

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .encoding import MultitaskCollator
 from .metrics import compute_task_metrics, overall_score
-from .tasks import TaskSpec
+from .tasks import TaskSpec, metric_groups
 
 __all__ = ["TaskPredictions", "predict", "evaluate", "metrics_from_predictions", "write_predictions"]
 
@@ -102,19 +102,34 @@ def evaluate(
 
 def metrics_from_predictions(model: torch.nn.Module, outputs: dict[str, TaskPredictions]) -> dict[str, float]:
     """``{task}_{metric}``, ``{task}_score``, ``{task}_loss`` per task, ``overall`` and ``loss``
-    (the sum of the tasks' mean losses, the summed-loss objective) from labelled predictions."""
+    (the sum of the tasks' mean losses, the summed-loss objective) from labelled predictions.
+
+    Tasks of one ``metric_group`` are also scored pooled (``{group}_{metric}``,
+    ``{group}_score``, over the members evaluated here), and ``overall`` counts the group once
+    in place of its members."""
     results: dict[str, float] = {}
     scores: dict[str, float] = {}
     losses: list[float] = []
+    specs = {task: model.get_task(task) for task in outputs}
     for task, out in outputs.items():
         if out.labels is None:
             raise ValueError(f"Task {task!r}: the evaluation data has no labels")
-        metrics = compute_task_metrics(model.get_task(task), out.predictions, out.labels)
+        metrics = compute_task_metrics(specs[task], out.predictions, out.labels)
         scores[task] = metrics["score"]
         results.update({f"{task}_{k}": v for k, v in metrics.items()})
         if out.loss is not None:
             results[f"{task}_loss"] = out.loss
             losses.append(out.loss)
+    for group, members in metric_groups(list(specs.values())).items():
+        pooled = compute_task_metrics(
+            specs[members[0]],
+            [p for m in members for p in outputs[m].predictions],
+            [y for m in members for y in outputs[m].labels],  # type: ignore[union-attr]
+        )
+        results.update({f"{group}_{k}": v for k, v in pooled.items()})
+        for m in members:
+            del scores[m]
+        scores[group] = pooled["score"]
     results["overall"] = overall_score(scores)
     if losses and len(losses) == len(outputs):
         results["loss"] = float(sum(losses))

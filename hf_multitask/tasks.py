@@ -52,6 +52,11 @@ class TaskSpec:
             given by name; predictions are written as names.
         subword_labels: Token classification: label the first sub-token of each word only
             (``"first"``, the rest are ignored by the loss) or every sub-token (``"all"``).
+        metric_group: Tasks that share a ``metric_group`` are scored as one: their predictions
+            are pooled for the group's metric (``{group}_{metric}``, ``{group}_score``) and
+            ``overall`` counts the group once, as a benchmark scores one task split into
+            several heads (TweetEval's stance: five targets, one metric over all of them).
+            Members must share kind, ``num_labels`` and metric; each keeps its own metrics too.
     """
 
     name: str
@@ -65,6 +70,7 @@ class TaskSpec:
     id_column: str = "id"
     label_names: tuple[str, ...] | None = None
     subword_labels: str = "first"
+    metric_group: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -100,6 +106,8 @@ class TaskSpec:
         object.__setattr__(self, "metric", metric)
         if self.pair_encoding is not None and self.pair_encoding not in PAIR_ENCODINGS:
             raise ValueError(f"TaskSpec {self.name!r}: pair_encoding must be one of {PAIR_ENCODINGS}, got {self.pair_encoding!r}")
+        if self.metric_group is not None and (not isinstance(self.metric_group, str) or not _NAME_RE.match(self.metric_group)):
+            raise ValueError(f"TaskSpec {self.name!r}: metric_group {self.metric_group!r} must be a name like a task's")
         task_type.validate(self)
 
     @classmethod
@@ -149,7 +157,7 @@ class TaskSpec:
             d["label_range"] = list(self.label_range)
         if self.label_names is not None:
             d["label_names"] = list(self.label_names)
-        for key, default in (("label_names", None), ("subword_labels", "first")):
+        for key, default in (("label_names", None), ("subword_labels", "first"), ("metric_group", None)):
             if d[key] == default:
                 del d[key]  # configs saved before these fields existed stay identical
         return d
@@ -167,6 +175,34 @@ class TaskSpec:
         if data.get("label_names") is not None:
             data["label_names"] = tuple(data["label_names"])
         return cls(**data)
+
+
+def metric_groups(specs: Sequence[TaskSpec]) -> dict[str, list[str]]:
+    """``{group: [member task, ...]}`` of the tasks' ``metric_group``s, in task order; a
+    ``ValueError`` names a group whose members differ in kind, ``num_labels`` or metric (their
+    predictions could not be pooled under one metric) or that shares a name with a task."""
+    groups: dict[str, list[TaskSpec]] = {}
+    for spec in specs:
+        if spec.metric_group is not None:
+            groups.setdefault(spec.metric_group, []).append(spec)
+    names = {s.name for s in specs}
+    for group, members in groups.items():
+        if group in names:
+            raise ValueError(f"metric_group {group!r} is also a task's name: its pooled metrics would overwrite the task's")
+        shapes = {(m.kind, m.num_labels, m.metric) for m in members}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"metric_group {group!r}: its tasks {[m.name for m in members]} must share kind, num_labels and metric to be "
+                f"pooled, got {sorted(shapes)}"
+            )
+    return {group: [m.name for m in members] for group, members in groups.items()}
+
+
+def member_tasks(names: Sequence[str], specs: Sequence[TaskSpec]) -> list[str]:
+    """``names`` with each metric group's name replaced by its member tasks (task names kept):
+    where a group stands for its tasks, e.g. a primary group whose tasks must be trained."""
+    groups = metric_groups(specs)
+    return [member for name in names for member in groups.get(name, [name])]
 
 
 def sst_task(name: str = "sst") -> TaskSpec:

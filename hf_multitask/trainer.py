@@ -24,6 +24,7 @@ from .lr_groups import learning_rate_factors, split_param_groups
 from .mixing import WINDOW_KEY
 from .surgery import Aggregator, LossWeighting, get_aggregator
 from .surgery.engine import GradientEngine, ReplicatedEngine, ShardedEngine, ddp_collectives, trainable_signature
+from .tasks import member_tasks, metric_groups
 from .telemetry import ConflictTelemetryCallback, conflict_metrics
 from .trainer_checkpoints import _CheckpointMixin
 from .trainer_evaluation import _EvaluationMixin
@@ -103,11 +104,17 @@ class MultitaskTrainer(_ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Train
             unknown = [t for t in (value or {}) if t not in self.model.task_names]
             if unknown:
                 raise KeyError(f"{name} names unknown task(s) {unknown}; the model knows {self.model.task_names}")
-        unknown = [t for t in args.primary_tasks or [] if t not in self.model.task_names]
+        specs = [self.model.get_task(t) for t in self.model.task_names]
+        groups = metric_groups(specs)
+        unknown = [t for t in args.primary_tasks or [] if t not in self.model.task_names and t not in groups]
         if unknown:
-            raise ValueError(f"--primary_tasks names unknown task(s) {unknown}; the model knows {self.model.task_names}")
+            known = self.model.task_names + [f"{g} (group)" for g in groups]
+            raise ValueError(f"--primary_tasks names unknown task(s) {unknown}; the model knows {known}")
         seed = args.seed if args.surgery_seed is None else args.surgery_seed
         self.aggregator = aggregator if aggregator is not None else get_aggregator(args.aggregator, seed=seed, **aggregator_kwargs(args))
+        if getattr(self.aggregator, "uses_primary", False):
+            # a primary metric group is served through its member tasks' gradients
+            self.aggregator.primary = member_tasks(self.aggregator.primary, specs)
         if (
             args.activation_checkpointing
             and (args.activation_checkpointing_kwargs or {}).get("use_reentrant")

@@ -15,7 +15,10 @@ benchmark's official metrics:
 | ``stance`` | 3 | mean F1 of against (1) and favor (2), five targets pooled (``stance_f1``) |
 
 Stance is one task whose examples are ``(target, tweet)`` pairs, so one head serves the five
-targets and the metric pools them as the official script does. The benchmark score is the mean
+targets and the metric pools them as the official script does. Or, with ``stance="targets"``,
+five tasks ``stance_<target>`` (the tweet alone, one head each) in the metric group ``stance``:
+their predictions are pooled for the one official ``stance_stance_f1`` and ``overall`` counts
+stance once (:attr:`~hf_multitask.TaskSpec.metric_group`). The benchmark score is the mean
 of the six metrics (x 100 on the leaderboard): the model's ``overall`` (each F1 is its own
 ``[0, 1]`` score), so the best checkpoint and the model card follow it.
 
@@ -40,6 +43,8 @@ from .tasks import TaskSpec
 __all__ = [
     "TWEETEVAL_TASKS",
     "STANCE_TARGETS",
+    "STANCE_TARGET_TASKS",
+    "expand_stance",
     "TWEETEVAL_HUB_ID",
     "tweeteval_task",
     "tweeteval_tasks",
@@ -60,6 +65,8 @@ STANCE_TARGETS: dict[str, str] = {
     "feminist": "Feminist Movement",
     "hillary": "Hillary Clinton",
 }
+# stance as five tasks, one per target (the Hub's config names), scored pooled as the group "stance"
+STANCE_TARGET_TASKS: tuple[str, ...] = tuple(f"stance_{t}" for t in STANCE_TARGETS)
 _METRIC = {"emoji": "macro_f1", "emotion": "macro_f1", "hate": "macro_f1", "irony": "positive_f1", "offensive": "macro_f1",
            "stance": "stance_f1"}  # fmt: skip
 _NUM_LABELS = {"emoji": 20, "emotion": 4, "hate": 2, "irony": 2, "offensive": 2, "stance": 3}
@@ -88,9 +95,17 @@ def read_mapping(path: str | os.PathLike[str]) -> tuple[str, ...]:
     return tuple(names[i] for i in range(len(names)))
 
 
+def _base(task: str) -> str:
+    """The benchmark task a task name belongs to (``stance`` for ``stance_<target>``)."""
+    if task in TWEETEVAL_TASKS:
+        return task
+    if task in STANCE_TARGET_TASKS:
+        return "stance"
+    raise ValueError(f"Unknown TweetEval task {task!r}; the tasks are {list(TWEETEVAL_TASKS)} (stance also as {list(STANCE_TARGET_TASKS)})")
+
+
 def _task_dir(data_dir: str | os.PathLike[str], task: str) -> Path:
-    if task not in TWEETEVAL_TASKS:
-        raise ValueError(f"Unknown TweetEval task {task!r}; the tasks are {list(TWEETEVAL_TASKS)}")
+    task = _base(task)
     folder = Path(data_dir) / task
     if not folder.is_dir():
         raise DataError(f"{data_dir}: no folder {task}/ (the TweetEval layout has one folder per task: {', '.join(TWEETEVAL_TASKS)})")
@@ -100,25 +115,43 @@ def _task_dir(data_dir: str | os.PathLike[str], task: str) -> Path:
 def tweeteval_task(task: str, data_dir: str | os.PathLike[str] | None = None) -> TaskSpec:
     """The :class:`TaskSpec` of one TweetEval task, with its official metric; label names come
     from the task's ``mapping.txt`` when ``data_dir`` is given. Stance is a pair task
-    (``target``, ``text``)."""
-    if task not in TWEETEVAL_TASKS:
-        raise ValueError(f"Unknown TweetEval task {task!r}; the tasks are {list(TWEETEVAL_TASKS)}")
-    names = read_mapping(_task_dir(data_dir, task) / "mapping.txt") if data_dir is not None else None
-    if names is not None and len(names) != _NUM_LABELS[task]:
-        raise DataError(f"{Path(data_dir) / task / 'mapping.txt'}: {len(names)} labels, TweetEval's {task} has {_NUM_LABELS[task]}")
+    (``target``, ``text``); ``stance_<target>`` is one target's tweets alone, in the metric
+    group ``stance``."""
+    base = _base(task)
+    names = read_mapping(_task_dir(data_dir, base) / "mapping.txt") if data_dir is not None else None
+    if names is not None and len(names) != _NUM_LABELS[base]:
+        raise DataError(f"{Path(data_dir) / base / 'mapping.txt'}: {len(names)} labels, TweetEval's {base} has {_NUM_LABELS[base]}")
     columns = ("target", "text") if task == "stance" else ("text",)
-    return TaskSpec(name=task, kind="classification", num_labels=_NUM_LABELS[task], text_columns=columns, label_column="label",
-                    metric=_METRIC[task], label_names=names)  # fmt: skip
+    group = "stance" if task in STANCE_TARGET_TASKS else None
+    return TaskSpec(name=task, kind="classification", num_labels=_NUM_LABELS[base], text_columns=columns, label_column="label",
+                    metric=_METRIC[base], label_names=names, metric_group=group)  # fmt: skip
 
 
-def tweeteval_tasks(data_dir: str | os.PathLike[str] | None = None, tasks: list[str] | None = None) -> list[TaskSpec]:
-    """The TweetEval tasks (all six, or ``tasks``) as :class:`TaskSpec` objects."""
-    return [tweeteval_task(t, data_dir) for t in (tasks or TWEETEVAL_TASKS)]
+def expand_stance(tasks: list[str], stance: str = "pair") -> list[str]:
+    """``tasks`` with ``stance`` kept as one pair task (``stance="pair"``) or replaced by the five
+    target tasks ``stance_<target>`` (``stance="targets"``)."""
+    if stance not in ("pair", "targets"):
+        raise ValueError(f"stance must be 'pair' (one task, the target as the pair's first text) or 'targets' (one task per "
+                         f"target), got {stance!r}")  # fmt: skip
+    if stance == "pair":
+        return list(tasks)
+    return [t for task in tasks for t in (STANCE_TARGET_TASKS if task == "stance" else (task,))]
+
+
+def tweeteval_tasks(data_dir: str | os.PathLike[str] | None = None, tasks: list[str] | None = None, stance: str = "pair") -> list[TaskSpec]:
+    """The TweetEval tasks (all six, or ``tasks``) as :class:`TaskSpec` objects; ``stance="targets"``
+    gives stance as five tasks, one head per target, scored pooled (:func:`expand_stance`)."""
+    return [tweeteval_task(t, data_dir) for t in expand_stance(list(tasks or TWEETEVAL_TASKS), stance)]
 
 
 def _groups(data_dir: str | os.PathLike[str], task: str) -> list[tuple[str, Path, dict[str, str]]]:
     """(id prefix, folder, constant columns) of each file group of a task: one, or one per stance target."""
     folder = _task_dir(data_dir, task)
+    if task in STANCE_TARGET_TASKS:
+        target = task.removeprefix("stance_")
+        if not (folder / target).is_dir():
+            raise DataError(f"{folder}: no folder {target}/ (stance has one folder per target: {', '.join(STANCE_TARGETS)})")
+        return [(f"{target}-", folder / target, {})]
     if task != "stance":
         return [("", folder, {})]
     out = []
@@ -139,8 +172,8 @@ def load_tweeteval(
     max_bad_fraction: float = 0.01,
 ) -> datasets.Dataset:
     """One task's ``train`` or ``val`` (``validation``) examples from the TweetEval layout: ``id``
-    (the 0-based line index; ``{target}-{index}`` for stance), ``text`` (and ``target`` for
-    stance) and ``label``. Bad lines (an empty tweet: hate has a few) are reported by file and
+    (the 0-based line index; ``{target}-{index}`` for stance and its target tasks), ``text`` (and
+    ``target`` for the stance pair task) and ``label``. Bad lines (an empty tweet: hate has a few) are reported by file and
     line and skipped, as :func:`~hf_multitask.load_task_data` does."""
     spec = tweeteval_task(spec, data_dir) if isinstance(spec, str) else spec
     if split not in _SPLIT_FILES:
@@ -194,8 +227,11 @@ def write_test_predictions(
     from .predict import predict
 
     known = model.config.task_names
-    names = tasks or [t for t in known if t in TWEETEVAL_TASKS]
-    unknown = [t for t in names if t not in known or t not in TWEETEVAL_TASKS]
+    official = (*TWEETEVAL_TASKS, *STANCE_TARGET_TASKS)
+    names = tasks or [t for t in known if t in official]
+    # stance asked of a model that has it as five target tasks: their five files
+    names = [m for t in names for m in (STANCE_TARGET_TASKS if t == "stance" and "stance" not in known else (t,))]
+    unknown = [t for t in names if t not in known or t not in official]
     if unknown or not names:
         raise ValueError(f"the model has no TweetEval task {unknown or list(TWEETEVAL_TASKS)} (its tasks: {known})")
     written: dict[str, Path] = {}
@@ -244,8 +280,12 @@ def load_tweeteval_hub(spec: TaskSpec | str, split: str = "train", *, strict: bo
     spec = tweeteval_task(spec) if isinstance(spec, str) else spec
     if split not in ("train", "validation"):
         raise ValueError(f"split must be 'train' or 'validation' (test labels are never used), got {split!r}")
-    configs = [(f"stance_{t}", f"{t}-", {"target": p}) for t, p in STANCE_TARGETS.items()] if spec.name == "stance" else [
-        (spec.name, "", {})]  # fmt: skip
+    if spec.name == "stance":
+        configs = [(f"stance_{t}", f"{t}-", {"target": p}) for t, p in STANCE_TARGETS.items()]
+    elif spec.name in STANCE_TARGET_TASKS:
+        configs = [(spec.name, f"{spec.name.removeprefix('stance_')}-", {})]
+    else:
+        configs = [(spec.name, "", {})]
     parts = []
     for config, prefix, extra in configs:
         try:

@@ -81,6 +81,11 @@ class DataArguments:
         metadata={"help": "With --benchmark: 'val' (the benchmark's validation files) or 'split' (a seeded --validation_fraction "
                   "split of the training files, for tuning without touching val)"},
     )  # fmt: skip
+    stance: str = field(
+        default="pair",
+        metadata={"help": "With --benchmark tweeteval: 'pair' (stance is one task, the target as the pair's first text) or "
+                  "'targets' (five tasks stance_<target>, one head each, scored pooled as the official stance metric)"},
+    )  # fmt: skip
     tasks: list[str] | None = field(
         default=None, metadata={"help": "Task names to train (default: the reference trio sst quora sts, or every task of --benchmark)"}
     )
@@ -123,6 +128,8 @@ class DataArguments:
             raise RecipeError(f"--benchmark: unknown benchmark {self.benchmark!r}; known: {sorted(BENCHMARKS)}")
         if self.benchmark_validation not in ("val", "split"):
             raise RecipeError(f"--benchmark_validation must be 'val' or 'split', got {self.benchmark_validation!r}")
+        if self.stance not in ("pair", "targets"):
+            raise RecipeError(f"--stance must be 'pair' or 'targets', got {self.stance!r}")
         if self.max_length < 1:
             raise RecipeError(f"--max_length must be a positive number of tokens, got {self.max_length} (it counts the special tokens)")
 

@@ -92,12 +92,14 @@ def _default_tasks(data_args: DataArguments) -> list[str]:
 def _benchmark_tasks(data_args: DataArguments, validation_files: dict[str, str]) -> list[tuple[TaskSpec, str, str | None]]:
     """The --benchmark's tasks: (spec, :data:`BENCHMARK_DATA` or :data:`HUB_PRESET`, validation file or None)."""
     from ..reading import DataError
-    from ..tweeteval import tweeteval_task
+    from ..tweeteval import STANCE_TARGET_TASKS, expand_stance, tweeteval_task
 
     names = _default_tasks(data_args)
-    unknown = [t for t in names if t not in TWEETEVAL_TASKS]
+    unknown = [t for t in names if t not in TWEETEVAL_TASKS and t not in STANCE_TARGET_TASKS]
     if unknown:
-        raise RecipeError(f"--tasks: {unknown} are not {data_args.benchmark} tasks; its tasks are {list(TWEETEVAL_TASKS)}")
+        raise RecipeError(f"--tasks: {unknown} are not {data_args.benchmark} tasks; its tasks are {list(TWEETEVAL_TASKS)} "
+                          f"(stance also as {list(STANCE_TARGET_TASKS)})")  # fmt: skip
+    names = expand_stance(names, data_args.stance)
     source = BENCHMARK_DATA if data_args.data_dir else HUB_PRESET
     try:
         return [(tweeteval_task(t, data_args.data_dir), source, validation_files.get(t)) for t in names]

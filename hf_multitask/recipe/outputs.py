@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 from ..hub import save_for_hub, upload_folder
 from ..metrics import prefixed_metrics
 from ..predict import write_predictions
+from ..tasks import member_tasks
 from .arguments import RecipeArguments, RecipeError
 from .data import build_tasks, check_task_names, encode_data, load_raw_data
 from .phases import Phase, RecipeContext
@@ -57,7 +58,7 @@ class OutputsPhase(Phase):
             from ..tweeteval import write_test_predictions
 
             written = write_test_predictions(ctx.final_model, ctx.tokenizer, data.data_dir, out / "predictions" / "test",
-                                             tasks=args.primary_tasks or None, max_length=data.max_length,
+                                             tasks=member_tasks(args.primary_tasks or [], [spec for spec, _, _ in ctx.tasks]) or None, max_length=data.max_length,
                                              batch_size=args.per_device_eval_batch_size, progress=not args.disable_tqdm)  # fmt: skip
             logger.info("test predictions (official layout): %s", sorted(written))
         if args.plot_telemetry and args.telemetry_steps > 0:

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..metrics import prefixed_metrics
 from ..modeling import MultitaskModel
+from ..tasks import member_tasks
 from ..trainer import MultitaskTrainer
 from .arguments import RecipeArguments, RecipeError, RecipeTrainingArguments
 
@@ -130,7 +131,7 @@ class IntermediatePhase(Phase):
 
     def run(self, ctx):
         args, steps = ctx.args, ctx.arguments.intermediate.intermediate_steps
-        primary = args.primary_tasks or []
+        primary = member_tasks(args.primary_tasks or [], [spec for spec, _, _ in ctx.tasks])  # a primary metric group trains as its tasks
         auxiliary = {t: d for t, d in ctx.train.items() if t not in primary}
         if not primary or not auxiliary:
             raise RecipeError("--intermediate_steps trains the auxiliary tasks first: name the primary task(s) with --primary_tasks "

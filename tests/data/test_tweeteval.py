@@ -12,7 +12,8 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import RECIPE_WORDS, tiny_model
+from conftest import tiny_model
+from tweeteval_fixtures import SIZES, recipe_args, tweet, write_tweeteval
 
 import hf_multitask as hm
 from hf_multitask import tweeteval as te
@@ -21,39 +22,10 @@ from hf_multitask.metrics import macro_f1, positive_f1, stance_f1
 from hf_multitask.reading import read_lines
 from hf_multitask.recipe import RecipeError, run
 
-SIZES = {"train": 24, "val": 10, "test": 7}
-
-
-def _tweet(i: int) -> str:
-    return " ".join(RECIPE_WORDS[(i * 5 + k) % len(RECIPE_WORDS)] for k in range(2 + i % 3)) + f" @user #{i}"
-
-
-def _write_group(folder: Path, num_labels: int, offset: int = 0) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n in SIZES.items():
-        (folder / f"{split}_text.txt").write_text("".join(f"{_tweet(offset + i)} \n" for i in range(n)), encoding="utf-8")
-        if split != "test":
-            (folder / f"{split}_labels.txt").write_text("".join(f"{(offset + i) % num_labels}\n" for i in range(n)))
-
 
 @pytest.fixture(scope="module")
 def tweeteval_dir(tmp_path_factory) -> Path:
-    """A tiny copy of the TweetEval layout: six task folders, stance with five target folders."""
-    root = tmp_path_factory.mktemp("tweeteval")
-    for task, k in te._NUM_LABELS.items():
-        names = [f"class{i}" for i in range(k)]
-        if task == "emoji":  # the real emoji mapping has three columns: index, emoji, description
-            names = [f"e{i}\t_desc_{i}_" for i in range(k)]
-        if task == "stance":
-            names = ["none", "against", "favor"]
-        (root / task).mkdir()
-        (root / task / "mapping.txt").write_text("".join(f"{i}\t{n}\n" for i, n in enumerate(names)))
-        if task == "stance":
-            for j, target in enumerate(te.STANCE_TARGETS):
-                _write_group(root / task / target, k, offset=10 * j)
-        else:
-            _write_group(root / task, k)
-    return root
+    return write_tweeteval(tmp_path_factory.mktemp("tweeteval"))
 
 
 # --- the reader ----------------------------------------------------------------------------------
@@ -189,7 +161,7 @@ def test_stance_pools_the_five_targets_with_the_target_as_first_text(tweeteval_d
     assert len(train) == 5 * SIZES["train"]
     assert train["id"][0] == "abortion-0" and train["id"][-1] == f"hillary-{SIZES['train'] - 1}"
     assert train["target"][0] == "Legalization of Abortion" and train["target"][-1] == "Hillary Clinton"
-    assert train["text"][0] == _tweet(0)  # the trailing space before the newline is gone
+    assert train["text"][0] == tweet(0)  # the trailing space before the newline is gone
     val = te.load_tweeteval("irony", tweeteval_dir, "val")
     assert len(val) == SIZES["val"] and val["label"] == [i % 2 for i in range(SIZES["val"])]
 
@@ -278,17 +250,10 @@ def test_hub_preset_offline_says_what_to_pass(monkeypatch, tiny_backbone, tmp_pa
 # --- the recipe ----------------------------------------------------------------------------------
 
 
-def _recipe(backbone, data, out, *extra):
-    return ["--benchmark", "tweeteval", "--data-dir", str(data), "--backbone", str(backbone), "--output-dir", str(out),
-            "--max-steps", "4", "--per_device_train_batch_size", "4", "--use_cpu", "true", "--disable_tqdm", "true",
-            "--telemetry_steps", "0", "--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps",
-            "--save_steps", "2", "--plot_telemetry", "false", *extra]  # fmt: skip
-
-
 def test_recipe_trains_the_six_tasks_scores_officially_and_writes_test_files(tiny_backbone, tweeteval_dir, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        metrics = run(_recipe(tiny_backbone, tweeteval_dir, tmp_path / "out"))
+        metrics = run(recipe_args(tiny_backbone, tweeteval_dir, tmp_path / "out"))
     official = [metrics[f"eval_{t}_{te._METRIC[t]}"] for t in te.TWEETEVAL_TASKS]
     assert metrics["eval_overall"] == pytest.approx(np.mean(official))
     assert te.benchmark_score(metrics) == pytest.approx(100 * metrics["eval_overall"])
@@ -309,8 +274,8 @@ def test_recipe_benchmark_validation_split_never_reads_val(tiny_backbone, tweete
     for path in root.rglob("val_labels.txt"):
         path.write_text("not a label\n" * SIZES["val"])  # reading val now fails
     with pytest.raises(DataError):
-        run(_recipe(tiny_backbone, root, tmp_path / "a", "--tasks", "irony"))
-    metrics = run(_recipe(tiny_backbone, root, tmp_path / "b", "--tasks", "irony", "--benchmark_validation", "split",
+        run(recipe_args(tiny_backbone, root, tmp_path / "a", "--tasks", "irony"))
+    metrics = run(recipe_args(tiny_backbone, root, tmp_path / "b", "--tasks", "irony", "--benchmark_validation", "split",
                           "--validation_fraction", "0.25", "--test_predictions", "false"))  # fmt: skip
     assert "eval_irony_positive_f1" in metrics and not (tmp_path / "b" / "predictions" / "test").exists()
 
@@ -325,12 +290,12 @@ def test_recipe_benchmark_validation_split_never_reads_val(tiny_backbone, tweete
 )
 def test_recipe_refuses_bad_benchmark_flags(tiny_backbone, tweeteval_dir, tmp_path, extra, message):
     with pytest.raises(RecipeError, match=message):
-        run(_recipe(tiny_backbone, tweeteval_dir, tmp_path / "out", *extra))
+        run(recipe_args(tiny_backbone, tweeteval_dir, tmp_path / "out", *extra))
 
 
 def test_recipe_names_a_folder_that_is_not_the_layout(tiny_backbone, tmp_path):
     with pytest.raises(RecipeError, match="not the TweetEval layout.*no folder emoji/"):
-        run(_recipe(tiny_backbone, tmp_path, tmp_path / "out"))
+        run(recipe_args(tiny_backbone, tmp_path, tmp_path / "out"))
 
 
 def test_cli_writes_the_test_files_of_a_saved_model_and_names_a_bad_folder(tokenizer, tweeteval_dir, tmp_path, capsys):
@@ -358,7 +323,7 @@ def test_cli_writes_the_test_files_of_a_saved_model_and_names_a_bad_folder(token
 def test_recipe_with_two_step_specialisation_writes_the_routed_models_test_files(tiny_backbone, tweeteval_dir, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run(_recipe(tiny_backbone, tweeteval_dir, tmp_path / "out", "--tasks", "irony", "emotion", "--specialise_steps", "2"))
+        run(recipe_args(tiny_backbone, tweeteval_dir, tmp_path / "out", "--tasks", "irony", "emotion", "--specialise_steps", "2"))
     test = tmp_path / "out" / "predictions" / "test"
     assert sorted(p.name for p in test.iterdir()) == ["emotion.txt", "irony.txt"]
 
@@ -366,7 +331,7 @@ def test_recipe_with_two_step_specialisation_writes_the_routed_models_test_files
 def test_grid_gathers_each_cells_test_files_in_the_official_layout(tiny_backbone, tweeteval_dir, tmp_path):
     from hf_multitask.compare import Grid, report, run_grid
 
-    protocol = _recipe(tiny_backbone, tweeteval_dir, tmp_path / "unused")
+    protocol = recipe_args(tiny_backbone, tweeteval_dir, tmp_path / "unused")
     cut = protocol.index("--output-dir")
     protocol = protocol[:cut] + protocol[cut + 2 :] + ["--max_length", "32"]
     grid = Grid.from_dict({"tasks": ["irony", "stance"], "seeds": [0], "splits": [0], "protocol": protocol,
@@ -397,6 +362,8 @@ def test_grid_gathers_each_cells_test_files_in_the_official_layout(tiny_backbone
 def test_recipe_with_a_primary_task_writes_only_the_primarys_test_file(tiny_backbone, tweeteval_dir, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        metrics = run(_recipe(tiny_backbone, tweeteval_dir, tmp_path / "out", "--tasks", "irony", "emotion", "--primary_tasks", "irony"))
+        metrics = run(
+            recipe_args(tiny_backbone, tweeteval_dir, tmp_path / "out", "--tasks", "irony", "emotion", "--primary_tasks", "irony")
+        )
     assert [p.name for p in (tmp_path / "out" / "predictions" / "test").iterdir()] == ["irony.txt"]
     assert metrics["eval_overall"] == pytest.approx(metrics["eval_irony_positive_f1"])
