@@ -79,6 +79,9 @@ GRID = {
     "baseline": "sum_tuned",
     "pairs": [
         ["sum_annealed", "separate"],
+        # stance as five target heads (--stance targets, pooled metric) against the one (target, tweet) pair task
+        ["separate_stance_targets", "separate"],
+        ["sum_annealed_stance_targets", "sum_annealed"],
         # the gradient methods need every task in every step (under the annealed schedule a step has one task,
         # and PCGrad is the summed loss): each against the summed loss on the same round-robin batches
         ["pcgrad", "sum_round_robin"],
@@ -92,6 +95,10 @@ GRID = {
         "separate": {"single_task": True, "args": ["--aggregator", "sum"]},
         # one encoder, summed loss, the annealed schedule (the trio's best schedule), same examples and epochs
         "sum_annealed": {"args": ["--aggregator", "sum", *ANNEALED]},
+        # stance's two designs (issue 24: measure both on validation, keep the better): one stance model with five
+        # target heads against `separate`'s one pair-task model, and the one encoder with ten heads against six
+        "separate_stance_targets": {"single_task": True, "tasks": ["stance"], "args": ["--aggregator", "sum", "--stance", "targets"]},
+        "sum_annealed_stance_targets": {"args": ["--aggregator", "sum", *ANNEALED, "--stance", "targets"]},
         "sum_tuned": {"args": ["--aggregator", "sum"], "candidates": SUM_CANDIDATES},
         "sum_round_robin": {"args": ["--aggregator", "sum", *ROUND_ROBIN]},
         "pcgrad": {"args": ["--aggregator", "pcgrad", *ROUND_ROBIN]},
