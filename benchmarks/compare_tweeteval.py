@@ -16,7 +16,8 @@ test prediction files in the official layout gathered into
 ``benchmarks/results/tweeteval/<arm>/seed<k>/test/`` (committed: the held-out test labels score
 them). The report goes to ``benchmarks/compare_tweeteval.md`` and ``.png``.
 
-Arms: ``separate``, ``sum_annealed``, the tuned summed loss ``sum_tuned`` (five candidates, one
+Arms: ``separate``, ``sum_annealed``, their stance-as-five-target-heads twins (``--stance targets``:
+``separate_stance_targets``, one stance model with five heads, and ``sum_annealed_stance_targets``), the tuned summed loss ``sum_tuned`` (five candidates, one
 run each on the tuning split), and PCGrad, UPGrad and FAMO on round-robin batches against
 ``sum_round_robin``, plus the primary-task arms of issue 25. One run costs 20-40 min of this
 CPU, so each seed of these arms is about 3 h, and the tuning is another 3 h.

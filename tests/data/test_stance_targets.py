@@ -71,3 +71,10 @@ def test_the_trainer_serves_a_primary_group_through_its_tasks(tmp_path):
     assert trainer.aggregator.primary == list(te.STANCE_TARGET_TASKS), "the group's gradients are the primary's"
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['emoji'\]; the model knows \[.*'stance \(group\)'\]"):
         hm.MultitaskTrainer(model=model, args=train_args(tmp_path, primary_tasks=["emoji"]))
+
+
+def test_test_files_of_stance_asked_of_a_five_head_model_are_its_five_targets(tokenizer, tweeteval_dir, tmp_path):
+    model = tiny_model(hm.tweeteval_tasks(tweeteval_dir, ["irony", "stance"], stance="targets")).eval()
+    written = te.write_test_predictions(model, tokenizer, tweeteval_dir, tmp_path, tasks=["stance"], batch_size=4, progress=False)
+    assert sorted(written) == sorted(f"stance/{t}" for t in te.STANCE_TARGETS)
+    assert len(written["stance/hillary"].read_text().splitlines()) == SIZES["test"]

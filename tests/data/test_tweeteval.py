@@ -234,6 +234,9 @@ def test_hub_preset_maps_the_configs_and_pools_stance(monkeypatch):
     assert len(stance) == 30 and stance["target"][6] == "Atheism" and stance["id"][6] == "atheism-0"
     irony = te.load_tweeteval_hub("irony")
     assert calls[-1] == ("cardiffnlp/tweet_eval", "irony", "train") and irony["label"] == [0, 1, 0, 1, 0, 1]
+    climate = te.load_tweeteval_hub("stance_climate")  # one target as its own task: its own config
+    assert calls[-1] == ("cardiffnlp/tweet_eval", "stance_climate", "train")
+    assert climate["id"][0] == "climate-0" and "target" not in climate.column_names
     with pytest.raises(ValueError, match="never used"):
         te.load_tweeteval_hub("irony", "test")
 
