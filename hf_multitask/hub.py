@@ -11,6 +11,7 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 
 from .configuration import MultitaskConfig
 from .metrics import METRIC_DISPLAY
+from .tasks import metric_groups
 
 __all__ = ["make_model_card", "save_for_hub", "push_to_hub", "upload_folder"]
 
@@ -93,18 +94,22 @@ def make_model_card(
     metrics = {k.removeprefix("eval_"): float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
     specs = config.task_specs
     rows, results = [], []
-    for spec in specs:
-        key = f"{spec.name}_{spec.metric}"
+    by_name = {s.name: s for s in specs}
+    # each task, then each metric group's pooled metric (TaskSpec.metric_group), the score that counts in overall
+    entries = [(s.name, s.name, s) for s in specs]
+    entries += [(group, f"{group} (pooled: {', '.join(members)})", by_name[members[0]]) for group, members in metric_groups(specs).items()]
+    for key_name, shown, spec in entries:
+        key = f"{key_name}_{spec.metric}"
         if key in metrics:
             value = metrics[key]
-            rows.append((spec.name, spec.metric, f"{value:.4f}"))
+            rows.append((shown, spec.metric, f"{value:.4f}"))
             results.append(
                 EvalResult(
                     task_type=spec.task_type.card_type,
-                    dataset_type=spec.name,
-                    dataset_name=f"{spec.name} ({dataset_name})",
+                    dataset_type=key_name,
+                    dataset_name=f"{key_name} ({dataset_name})",
                     metric_type=METRIC_DISPLAY.get(spec.metric, spec.metric),
-                    metric_name=f"{spec.name} {spec.metric}",
+                    metric_name=f"{key_name} {spec.metric}",
                     metric_value=value,
                 )
             )

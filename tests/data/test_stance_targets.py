@@ -53,6 +53,8 @@ def test_recipe_stance_targets_scores_stance_pooled_once_and_writes_the_official
     written = sorted(p.relative_to(test).as_posix() for p in test.rglob("*.txt"))
     assert written == sorted([*(f"{t}.txt" for t in te.TWEETEVAL_TASKS if t != "stance"), *(f"stance/{t}.txt" for t in te.STANCE_TARGETS)])
     assert len((test / "stance" / "feminist.txt").read_text().splitlines()) == SIZES["test"]
+    card = (tmp_path / "out" / "best" / "README.md").read_text()
+    assert "| stance (pooled: stance_abortion, stance_atheism, stance_climate, stance_feminist, stance_hillary) | stance_f1 |" in card
 
 
 def test_recipe_a_primary_group_chooses_the_checkpoint_and_writes_only_its_files(tiny_backbone, tweeteval_dir, tmp_path):
