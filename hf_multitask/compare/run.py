@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import time
@@ -14,9 +15,25 @@ from typing import Any
 from .grid import RESULT, Arm, Grid, GridError
 from .stats import _overall
 
+_PACKAGES = ("hf-multitask", "torch", "transformers", "datasets", "accelerate", "peft", "numpy", "scikit-learn")
+
+
+def versions() -> dict[str, str]:
+    """The Python and package versions a cell ran with, kept in its result: a later install can
+    shift the last digits of a committed result (transformers 5.17 -> 5.24 moved a trio cell by 1e-7)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version(), "machine": platform.machine()}
+    for name in _PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
 
 def _run_one(cmd: list[str], out: Path, log: Path) -> dict[str, Any]:
-    """Run one recipe in a child process; its metrics plus wall time and the child's peak RSS."""
+    """Run one recipe in a child process; its metrics plus wall time, the child's peak RSS and the versions."""
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log, "w") as handle:
@@ -28,7 +45,8 @@ def _run_one(cmd: list[str], out: Path, log: Path) -> dict[str, Any]:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise RuntimeError(f"run failed (exit {proc.returncode}): {' '.join(cmd)}\nlog {log}:\n" + "\n".join(tail))
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"metrics": metrics, "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024}  # ru_maxrss is KiB on Linux
+    return {"metrics": metrics, "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024,  # ru_maxrss is KiB on Linux
+            "versions": versions()}  # fmt: skip
 
 
 def _limits(grid: Grid, tasks: list[str]) -> dict[str, int]:
@@ -135,7 +153,8 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
         examples = sum(p["metrics"].get("train_examples", 0) for p in parts.values())
         metrics.update(train_seconds=train_seconds, train_examples=examples, train_global_steps=steps)
         result = {"metrics": metrics, "wall_seconds": sum(p["wall_seconds"] for p in parts.values()),
-                  "peak_rss_mb": max(p["peak_rss_mb"] for p in parts.values())}  # fmt: skip
+                  "peak_rss_mb": max(p["peak_rss_mb"] for p in parts.values()),
+                  "versions": [p.get("versions") for p in parts.values()][-1]}  # fmt: skip
         runs = [folder / task / "run" for task in tasks]
     else:
         say(f"{arm.name}: seed {seed}, split {split}")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+import transformers
 from conftest import write_tsv
 
 from hf_multitask.compare import Grid, GridError, interval, report, run_grid, summarise
@@ -78,6 +80,7 @@ def test_tiny_grid_end_to_end_and_resume(tiny_backbone, tiny_data, tmp_path):
     assert json.loads(cmd)["train_global_steps"] == 2
     for r in results:
         assert r["peak_rss_mb"] > 50 and r["wall_seconds"] > 0 and r["split"] == 1
+        assert r["versions"]["torch"] == torch.__version__ and r["versions"]["transformers"] == transformers.__version__
     separate = [r for r in results if r["arm"] == "separate"]
     assert all({"eval_sst_accuracy", "eval_sts_pearson"} <= set(r["metrics"]) for r in separate)
 
