@@ -78,8 +78,9 @@ def markdown(
             head = ["a − b", "seeds", *[f"Δ {t}" for t in tasks], "Δ overall"]
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for r in mine:
+                subset = "" if r.get("tasks", " ".join(tasks)) == " ".join(tasks) else f" ({r['tasks']} only)"
                 cells = [f"`{r['pair']}`", str(r["seeds"]), *[_fmt(r[t], r[f"{t}_ci"]) for t in tasks],
-                         _fmt(r["overall"], r["overall_ci"]) + _verdict(r["overall"], r["overall_ci"])]  # fmt: skip
+                         _fmt(r["overall"], r["overall_ci"]) + _verdict(r["overall"], r["overall_ci"]) + subset]  # fmt: skip
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
     for choice in tuning or []:

@@ -108,8 +108,9 @@ def _median_rate(cells: list[dict[str, Any]], per: str, scale: float = 1.0) -> f
 
 def paired(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (split, pair) of the grid's ``pairs``: ``a - b`` per seed both arms finished,
-    for each task's metric and the overall score, then mean and 95 % interval. Pairs whose arms
-    ran on different task sets are left out (their overall scores are not comparable)."""
+    for each task's metric and the overall score, then mean and 95 % interval. Arms that ran on
+    different task sets are compared on the tasks they share (``tasks`` names them: both
+    overall scores are taken over those tasks); pairs with no task in common are left out."""
     by = {(c["split"], c["arm"], c["seed"]): c for c in cells}
     rows = []
     for split in sorted({c["split"] for c in cells}):
@@ -117,10 +118,11 @@ def paired(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, 
             seeds = sorted(k[2] for k in by if k[:2] == (split, a) and (split, b, k[2]) in by)
             if not seeds:
                 continue
-            tasks = list(by[(split, a, seeds[0])].get("tasks") or grid["tasks"])
-            if set(tasks) != set(by[(split, b, seeds[0])].get("tasks") or grid["tasks"]):
+            other = by[(split, b, seeds[0])].get("tasks") or grid["tasks"]
+            tasks = [t for t in by[(split, a, seeds[0])].get("tasks") or grid["tasks"] if t in other]
+            if not tasks:
                 continue
-            row: dict[str, Any] = {"split": split, "pair": f"{a} − {b}", "seeds": len(seeds)}
+            row: dict[str, Any] = {"split": split, "pair": f"{a} − {b}", "seeds": len(seeds), "tasks": " ".join(tasks)}
             for task in grid["tasks"]:
                 diffs = [_primary(by[(split, a, s)]["metrics"], task)[1] - _primary(by[(split, b, s)]["metrics"], task)[1]
                          for s in seeds] if task in tasks else []  # fmt: skip

@@ -11,7 +11,7 @@ import torch
 import transformers
 from conftest import write_tsv
 
-from hf_multitask.compare import Grid, GridError, interval, report, run_grid, summarise
+from hf_multitask.compare import Grid, GridError, interval, markdown, paired, report, run_grid, summarise
 
 
 def _grid(backbone, data, **overrides) -> Grid:
@@ -132,7 +132,7 @@ def test_interval_and_delta_m():
 
 
 def test_pairs_report_paired_differences_per_task_and_overall():
-    from hf_multitask.compare import markdown, paired
+    from hf_multitask.compare import paired
 
     grid = {
         "tasks": ["a", "b"],
@@ -225,10 +225,15 @@ def test_an_arm_on_a_subset_of_tasks_is_scored_on_its_tasks():
     # Delta-m of `both` against `alone` uses task b only: 100 * (0.9 - 0.8)/0.8 and 100 * (0.9 - 0.81)/0.81
     assert rows["both"]["delta_m"] == pytest.approx((12.5 + 100 * 0.09 / 0.81) / 2)
     assert math.isnan(rows["alone"]["vs_baseline"]), "overall over other tasks is not compared"
-    from hf_multitask.compare import markdown
 
-    table = markdown(grid, list(rows.values()))
+    # a pair of them is compared on the task they share: b, 0.8 + 0.01 s - 0.9 per seed
+    grid["pairs"] = [["alone", "both"]]
+    (pair,) = paired(grid, cells)
+    assert pair["tasks"] == "b" and math.isnan(pair["a"])
+    assert (pair["overall"], pair["overall_ci"]) == pytest.approx(interval([-0.1, -0.09]))
+    table = markdown(grid, list(rows.values()), pairs=[pair])
     assert "(b only)" in table and "| `alone` | 2 | — | 0.805" in table and "| a accuracy | b accuracy |" in table
+    assert "| `alone − both` | 2 | — | -0.095 ± 0.064 | -0.095 ± 0.064 (worse) (b only) |" in table
     with pytest.raises(GridError, match="'tasks' must be a non-empty subset"):
         Grid.from_dict({"tasks": ["a"], "arms": {"x": {"tasks": ["z"]}}, "seeds": [0], "splits": [0]})
 
