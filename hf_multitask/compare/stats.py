@@ -25,12 +25,23 @@ def interval(values: Sequence[float]) -> tuple[float, float]:
     return mean, t * statistics.stdev(values) / math.sqrt(n)
 
 
+def _metric_names() -> set[str]:
+    """Every registered task type's metric names (``accuracy``, ``macro_f1``, ``stance_f1``, ...)."""
+    from ..tasks import TASK_TYPES  # importing tasks registers the built-in types
+
+    return {m for task_type in TASK_TYPES.values() for m in task_type.metrics}
+
+
 def _primary(metrics: dict[str, Any], task: str) -> tuple[str, float]:
-    """The task's own metric (accuracy, pearson, ...): ``eval_<task>_<metric>`` other than score/loss."""
-    keys = sorted(k for k in metrics if k.startswith(f"eval_{task}_") and k not in (f"eval_{task}_score", f"eval_{task}_loss"))
+    """The task's own metric (accuracy, pearson, ...): ``eval_<task>_<metric>`` with a registered
+    metric name, so a metric group's members (``eval_stance_abortion_loss`` beside the group's
+    ``eval_stance_stance_f1``) are never taken for the group's metric."""
+    prefix = f"eval_{task}_"
+    known = _metric_names()
+    keys = sorted(k for k in metrics if k.startswith(prefix) and k[len(prefix) :] in known)
     if not keys:
-        raise GridError(f"no metric for task {task!r} in the run's metrics")
-    return keys[0][len(f"eval_{task}_") :], float(metrics[keys[0]])
+        raise GridError(f"no metric for task {task!r} in the run's metrics (keys {prefix}<one of {sorted(known)}>)")
+    return keys[0][len(prefix) :], float(metrics[keys[0]])
 
 
 def _overall(metrics: dict[str, Any], tasks: Sequence[str]) -> float:

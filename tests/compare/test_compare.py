@@ -319,3 +319,16 @@ def test_tuning_args_reach_the_tuning_runs_only(tiny_backbone, tiny_data, tmp_pa
     assert tuned["args"][-2:] == ["--validation_fraction", "0.25"]
     assert "--validation_fraction" not in results[0]["args"]
     assert json.loads((tmp_path / "cmp" / "grid.json").read_text())["tuning_args"] == ["--validation_fraction", "0.25"]
+
+
+def test_a_metric_groups_members_are_not_taken_for_the_groups_metric():
+    """With stance as five target tasks, ``eval_stance_abortion_loss`` (sorted before the group's
+    ``eval_stance_stance_f1``) was reported as stance's metric."""
+    from hf_multitask.compare.stats import _primary
+
+    metrics = {"eval_stance_abortion_loss": 0.9, "eval_stance_abortion_stance_f1": 0.4, "eval_stance_abortion_score": 0.4,
+               "eval_stance_stance_f1": 0.6, "eval_stance_score": 0.6, "eval_stance_loss": 3.0}  # fmt: skip
+    assert _primary(metrics, "stance") == ("stance_f1", 0.6)
+    assert _primary({"eval_sts_pearson": 0.8, "eval_sts_spearman": 0.7, "eval_sts_score": 0.9}, "sts") == ("pearson", 0.8)
+    with pytest.raises(GridError, match="no metric for task 'irony'"):
+        _primary({"eval_irony_loss": 0.5, "eval_irony_score": 0.7}, "irony")
