@@ -115,6 +115,10 @@ class MultitaskTrainer(_ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Train
         if getattr(self.aggregator, "uses_primary", False):
             # a primary metric group is served through its member tasks' gradients
             self.aggregator.primary = member_tasks(self.aggregator.primary, specs)
+            unknown = [t for t in self.aggregator.primary if t not in self.model.task_names]
+            if unknown:  # a step holds no row of an unknown name: the method would sum every row, silently
+                raise ValueError(f"aggregator {self.aggregator.name!r}: primary task(s) {unknown} are not the model's tasks "
+                                 f"{self.model.task_names}")  # fmt: skip
         if (
             args.activation_checkpointing
             and (args.activation_checkpointing_kwargs or {}).get("use_reentrant")

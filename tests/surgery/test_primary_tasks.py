@@ -136,6 +136,9 @@ def test_the_trainer_refuses_a_primary_method_without_primary_and_an_unknown_pri
     model = deterministic_model()
     with pytest.raises(ValueError, match=r"--primary_tasks names unknown task\(s\) \['irony'\]"):
         hm.MultitaskTrainer(model=model, args=train_args(tmp_path, primary_tasks=["irony"]), train_dataset=toy_encoded(tokenizer, model))
+    # an aggregator built by hand with a primary the model lacks would sum every row as if no primary were in the step
+    with pytest.raises(ValueError, match=r"aggregator 'gradsim': primary task\(s\) \['irony'\] are not the model's tasks"):
+        hm.MultitaskTrainer(model=model, args=train_args(tmp_path), aggregator=get_aggregator("gradsim", primary=["irony"]))
 
 
 def test_no_primary_task_trains_as_before_bit_for_bit(tmp_path, tokenizer):
