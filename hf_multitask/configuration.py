@@ -131,11 +131,6 @@ class MultitaskConfig(PretrainedConfig):
     def task_names(self) -> list[str]:
         return [t["name"] for t in self.tasks]
 
-    @property
-    def metric_groups(self) -> dict[str, list[str]]:
-        """``{group: [task, ...]}``: tasks scored as one pooled metric (``TaskSpec.metric_group``)."""
-        return metric_groups(self.task_specs)
-
     def get_task(self, name: str) -> TaskSpec:
         """Look a task up by name; unknown names raise ``KeyError`` listing the known ones."""
         for t in self.tasks:

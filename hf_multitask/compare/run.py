@@ -154,7 +154,7 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
         metrics.update(train_seconds=train_seconds, train_examples=examples, train_global_steps=steps)
         result = {"metrics": metrics, "wall_seconds": sum(p["wall_seconds"] for p in parts.values()),
                   "peak_rss_mb": max(p["peak_rss_mb"] for p in parts.values()),
-                  "versions": [p.get("versions") for p in parts.values()][-1]}  # fmt: skip
+                  "versions": list(parts.values())[-1].get("versions")}  # fmt: skip
         runs = [folder / task / "run" for task in tasks]
     else:
         say(f"{arm.name}: seed {seed}, split {split}")
