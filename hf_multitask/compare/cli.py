@@ -23,6 +23,9 @@ compare, the training seeds and the validation splits (``--validation_seed`` val
       pcgrad_on_sum_choice:     # PCGrad with the candidate sum_tuned chose: only the method differs
         args: [--aggregator, pcgrad]
         choice_of: sum_tuned
+      gradsim_for_sts:          # the others serve STS: passed as --primary_tasks, chosen and scored on STS
+        primary: [sts]
+        args: [--aggregator, gradsim]
 
 ``python -m hf_multitask.compare run grid.yaml --output-dir DIR`` runs every
 (split, arm, seed) in its own process through the recipe (``python -m hf_multitask.recipe``),

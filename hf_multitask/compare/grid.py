@@ -20,7 +20,11 @@ class GridError(ValueError):
 class Arm:
     """One method under comparison: recipe flags, or one single-task run per task, optionally
     with ``candidates`` (name -> extra flags) compared on the tuning split, the best kept, or
-    with ``choice_of`` another tuned arm, whose chosen candidate's flags it adds to its own."""
+    with ``choice_of`` another tuned arm, whose chosen candidate's flags it adds to its own.
+
+    ``primary``: the tasks the arm serves (issue 25's auxiliary learning). The harness passes them
+    as ``--primary_tasks`` (so the runs choose their checkpoint by them), and the arm is scored on
+    them alone: its tuning choice, its overall score and its comparisons with other arms."""
 
     name: str
     args: list[str] = field(default_factory=list)
@@ -28,6 +32,12 @@ class Arm:
     candidates: dict[str, list[str]] = field(default_factory=dict)
     tasks: list[str] | None = None  # a subset of the grid's tasks (None: all of them)
     choice_of: str | None = None  # a tuned arm whose chosen candidate this arm reuses
+    primary: list[str] | None = None  # the tasks it serves, passed as --primary_tasks (None: all tasks, symmetric)
+
+    @property
+    def scored(self) -> list[str] | None:
+        """The tasks the arm's overall score is taken over: its primary tasks, else its tasks (None: the grid's)."""
+        return self.primary or self.tasks
 
 
 @dataclass
@@ -94,9 +104,20 @@ class Grid:
             extra = sorted(set(arm.tasks or []) - set(self.tasks))
             if extra or (arm.tasks is not None and not arm.tasks):
                 raise GridError(f"arm {arm.name!r}: 'tasks' must be a non-empty subset of the grid's tasks {self.tasks}, got {arm.tasks}")
+            if arm.primary is not None:
+                outside = sorted(set(arm.primary) - set(arm.tasks or self.tasks))
+                if not arm.primary or outside:
+                    raise GridError(f"arm {arm.name!r}: 'primary' must be a non-empty subset of the arm's tasks "
+                                    f"{arm.tasks or self.tasks}, got {arm.primary}")  # fmt: skip
+                if arm.single_task:
+                    raise GridError(f"arm {arm.name!r}: a single_task arm has no auxiliary tasks, so no 'primary'")
             for flag in ("--seed", "--validation_seed", "--output-dir", "--output_dir", "--tasks", "--train_limits"):
                 if flag in arm.args or flag in self.protocol:
                     raise GridError(f"arm {arm.name!r}: {flag} is set by the harness, not by the grid")
+            for flag in ("--primary_tasks", "--primary-tasks"):
+                if flag in arm.args or flag in self.protocol or any(flag in c for c in arm.candidates.values()):
+                    raise GridError(f"arm {arm.name!r}: {flag} is set by the harness from the arm's 'primary' key, "
+                                    "which also scores the arm on those tasks")  # fmt: skip
 
     def arm(self, name: str) -> Arm:
         """The arm called ``name`` (a :class:`GridError` naming the grid's arms if there is none)."""
@@ -128,18 +149,21 @@ class Grid:
             raise GridError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
         arms_data = data.get("arms") or {}
         if not isinstance(arms_data, dict):
-            raise GridError(f"{where}: 'arms' must map arm names to {{args, single_task, candidates, choice_of, tasks}}")
+            raise GridError(f"{where}: 'arms' must map arm names to {{args, single_task, candidates, choice_of, tasks, primary}}")
         arms = []
         for name, spec in arms_data.items():
             spec = spec or {}
-            bad = sorted(set(spec) - {"args", "single_task", "candidates", "tasks", "choice_of"})
+            bad = sorted(set(spec) - {"args", "single_task", "candidates", "tasks", "choice_of", "primary"})
             if bad:
                 raise GridError(f"{where}: arm {name!r}: unknown keys {bad}")
-            tasks = spec.get("tasks")
+            tasks, primary = spec.get("tasks"), spec.get("primary")
+            if isinstance(primary, str):
+                primary = [primary]
             arms.append(Arm(str(name), [str(a) for a in spec.get("args", [])], bool(spec.get("single_task", False)),
                             {str(k): [str(a) for a in (v or [])] for k, v in (spec.get("candidates") or {}).items()},
                             None if tasks is None else [str(t) for t in tasks],
-                            None if spec.get("choice_of") is None else str(spec["choice_of"])))  # fmt: skip
+                            None if spec.get("choice_of") is None else str(spec["choice_of"]),
+                            None if primary is None else [str(t) for t in primary]))  # fmt: skip
         fields = {k: data[k] for k in known - {"arms"} if k in data}
         for key in ("seeds", "splits"):
             if key in fields and not all(isinstance(v, int) for v in fields[key]):

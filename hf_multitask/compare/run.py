@@ -76,17 +76,21 @@ def _per_task_flags(flags: list[str], grid_tasks: list[str], tasks: list[str]) -
     return out
 
 
-def _recipe_cmd(grid: Grid, args: list[str], tasks: list[str], seed: int, split: int, out: Path) -> list[str]:
+def _recipe_cmd(grid: Grid, args: list[str], tasks: list[str], seed: int, split: int, out: Path,
+                primary: list[str] | None = None) -> list[str]:  # fmt: skip
     limits = _limits(grid, tasks)
     extra = ["--train_limits", json.dumps(limits)] if limits else []
+    extra += ["--primary_tasks", *primary] if primary else []
     flags = _per_task_flags([*grid.protocol, *args], grid.tasks, tasks) if set(tasks) != set(grid.tasks) else [*grid.protocol, *args]
     return [*grid.command, *flags, *extra, "--tasks", *tasks, "--seed", str(seed), "--validation_seed", str(split),
             "--output-dir", str(out), "--overwrite_output_dir"]  # fmt: skip
 
 
-def _identity(grid: Grid, args: list[str], tasks: list[str]) -> dict[str, Any]:
-    """What makes a finished cell's result valid for the grid as it is now: the run's flags."""
-    return {"args": args, "tasks": tasks, "protocol": grid.protocol, "train_limits": _limits(grid, tasks)}
+def _identity(grid: Grid, args: list[str], tasks: list[str], primary: list[str] | None = None) -> dict[str, Any]:
+    """What makes a finished cell's result valid for the grid as it is now: the run's flags (and
+    its primary tasks, recorded only when it has some, so older cells keep their identity)."""
+    found = {"args": args, "tasks": tasks, "protocol": grid.protocol, "train_limits": _limits(grid, tasks)}
+    return {**found, "primary": primary} if primary else found
 
 
 def _finished(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -122,7 +126,7 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
     """One (arm, seed, split) cell: resumable; single-task arms run once per task and combine.
     ``gather``: where the cell's test prediction files go once it has run."""
     tasks = list(arm.tasks or grid.tasks)
-    identity = _identity(grid, args, tasks)
+    identity = _identity(grid, args, tasks, arm.primary)
     done = _finished(folder / RESULT, identity)
     if done is not None:
         return done
@@ -158,7 +162,8 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
         runs = [folder / task / "run" for task in tasks]
     else:
         say(f"{arm.name}: seed {seed}, split {split}")
-        result = _run_one(_recipe_cmd(grid, args, tasks, seed, split, folder / "run"), folder / "run", folder / "log.txt")
+        result = _run_one(_recipe_cmd(grid, args, tasks, seed, split, folder / "run", arm.primary), folder / "run",
+                          folder / "log.txt")  # fmt: skip
         runs = [folder / "run"]
     if gather is not None:
         _gather_test_predictions(runs, gather)
@@ -179,15 +184,17 @@ def tuned_args(grid: Grid, arm: Arm, out_dir: Path, say: Any = print) -> list[st
 
 
 def _choose(grid: Grid, arm: Arm, out_dir: Path, say: Any) -> str:
-    """The name of the arm's best candidate on the tuning split (recorded in ``choice.json``)."""
+    """The name of the arm's best candidate on the tuning split (recorded in ``choice.json``), by
+    the mean score over the arm's primary tasks if it has some, else over all its tasks."""
     assert grid.tuning_split is not None
     scores = {}
     for cand, extra in arm.candidates.items():
         res = _execute(grid, [*arm.args, *extra, *grid.tuning_args], arm, grid.tuning_seed, grid.tuning_split,
                        out_dir / "tuning" / arm.name / cand, say)  # fmt: skip
-        scores[cand] = _overall(res["metrics"], arm.tasks or grid.tasks)
+        scores[cand] = _overall(res["metrics"], arm.scored or grid.tasks)
     best = max(scores, key=lambda k: scores[k])
-    choice = {"arm": arm.name, "split": grid.tuning_split, "seed": grid.tuning_seed, "scores": scores, "chosen": best}
+    choice = {"arm": arm.name, "split": grid.tuning_split, "seed": grid.tuning_seed, "scores": scores, "chosen": best,
+              **({"scored_on": arm.primary} if arm.primary else {})}  # fmt: skip
     (out_dir / "tuning" / arm.name / "choice.json").write_text(json.dumps(choice, indent=2))
     return best
 
@@ -221,5 +228,5 @@ def grid_dict(grid: Grid) -> dict[str, Any]:
             "reference": grid.reference,
             "baseline": grid.baseline, "pairs": grid.pairs, "test_predictions": grid.test_predictions,
             "arms": {a.name: {"args": a.args, "single_task": a.single_task, "candidates": a.candidates, "tasks": a.tasks or grid.tasks,
-                              **({"choice_of": a.choice_of} if a.choice_of else {})}
+                              **({"choice_of": a.choice_of} if a.choice_of else {}), **({"primary": a.primary} if a.primary else {})}
                      for a in grid.arms}}  # fmt: skip

@@ -51,6 +51,12 @@ def _overall(metrics: dict[str, Any], tasks: Sequence[str]) -> float:
     return sum(float(metrics[f"eval_{t}_score"]) for t in tasks) / len(tasks)
 
 
+def scored(cell: dict[str, Any], all_tasks: Sequence[str]) -> list[str]:
+    """The tasks a cell's overall score is taken over: its primary tasks if its arm has some (the
+    others are auxiliary), else the tasks it trained."""
+    return list(cell.get("primary") or cell.get("tasks") or all_tasks)
+
+
 def summarise(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (split, arm): metric means, overall, Delta-m vs the reference arm and the
     paired difference vs the baseline arm (both per seed, then mean and 95 % interval), cost."""
@@ -60,13 +66,16 @@ def summarise(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[st
     def tasks_of(split: int, arm: str, seed: int) -> list[str]:
         return list(by[(split, arm, seed)].get("tasks") or all_tasks)
 
+    def scored_of(split: int, arm: str, seed: int) -> list[str]:
+        return scored(by[(split, arm, seed)], all_tasks)
+
     rows = []
     for split in sorted({c["split"] for c in cells}):
         for arm in [a for a in grid["arms"] if any(k[:2] == (split, a) for k in by)]:
             seeds = sorted(k[2] for k in by if k[:2] == (split, arm))
             row: dict[str, Any] = {"split": split, "arm": arm, "seeds": len(seeds)}
-            tasks = tasks_of(split, arm, seeds[0])
-            row["tasks"] = " ".join(tasks)
+            tasks, on = tasks_of(split, arm, seeds[0]), scored_of(split, arm, seeds[0])
+            row["tasks"] = " ".join(on)
             for task in all_tasks:
                 if task not in tasks:
                     row[f"{task}_metric"], row[task], row[f"{task}_ci"] = "", math.nan, math.nan
@@ -74,7 +83,7 @@ def summarise(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[st
                 values = [_primary(by[(split, arm, s)]["metrics"], task) for s in seeds]
                 row[f"{task}_metric"] = values[0][0]
                 row[task], row[f"{task}_ci"] = interval([v for _, v in values])
-            overall = {s: _overall(by[(split, arm, s)]["metrics"], tasks) for s in seeds}
+            overall = {s: _overall(by[(split, arm, s)]["metrics"], on) for s in seeds}
             row["overall"], row["overall_ci"] = interval(list(overall.values()))
             for key, other in (
                 ("delta_m", grid.get("reference")),
@@ -82,9 +91,9 @@ def summarise(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[st
                 ("vs_baseline", grid.get("baseline")),
             ):
                 paired = [s for s in seeds if (split, other, s) in by] if other else []
-                shared = [t for t in tasks if paired and t in tasks_of(split, other, paired[0])]
-                if key != "delta_m" and paired and set(shared) != set(tasks_of(split, other, paired[0])) | set(tasks):
-                    paired = []  # overall scores over different task sets are not comparable
+                shared = [t for t in on if paired and t in scored_of(split, other, paired[0])]
+                if key != "delta_m" and paired and set(shared) != set(on):
+                    paired = []  # the other arm is not scored on all of this arm's tasks: no overall to compare with
                 if not paired or other == arm or not shared:
                     row[key], row[f"{key}_ci"], row[f"{key}_seeds"] = math.nan, math.nan, 0
                     continue
@@ -99,7 +108,7 @@ def summarise(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[st
                         rel = [(_primary(mine, t)[1] - b) / abs(b) for t, b in zip(shared, base)]
                         diffs.append(100 * sum(rel) / len(rel))
                 else:
-                    diffs = [overall[s] - _overall(by[(split, other, s)]["metrics"], tasks) for s in paired]
+                    diffs = [overall[s] - _overall(by[(split, other, s)]["metrics"], on) for s in paired]
                 row[key], row[f"{key}_ci"] = interval(diffs)
                 row[f"{key}_seeds"] = len(paired)
             m = [by[(split, arm, s)] for s in seeds]
@@ -120,8 +129,9 @@ def _median_rate(cells: list[dict[str, Any]], per: str, scale: float = 1.0) -> f
 def paired(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (split, pair) of the grid's ``pairs``: ``a - b`` per seed both arms finished,
     for each task's metric and the overall score, then mean and 95 % interval. Arms that ran on
-    different task sets are compared on the tasks they share (``tasks`` names them: both
-    overall scores are taken over those tasks); pairs with no task in common are left out."""
+    different task sets, or scored on their primary tasks, are compared on the scored tasks they
+    share (``tasks`` names them: both overall scores are taken over those tasks); pairs with no
+    task in common are left out."""
     by = {(c["split"], c["arm"], c["seed"]): c for c in cells}
     rows = []
     for split in sorted({c["split"] for c in cells}):
@@ -129,8 +139,8 @@ def paired(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, 
             seeds = sorted(k[2] for k in by if k[:2] == (split, a) and (split, b, k[2]) in by)
             if not seeds:
                 continue
-            other = by[(split, b, seeds[0])].get("tasks") or grid["tasks"]
-            tasks = [t for t in by[(split, a, seeds[0])].get("tasks") or grid["tasks"] if t in other]
+            other = scored(by[(split, b, seeds[0])], grid["tasks"])
+            tasks = [t for t in scored(by[(split, a, seeds[0])], grid["tasks"]) if t in other]
             if not tasks:
                 continue
             row: dict[str, Any] = {"split": split, "pair": f"{a} − {b}", "seeds": len(seeds), "tasks": " ".join(tasks)}

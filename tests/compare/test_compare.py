@@ -224,7 +224,12 @@ def test_an_arm_on_a_subset_of_tasks_is_scored_on_its_tasks():
     assert math.isnan(rows["alone"]["a"]) and rows["alone"]["overall"] == pytest.approx(0.805)
     # Delta-m of `both` against `alone` uses task b only: 100 * (0.9 - 0.8)/0.8 and 100 * (0.9 - 0.81)/0.81
     assert rows["both"]["delta_m"] == pytest.approx((12.5 + 100 * 0.09 / 0.81) / 2)
-    assert math.isnan(rows["alone"]["vs_baseline"]), "overall over other tasks is not compared"
+    # `alone` against `both` on the task it is scored on (b): 0.8 + 0.01 s - 0.9; `both` has no overall over a and b
+    # in `alone`, so the reverse is not compared
+    assert rows["alone"]["vs_baseline"] == pytest.approx(-0.095)
+    grid["baseline"] = "alone"
+    assert math.isnan({r["arm"]: r for r in summarise(grid, cells)}["both"]["vs_baseline"]), "alone has no score on a"
+    grid["baseline"] = "both"
 
     # a pair of them is compared on the task they share: b, 0.8 + 0.01 s - 0.9 per seed
     grid["pairs"] = [["alone", "both"]]
@@ -332,3 +337,71 @@ def test_a_metric_groups_members_are_not_taken_for_the_groups_metric():
     assert _primary({"eval_sts_pearson": 0.8, "eval_sts_spearman": 0.7, "eval_sts_score": 0.9}, "sts") == ("pearson", 0.8)
     with pytest.raises(GridError, match="no metric for task 'irony'"):
         _primary({"eval_irony_loss": 0.5, "eval_irony_score": 0.7}, "irony")
+
+
+_FAKE_RECIPE = '''
+import json, pathlib, sys
+argv = sys.argv[1:]
+out = pathlib.Path(argv[argv.index("--output-dir") + 1])
+out.mkdir(parents=True, exist_ok=True)
+lr = float(argv[argv.index("--learning_rate") + 1])
+# the larger learning rate is better for task a, worse for b, and worse on the mean of the two
+a, b = (0.7, 0.2) if lr > 1e-3 else (0.5, 0.9)
+primary = argv[argv.index("--primary_tasks") + 1 :] if "--primary_tasks" in argv else []
+primary = primary[: next((i for i, v in enumerate(primary) if v.startswith("--")), len(primary))]
+(out / "metrics.json").write_text(json.dumps({"eval_a_accuracy": a, "eval_a_score": a, "eval_b_accuracy": b, "eval_b_score": b,
+                                              "train_seconds": 1.0, "train_examples": 10, "train_global_steps": 1,
+                                              "seen_primary": primary}))
+'''
+
+
+def test_a_primary_arm_is_tuned_run_and_scored_on_its_primary_tasks(tmp_path):
+    """Issue 25: the auxiliary tasks serve the primary, so a primary arm's candidate is chosen by
+    the primary's score (here the mean over both tasks would choose the other candidate), its runs
+    get ``--primary_tasks``, and the report compares it with other arms on the primary alone."""
+    script = tmp_path / "fake_recipe.py"
+    script.write_text(_FAKE_RECIPE)
+    grid = Grid.from_dict({
+        "tasks": ["a", "b"], "seeds": [0, 1], "splits": [1], "tuning_split": 0, "command": [sys.executable, str(script)],
+        "reference": "separate", "baseline": "symmetric", "pairs": [["primary_a", "symmetric"], ["primary_a", "separate"]],
+        "arms": {"separate": {"single_task": True, "args": ["--learning_rate", "1e-4"]},
+                 "symmetric": {"args": ["--learning_rate", "1e-4"], "candidates": {"low": [], "high": ["--learning_rate", "1e-2"]}},
+                 "primary_a": {"primary": ["a"], "candidates": {"low": ["--learning_rate", "1e-4"], "high": ["--learning_rate", "1e-2"]}}},
+    })  # fmt: skip
+    out = tmp_path / "cmp"
+    cells = run_grid(grid, out, say=lambda m: None)
+    choice = json.loads((out / "tuning" / "primary_a" / "choice.json").read_text())
+    assert choice["chosen"] == "high" and choice["scored_on"] == ["a"] and choice["scores"] == {"low": 0.5, "high": 0.7}
+    assert json.loads((out / "tuning" / "symmetric" / "choice.json").read_text())["chosen"] == "low", "mean over a and b"
+    mine = [c for c in cells if c["arm"] == "primary_a"]
+    assert [c["metrics"]["seen_primary"] for c in mine] == [["a"], ["a"]] and all(c["primary"] == ["a"] for c in mine)
+    assert all(c["metrics"]["seen_primary"] == [] and "primary" not in c for c in cells if c["arm"] == "symmetric")
+    assert json.loads((out / "grid.json").read_text())["arms"]["primary_a"]["primary"] == ["a"]
+
+    recorded = json.loads((out / "grid.json").read_text())
+    rows = {r["arm"]: r for r in summarise(recorded, cells)}
+    # scored on a alone: 0.7, and +0.2 on a against both symmetric and separate (whose overall is over a and b)
+    assert rows["primary_a"]["overall"] == pytest.approx(0.7) and rows["primary_a"]["tasks"] == "a"
+    assert rows["primary_a"]["vs_baseline"] == pytest.approx(0.2) and rows["primary_a"]["vs_reference"] == pytest.approx(0.2)
+    assert rows["primary_a"]["b"] == pytest.approx(0.2), "the auxiliary task's metric is still shown"
+    assert rows["symmetric"]["overall"] == pytest.approx(0.7) and rows["symmetric"]["tasks"] == "a b"
+    pairs = {r["pair"]: r for r in paired(recorded, cells)}
+    for name in ("primary_a − symmetric", "primary_a − separate"):
+        assert pairs[name]["tasks"] == "a" and pairs[name]["overall"] == pytest.approx(0.2) and math.isnan(pairs[name]["b"])
+    assert "(a only)" in markdown(recorded, list(rows.values()), pairs=list(pairs.values()))
+
+
+@pytest.mark.parametrize(
+    ("arm", "message"),
+    [
+        ({"primary": ["z"]}, "'primary' must be a non-empty subset of the arm's tasks"),
+        ({"primary": [], "args": []}, "'primary' must be a non-empty subset"),
+        ({"tasks": ["b"], "primary": ["a"]}, "'primary' must be a non-empty subset of the arm's tasks \\['b'\\]"),
+        ({"single_task": True, "primary": ["a"]}, "a single_task arm has no auxiliary tasks"),
+        ({"args": ["--primary_tasks", "a"]}, "--primary_tasks is set by the harness from the arm's 'primary' key"),
+        ({"candidates": {"c": ["--primary_tasks", "a"]}}, "--primary_tasks is set by the harness"),
+    ],
+)
+def test_a_primary_arm_is_refused_when_it_cannot_be_scored(arm, message):
+    with pytest.raises(GridError, match=message):
+        Grid.from_dict({"tasks": ["a", "b"], "seeds": [0], "splits": [1], "tuning_split": 0, "arms": {"x": arm}})
