@@ -24,6 +24,24 @@ def load_reference(tokenizer, config: hm.MultitaskConfig, limit: int | None = No
     return out
 
 
+def primary_candidates(task: str, every_step: list[str], intermediate_steps: int, specialise_steps: int) -> dict[str, list[str]]:
+    """The primary-task methods of issue 25 as one tuned arm's candidates (one run each on the
+    tuning split, the best by ``task``'s score reported): the summed loss and the primary-aware
+    aggregators on ``every_step`` batches (a schedule with every task in every step, which they
+    need to compare each auxiliary with the primary), STILTs (``intermediate_steps`` on the
+    auxiliaries, then the protocol's training on ``task`` alone) and multitask-then-fine-tune
+    (``specialise_steps`` on ``task`` alone after the multitask run)."""
+    return {
+        "sum": ["--aggregator", "sum", *every_step],
+        "gradsim": ["--aggregator", "gradsim", *every_step],
+        "gradsim_weighted": ["--aggregator", "gradsim", "--aggregator_kwargs", '{"weighted": true}', *every_step],
+        "pcgrad_primary": ["--aggregator", "pcgrad_primary", *every_step],
+        "metabalance": ["--aggregator", "metabalance", *every_step],
+        "stilts": ["--aggregator", "sum", "--intermediate_steps", str(intermediate_steps)],
+        "mt_then_ft": ["--aggregator", "sum", *every_step, "--specialise_steps", str(specialise_steps), "--specialise_tasks", task],
+    }
+
+
 def compare_main(doc: str, grid: dict, default_output: str, report_stem: str, tag: str) -> None:
     """The ``run`` / ``report`` command line of a comparison grid (see ``hf_multitask.compare``):
     results in ``default_output`` (relative to the repository root, where the runs start), the

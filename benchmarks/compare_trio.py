@@ -19,7 +19,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import DATA_ARG, compare_main  # noqa: E402
+from common import DATA_ARG, compare_main, primary_candidates  # noqa: E402
 
 PROTOCOL = ["--data-dir", DATA_ARG, "--max_length", "64",
             "--per_device_train_batch_size", "32", "--num_train_epochs", "1", "--validation_fraction", "0.1",
@@ -71,6 +71,10 @@ GRID = {
         ["rlw", "sum"],
         ["weighted_pcgrad_031", "pcgrad_031"],
         ["weighted_pcgrad_031", "pooled_pcgrad_031"],
+        # issue 25, STS as the primary task (scored on STS alone): against the symmetric summed loss on the same
+        # round-robin batches (one pass, no checkpoint choice, so `sum` is the symmetric arm) and STS's own model
+        ["primary_sts", "sum"],
+        ["primary_sts", "separate"],
     ],  # fmt: skip
     "arms": {
         # three single-task models, each one pass over its data (10 % warm-up, as the stock-Trainer baseline had)
@@ -94,6 +98,10 @@ GRID = {
         "weighted_pcgrad_031": {"args": ["--aggregator", "weighted_pcgrad", *RATIO_031]},
         "pcgrad_031": {"args": ["--aggregator", "pcgrad", *RATIO_031]},
         "pooled_pcgrad_031": {"args": ["--aggregator", "pooled_pcgrad", *RATIO_031]},
+        # issue 25: SST and QQP serve STS. The primary-task methods chosen on split 0 by STS's Pearson r: the summed
+        # loss and the primary-aware aggregators on round-robin batches, STILTs (150 steps of SST + QQP, then the
+        # pass over STS alone) and multitask-then-fine-tune (100 steps of STS alone after the multitask pass)
+        "primary_sts": {"primary": ["sts"], "candidates": primary_candidates("sts", ROUND_ROBIN, 150, 100)},
     },
     "protocol": PROTOCOL,
 }

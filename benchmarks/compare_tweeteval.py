@@ -29,7 +29,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import DATA_ARG, compare_main  # noqa: E402
+from common import DATA_ARG, compare_main, primary_candidates  # noqa: E402
 
 PROTOCOL = ["--benchmark", "tweeteval", "--data-dir", f"{DATA_ARG}/tweeteval", "--max_length", "64",
             "--per_device_train_batch_size", "32", "--num_train_epochs", "2", "--warmup_steps", "0.1",
@@ -42,21 +42,6 @@ ANNEALED = ["--schedule", "annealed"]  # the PAL schedule, one task per step: p_
 ROUND_ROBIN = ["--schedule", "round_robin", "--schedule_kwargs", '{"steps_per_epoch": 108}']
 TEMPERATURE_2 = ["--schedule", "temperature", "--schedule_kwargs", '{"temperature": 2}']  # p_i ~ N_i^(1/2)
 PRIMARIES = ("irony", "emotion", "stance")  # the three smallest tasks, each the primary in turn (issue 25)
-
-
-def primary_candidates(task: str) -> dict[str, list[str]]:
-    """The primary-task methods compared on the tuning split (one run each), the best reported on val."""
-    return {
-        "sum": ["--aggregator", "sum", *ROUND_ROBIN],
-        "gradsim": ["--aggregator", "gradsim", *ROUND_ROBIN],
-        "gradsim_weighted": ["--aggregator", "gradsim", "--aggregator_kwargs", '{"weighted": true}', *ROUND_ROBIN],
-        "pcgrad_primary": ["--aggregator", "pcgrad_primary", *ROUND_ROBIN],
-        "metabalance": ["--aggregator", "metabalance", *ROUND_ROBIN],
-        # STILTs: the auxiliaries first (150 steps of 5 x 32), then 2 epochs of the primary alone
-        "stilts": ["--aggregator", "sum", "--intermediate_steps", "150"],
-        # multitask, then 100 steps of the primary alone from the multitask encoder (two-step specialisation)
-        "mt_then_ft": ["--aggregator", "sum", *ROUND_ROBIN, "--specialise_steps", "100", "--specialise_tasks", task],
-    }
 
 
 # the tuned summed loss (issue 24): its budget, one run each on the tuning split (a seeded 10 % of train, never val)
@@ -112,7 +97,9 @@ GRID = {
         # method chosen on the tuning split by P's score (only P's test file is written); the harness passes
         # `primary` as --primary_tasks and scores the arm on P alone
         **{f"symmetric_{p}": {"primary": [p], "args": ["--aggregator", "sum", *ROUND_ROBIN]} for p in PRIMARIES},
-        **{f"primary_{p}": {"primary": [p], "candidates": primary_candidates(p)} for p in PRIMARIES},
+        # STILTs: the auxiliaries first (150 steps of 5 x 32), then 2 epochs of the primary alone; multitask, then
+        # 100 steps of the primary alone from the multitask encoder
+        **{f"primary_{p}": {"primary": [p], "candidates": primary_candidates(p, ROUND_ROBIN, 150, 100)} for p in PRIMARIES},
     },
     "protocol": PROTOCOL,
 }

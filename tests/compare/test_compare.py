@@ -339,7 +339,7 @@ def test_a_metric_groups_members_are_not_taken_for_the_groups_metric():
         _primary({"eval_irony_loss": 0.5, "eval_irony_score": 0.7}, "irony")
 
 
-_FAKE_RECIPE = '''
+_FAKE_RECIPE = """
 import json, pathlib, sys
 argv = sys.argv[1:]
 out = pathlib.Path(argv[argv.index("--output-dir") + 1])
@@ -352,7 +352,7 @@ primary = primary[: next((i for i, v in enumerate(primary) if v.startswith("--")
 (out / "metrics.json").write_text(json.dumps({"eval_a_accuracy": a, "eval_a_score": a, "eval_b_accuracy": b, "eval_b_score": b,
                                               "train_seconds": 1.0, "train_examples": 10, "train_global_steps": 1,
                                               "seen_primary": primary}))
-'''
+"""
 
 
 def test_a_primary_arm_is_tuned_run_and_scored_on_its_primary_tasks(tmp_path):
