@@ -88,6 +88,9 @@ class Grid:
                 raise GridError(f"arm {arm.name!r}: 'choice_of' reuses another arm's tuning; it cannot have candidates or be single_task")
             if arm.choice_of not in tuned:
                 raise GridError(f"arm {arm.name!r}: 'choice_of' must name an arm with candidates ({tuned}), got {arm.choice_of!r}")
+            if arm.primary != self.arm(arm.choice_of).primary:
+                raise GridError(f"arm {arm.name!r}: 'choice_of' {arm.choice_of!r} chose its candidate for the primary tasks "
+                                f"{self.arm(arm.choice_of).primary}; give this arm the same 'primary' (it has {arm.primary})")  # fmt: skip
         if self.tuning_split is not None and self.tuning_split in self.splits:
             raise GridError(f"'tuning_split' {self.tuning_split} is also in 'splits': never report on the split used to choose")
         if self.test_predictions is not None:

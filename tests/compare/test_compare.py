@@ -400,8 +400,14 @@ def test_a_primary_arm_is_tuned_run_and_scored_on_its_primary_tasks(tmp_path):
         ({"single_task": True, "primary": ["a"]}, "a single_task arm has no auxiliary tasks"),
         ({"args": ["--primary_tasks", "a"]}, "--primary_tasks is set by the harness from the arm's 'primary' key"),
         ({"candidates": {"c": ["--primary_tasks", "a"]}}, "--primary_tasks is set by the harness"),
+        ({"choice_of": "tuned_for_a"}, r"'choice_of' 'tuned_for_a' chose its candidate for the primary tasks \['a'\]; give this arm"),
+        ({"choice_of": "tuned_for_a", "primary": ["b"]}, r"give this arm the same 'primary' \(it has \['b'\]\)"),
     ],
 )
 def test_a_primary_arm_is_refused_when_it_cannot_be_scored(arm, message):
     with pytest.raises(GridError, match=message):
-        Grid.from_dict({"tasks": ["a", "b"], "seeds": [0], "splits": [1], "tuning_split": 0, "arms": {"x": arm}})
+        Grid.from_dict({"tasks": ["a", "b"], "seeds": [0], "splits": [1], "tuning_split": 0,
+                        "arms": {"x": arm, "tuned_for_a": {"primary": ["a"], "candidates": {"c": []}}}})  # fmt: skip
+    # the same primary: the choice is reused
+    Grid.from_dict({"tasks": ["a", "b"], "seeds": [0], "splits": [1], "tuning_split": 0,
+                    "arms": {"x": {"primary": ["a"], "choice_of": "tuned_for_a"}, "tuned_for_a": {"primary": ["a"], "candidates": {"c": []}}}})  # fmt: skip
