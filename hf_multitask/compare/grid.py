@@ -34,11 +34,6 @@ class Arm:
     choice_of: str | None = None  # a tuned arm whose chosen candidate this arm reuses
     primary: list[str] | None = None  # the tasks it serves, passed as --primary_tasks (None: all tasks, symmetric)
 
-    @property
-    def scored(self) -> list[str] | None:
-        """The tasks the arm's overall score is taken over: its primary tasks, else its tasks (None: the grid's)."""
-        return self.primary or self.tasks
-
 
 @dataclass
 class Grid:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .grid import RESULT, Arm, Grid, GridError
-from .stats import _overall
+from .stats import _overall, scored
 
 _PACKAGES = ("hf-multitask", "torch", "transformers", "datasets", "accelerate", "peft", "numpy", "scikit-learn")
 
@@ -191,7 +191,7 @@ def _choose(grid: Grid, arm: Arm, out_dir: Path, say: Any) -> str:
     for cand, extra in arm.candidates.items():
         res = _execute(grid, [*arm.args, *extra, *grid.tuning_args], arm, grid.tuning_seed, grid.tuning_split,
                        out_dir / "tuning" / arm.name / cand, say)  # fmt: skip
-        scores[cand] = _overall(res["metrics"], arm.scored or grid.tasks)
+        scores[cand] = _overall(res["metrics"], scored(res, grid.tasks))  # the result records its primary and tasks
     best = max(scores, key=lambda k: scores[k])
     choice = {"arm": arm.name, "split": grid.tuning_split, "seed": grid.tuning_seed, "scores": scores, "chosen": best,
               **({"scored_on": arm.primary} if arm.primary else {})}  # fmt: skip

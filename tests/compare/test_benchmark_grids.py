@@ -31,7 +31,7 @@ def test_the_benchmark_grids_build_and_their_primary_arms_serve_one_task(name, p
     assert served == {(p,) for p in primaries}
     for task in primaries:
         arm = grid.arm(f"primary_{task}")
-        assert arm.scored == [task] and grid.tuning_split is not None
+        assert arm.primary == [task] and grid.tuning_split is not None
         # the same methods for every primary; only multitask-then-fine-tune names the task it specialises on
         assert set(arm.candidates) == {"sum", "gradsim", "gradsim_weighted", "pcgrad_primary", "metabalance", "stilts", "mt_then_ft"}
         assert arm.candidates["mt_then_ft"][-2:] == ["--specialise_tasks", task]

@@ -408,6 +408,10 @@ def test_a_primary_arm_is_refused_when_it_cannot_be_scored(arm, message):
     with pytest.raises(GridError, match=message):
         Grid.from_dict({"tasks": ["a", "b"], "seeds": [0], "splits": [1], "tuning_split": 0,
                         "arms": {"x": arm, "tuned_for_a": {"primary": ["a"], "candidates": {"c": []}}}})  # fmt: skip
-    # the same primary: the choice is reused
-    Grid.from_dict({"tasks": ["a", "b"], "seeds": [0], "splits": [1], "tuning_split": 0,
-                    "arms": {"x": {"primary": ["a"], "choice_of": "tuned_for_a"}, "tuned_for_a": {"primary": ["a"], "candidates": {"c": []}}}})  # fmt: skip
+
+
+def test_a_choice_of_arm_serving_the_same_primary_reuses_the_choice():
+    grid = Grid.from_dict({"tasks": ["a", "b"], "seeds": [0], "splits": [1], "tuning_split": 0,
+                           "arms": {"x": {"primary": ["a"], "choice_of": "tuned_for_a"},
+                                    "tuned_for_a": {"primary": ["a"], "candidates": {"c": []}}}})  # fmt: skip
+    assert grid.arm("x").choice_of == "tuned_for_a" and grid.arm("x").primary == ["a"]
