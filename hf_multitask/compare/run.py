@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..checkpoints import latest_complete_checkpoint
 from .grid import RESULT, Arm, Grid, GridError
 from .stats import _overall, scored
 
@@ -32,21 +33,46 @@ def versions() -> dict[str, str]:
     return found
 
 
+ATTEMPT = "compare_attempt.json"  # in a run folder: the command of the attempt that is writing it
+
+
+def _resumable(out: Path, cmd: list[str]) -> Path | None:
+    """The newest complete checkpoint an earlier, unfinished attempt of this same command left in
+    ``out`` (killed, or the machine lost), or None: a folder written by another command (the
+    grid was edited since) or with no complete checkpoint starts over."""
+    try:
+        earlier = json.loads((out / ATTEMPT).read_text()).get("cmd")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if earlier != cmd:
+        return None
+    return latest_complete_checkpoint(out)[0]
+
+
 def _run_one(cmd: list[str], out: Path, log: Path) -> dict[str, Any]:
-    """Run one recipe in a child process; its metrics plus wall time, the child's peak RSS and the versions."""
+    """Run one recipe in a child process; its metrics plus wall time, the child's peak RSS and the
+    versions. A run an earlier attempt left unfinished continues from its newest complete checkpoint
+    (``--resume_from_checkpoint true``; the result records ``resumed_from``, and its time covers the
+    resumed part only); otherwise it starts over (``--overwrite_output_dir``)."""
     out.mkdir(parents=True, exist_ok=True)
+    resume = _resumable(out, cmd)
+    (out / ATTEMPT).write_text(json.dumps({"cmd": cmd}))
+    full = [*cmd, "--resume_from_checkpoint", "true"] if resume else [*cmd, "--overwrite_output_dir"]
     start = time.perf_counter()
-    with open(log, "w") as handle:
-        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    with open(log, "a" if resume else "w") as handle:
+        if resume:
+            handle.write(f"\n[compare] the earlier attempt stopped: resuming from {resume.name}\n")
+            handle.flush()
+        proc = subprocess.Popen(full, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-        raise RuntimeError(f"run failed (exit {proc.returncode}): {' '.join(cmd)}\nlog {log}:\n" + "\n".join(tail))
+        raise RuntimeError(f"run failed (exit {proc.returncode}): {' '.join(full)}\nlog {log}:\n" + "\n".join(tail))
     metrics = json.loads((out / "metrics.json").read_text())
     return {"metrics": metrics, "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024,  # ru_maxrss is KiB on Linux
-            "versions": versions()}  # fmt: skip
+            "versions": versions(), **({"resumed_from": resume.name} if resume else {})}  # fmt: skip
 
 
 def _limits(grid: Grid, tasks: list[str]) -> dict[str, int]:
@@ -83,7 +109,7 @@ def _recipe_cmd(grid: Grid, args: list[str], tasks: list[str], seed: int, split:
     extra += ["--primary_tasks", *primary] if primary else []
     flags = _per_task_flags([*grid.protocol, *args], grid.tasks, tasks) if set(tasks) != set(grid.tasks) else [*grid.protocol, *args]
     return [*grid.command, *flags, *extra, "--tasks", *tasks, "--seed", str(seed), "--validation_seed", str(split),
-            "--output-dir", str(out), "--overwrite_output_dir"]  # fmt: skip
+            "--output-dir", str(out)]  # fmt: skip
 
 
 def _identity(grid: Grid, args: list[str], tasks: list[str], primary: list[str] | None = None) -> dict[str, Any]:
@@ -159,6 +185,9 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
         result = {"metrics": metrics, "wall_seconds": sum(p["wall_seconds"] for p in parts.values()),
                   "peak_rss_mb": max(p["peak_rss_mb"] for p in parts.values()),
                   "versions": list(parts.values())[-1].get("versions")}  # fmt: skip
+        resumed = {task: part["resumed_from"] for task, part in parts.items() if "resumed_from" in part}
+        if resumed:
+            result["resumed_from"] = resumed
         runs = [folder / task / "run" for task in tasks]
     else:
         say(f"{arm.name}: seed {seed}, split {split}")

@@ -121,8 +121,10 @@ def summarise(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[st
 
 
 def _median_rate(cells: list[dict[str, Any]], per: str, scale: float = 1.0) -> float:
-    """The median over cells of training seconds per ``per`` (times ``scale``); ``nan`` if none has it."""
-    rates = [scale * c["metrics"].get("train_seconds", 0.0) / c["metrics"][per] for c in cells if c["metrics"].get(per)]
+    """The median over cells of training seconds per ``per`` (times ``scale``); ``nan`` if none has
+    it. A cell resumed from a checkpoint is left out: its seconds cover the resumed part only."""
+    rates = [scale * c["metrics"].get("train_seconds", 0.0) / c["metrics"][per] for c in cells
+             if c["metrics"].get(per) and not c.get("resumed_from")]  # fmt: skip
     return statistics.median(rates) if rates else math.nan
 
 
