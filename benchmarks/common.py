@@ -54,11 +54,11 @@ def compare_main(doc: str, grid: dict, default_output: str, report_stem: str, ta
     import argparse
     import json
 
-    from hf_multitask.compare import Grid, GridError, grid_dict, report, run_grid
+    from hf_multitask.compare import Grid, GridError, grid_dict, report, run_grid, status, status_text
 
     here = Path(__file__).resolve().parent
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "report"])
+    parser.add_argument("command", choices=["run", "status", "report"], help="status: what is left to run (nothing is run)")
     parser.add_argument("--arms", nargs="+", help="run only these arms, in this order")
     parser.add_argument("--seeds", nargs="+", type=int, help="run only these of the grid's seeds (e.g. one seed of every arm first)")
     parser.add_argument("--output-dir", help=f"results folder (default: {default_output} in the repository)")
@@ -74,6 +74,8 @@ def compare_main(doc: str, grid: dict, default_output: str, report_stem: str, ta
                     raise GridError(f"--seeds: {unknown} are not seeds of the grid {chosen.seeds}")
                 chosen = Grid.from_dict({**grid, "seeds": [s for s in chosen.seeds if s in args.seeds]})
             run_grid(chosen, output_dir, args.arms, say=lambda m: print(f"[{tag}] {m}", flush=True))
+        elif args.command == "status":
+            print(status_text(status(Grid.from_dict(grid), output_dir)))
         else:
             # the grid as defined now (pairs added since the runs started, say), as `run` writes it
             (output_dir / "grid.json").write_text(json.dumps(grid_dict(Grid.from_dict(grid)), indent=2))

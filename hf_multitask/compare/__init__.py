@@ -9,6 +9,7 @@ from .grid import Arm, Grid, GridError
 from .report import load_results, markdown, plot, report
 from .run import grid_dict, run_grid, tuned_args
 from .stats import interval, paired, summarise
+from .status import status, status_text
 
 __all__ = ["Arm", "Grid", "GridError", "grid_dict", "interval", "load_results", "main", "markdown", "paired", "plot", "report",
-           "run_grid", "summarise", "tuned_args"]  # fmt: skip
+           "run_grid", "status", "status_text", "summarise", "tuned_args"]  # fmt: skip

@@ -31,7 +31,10 @@ compare, the training seeds and the validation splits (``--validation_seed`` val
 (split, arm, seed) in its own process through the recipe (``python -m hf_multitask.recipe``),
 tuning arms first; a finished run (its ``result.json``) is never run again, so an interrupted
 grid continues where it stopped (a result whose recorded flags no longer match the grid is
-refused, not reused). Each run's wall time, training time and peak memory (the
+refused, not reused); a run killed mid-way continues from its newest complete checkpoint.
+``python -m hf_multitask.compare status grid.yaml --output-dir DIR`` says, without running
+anything, which runs are done, which can resume, what is left and about how long it will
+take. Each run's wall time, training time and peak memory (the
 child's max RSS) are recorded. ``python -m hf_multitask.compare report DIR`` writes the
 results as CSV, a markdown table (per-task metrics, overall and Delta-m with 95 % t
 intervals over seeds, the paired difference with the baseline and whether its interval
@@ -47,10 +50,11 @@ import sys
 from .grid import Grid, GridError
 from .report import report
 from .run import run_grid
+from .status import status, status_text
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m hf_multitask.compare run GRID --output-dir DIR`` / ``report DIR``."""
+    """``python -m hf_multitask.compare run GRID --output-dir DIR`` / ``status GRID --output-dir DIR`` / ``report DIR``."""
     parser = argparse.ArgumentParser(prog="python -m hf_multitask.compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     run_p.add_argument("--output-dir", required=True)
     run_p.add_argument("--arms", nargs="+", help="run only these arms")
     run_p.add_argument("--report", action="store_true", help="write the report when the runs are done")
+    stat_p = sub.add_parser("status", help="what a grid has left to run (nothing is run)")
+    stat_p.add_argument("grid", help="grid file (.yaml or .json)")
+    stat_p.add_argument("--output-dir", required=True)
     rep_p = sub.add_parser("report", help="summarise a comparison folder")
     rep_p.add_argument("output_dir")
     rep_p.add_argument("--markdown", help="where to write the markdown table (default DIR/results.md)")
@@ -69,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
             run_grid(Grid.from_file(args.grid), args.output_dir, args.arms, say=lambda m: print(f"[compare] {m}", flush=True))
             if args.report:
                 report(args.output_dir)
+        elif args.command == "status":
+            print(status_text(status(Grid.from_file(args.grid), args.output_dir)))
         else:
             report(args.output_dir, args.markdown, args.png)
     except (GridError, RuntimeError) as err:

@@ -212,20 +212,35 @@ def tuned_args(grid: Grid, arm: Arm, out_dir: Path, say: Any = print) -> list[st
     return [*arm.args, *arm.candidates[_choose(grid, arm, out_dir, say)]]
 
 
+def candidate_args(grid: Grid, arm: Arm, candidate: str) -> list[str]:
+    """The flags of one tuning run: the arm's, the candidate's and the grid's tuning flags."""
+    return [*arm.args, *arm.candidates[candidate], *grid.tuning_args]
+
+
+def best_candidate(grid: Grid, results: dict[str, dict[str, Any]]) -> tuple[str, dict[str, float]]:
+    """(the best candidate, every candidate's score) from their tuning results: the mean score
+    over the tasks a result is scored on (its primary tasks if it has some; it records them)."""
+    scores = {cand: _overall(res["metrics"], scored(res, grid.tasks)) for cand, res in results.items()}
+    return max(scores, key=lambda k: scores[k]), scores
+
+
 def _choose(grid: Grid, arm: Arm, out_dir: Path, say: Any) -> str:
     """The name of the arm's best candidate on the tuning split (recorded in ``choice.json``), by
     the mean score over the arm's primary tasks if it has some, else over all its tasks."""
     assert grid.tuning_split is not None
-    scores = {}
-    for cand, extra in arm.candidates.items():
-        res = _execute(grid, [*arm.args, *extra, *grid.tuning_args], arm, grid.tuning_seed, grid.tuning_split,
-                       out_dir / "tuning" / arm.name / cand, say)  # fmt: skip
-        scores[cand] = _overall(res["metrics"], scored(res, grid.tasks))  # the result records its primary and tasks
-    best = max(scores, key=lambda k: scores[k])
+    results = {cand: _execute(grid, candidate_args(grid, arm, cand), arm, grid.tuning_seed, grid.tuning_split,
+                              out_dir / "tuning" / arm.name / cand, say)
+               for cand in arm.candidates}  # fmt: skip
+    best, scores = best_candidate(grid, results)
     choice = {"arm": arm.name, "split": grid.tuning_split, "seed": grid.tuning_seed, "scores": scores, "chosen": best,
               **({"scored_on": arm.primary} if arm.primary else {})}  # fmt: skip
     (out_dir / "tuning" / arm.name / "choice.json").write_text(json.dumps(choice, indent=2))
     return best
+
+
+def cell_folder(out_dir: Path, arm: Arm, seed: int, split: int) -> Path:
+    """Where a reported (arm, seed, split) cell's result and run live."""
+    return out_dir / "runs" / f"split{split}" / arm.name / f"seed{seed}"
 
 
 def run_grid(grid: Grid, out_dir: str | os.PathLike, arms: Sequence[str] | None = None, say: Any = print) -> list[dict[str, Any]]:
@@ -245,7 +260,7 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, arms: Sequence[str] | None 
         for split in grid.splits:
             for seed in grid.seeds:
                 gather = out / grid.test_predictions.format(arm=arm.name, seed=seed, split=split) if grid.test_predictions else None
-                folder = out / "runs" / f"split{split}" / arm.name / f"seed{seed}"
+                folder = cell_folder(out, arm, seed, split)
                 results.append(_execute(grid, args, arm, seed, split, folder, say, gather))
     return results
 

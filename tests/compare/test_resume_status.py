@@ -1,6 +1,7 @@
 """A cell whose run was killed continues from its newest complete checkpoint when the grid runs
-again (a TweetEval run is 20-40 min of CPU; a lost session or machine cost the whole run before).
-The recipe here is a stand-in script run as a real child process, killed with a real SIGKILL."""
+again (a TweetEval run is 20-40 min of CPU; a lost session or machine cost the whole run before),
+and ``status`` says what a grid has left. The recipe here is mostly a stand-in script run as a
+real child process, killed with a real SIGKILL."""
 
 import json
 import math
@@ -9,7 +10,7 @@ import sys
 import pytest
 
 from hf_multitask.checkpoints import COMPLETE_MARKER
-from hf_multitask.compare import Grid, run_grid, summarise
+from hf_multitask.compare import Grid, run_grid, status, status_text, summarise, tuned_args
 
 # four "steps", a complete checkpoint (the recipe's completion marker) after each; the metric depends on
 # every step, so a resumed run only matches an uninterrupted one if it continued from the saved state
@@ -151,3 +152,43 @@ def test_the_real_recipe_resumed_by_the_harness_ends_where_an_uninterrupted_run_
     assert resumed["metrics"]["train_global_steps"] == 4
     scores = [k for k in whole["metrics"] if k.startswith("eval_")]
     assert scores and {k: resumed["metrics"][k] for k in scores} == {k: whole["metrics"][k] for k in scores}
+
+
+def test_status_says_what_is_done_what_can_resume_and_what_is_left(fake, tmp_path, monkeypatch):
+    script = tmp_path / "fake_recipe.py"
+    spec = {"tasks": ["a", "b"], "seeds": [0, 1], "splits": [1], "tuning_split": 0, "command": [sys.executable, str(script)],
+            "arms": {"separate": {"single_task": True, "args": ["--learning_rate", "0.5"]},
+                     "tuned": {"candidates": {"low": ["--learning_rate", "0.1"], "high": ["--learning_rate", "0.9"]}},
+                     "reuse": {"args": ["--aggregator", "x"], "choice_of": "tuned"}}}  # fmt: skip
+    grid, out = Grid.from_dict(spec), tmp_path / "cmp"
+
+    def by(rows):
+        return {(r["kind"], r["arm"], r.get("candidate", r["seed"])): r for r in rows}
+
+    rows = by(status(grid, out))
+    assert len(rows) == 2 + 3 * 2 and sum(r["left"] for r in rows.values()) == 2 + 2 * 2 + 2 + 2
+    assert rows[("run", "tuned", 0)]["waiting"] and rows[("run", "reuse", 0)]["waiting"] and not rows[("run", "separate", 0)]["waiting"]
+    assert status_text(list(rows.values())).endswith("10 runs left (no finished run to time them by)")
+
+    # the tuning finishes, then separate's seed 0 is killed in task b's run after its second checkpoint
+    tuned_args(grid, grid.arm("tuned"), out, say=lambda m: None)
+    monkeypatch.setenv("FAKE_DIE_AFTER", "2")
+    with pytest.raises(RuntimeError):
+        run_grid(grid, out, arms=["separate"], say=lambda m: None)
+    rows = by(status(grid, out))
+    assert [rows[("tuning", "tuned", c)]["done"] is not None for c in ("low", "high")] == [True, True]
+    assert not rows[("run", "tuned", 0)]["waiting"] and not rows[("run", "reuse", 1)]["waiting"], "the choice is known"
+    # seed 0 of separate: task a's run died at its checkpoint 2 (the stand-in dies in every run): resumable
+    assert rows[("run", "separate", 0)]["left"] == 2 and rows[("run", "separate", 0)]["resumable"] == 1
+    table = status_text(list(rows.values()))
+    assert "| `separate` | — | 0/2 | 4 | 1 |" in table and "| `tuned` | 2/2 | 0/2 | 2 | 0 |" in table
+    assert "8 runs left: about" in table, table
+
+    monkeypatch.delenv("FAKE_DIE_AFTER")
+    run_grid(grid, out, say=lambda m: None)
+    rows = status(grid, out)
+    assert sum(r["left"] for r in rows) == 0 and all(r["done"] is not None for r in rows)
+    assert status_text(rows).endswith("0 runs left")
+    # an edited grid: `run` would stop at the cell, and status says so
+    edited = Grid.from_dict({**spec, "arms": {**spec["arms"], "separate": {"single_task": True, "args": ["--learning_rate", "0.4"]}}})
+    assert "run with other flags" in status_text(status(edited, out))

@@ -1,0 +1,96 @@
+"""Where a grid stands: each run done, resumable from a checkpoint, or still to run, and about
+how much time is left at the pace of the runs already done. Nothing is run."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .grid import RESULT, Arm, Grid, GridError
+from .run import _finished, _identity, _recipe_cmd, _resumable, best_candidate, candidate_args, cell_folder
+
+
+def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, folder: Path) -> dict[str, Any]:
+    """One cell: ``done`` (its result) or None, ``left`` (its runs still to go: one, or one per
+    unfinished task of a single-task arm), ``resumable`` (how many of those can continue from a
+    checkpoint), ``waiting`` (its flags are not known until its arm's tuning is done) and
+    ``edited`` (its result was run with other flags: ``run`` stops there)."""
+    tasks = list(arm.tasks or grid.tasks)
+    row: dict[str, Any] = {"arm": arm.name, "seed": seed, "split": split, "runs": len(tasks) if arm.single_task else 1,
+                           "done": None, "left": 0, "resumable": 0, "waiting": args is None, "edited": False}  # fmt: skip
+    parts = [(folder / t, [t], None) for t in tasks] if arm.single_task else [(folder, tasks, arm.primary)]
+    try:
+        if args is None:  # a result is taken as done; its flags are checked once they are known
+            row["done"] = {} if (folder / RESULT).is_file() else None
+        else:
+            row["done"] = _finished(folder / RESULT, _identity(grid, args, tasks, arm.primary))
+        if row["done"] is not None:
+            return row
+        for where, run_tasks, primary in parts:
+            if arm.single_task and args is not None and _finished(where / RESULT, _identity(grid, args, run_tasks)) is not None:
+                continue  # this task of a single-task arm has run
+            row["left"] += 1
+            cmd = None if args is None else _recipe_cmd(grid, args, run_tasks, seed, split, where / "run", primary)
+            row["resumable"] += bool(cmd and _resumable(where / "run", cmd))
+    except GridError:
+        row["edited"] = True
+    return row
+
+
+def status(grid: Grid, out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """One row per tuning run and per reported cell (``kind``: ``tuning`` / ``run``), in the
+    order ``run`` takes them (see :func:`_runs` for the keys)."""
+    out = Path(out_dir)
+    rows: list[dict[str, Any]] = []
+    chosen: dict[str, str | None] = {}
+    for arm in grid.arms:
+        if arm.candidates:
+            results = {}
+            for cand in arm.candidates:
+                row = _runs(grid, candidate_args(grid, arm, cand), arm, grid.tuning_seed, grid.tuning_split,
+                            out / "tuning" / arm.name / cand)  # fmt: skip
+                rows.append({**row, "kind": "tuning", "candidate": cand})
+                if row["done"] is not None:
+                    results[cand] = row["done"]
+            chosen[arm.name] = best_candidate(grid, results)[0] if len(results) == len(arm.candidates) else None
+    for arm in grid.arms:
+        source = grid.arm(arm.choice_of) if arm.choice_of else arm
+        pick = chosen.get(source.name) if source.candidates else ""
+        args = None if pick is None else [*arm.args, *(source.candidates[pick] if pick else [])]
+        rows += [{**_runs(grid, args, arm, seed, split, cell_folder(out, arm, seed, split)), "kind": "run"}
+                 for split in grid.splits for seed in grid.seeds]  # fmt: skip
+    return rows
+
+
+def _pace(rows: list[dict[str, Any]]) -> float | None:
+    """The median wall seconds of one finished run (a single-task cell's time split over its
+    tasks; resumed runs left out: their time covers part of a run)."""
+    walls = [r["done"]["wall_seconds"] / r["runs"] for r in rows
+             if r["done"] and r["done"].get("wall_seconds") and not r["done"].get("resumed_from")]  # fmt: skip
+    return statistics.median(walls) if walls else None
+
+
+def status_text(rows: list[dict[str, Any]]) -> str:
+    """``rows`` as a table by arm and the time left, at :func:`_pace` per run left (a resumable
+    run counted whole, so the estimate is an upper bound)."""
+    lines = ["| arm | tuning runs done | cells done | runs left | resumable |", "|---|---|---|---|---|"]
+    for arm in dict.fromkeys(r["arm"] for r in sorted(rows, key=lambda r: r["kind"] == "tuning")):  # the grid's order
+        mine = [r for r in rows if r["arm"] == arm]
+        tuning = [r for r in mine if r["kind"] == "tuning"]
+        cells = [r for r in mine if r["kind"] == "run"]
+        tuned = f"{sum(r['done'] is not None for r in tuning)}/{len(tuning)}" if tuning else "—"
+        done = f"{sum(r['done'] is not None for r in cells)}/{len(cells)}"
+        if any(r["waiting"] and r["done"] is None for r in cells):
+            done += " (flags chosen by the tuning)"
+        if any(r["edited"] for r in mine):
+            done += " (a result was run with other flags: `run` stops there)"
+        lines.append(f"| `{arm}` | {tuned} | {done} | {sum(r['left'] for r in mine)} | {sum(r['resumable'] for r in mine)} |")
+    left, pace = sum(r["left"] for r in rows), _pace(rows)
+    if left and pace:
+        lines.append(f"\n{left} runs left: about {left * pace / 3600:.1f} h at the median wall time of a finished run "
+                     f"({pace / 60:.0f} min; resumable runs counted whole)")  # fmt: skip
+    else:
+        lines.append(f"\n{left} runs left" + (" (no finished run to time them by)" if left else ""))
+    return "\n".join(lines)
