@@ -132,18 +132,21 @@ def test_a_single_task_arm_resumes_the_task_whose_run_was_killed(fake, tmp_path,
 
 def test_the_real_recipe_resumed_by_the_harness_ends_where_an_uninterrupted_run_ends(tiny_backbone, tiny_data, tmp_path):
     """The flags the harness adds (``--resume_from_checkpoint true`` in place of
-    ``--overwrite_output_dir``) work with the recipe, and the resumed cell's metrics are the
+    ``--overwrite_output_dir``) work with the recipe under the benchmarks' protocol (evaluation
+    and a checkpoint at each stage, the best kept), and the resumed cell's metrics are the
     uninterrupted cell's to the last bit (resume is exact: the feature, so compared exactly)."""
     import shutil
 
     protocol = ["--backbone", str(tiny_backbone), "--data-dir", str(tiny_data), "--max-steps", "4", "--per_device_train_batch_size", "4",
                 "--use_cpu", "true", "--disable_tqdm", "true", "--telemetry_steps", "0", "--save_strategy", "steps", "--save_steps", "2",
-                "--save_total_limit", "3", "--eval_strategy", "no", "--load_best_model_at_end", "false", "--write_predictions", "false"]  # fmt: skip
+                "--eval_strategy", "steps", "--eval_steps", "2", "--load_best_model_at_end", "true", "--save_total_limit", "3",
+                "--write_predictions", "false"]  # fmt: skip
     grid = Grid.from_dict({"tasks": ["sst", "sts"], "train_limits": {"sst": 40}, "seeds": [0], "splits": [1], "protocol": protocol,
                            "arms": {"pcgrad": {"args": ["--aggregator", "pcgrad"]}}})  # fmt: skip
     (whole,) = run_grid(grid, tmp_path / "cmp", say=lambda m: None)
     cell = tmp_path / "cmp" / "runs" / "split1" / "pcgrad" / "seed0"
     # what a kill during step 3 leaves: checkpoint-2, no checkpoint-4, no metrics, no result
+    assert sorted(p.name for p in (cell / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     shutil.rmtree(cell / "run" / "checkpoint-4")
     for name in ("run/metrics.json", "result.json"):
         (cell / name).unlink()
