@@ -23,11 +23,6 @@ def load_results(out_dir: str | os.PathLike) -> tuple[dict[str, Any], list[dict[
     return grid, cells
 
 
-def _number(value: float, digits: int) -> str:
-    """``value`` at ``digits``, or a dash when it is unknown (every cell of the arm was resumed)."""
-    return "—" if math.isnan(value) else f"{value:.{digits}f}"
-
-
 def _fmt(mean: float, ci: float, digits: int = 3) -> str:
     """``mean ± ci``; an interval too narrow to show at ``digits`` gets up to two more digits."""
     if math.isnan(mean):
@@ -73,8 +68,9 @@ def markdown(
                 else []
             )
             versus += [_fmt(r["vs_baseline"], r["vs_baseline_ci"]) + _verdict(r["vs_baseline"], r["vs_baseline_ci"])] if baseline else []
+            # the time columns have no interval; a time is unknown ("—") when every cell of the arm was resumed
             cells = [f"`{r['arm']}`", str(r["seeds"]), *[_fmt(r[t], r[f"{t}_ci"]) for t in tasks], _fmt(r["overall"], r["overall_ci"]) + subset,
-                     *versus, _number(r["s_per_1k_examples"], 1), _number(r["s_per_step"], 2), _number(r["peak_rss_mb"], 0)]  # fmt: skip
+                     *versus, *(_fmt(r[k], math.nan, d) for k, d in (("s_per_1k_examples", 1), ("s_per_step", 2), ("peak_rss_mb", 0)))]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         mine = [r for r in pairs or [] if r["split"] == split]

@@ -147,6 +147,14 @@ def _gather_test_predictions(runs: list[Path], dest: Path) -> None:
         shutil.copytree(source, dest, dirs_exist_ok=True)
 
 
+def finished_part(grid: Grid, args: list[str], task: str, sub: Path, gathering: bool) -> dict[str, Any] | None:
+    """The finished run of ``task`` (in ``sub``) of a single-task cell, or None if it must run: it
+    has not, or the cell gathers test files and the run folder holding them is gone (a committed
+    result on a fresh clone: the gathered folder would silently lack this task's files)."""
+    part = _finished(sub / RESULT, _identity(grid, args, [task]))
+    return None if part is not None and gathering and not (sub / "run").is_dir() else part
+
+
 def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folder: Path, say: Any,
              gather: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """One (arm, seed, split) cell: resumable; single-task arms run once per task and combine.
@@ -160,21 +168,17 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
         parts: dict[str, dict[str, Any]] = {}
         for task in tasks:
             sub = folder / task
-            part_identity = _identity(grid, args, [task])
-            part = _finished(sub / RESULT, part_identity)
-            if part is not None and gather is not None and not (sub / "run").is_dir():
-                # a committed part whose run folder (not committed) is gone: its test predictions went with it,
-                # and the cell's gathered folder would silently lack this task's files, so it runs again
-                say(f"{arm.name} / {task}: seed {seed}, split {split} has a result but no run folder for its test "
-                    "predictions: running it again")  # fmt: skip
-                part = None
+            part = finished_part(grid, args, task, sub, gathering=gather is not None)
             if part is not None:
                 parts[task] = part
-            else:
-                say(f"{arm.name} / {task}: seed {seed}, split {split}")
-                parts[task] = _run_one(_recipe_cmd(grid, args, [task], seed, split, sub / "run"), sub / "run", sub / "log.txt")
-                parts[task].update(part_identity)
-                (sub / RESULT).write_text(json.dumps(parts[task], indent=2))
+                continue
+            if (sub / RESULT).is_file():
+                say(f"{arm.name} / {task}: seed {seed}, split {split} has a result but no run folder for its test "
+                    "predictions: running it again")  # fmt: skip
+            say(f"{arm.name} / {task}: seed {seed}, split {split}")
+            parts[task] = _run_one(_recipe_cmd(grid, args, [task], seed, split, sub / "run"), sub / "run", sub / "log.txt")
+            parts[task].update(_identity(grid, args, [task]))
+            (sub / RESULT).write_text(json.dumps(parts[task], indent=2))
         metrics: dict[str, float] = {}
         for task, part in parts.items():
             metrics.update({k: v for k, v in part["metrics"].items() if k.startswith(f"eval_{task}_")})
@@ -204,12 +208,27 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
 def tuned_args(grid: Grid, arm: Arm, out_dir: Path, say: Any = print) -> list[str]:
     """The arm's flags plus its best candidate's (by overall score on the tuning split), running
     the candidates that have not run yet; for a ``choice_of`` arm, plus the candidate that arm chose."""
+    source = tuning_source(grid, arm)
+    args = reported_args(grid, arm, {source.name: _choose(grid, source, out_dir, say)} if source else {})
+    assert args is not None
+    return args
+
+
+def tuning_source(grid: Grid, arm: Arm) -> Arm | None:
+    """The arm whose tuning chooses this arm's extra flags: the ``choice_of`` arm, the arm itself if
+    it has candidates, else None."""
     if arm.choice_of is not None:
-        source = grid.arm(arm.choice_of)
-        return [*arm.args, *source.candidates[_choose(grid, source, out_dir, say)]]
-    if not arm.candidates:
+        return grid.arm(arm.choice_of)
+    return arm if arm.candidates else None
+
+
+def reported_args(grid: Grid, arm: Arm, chosen: dict[str, str]) -> list[str] | None:
+    """The flags of an arm's reported runs: its own plus the candidate its tuning source chose
+    (``chosen``: tuned arm name -> candidate name); None while that choice is not known."""
+    source = tuning_source(grid, arm)
+    if source is None:
         return list(arm.args)
-    return [*arm.args, *arm.candidates[_choose(grid, arm, out_dir, say)]]
+    return [*arm.args, *source.candidates[chosen[source.name]]] if source.name in chosen else None
 
 
 def candidate_args(grid: Grid, arm: Arm, candidate: str) -> list[str]:

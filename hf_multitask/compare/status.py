@@ -9,31 +9,34 @@ from pathlib import Path
 from typing import Any
 
 from .grid import RESULT, Arm, Grid, GridError
-from .run import _finished, _identity, _recipe_cmd, _resumable, best_candidate, candidate_args, cell_folder
+from .run import _finished, _identity, _recipe_cmd, _resumable, best_candidate, candidate_args, cell_folder, finished_part, reported_args
 
 
-def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, folder: Path) -> dict[str, Any]:
+def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, folder: Path, gathering: bool) -> dict[str, Any]:
     """One cell: ``done`` (its result) or None, ``left`` (its runs still to go: one, or one per
     unfinished task of a single-task arm), ``resumable`` (how many of those can continue from a
     checkpoint), ``waiting`` (its flags are not known until its arm's tuning is done) and
-    ``edited`` (its result was run with other flags: ``run`` stops there)."""
+    ``edited`` (its result was run with other flags: ``run`` stops there). ``gathering``: the cell's
+    test files are gathered (reported cells of a grid with ``test_predictions``), as in ``run``."""
     tasks = list(arm.tasks or grid.tasks)
     row: dict[str, Any] = {"arm": arm.name, "seed": seed, "split": split, "runs": len(tasks) if arm.single_task else 1,
                            "done": None, "left": 0, "resumable": 0, "waiting": args is None, "edited": False}  # fmt: skip
-    parts = [(folder / t, [t], None) for t in tasks] if arm.single_task else [(folder, tasks, arm.primary)]
     try:
-        if args is None:  # a result is taken as done; its flags are checked once they are known
-            row["done"] = {} if (folder / RESULT).is_file() else None
-        else:
-            row["done"] = _finished(folder / RESULT, _identity(grid, args, tasks, arm.primary))
+        # flags not known until the tuning is done: a result is taken as done, its flags checked once they are known
+        row["done"] = _finished(folder / RESULT, {} if args is None else _identity(grid, args, tasks, arm.primary))
         if row["done"] is not None:
             return row
+        if args is None:
+            row["left"] = row["runs"]
+            return row
+        parts = [(folder / t, [t], None) for t in tasks] if arm.single_task else [(folder, tasks, arm.primary)]
         for where, run_tasks, primary in parts:
-            if arm.single_task and args is not None and _finished(where / RESULT, _identity(grid, args, run_tasks)) is not None:
-                continue  # this task of a single-task arm has run
+            if arm.single_task and finished_part(grid, args, run_tasks[0], where, gathering):
+                continue  # this task of a single-task arm has run (and its test files are there if gathered)
             row["left"] += 1
-            cmd = None if args is None else _recipe_cmd(grid, args, run_tasks, seed, split, where / "run", primary)
-            row["resumable"] += bool(cmd and _resumable(where / "run", cmd))
+            row["resumable"] += (
+                _resumable(where / "run", _recipe_cmd(grid, args, run_tasks, seed, split, where / "run", primary)) is not None
+            )
     except GridError:
         row["edited"] = True
     return row
@@ -44,22 +47,21 @@ def status(grid: Grid, out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     order ``run`` takes them (see :func:`_runs` for the keys)."""
     out = Path(out_dir)
     rows: list[dict[str, Any]] = []
-    chosen: dict[str, str | None] = {}
+    chosen: dict[str, str] = {}  # the tuned arms whose tuning is done
     for arm in grid.arms:
         if arm.candidates:
             results = {}
             for cand in arm.candidates:
                 row = _runs(grid, candidate_args(grid, arm, cand), arm, grid.tuning_seed, grid.tuning_split,
-                            out / "tuning" / arm.name / cand)  # fmt: skip
+                            out / "tuning" / arm.name / cand, gathering=False)  # fmt: skip
                 rows.append({**row, "kind": "tuning", "candidate": cand})
                 if row["done"] is not None:
                     results[cand] = row["done"]
-            chosen[arm.name] = best_candidate(grid, results)[0] if len(results) == len(arm.candidates) else None
+            if len(results) == len(arm.candidates):
+                chosen[arm.name] = best_candidate(grid, results)[0]
     for arm in grid.arms:
-        source = grid.arm(arm.choice_of) if arm.choice_of else arm
-        pick = chosen.get(source.name) if source.candidates else ""
-        args = None if pick is None else [*arm.args, *(source.candidates[pick] if pick else [])]
-        rows += [{**_runs(grid, args, arm, seed, split, cell_folder(out, arm, seed, split)), "kind": "run"}
+        args = reported_args(grid, arm, chosen)
+        rows += [{**_runs(grid, args, arm, seed, split, cell_folder(out, arm, seed, split), bool(grid.test_predictions)), "kind": "run"}
                  for split in grid.splits for seed in grid.seeds]  # fmt: skip
     return rows
 
@@ -76,7 +78,7 @@ def status_text(rows: list[dict[str, Any]]) -> str:
     """``rows`` as a table by arm and the time left, at :func:`_pace` per run left (a resumable
     run counted whole, so the estimate is an upper bound)."""
     lines = ["| arm | tuning runs done | cells done | runs left | resumable |", "|---|---|---|---|---|"]
-    for arm in dict.fromkeys(r["arm"] for r in sorted(rows, key=lambda r: r["kind"] == "tuning")):  # the grid's order
+    for arm in dict.fromkeys(r["arm"] for r in rows if r["kind"] == "run"):  # every arm has reported cells, in the grid's order
         mine = [r for r in rows if r["arm"] == arm]
         tuning = [r for r in mine if r["kind"] == "tuning"]
         cells = [r for r in mine if r["kind"] == "run"]
