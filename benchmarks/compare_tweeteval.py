@@ -96,7 +96,12 @@ GRID = {
         # issue 25, per primary task P: symmetric multitask with P's checkpoint choice, and the best primary-task
         # method chosen on the tuning split by P's score (only P's test file is written); the harness passes
         # `primary` as --primary_tasks and scores the arm on P alone
-        **{f"symmetric_{p}": {"primary": [p], "args": ["--aggregator", "sum", *ROUND_ROBIN]} for p in PRIMARIES},
+        # the same training as sum_round_robin (only the checkpoint choice differs): its cell runs first, and a symmetric
+        # cell is that run re-scored when P keeps the checkpoint it kept (it trains only when P keeps another)
+        **{
+            f"symmetric_{p}": {"primary": [p], "args": ["--aggregator", "sum", *ROUND_ROBIN], "same_training_as": "sum_round_robin"}
+            for p in PRIMARIES
+        },
         # STILTs: the auxiliaries first (150 steps of 5 x 32), then 2 epochs of the primary alone; multitask, then
         # 100 steps of the primary alone from the multitask encoder
         **{f"primary_{p}": {"primary": [p], "candidates": primary_candidates(p, ROUND_ROBIN, 150, 100)} for p in PRIMARIES},

@@ -24,7 +24,12 @@ class Arm:
 
     ``primary``: the tasks the arm serves (issue 25's auxiliary learning). The harness passes them
     as ``--primary_tasks`` (so the runs choose their checkpoint by them), and the arm is scored on
-    them alone: its tuning choice, its overall score and its comparisons with other arms."""
+    them alone: its tuning choice, its overall score and its comparisons with other arms.
+
+    ``same_training_as``: another arm that trains exactly as this one (the same flags and tasks;
+    only ``primary``, so only the checkpoint choice and the score, differ). Its cell runs first,
+    and this arm's cell is that run re-scored when its primary tasks keep the same checkpoint
+    (:mod:`.derive`); it trains only when they keep another."""
 
     name: str
     args: list[str] = field(default_factory=list)
@@ -33,6 +38,7 @@ class Arm:
     tasks: list[str] | None = None  # a subset of the grid's tasks (None: all of them)
     choice_of: str | None = None  # a tuned arm whose chosen candidate this arm reuses
     primary: list[str] | None = None  # the tasks it serves, passed as --primary_tasks (None: all tasks, symmetric)
+    same_training_as: str | None = None  # an arm with the same flags whose run this arm re-scores when it can
 
 
 @dataclass
@@ -86,6 +92,9 @@ class Grid:
             if arm.primary != self.arm(arm.choice_of).primary:
                 raise GridError(f"arm {arm.name!r}: 'choice_of' {arm.choice_of!r} chose its candidate for the primary tasks "
                                 f"{self.arm(arm.choice_of).primary}; give this arm the same 'primary' (it has {arm.primary})")  # fmt: skip
+        for arm in self.arms:
+            if arm.same_training_as is not None:
+                self._check_same_training(arm, names)
         if self.tuning_split is not None and self.tuning_split in self.splits:
             raise GridError(f"'tuning_split' {self.tuning_split} is also in 'splits': never report on the split used to choose")
         if self.test_predictions is not None:
@@ -117,6 +126,21 @@ class Grid:
                     raise GridError(f"arm {arm.name!r}: {flag} is set by the harness from the arm's 'primary' key, "
                                     "which also scores the arm on those tasks")  # fmt: skip
 
+    def _check_same_training(self, arm: Arm, names: list[str]) -> None:
+        source = arm.same_training_as
+        if source not in names or source == arm.name:
+            raise GridError(f"arm {arm.name!r}: 'same_training_as' must name another arm of {names}, got {source!r}")
+        other = self.arm(source)
+        if other.same_training_as is not None:
+            raise GridError(f"arm {arm.name!r}: 'same_training_as' {source!r} itself re-scores {other.same_training_as!r}: name that arm")
+        for who in (arm, other):
+            if who.single_task or who.candidates or who.choice_of:
+                raise GridError(f"arm {arm.name!r}: 'same_training_as' needs two arms with one fixed run per cell; {who.name!r} is "
+                                "single_task, tuned or reuses a tuning")  # fmt: skip
+        if arm.args != other.args or (arm.tasks or self.tasks) != (other.tasks or self.tasks):
+            raise GridError(f"arm {arm.name!r}: 'same_training_as' {source!r} needs the same 'args' and 'tasks' (only 'primary' may "
+                            f"differ); got {arm.args} / {other.args}")  # fmt: skip
+
     def arm(self, name: str) -> Arm:
         """The arm called ``name`` (a :class:`GridError` naming the grid's arms if there is none)."""
         for arm in self.arms:
@@ -147,11 +171,13 @@ class Grid:
             raise GridError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
         arms_data = data.get("arms") or {}
         if not isinstance(arms_data, dict):
-            raise GridError(f"{where}: 'arms' must map arm names to {{args, single_task, candidates, choice_of, tasks, primary}}")
+            raise GridError(
+                f"{where}: 'arms' must map arm names to {{args, single_task, candidates, choice_of, tasks, primary, same_training_as}}"
+            )
         arms = []
         for name, spec in arms_data.items():
             spec = spec or {}
-            bad = sorted(set(spec) - {"args", "single_task", "candidates", "tasks", "choice_of", "primary"})
+            bad = sorted(set(spec) - {"args", "single_task", "candidates", "tasks", "choice_of", "primary", "same_training_as"})
             if bad:
                 raise GridError(f"{where}: arm {name!r}: unknown keys {bad}")
             tasks, primary = spec.get("tasks"), spec.get("primary")
@@ -161,7 +187,8 @@ class Grid:
                             {str(k): [str(a) for a in (v or [])] for k, v in (spec.get("candidates") or {}).items()},
                             None if tasks is None else [str(t) for t in tasks],
                             None if spec.get("choice_of") is None else str(spec["choice_of"]),
-                            None if primary is None else [str(t) for t in primary]))  # fmt: skip
+                            None if primary is None else [str(t) for t in primary],
+                            None if spec.get("same_training_as") is None else str(spec["same_training_as"])))  # fmt: skip
         fields = {k: data[k] for k in known - {"arms"} if k in data}
         for key in ("seeds", "splits"):
             if key in fields and not all(isinstance(v, int) for v in fields[key]):

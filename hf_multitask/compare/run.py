@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoints import latest_complete_checkpoint
+from .derive import derived_cell, evaluation_history
 from .grid import RESULT, Arm, Grid, GridError
 from .stats import _overall, scored
 
@@ -50,8 +51,8 @@ def _resumable(out: Path, cmd: list[str]) -> Path | None:
 
 
 def _run_one(cmd: list[str], out: Path, log: Path) -> dict[str, Any]:
-    """Run one recipe in a child process; its metrics plus wall time, the child's peak RSS and the
-    versions. A run an earlier attempt left unfinished continues from its newest complete checkpoint
+    """Run one recipe in a child process; its metrics plus wall time, the child's peak RSS, the
+    versions and its evaluations during training (:func:`.derive.evaluation_history`). A run an earlier attempt left unfinished continues from its newest complete checkpoint
     (``--resume_from_checkpoint true``; the result records ``resumed_from``, and its time covers the
     resumed part only); otherwise it starts over (``--overwrite_output_dir``)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,7 @@ def _run_one(cmd: list[str], out: Path, log: Path) -> dict[str, Any]:
         raise RuntimeError(f"run failed (exit {proc.returncode}): {' '.join(full)}\nlog {log}:\n" + "\n".join(tail))
     metrics = json.loads((out / "metrics.json").read_text())
     return {"metrics": metrics, "wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024,  # ru_maxrss is KiB on Linux
-            "versions": versions(), **({"resumed_from": resume.name} if resume else {})}  # fmt: skip
+            "versions": versions(), **({"resumed_from": resume.name} if resume else {}), **evaluation_history(out)}  # fmt: skip
 
 
 def _limits(grid: Grid, tasks: list[str]) -> dict[str, int]:
@@ -156,15 +157,22 @@ def finished_part(grid: Grid, args: list[str], task: str, sub: Path, gathering: 
 
 
 def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folder: Path, say: Any,
-             gather: Path | None = None) -> dict[str, Any]:  # fmt: skip
+             gather: Path | None = None, source: tuple[dict[str, Any], Path | None] | None = None) -> dict[str, Any]:  # fmt: skip
     """One (arm, seed, split) cell: resumable; single-task arms run once per task and combine.
-    ``gather``: where the cell's test prediction files go once it has run."""
+    ``gather``: where the cell's test prediction files go once it has run. ``source``: for an arm
+    with ``same_training_as``, that arm's finished cell and its gathered test files, which this
+    cell re-scores when it can (:func:`.derive.derived_cell`) instead of training."""
     tasks = list(arm.tasks or grid.tasks)
     identity = _identity(grid, args, tasks, arm.primary)
     done = _finished(folder / RESULT, identity)
     if done is not None:
         return done
-    if arm.single_task:
+    derived = derived_cell(arm, source[0], source[1], gather) if source is not None else None
+    runs: list[Path] = []
+    if derived is not None:
+        say(f"{arm.name}: seed {seed}, split {split} keeps the checkpoint {arm.same_training_as}'s run kept: its result, re-scored")
+        result = derived
+    elif arm.single_task:
         parts: dict[str, dict[str, Any]] = {}
         for task in tasks:
             sub = folder / task
@@ -198,9 +206,10 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
         result = _run_one(_recipe_cmd(grid, args, tasks, seed, split, folder / "run", arm.primary), folder / "run",
                           folder / "log.txt")  # fmt: skip
         runs = [folder / "run"]
-    if gather is not None:
+    if gather is not None and derived is None:
         _gather_test_predictions(runs, gather)
     result.update(arm=arm.name, seed=seed, split=split, **identity)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / RESULT).write_text(json.dumps(result, indent=2))
     return result
 
@@ -278,10 +287,20 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, arms: Sequence[str] | None 
         args = tuned_args(grid, arm, out, say)
         for split in grid.splits:
             for seed in grid.seeds:
-                gather = out / grid.test_predictions.format(arm=arm.name, seed=seed, split=split) if grid.test_predictions else None
-                folder = cell_folder(out, arm, seed, split)
-                results.append(_execute(grid, args, arm, seed, split, folder, say, gather))
+                source = None
+                if arm.same_training_as is not None:  # the source's cell first (it is a cell of the grid anyway)
+                    other = grid.arm(arm.same_training_as)
+                    other_test = gathered(grid, out, other, seed, split)
+                    source = (_execute(grid, list(other.args), other, seed, split, cell_folder(out, other, seed, split), say, other_test),
+                              other_test)  # fmt: skip
+                results.append(_execute(grid, args, arm, seed, split, cell_folder(out, arm, seed, split), say,
+                                        gathered(grid, out, arm, seed, split), source))  # fmt: skip
     return results
+
+
+def gathered(grid: Grid, out: Path, arm: Arm, seed: int, split: int) -> Path | None:
+    """Where a reported cell's test prediction files are gathered (None: the grid does not gather them)."""
+    return out / grid.test_predictions.format(arm=arm.name, seed=seed, split=split) if grid.test_predictions else None
 
 
 def grid_dict(grid: Grid) -> dict[str, Any]:
@@ -291,5 +310,6 @@ def grid_dict(grid: Grid) -> dict[str, Any]:
             "reference": grid.reference,
             "baseline": grid.baseline, "pairs": grid.pairs, "test_predictions": grid.test_predictions,
             "arms": {a.name: {"args": a.args, "single_task": a.single_task, "candidates": a.candidates, "tasks": a.tasks or grid.tasks,
-                              **({"choice_of": a.choice_of} if a.choice_of else {}), **({"primary": a.primary} if a.primary else {})}
+                              **({"choice_of": a.choice_of} if a.choice_of else {}), **({"primary": a.primary} if a.primary else {}),
+                              **({"same_training_as": a.same_training_as} if a.same_training_as else {})}
                      for a in grid.arms}}  # fmt: skip

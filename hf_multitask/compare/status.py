@@ -8,19 +8,35 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from .derive import can_derive
 from .grid import RESULT, Arm, Grid, GridError
-from .run import _finished, _identity, _recipe_cmd, _resumable, best_candidate, candidate_args, cell_folder, finished_part, reported_args
+from .run import (
+    _finished,
+    _identity,
+    _recipe_cmd,
+    _resumable,
+    best_candidate,
+    candidate_args,
+    cell_folder,
+    finished_part,
+    gathered,
+    reported_args,
+)
 
 
-def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, folder: Path, gathering: bool) -> dict[str, Any]:
+def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, folder: Path, gathering: bool,
+          source: tuple[dict[str, Any] | None, Path | None] | None = None) -> dict[str, Any]:  # fmt: skip
     """One cell: ``done`` (its result) or None, ``left`` (its runs still to go: one, or one per
     unfinished task of a single-task arm), ``resumable`` (how many of those can continue from a
-    checkpoint), ``waiting`` (its flags are not known until its arm's tuning is done) and
-    ``edited`` (its result was run with other flags: ``run`` stops there). ``gathering``: the cell's
-    test files are gathered (reported cells of a grid with ``test_predictions``), as in ``run``."""
+    checkpoint), ``waiting`` (its flags are not known until its arm's tuning is done),
+    ``rescored`` (it will be its ``same_training_as`` source's finished cell re-scored: no run
+    left; ``source`` is that cell's result or None, and its gathered test files) and ``edited``
+    (its result was run with other flags: ``run`` stops there). ``gathering``: the cell's test
+    files are gathered (reported cells of a grid with ``test_predictions``), as in ``run``."""
     tasks = list(arm.tasks or grid.tasks)
     row: dict[str, Any] = {"arm": arm.name, "seed": seed, "split": split, "runs": len(tasks) if arm.single_task else 1,
-                           "done": None, "left": 0, "resumable": 0, "waiting": args is None, "edited": False}  # fmt: skip
+                           "done": None, "left": 0, "resumable": 0, "waiting": args is None, "rescored": False,
+                           "edited": False}  # fmt: skip
     try:
         # flags not known until the tuning is done: a result is taken as done, its flags checked once they are known
         row["done"] = _finished(folder / RESULT, {} if args is None else _identity(grid, args, tasks, arm.primary))
@@ -28,6 +44,9 @@ def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, f
             return row
         if args is None:
             row["left"] = row["runs"]
+            return row
+        if source is not None and can_derive(arm, source[0], source[1], gathering):
+            row["rescored"] = True
             return row
         parts = [(folder / t, [t], None) for t in tasks] if arm.single_task else [(folder, tasks, arm.primary)]
         for where, run_tasks, primary in parts:
@@ -61,8 +80,19 @@ def status(grid: Grid, out_dir: str | os.PathLike) -> list[dict[str, Any]]:
                 chosen[arm.name] = best_candidate(grid, results)[0]
     for arm in grid.arms:
         args = reported_args(grid, arm, chosen)
-        rows += [{**_runs(grid, args, arm, seed, split, cell_folder(out, arm, seed, split), bool(grid.test_predictions)), "kind": "run"}
-                 for split in grid.splits for seed in grid.seeds]  # fmt: skip
+        for split in grid.splits:
+            for seed in grid.seeds:
+                source = None
+                if arm.same_training_as is not None:  # `run` runs the source's cell first, then re-scores it if it can
+                    other = grid.arm(arm.same_training_as)
+                    try:
+                        done = _finished(cell_folder(out, other, seed, split) / RESULT,
+                                         _identity(grid, other.args, list(other.tasks or grid.tasks), other.primary))  # fmt: skip
+                    except GridError:
+                        done = None  # the source's row says it was run with other flags
+                    source = (done, gathered(grid, out, other, seed, split))
+                row = _runs(grid, args, arm, seed, split, cell_folder(out, arm, seed, split), bool(grid.test_predictions), source)
+                rows.append({**row, "kind": "run"})
     return rows
 
 
@@ -86,6 +116,9 @@ def status_text(rows: list[dict[str, Any]]) -> str:
         done = f"{sum(r['done'] is not None for r in cells)}/{len(cells)}"
         if any(r["waiting"] and r["done"] is None for r in cells):
             done += " (flags chosen by the tuning)"
+        rescored = sum(r["rescored"] for r in cells)
+        if rescored:
+            done += f" ({rescored} to be re-scored from `same_training_as` runs, no run left)"
         if any(r["edited"] for r in mine):
             done += " (a result was run with other flags: `run` stops there)"
         lines.append(f"| `{arm}` | {tuned} | {done} | {sum(r['left'] for r in mine)} | {sum(r['resumable'] for r in mine)} |")

@@ -178,6 +178,7 @@ class MultitaskPhase(Phase):
         start = time.perf_counter()
         trainer.train(resume_from_checkpoint=ctx.resume)
         train_seconds = time.perf_counter() - start
+        trainer.save_state()  # trainer_state.json: every evaluation during training and the step of the checkpoint kept
         metrics = trainer.evaluate()
         examples = sum(trainer.examples_seen.values())
         ctx.metrics = {
