@@ -41,7 +41,8 @@ def evaluation_history(run: Path) -> dict[str, Any]:
 
 
 def _unprefixed(evaluation: dict[str, Any]) -> dict[str, float]:
-    """An evaluation's results as the recipe computed them before ``overall`` followed any primary task."""
+    """The ``eval_*`` results of an evaluation (or a run's metrics), unprefixed, as the recipe computed
+    them before ``overall`` followed any primary task."""
     out = {k[len("eval_") :]: v for k, v in evaluation.items() if k.startswith("eval_")}
     if "overall_all" in out:
         out["overall"] = out.pop("overall_all")
@@ -62,8 +63,7 @@ def chosen_step(evaluations: list[dict[str, Any]], primary: list[str] | None) ->
 
 def rescored(metrics: dict[str, Any], primary: list[str] | None) -> dict[str, Any]:
     """A finished run's metrics with ``eval_overall`` (and ``eval_overall_all``) following ``primary``."""
-    evaluation = {k: v for k, v in metrics.items() if k.startswith("eval_")}
-    return {**{k: v for k, v in metrics.items() if not k.startswith("eval_")}, **prefixed_metrics(_unprefixed(evaluation), primary)}
+    return {**{k: v for k, v in metrics.items() if not k.startswith("eval_")}, **prefixed_metrics(_unprefixed(metrics), primary)}
 
 
 def _test_files(source: Path, tasks: list[str]) -> list[Path] | None:
@@ -107,7 +107,9 @@ def derived_cell(arm: Arm, source: dict[str, Any], source_test: Path | None, gat
         gather.mkdir(parents=True)
         for path in files:
             (shutil.copytree if path.is_dir() else shutil.copy2)(path, gather / path.name)
-    result = {k: v for k, v in source.items() if k not in ("arm", "seed", "split", "args", "tasks", "protocol", "train_limits", "primary")}
+    # the arm's own identity (arm, seed, flags, primary) is written over this by the harness; a source's
+    # primary tasks must not stay behind when the arm has none
+    result = {k: v for k, v in source.items() if k != "primary"}
     result.update(metrics=rescored(source["metrics"], arm.primary), wall_seconds=0.0,
                   derived_from={"arm": source["arm"], "seed": source["seed"], "split": source["split"], "step": source["best_step"]})  # fmt: skip
     return result

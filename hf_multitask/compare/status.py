@@ -24,13 +24,12 @@ from .run import (
 )
 
 
-def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, folder: Path, gathering: bool,
-          source: tuple[dict[str, Any] | None, Path | None] | None = None) -> dict[str, Any]:  # fmt: skip
+def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, folder: Path, gathering: bool) -> dict[str, Any]:
     """One cell: ``done`` (its result) or None, ``left`` (its runs still to go: one, or one per
     unfinished task of a single-task arm), ``resumable`` (how many of those can continue from a
     checkpoint), ``waiting`` (its flags are not known until its arm's tuning is done),
     ``rescored`` (it will be its ``same_training_as`` source's finished cell re-scored: no run
-    left; ``source`` is that cell's result or None, and its gathered test files) and ``edited``
+    left; set by :func:`status`, which knows the source's row) and ``edited``
     (its result was run with other flags: ``run`` stops there). ``gathering``: the cell's test
     files are gathered (reported cells of a grid with ``test_predictions``), as in ``run``."""
     tasks = list(arm.tasks or grid.tasks)
@@ -44,9 +43,6 @@ def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, f
             return row
         if args is None:
             row["left"] = row["runs"]
-            return row
-        if source is not None and can_derive(arm, source[0], source[1], gathering):
-            row["rescored"] = True
             return row
         parts = [(folder / t, [t], None) for t in tasks] if arm.single_task else [(folder, tasks, arm.primary)]
         for where, run_tasks, primary in parts:
@@ -78,21 +74,22 @@ def status(grid: Grid, out_dir: str | os.PathLike) -> list[dict[str, Any]]:
                     results[cand] = row["done"]
             if len(results) == len(arm.candidates):
                 chosen[arm.name] = best_candidate(grid, results)[0]
+    cells: dict[tuple[str, int, int], dict[str, Any]] = {}
     for arm in grid.arms:
         args = reported_args(grid, arm, chosen)
         for split in grid.splits:
             for seed in grid.seeds:
-                source = None
-                if arm.same_training_as is not None:  # `run` runs the source's cell first, then re-scores it if it can
-                    other = grid.arm(arm.same_training_as)
-                    try:
-                        done = _finished(cell_folder(out, other, seed, split) / RESULT,
-                                         _identity(grid, other.args, list(other.tasks or grid.tasks), other.primary))  # fmt: skip
-                    except GridError:
-                        done = None  # the source's row says it was run with other flags
-                    source = (done, gathered(grid, out, other, seed, split))
-                row = _runs(grid, args, arm, seed, split, cell_folder(out, arm, seed, split), bool(grid.test_predictions), source)
-                rows.append({**row, "kind": "run"})
+                cells[arm.name, seed, split] = _runs(
+                    grid, args, arm, seed, split, cell_folder(out, arm, seed, split), bool(grid.test_predictions)
+                )
+    for (name, seed, split), row in cells.items():  # `run` runs a source's cell first, then re-scores it if it can
+        arm = grid.arm(name)
+        if arm.same_training_as is None or row["done"] is not None or row["waiting"] or row["edited"]:
+            continue
+        source = grid.arm(arm.same_training_as)
+        if can_derive(arm, cells[source.name, seed, split]["done"], gathered(grid, out, source, seed, split), bool(grid.test_predictions)):
+            row.update(rescored=True, left=0, resumable=0)
+    rows += [{**row, "kind": "run"} for row in cells.values()]
     return rows
 
 
