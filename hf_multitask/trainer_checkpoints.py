@@ -44,7 +44,10 @@ class _CheckpointMixin(Trainer):
 
         Order: the surgery state, then everything ``transformers`` saves (rotation held
         back), then the completion marker (see :mod:`hf_multitask.checkpoints`), and only
-        then the rotation of older checkpoints.
+        then the rotation of older checkpoints. Every rank writes files of its own (its RNG
+        state, its optimizer shard), so the ranks meet after the main process has prepared the
+        folder and again before it records the files' sizes in the marker: without the second
+        meeting the marker could record a file another rank was still writing.
         """
         run_dir = self._get_output_dir(trial=trial)
         folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
@@ -53,12 +56,14 @@ class _CheckpointMixin(Trainer):
                 shutil.rmtree(folder)
             os.makedirs(folder, exist_ok=True)
             atomic_torch_save(self._multitask_state(), os.path.join(folder, SURGERY_STATE_NAME))
+        self.accelerator.wait_for_everyone()  # the folder is ready (a leftover removed) before any rank writes into it
         limit = self.args.save_total_limit
         self.args.save_total_limit = None
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every rank's files are written before their sizes are recorded
         if self.args.should_save:
             write_marker(folder, self.state.global_step)
             rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)

@@ -75,6 +75,15 @@ def test_fsdp_that_accelerate_leaves_off_on_cpu_is_refused(tmp_path, tokenizer):
     assert proc.returncode != 0 and "accelerate did not enable FSDP" in proc.stderr
 
 
+def test_a_checkpoint_marker_waits_for_every_ranks_files(tmp_path, tokenizer):
+    """Each rank writes its own RNG state into the checkpoint; the main process must record the
+    files' sizes only once the other rank has finished, or the marker lists a file half-written
+    (or not at all) and resuming refuses the checkpoint as truncated. Rank 1 writes a second late."""
+    got = _run(2, tmp_path / "out.pt", Path(tokenizer.vocab_file), 4, "pcgrad", mode="slow_rank_checkpoint")
+    assert got["world"] == 2
+    assert "rng_state_1.pth" in got["on_disk"] and got["recorded"] == got["on_disk"]
+
+
 def _assert_same_state(a, b, where: str, exact: bool) -> None:
     if isinstance(a, dict):
         assert a.keys() == b.keys(), where

@@ -5,6 +5,9 @@ AGG may list several methods, comma-separated (one launch trains each in turn).
 MODE ``train`` (default) trains 3 steps and saves the parameters; MODE ``missing`` takes one
 step in which the ranks hold different tasks (and different numbers of one shared task) and
 saves the encoder and head gradients, with the single-process gradient of the pooled batch.
+MODE ``slow_rank_checkpoint`` saves a checkpoint after 2 steps while rank 1 writes its RNG
+state a second late (the wait only widens a window that is there anyway), and saves the
+checkpoint's file sizes and the sizes its completion marker recorded.
 """
 
 import json
@@ -30,6 +33,8 @@ def main() -> None:
     tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
     if mode == "missing":
         return missing_step(out, tokenizer, batch, aggregators, overrides)
+    if mode == "slow_rank_checkpoint":
+        return slow_rank_checkpoint(out, tokenizer, batch, aggregators, overrides)
     # AGG may list several methods (a,b,c): each trains in turn, results keyed by method
     results = {name: train(out, tokenizer, batch, name, overrides) for name in aggregators.split(",")}
     single = None if "," in aggregators else aggregators
@@ -80,6 +85,30 @@ def missing_step(out: str, tokenizer, batch: int, aggregator: str, overrides: di
         total.backward()
         expected = {n: p.grad.detach().clone() for n, p in reference.named_parameters() if p.grad is not None}
         torch.save({"world": trainer.args.world_size, "grads": grads, "expected": expected}, out)
+
+
+def slow_rank_checkpoint(out: str, tokenizer, batch: int, aggregator: str, overrides: dict) -> None:
+    import time
+
+    from hf_multitask.checkpoints import COMPLETE_MARKER
+
+    _, _, trainer = _trainer(out, tokenizer, batch, aggregator, {**overrides, "max_steps": 2, "save_strategy": "steps", "save_steps": 2})
+    rank = trainer.args.process_index
+    if rank == 1:
+        write_rng = trainer._save_rng_state  # the timing is the test's; what is written is the Trainer's own
+
+        def late(output_dir: str) -> None:
+            time.sleep(1.0)
+            write_rng(output_dir)
+
+        trainer._save_rng_state = late
+    trainer.train()
+    if rank == 0:
+        folder = os.path.join(trainer.args.output_dir, "checkpoint-2")
+        on_disk = {name: os.path.getsize(os.path.join(folder, name)) for name in sorted(os.listdir(folder)) if name != COMPLETE_MARKER}
+        with open(os.path.join(folder, COMPLETE_MARKER)) as handle:
+            recorded = json.load(handle)["files"]
+        torch.save({"world": trainer.args.world_size, "on_disk": on_disk, "recorded": recorded}, out)
 
 
 def _shutdown() -> None:
