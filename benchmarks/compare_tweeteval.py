@@ -42,6 +42,7 @@ ANNEALED = ["--schedule", "annealed"]  # the PAL schedule, one task per step: p_
 ROUND_ROBIN = ["--schedule", "round_robin", "--schedule_kwargs", '{"steps_per_epoch": 108}']
 TEMPERATURE_2 = ["--schedule", "temperature", "--schedule_kwargs", '{"temperature": 2}']  # p_i ~ N_i^(1/2)
 PRIMARIES = ("irony", "emotion", "stance")  # the three smallest tasks, each the primary in turn (issue 25)
+SUM_SOURCE = "emotion"  # whose `sum` tuning run the others re-score (the first run that recorded its evaluations)
 
 
 # the tuned summed loss (issue 24): its budget, one run each on the tuning split (a seeded 10 % of train, never val)
@@ -103,8 +104,17 @@ GRID = {
             for p in PRIMARIES
         },
         # STILTs: the auxiliaries first (150 steps of 5 x 32), then 2 epochs of the primary alone; multitask, then
-        # 100 steps of the primary alone from the multitask encoder
-        **{f"primary_{p}": {"primary": [p], "candidates": primary_candidates(p, ROUND_ROBIN, 150, 100)} for p in PRIMARIES},
+        # 100 steps of the primary alone from the multitask encoder. The candidate `sum` is the same training for
+        # every primary (--primary_tasks changes only its checkpoint): irony's and stance's are emotion's run,
+        # re-scored when their task keeps the checkpoint emotion's kept
+        **{
+            f"primary_{p}": {
+                "primary": [p],
+                "candidates": primary_candidates(p, ROUND_ROBIN, 150, 100),
+                **({"candidates_same_training_as": {"sum": f"primary_{SUM_SOURCE}"}} if p != SUM_SOURCE else {}),
+            }
+            for p in PRIMARIES
+        },  # fmt: skip
     },
     "protocol": PROTOCOL,
 }

@@ -12,6 +12,9 @@ from typing import Any
 RESULT = "result.json"  # a finished cell's file: its presence means the cell never runs again
 
 
+_ARM_KEYS = ("args", "single_task", "candidates", "choice_of", "tasks", "primary", "same_training_as", "candidates_same_training_as")
+
+
 class GridError(ValueError):
     """A grid file or a results folder that cannot be used (the message names the key or file)."""
 
@@ -29,7 +32,12 @@ class Arm:
     ``same_training_as``: another arm that trains exactly as this one (the same flags and tasks;
     only ``primary``, so only the checkpoint choice and the score, differ). Its cell runs first,
     and this arm's cell is that run re-scored when its primary tasks keep the same checkpoint
-    (:mod:`.derive`); it trains only when they keep another."""
+    (:mod:`.derive`); it trains only when they keep another.
+
+    ``candidates_same_training_as``: the same promise for some of a tuned arm's candidates
+    (candidate name -> another tuned arm whose candidate of that name trains exactly as it, e.g.
+    the plain summed loss among primary-task methods, which ``--primary_tasks`` changes only in
+    the checkpoint it keeps): that candidate's tuning run is the other arm's re-scored when it can be."""
 
     name: str
     args: list[str] = field(default_factory=list)
@@ -39,6 +47,7 @@ class Arm:
     choice_of: str | None = None  # a tuned arm whose chosen candidate this arm reuses
     primary: list[str] | None = None  # the tasks it serves, passed as --primary_tasks (None: all tasks, symmetric)
     same_training_as: str | None = None  # an arm with the same flags whose run this arm re-scores when it can
+    candidates_same_training_as: dict[str, str] = field(default_factory=dict)  # candidate -> tuned arm re-scored likewise
 
 
 @dataclass
@@ -95,6 +104,8 @@ class Grid:
         for arm in self.arms:
             if arm.same_training_as is not None:
                 self._check_same_training(arm, names)
+            for candidate, source in arm.candidates_same_training_as.items():
+                self._check_same_candidate(arm, candidate, source, names)
         if self.tuning_split is not None and self.tuning_split in self.splits:
             raise GridError(f"'tuning_split' {self.tuning_split} is also in 'splits': never report on the split used to choose")
         if self.test_predictions is not None:
@@ -141,6 +152,23 @@ class Grid:
             raise GridError(f"arm {arm.name!r}: 'same_training_as' {source!r} needs the same 'args' and 'tasks' (only 'primary' may "
                             f"differ); got {arm.args} / {other.args}")  # fmt: skip
 
+    def _check_same_candidate(self, arm: Arm, candidate: str, source: str, names: list[str]) -> None:
+        where = f"arm {arm.name!r}: 'candidates_same_training_as' {candidate!r}"
+        if candidate not in arm.candidates:
+            raise GridError(f"{where} is not one of the arm's candidates {sorted(arm.candidates)}")
+        if source not in names or source == arm.name:
+            raise GridError(f"{where} must name another arm of {names}, got {source!r}")
+        other = self.arm(source)
+        if candidate not in other.candidates:
+            raise GridError(f"{where}: arm {source!r} has no candidate {candidate!r} (it has {sorted(other.candidates)})")
+        if candidate in other.candidates_same_training_as:
+            raise GridError(f"{where}: {source!r} itself re-scores that candidate from "
+                            f"{other.candidates_same_training_as[candidate]!r}: name that arm")  # fmt: skip
+        mine, theirs = [*arm.args, *arm.candidates[candidate]], [*other.args, *other.candidates[candidate]]
+        if mine != theirs or (arm.tasks or self.tasks) != (other.tasks or self.tasks):
+            raise GridError(f"{where}: {source!r}'s candidate needs the same flags and 'tasks' (only 'primary' may differ); "
+                            f"got {mine} / {theirs}")  # fmt: skip
+
     def arm(self, name: str) -> Arm:
         """The arm called ``name`` (a :class:`GridError` naming the grid's arms if there is none)."""
         for arm in self.arms:
@@ -171,15 +199,17 @@ class Grid:
             raise GridError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
         arms_data = data.get("arms") or {}
         if not isinstance(arms_data, dict):
-            raise GridError(
-                f"{where}: 'arms' must map arm names to {{args, single_task, candidates, choice_of, tasks, primary, same_training_as}}"
-            )
+            raise GridError(f"{where}: 'arms' must map arm names to {{{', '.join(_ARM_KEYS)}}}")
         arms = []
         for name, spec in arms_data.items():
             spec = spec or {}
-            bad = sorted(set(spec) - {"args", "single_task", "candidates", "tasks", "choice_of", "primary", "same_training_as"})
+            bad = sorted(set(spec) - set(_ARM_KEYS))
             if bad:
                 raise GridError(f"{where}: arm {name!r}: unknown keys {bad}")
+            same_candidates = spec.get("candidates_same_training_as") or {}
+            if not isinstance(same_candidates, dict):
+                raise GridError(f"{where}: arm {name!r}: 'candidates_same_training_as' must map candidate names to arm names, "
+                                f"got {same_candidates!r}")  # fmt: skip
             tasks, primary = spec.get("tasks"), spec.get("primary")
             if isinstance(primary, str):
                 primary = [primary]
@@ -188,7 +218,8 @@ class Grid:
                             None if tasks is None else [str(t) for t in tasks],
                             None if spec.get("choice_of") is None else str(spec["choice_of"]),
                             None if primary is None else [str(t) for t in primary],
-                            None if spec.get("same_training_as") is None else str(spec["same_training_as"])))  # fmt: skip
+                            None if spec.get("same_training_as") is None else str(spec["same_training_as"]),
+                            {str(k): str(v) for k, v in same_candidates.items()}))  # fmt: skip
         fields = {k: data[k] for k in known - {"arms"} if k in data}
         for key in ("seeds", "splits"):
             if key in fields and not all(isinstance(v, int) for v in fields[key]):

@@ -157,11 +157,14 @@ def finished_part(grid: Grid, args: list[str], task: str, sub: Path, gathering: 
 
 
 def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folder: Path, say: Any,
-             gather: Path | None = None, source: tuple[dict[str, Any], Path | None] | None = None) -> dict[str, Any]:  # fmt: skip
+             gather: Path | None = None, source: tuple[dict[str, Any], Path | None] | None = None,
+             candidate: str | None = None) -> dict[str, Any]:  # fmt: skip
     """One (arm, seed, split) cell: resumable; single-task arms run once per task and combine.
     ``gather``: where the cell's test prediction files go once it has run. ``source``: for an arm
-    with ``same_training_as``, that arm's finished cell and its gathered test files, which this
-    cell re-scores when it can (:func:`.derive.derived_cell`) instead of training."""
+    with ``same_training_as`` (or a candidate in ``candidates_same_training_as``), that arm's
+    finished cell (or candidate's tuning run) and its gathered test files, which this cell
+    re-scores when it can (:func:`.derive.derived_cell`) instead of training. ``candidate``: the
+    tuning candidate this run is, recorded in its result."""
     tasks = list(arm.tasks or grid.tasks)
     identity = _identity(grid, args, tasks, arm.primary)
     done = _finished(folder / RESULT, identity)
@@ -170,8 +173,12 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
     derived = derived_cell(arm, source[0], source[1], gather) if source is not None else None
     runs: list[Path] = []
     if derived is not None:
-        say(f"{arm.name}: seed {seed}, split {split} keeps the checkpoint {arm.same_training_as}'s run kept: its result, re-scored")
+        of = f"{derived['derived_from']['arm']}" + (f" / {candidate}" if candidate else "")
+        say(f"{arm.name}{f' / {candidate}' if candidate else ''}: seed {seed}, split {split} keeps the checkpoint {of}'s run kept: "
+            "its result, re-scored")  # fmt: skip
         result = derived
+        if candidate:
+            result["derived_from"]["candidate"] = candidate
     elif arm.single_task:
         parts: dict[str, dict[str, Any]] = {}
         for task in tasks:
@@ -208,7 +215,7 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
         runs = [folder / "run"]
     if gather is not None and derived is None:
         _gather_test_predictions(runs, gather)
-    result.update(arm=arm.name, seed=seed, split=split, **identity)
+    result.update(arm=arm.name, seed=seed, split=split, **identity, **({"candidate": candidate} if candidate else {}))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RESULT).write_text(json.dumps(result, indent=2))
     return result
@@ -256,14 +263,26 @@ def _choose(grid: Grid, arm: Arm, out_dir: Path, say: Any) -> str:
     """The name of the arm's best candidate on the tuning split (recorded in ``choice.json``), by
     the mean score over the arm's primary tasks if it has some, else over all its tasks."""
     assert grid.tuning_split is not None
-    results = {cand: _execute(grid, candidate_args(grid, arm, cand), arm, grid.tuning_seed, grid.tuning_split,
-                              out_dir / "tuning" / arm.name / cand, say)
-               for cand in arm.candidates}  # fmt: skip
+    results = {}
+    for cand in arm.candidates:
+        folder = tuning_folder(out_dir, arm, cand)
+        source = None
+        if cand in arm.candidates_same_training_as and not (folder / RESULT).is_file():  # the source's run first
+            other = grid.arm(arm.candidates_same_training_as[cand])
+            source = (_execute(grid, candidate_args(grid, other, cand), other, grid.tuning_seed, grid.tuning_split,
+                               tuning_folder(out_dir, other, cand), say, candidate=cand), None)  # fmt: skip
+        results[cand] = _execute(grid, candidate_args(grid, arm, cand), arm, grid.tuning_seed, grid.tuning_split, folder, say,
+                                 source=source, candidate=cand)  # fmt: skip
     best, scores = best_candidate(grid, results)
     choice = {"arm": arm.name, "split": grid.tuning_split, "seed": grid.tuning_seed, "scores": scores, "chosen": best,
               **({"scored_on": arm.primary} if arm.primary else {})}  # fmt: skip
     (out_dir / "tuning" / arm.name / "choice.json").write_text(json.dumps(choice, indent=2))
     return best
+
+
+def tuning_folder(out_dir: Path, arm: Arm, candidate: str) -> Path:
+    """Where an arm's tuning run of ``candidate`` (on the grid's tuning split and seed) lives."""
+    return out_dir / "tuning" / arm.name / candidate
 
 
 def cell_folder(out_dir: Path, arm: Arm, seed: int, split: int) -> Path:
@@ -311,5 +330,6 @@ def grid_dict(grid: Grid) -> dict[str, Any]:
             "baseline": grid.baseline, "pairs": grid.pairs, "test_predictions": grid.test_predictions,
             "arms": {a.name: {"args": a.args, "single_task": a.single_task, "candidates": a.candidates, "tasks": a.tasks or grid.tasks,
                               **({"choice_of": a.choice_of} if a.choice_of else {}), **({"primary": a.primary} if a.primary else {}),
-                              **({"same_training_as": a.same_training_as} if a.same_training_as else {})}
+                              **({"same_training_as": a.same_training_as} if a.same_training_as else {}),
+                              **({"candidates_same_training_as": a.candidates_same_training_as} if a.candidates_same_training_as else {})}
                      for a in grid.arms}}  # fmt: skip

@@ -21,6 +21,7 @@ from .run import (
     finished_part,
     gathered,
     reported_args,
+    tuning_folder,
 )
 
 
@@ -28,8 +29,9 @@ def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, f
     """One cell: ``done`` (its result) or None, ``left`` (its runs still to go: one, or one per
     unfinished task of a single-task arm), ``resumable`` (how many of those can continue from a
     checkpoint), ``waiting`` (its flags are not known until its arm's tuning is done),
-    ``rescored`` (it will be its ``same_training_as`` source's finished cell re-scored: no run
-    left; set by :func:`status`, which knows the source's row) and ``edited``
+    ``rescored`` (it will be its ``same_training_as`` source's finished cell, or for a tuning run
+    its ``candidates_same_training_as`` source's, re-scored: no run left; set by :func:`status`,
+    which knows the source's row) and ``edited``
     (its result was run with other flags: ``run`` stops there). ``gathering``: the cell's test
     files are gathered (reported cells of a grid with ``test_predictions``), as in ``run``."""
     tasks = list(arm.tasks or grid.tasks)
@@ -62,18 +64,24 @@ def status(grid: Grid, out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     order ``run`` takes them (see :func:`_runs` for the keys)."""
     out = Path(out_dir)
     rows: list[dict[str, Any]] = []
+    tuning: dict[tuple[str, str], dict[str, Any]] = {}
+    for arm in grid.arms:
+        for cand in arm.candidates:
+            row = _runs(grid, candidate_args(grid, arm, cand), arm, grid.tuning_seed, grid.tuning_split,
+                        tuning_folder(out, arm, cand), gathering=False)  # fmt: skip
+            tuning[arm.name, cand] = {**row, "kind": "tuning", "candidate": cand}
+    for (name, cand), row in tuning.items():  # a candidate re-scored from another arm's run of it takes no run
+        source = grid.arm(name).candidates_same_training_as.get(cand)
+        if source is None or row["done"] is not None or row["edited"]:
+            continue
+        if can_derive(grid.arm(name), tuning[source, cand]["done"], None, gathering=False):
+            row.update(rescored=True, left=0, resumable=0)
+    rows += tuning.values()
     chosen: dict[str, str] = {}  # the tuned arms whose tuning is done
     for arm in grid.arms:
-        if arm.candidates:
-            results = {}
-            for cand in arm.candidates:
-                row = _runs(grid, candidate_args(grid, arm, cand), arm, grid.tuning_seed, grid.tuning_split,
-                            out / "tuning" / arm.name / cand, gathering=False)  # fmt: skip
-                rows.append({**row, "kind": "tuning", "candidate": cand})
-                if row["done"] is not None:
-                    results[cand] = row["done"]
-            if len(results) == len(arm.candidates):
-                chosen[arm.name] = best_candidate(grid, results)[0]
+        results = {cand: tuning[arm.name, cand]["done"] for cand in arm.candidates if tuning[arm.name, cand]["done"] is not None}
+        if arm.candidates and len(results) == len(arm.candidates):
+            chosen[arm.name] = best_candidate(grid, results)[0]
     cells: dict[tuple[str, int, int], dict[str, Any]] = {}
     for arm in grid.arms:
         args = reported_args(grid, arm, chosen)
@@ -110,6 +118,8 @@ def status_text(rows: list[dict[str, Any]]) -> str:
         tuning = [r for r in mine if r["kind"] == "tuning"]
         cells = [r for r in mine if r["kind"] == "run"]
         tuned = f"{sum(r['done'] is not None for r in tuning)}/{len(tuning)}" if tuning else "—"
+        if any(r["rescored"] for r in tuning):
+            tuned += f" ({sum(r['rescored'] for r in tuning)} to be re-scored from another arm's run, no run left)"
         done = f"{sum(r['done'] is not None for r in cells)}/{len(cells)}"
         if any(r["waiting"] and r["done"] is None for r in cells):
             done += " (flags chosen by the tuning)"

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from hf_multitask.compare import Grid, GridError, run_grid, status, status_text
+from hf_multitask.compare import Grid, GridError, grid_dict, run_grid, status, status_text
 
 # two evaluations: task a is best at step 2, task b at step 1, their mean at step 2 (0.65 < 0.66)
 _FAKE_RECIPE = """
@@ -55,9 +55,9 @@ def fake(tmp_path, monkeypatch):
     calls = tmp_path / "calls.jsonl"
     monkeypatch.setenv("FAKE_CALLS", str(calls))
 
-    def grid(**arms) -> Grid:
+    def grid(tuning_split: int | None = None, **arms) -> Grid:
         return Grid.from_dict({"tasks": ["a", "b"], "seeds": [0], "splits": [1], "command": [sys.executable, str(script)],
-                               "test_predictions": "{arm}/seed{seed}/test", "arms": arms})  # fmt: skip
+                               "test_predictions": "{arm}/seed{seed}/test", "tuning_split": tuning_split, "arms": arms})  # fmt: skip
 
     def seen() -> list[list[str]]:
         return [json.loads(line)["primary"] for line in calls.read_text().splitlines()] if calls.exists() else []
@@ -181,3 +181,88 @@ def test_the_real_recipe_records_its_evaluations_and_a_rescored_cell_equals_the_
     scores = [k for k in trained["metrics"] if k.endswith(("_score", "overall", "overall_all"))]
     assert derived["metrics"]["eval_overall"] == derived["metrics"]["eval_sts_score"] != derived["metrics"]["eval_overall_all"]
     assert {k: derived["metrics"][k] for k in scores} == {k: trained["metrics"][k] for k in scores}, "the same training, to the last bit"
+
+
+# candidate level: a tuned arm's candidate that trains exactly as another tuned arm's candidate of that name
+def _tuned_grid(fake, **arms) -> Grid:
+    return fake[0](tuning_split=0, **arms)
+
+
+def _primary_arm(primary: list[str] | None, **extra) -> dict:
+    return {**SYMMETRIC, **({"primary": primary} if primary else {}), "candidates": {"sum": [], "lr3": ["--lr", "3"]}, **extra}
+
+
+def test_a_candidate_whose_primary_keeps_the_source_candidates_checkpoint_is_its_tuning_run_rescored(fake, tmp_path):
+    _, seen = fake
+    arms = {"src": _primary_arm(None), "for_a": _primary_arm(["a"], candidates_same_training_as={"sum": "src"})}
+    grid = _tuned_grid(fake, **arms)
+    out = tmp_path / "cmp"
+    rows = {(r["arm"], r.get("candidate")): r for r in status(grid, out)}
+    assert rows["for_a", "sum"]["left"] == 1, "before the source candidate has run, the candidate may have to train"
+    run_grid(grid, out, arms=["for_a"], say=lambda m: None)
+    # src's `sum` (no primary), then for_a's `lr3` and its reported cell: for_a's `sum` never trained
+    assert seen() == [[], ["a"], ["a"]]
+    derived = json.loads((out / "tuning" / "for_a" / "sum" / "result.json").read_text())
+    assert derived["derived_from"] == {"arm": "src", "seed": 0, "split": 0, "step": 2, "candidate": "sum"}
+    assert derived["candidate"] == "sum" and derived["primary"] == ["a"] and derived["wall_seconds"] == 0.0
+    # the control: the same candidate trained
+    ctl = _tuned_grid(fake, ctl=_primary_arm(["a"]))
+    run_grid(ctl, tmp_path / "ctl", say=lambda m: None)
+    trained = json.loads((tmp_path / "ctl" / "tuning" / "ctl" / "sum" / "result.json").read_text())
+    assert derived["metrics"] == trained["metrics"] and derived["metrics"]["eval_overall"] == 0.72
+    choice = json.loads((out / "tuning" / "for_a" / "choice.json").read_text())
+    assert choice["scores"] == {"sum": 0.72, "lr3": 0.72} and choice["scored_on"] == ["a"]
+    rows = status(grid, out)
+    assert not any(r["left"] for r in rows if r["arm"] == "for_a")
+
+
+def test_a_candidate_whose_primary_keeps_another_checkpoint_trains(fake, tmp_path):
+    _, seen = fake
+    grid = _tuned_grid(fake, src=_primary_arm(None), for_b=_primary_arm(["b"], candidates_same_training_as={"sum": "src"}))
+    out = tmp_path / "cmp"
+    run_grid(grid, out, arms=["src"], say=lambda m: None)
+    rows = {(r["arm"], r.get("candidate")): r for r in status(grid, out)}
+    assert rows["for_b", "sum"]["left"] == 1 and not rows["for_b", "sum"]["rescored"], "b is best at step 1, src kept step 2"
+    calls = len(seen())
+    run_grid(grid, out, arms=["for_b"], say=lambda m: None)
+    assert seen()[calls:] == [["b"], ["b"], ["b"]], "for_b's sum and lr3 train, then its reported cell"
+    result = json.loads((out / "tuning" / "for_b" / "sum" / "result.json").read_text())
+    assert "derived_from" not in result and result["best_step"] == 1
+
+
+def test_status_counts_a_candidate_that_will_be_rescored_as_no_run(fake, tmp_path):
+    grid = _tuned_grid(fake, src=_primary_arm(None), for_a=_primary_arm(["a"], candidates_same_training_as={"sum": "src"}))
+    out = tmp_path / "cmp"
+    run_grid(grid, out, arms=["src"], say=lambda m: None)
+    rows = status(grid, out)
+    mine = {r.get("candidate"): (r["left"], r["rescored"]) for r in rows if r["arm"] == "for_a"}
+    assert mine == {"sum": (0, True), "lr3": (1, False), None: (1, False)}
+    assert "| `for_a` | 0/2 (1 to be re-scored from another arm's run, no run left) | 0/1 (flags chosen by the tuning) | 2 | 0 |" in (
+        status_text(rows)
+    )
+
+
+@pytest.mark.parametrize(
+    ("arms", "message"),
+    [
+        ({"x": _primary_arm(None), "y": _primary_arm(["a"], candidates_same_training_as={"nope": "x"})}, "is not one of the arm's candidates"),
+        ({"y": _primary_arm(["a"], candidates_same_training_as={"sum": "y"})}, "must name another arm"),
+        ({"y": _primary_arm(["a"], candidates_same_training_as={"sum": "nope"})}, "must name another arm"),
+        ({"x": {**SYMMETRIC, "candidates": {"other": []}}, "y": _primary_arm(["a"], candidates_same_training_as={"sum": "x"})}, "has no candidate 'sum'"),
+        ({"x": {"args": ["--lr", "1"], "candidates": {"sum": []}}, "y": _primary_arm(["a"], candidates_same_training_as={"sum": "x"})}, "same flags"),
+        ({"x": _primary_arm(None, tasks=["a"]), "y": _primary_arm(["a"], candidates_same_training_as={"sum": "x"})}, "same flags and 'tasks'"),
+        ({"x": _primary_arm(None), "y": _primary_arm(["a"], candidates_same_training_as={"sum": "x"}),
+          "z": _primary_arm(["b"], candidates_same_training_as={"sum": "y"})}, "itself re-scores that candidate from 'x'"),
+        ({"y": _primary_arm(["a"], candidates_same_training_as=["sum", "x"])}, "must map candidate names to arm names"),
+    ],
+)  # fmt: skip
+def test_candidates_same_training_as_is_refused_where_the_runs_would_differ(arms, message):
+    with pytest.raises(GridError, match=message):
+        Grid.from_dict({"tasks": ["a", "b"], "seeds": [0], "splits": [1], "tuning_split": 0, "arms": arms})
+
+
+def test_candidates_same_training_as_survives_the_grid_file():
+    grid = Grid.from_dict({"tasks": ["a", "b"], "seeds": [0], "splits": [1], "tuning_split": 0,
+                           "arms": {"x": _primary_arm(None), "y": _primary_arm(["a"], candidates_same_training_as={"sum": "x"})}})  # fmt: skip
+    again = Grid.from_dict({**grid_dict(grid), "command": grid.command})
+    assert again.arm("y").candidates_same_training_as == {"sum": "x"} and not again.arm("x").candidates_same_training_as
