@@ -51,6 +51,8 @@ class RecipeContext:
     final_model: Any = None  # what best/ holds: the multitask model, or the routed model after specialisation
     predictions: dict = field(default_factory=dict)
     training_note: str = ""  # the model card's account of the training
+    # what a phase before multitask training cost (e.g. ``intermediate_seconds``), added to the run's metrics
+    phase_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def args(self) -> RecipeTrainingArguments:
@@ -122,7 +124,7 @@ class HeadPretrainingPhase(Phase):
 class IntermediatePhase(Phase):
     """STILTs (Phang, Févry, Bowman 2018): train on the auxiliary tasks for ``intermediate_steps``
     (not again on resume: the checkpoint holds the result); from then on only the primary tasks
-    train."""
+    train. Its time and examples are the run's ``intermediate_seconds`` and ``intermediate_examples``."""
 
     name = "intermediate"
 
@@ -138,7 +140,13 @@ class IntermediatePhase(Phase):
                               "and train at least one other task")  # fmt: skip
         if ctx.resume is None:
             phase = phase_args(args, self.name, steps, ctx.arguments.intermediate.intermediate_learning_rate or args.learning_rate)
-            MultitaskTrainer(model=ctx.model, args=phase, train_dataset=auxiliary, processing_class=ctx.tokenizer).train()
+            trainer = MultitaskTrainer(model=ctx.model, args=phase, train_dataset=auxiliary, processing_class=ctx.tokenizer)
+            start = time.perf_counter()
+            trainer.train()
+            # its cost, which the multitask phase's train_seconds does not cover (a resumed run has none: it skips the phase)
+            ctx.phase_metrics.update(
+                intermediate_seconds=time.perf_counter() - start, intermediate_examples=sum(trainer.examples_seen.values())
+            )
             logger.info("intermediate-task transfer: %d steps on %s, then the primary task(s) %s", steps, sorted(auxiliary), primary)
         ctx.train = {t: d for t, d in ctx.train.items() if t in primary}
 
@@ -183,6 +191,7 @@ class MultitaskPhase(Phase):
         examples = sum(trainer.examples_seen.values())
         ctx.metrics = {
             **metrics,
+            **ctx.phase_metrics,
             "train_seconds": train_seconds,
             "train_examples": examples,
             "train_examples_per_second": examples / train_seconds,
