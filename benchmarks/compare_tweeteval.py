@@ -114,7 +114,7 @@ GRID = {
                 **({"candidates_same_training_as": {"sum": f"primary_{SUM_SOURCE}"}} if p != SUM_SOURCE else {}),
             }
             for p in PRIMARIES
-        },  # fmt: skip
+        },
     },
     "protocol": PROTOCOL,
 }

@@ -173,8 +173,8 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
     derived = derived_cell(arm, source[0], source[1], gather) if source is not None else None
     runs: list[Path] = []
     if derived is not None:
-        of = f"{derived['derived_from']['arm']}" + (f" / {candidate}" if candidate else "")
-        say(f"{arm.name}{f' / {candidate}' if candidate else ''}: seed {seed}, split {split} keeps the checkpoint {of}'s run kept: "
+        of = f" / {candidate}" if candidate else ""  # a tuning run names its candidate, the same in both arms
+        say(f"{arm.name}{of}: seed {seed}, split {split} keeps the checkpoint {derived['derived_from']['arm']}{of}'s run kept: "
             "its result, re-scored")  # fmt: skip
         result = derived
         if candidate:
