@@ -68,7 +68,7 @@ def markdown(
                 else []
             )
             versus += [_fmt(r["vs_baseline"], r["vs_baseline_ci"]) + _verdict(r["vs_baseline"], r["vs_baseline_ci"])] if baseline else []
-            # the time columns have no interval; a time is unknown ("—") when every cell of the arm was resumed
+            # the time columns have no interval; a time is unknown ("—") when no cell of the arm timed all its training
             cells = [f"`{r['arm']}`", str(r["seeds"]), *[_fmt(r[t], r[f"{t}_ci"]) for t in tasks], _fmt(r["overall"], r["overall_ci"]) + subset,
                      *versus, *(_fmt(r[k], math.nan, d) for k, d in (("s_per_1k_examples", 1), ("s_per_step", 2), ("peak_rss_mb", 0)))]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")

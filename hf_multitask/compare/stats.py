@@ -120,12 +120,42 @@ def summarise(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[st
     return rows
 
 
+# what a phase before the main run (STILTs' auxiliary training) adds to each of the main run's counts
+_PHASE_COUNT = {"train_examples": "intermediate_examples", "train_global_steps": "intermediate_global_steps"}
+
+
 def _median_rate(cells: list[dict[str, Any]], per: str, scale: float = 1.0) -> float:
     """The median over cells of training seconds per ``per`` (times ``scale``); ``nan`` if none has
-    it. A cell resumed from a checkpoint is left out: its seconds cover the resumed part only."""
-    rates = [scale * c["metrics"].get("train_seconds", 0.0) / c["metrics"][per] for c in cells
-             if c["metrics"].get(per) and not c.get("resumed_from")]  # fmt: skip
-    return statistics.median(rates) if rates else math.nan
+    it. Seconds and counts include an auxiliary phase before the main run (``intermediate_*``
+    metrics), so a STILTs arm pays for its phase. Left out: a cell resumed from a checkpoint (its
+    seconds cover the resumed part only) and a cell whose run had such a phase but did not time it
+    (written before runs recorded it)."""
+    rates = [r for r in (_rate(c, per) for c in cells) if r is not None]
+    return scale * statistics.median(rates) if rates else math.nan
+
+
+def _rate(cell: dict[str, Any], per: str) -> float | None:
+    m = cell["metrics"]
+    if not m.get(per) or cell.get("resumed_from"):
+        return None
+    seconds, count = m.get("train_seconds", 0.0), m[per]
+    if "intermediate_seconds" in m:
+        phase = m.get(_PHASE_COUNT[per])
+        if phase is None and per == "train_global_steps":  # runs before it was recorded: the phase ran exactly its flag's steps
+            phase = _flag(cell, "--intermediate_steps")
+        if phase is None:
+            return None
+        seconds, count = seconds + m["intermediate_seconds"], count + phase
+    elif _flag(cell, "--intermediate_steps"):
+        return None
+    return seconds / count
+
+
+def _flag(cell: dict[str, Any], name: str) -> int | None:
+    """The integer value of flag ``name`` in a cell's arm flags or protocol; ``None`` if absent or 0."""
+    flags = [*cell.get("protocol", []), *cell.get("args", [])]  # the arm's flags come last and win
+    values = [flags[i + 1] for i, f in enumerate(flags[:-1]) if f == name]
+    return (int(values[-1]) or None) if values else None
 
 
 def paired(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:

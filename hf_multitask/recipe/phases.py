@@ -124,7 +124,8 @@ class HeadPretrainingPhase(Phase):
 class IntermediatePhase(Phase):
     """STILTs (Phang, Févry, Bowman 2018): train on the auxiliary tasks for ``intermediate_steps``
     (not again on resume: the checkpoint holds the result); from then on only the primary tasks
-    train. Its time and examples are the run's ``intermediate_seconds`` and ``intermediate_examples``."""
+    train. Its time, examples and steps are the run's ``intermediate_seconds``, ``intermediate_examples``
+    and ``intermediate_global_steps``."""
 
     name = "intermediate"
 
@@ -144,9 +145,9 @@ class IntermediatePhase(Phase):
             start = time.perf_counter()
             trainer.train()
             # its cost, which the multitask phase's train_seconds does not cover (a resumed run has none: it skips the phase)
-            ctx.phase_metrics.update(
-                intermediate_seconds=time.perf_counter() - start, intermediate_examples=sum(trainer.examples_seen.values())
-            )
+            ctx.phase_metrics.update(intermediate_seconds=time.perf_counter() - start,
+                                     intermediate_examples=sum(trainer.examples_seen.values()),
+                                     intermediate_global_steps=trainer.state.global_step)  # fmt: skip
             logger.info("intermediate-task transfer: %d steps on %s, then the primary task(s) %s", steps, sorted(auxiliary), primary)
         ctx.train = {t: d for t, d in ctx.train.items() if t in primary}
 

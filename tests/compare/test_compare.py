@@ -257,6 +257,29 @@ def test_cost_columns_are_medians_over_seeds():
     assert row["peak_rss_mb"] == 102.0
 
 
+def test_cost_columns_count_an_auxiliary_phase_and_leave_out_one_left_untimed():
+    grid = {"tasks": ["a"], "arms": {"m": {}}, "reference": None, "baseline": None}
+
+    def cell(seed, args, **phase):
+        return {"arm": "m", "seed": seed, "split": 1, "peak_rss_mb": 100.0, "args": args, "protocol": ["--max_length", "64"],
+                "metrics": {"eval_a_accuracy": 0.5, "eval_a_score": 0.5, "train_seconds": 100.0,
+                            "train_examples": 2000, "train_global_steps": 20, **phase}}  # fmt: skip
+
+    stilts = ["--intermediate_steps", "30"]
+    timed = cell(0, stilts, intermediate_seconds=200.0, intermediate_examples=1000, intermediate_global_steps=30)
+    (row,) = summarise(grid, [timed])
+    assert row["s_per_1k_examples"] == pytest.approx(100.0) and row["s_per_step"] == pytest.approx(6.0)
+    # a run that timed its phase but not its steps (older runs): the phase ran exactly its flag's steps
+    steps_from_flag = cell(0, stilts, intermediate_seconds=200.0, intermediate_examples=1000)
+    (row,) = summarise(grid, [steps_from_flag])
+    assert row["s_per_1k_examples"] == pytest.approx(100.0) and row["s_per_step"] == pytest.approx(6.0)
+    # a run with the phase that did not time it is left out, not counted as cheap
+    (row,) = summarise(grid, [cell(0, stilts)])
+    assert math.isnan(row["s_per_1k_examples"]) and math.isnan(row["s_per_step"])
+    (row,) = summarise(grid, [cell(0, ["--intermediate_steps", "0"]), cell(1, [])])
+    assert row["s_per_1k_examples"] == pytest.approx(50.0) and row["s_per_step"] == pytest.approx(5.0)
+
+
 def test_a_cell_run_with_other_flags_is_refused_not_reused(tiny_backbone, tiny_data, tmp_path):
     """A finished cell is reused only while the grid still gives it the same flags: after an
     arm's args (or the protocol) change, its old result would silently stand for the new arm."""

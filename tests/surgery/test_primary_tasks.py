@@ -187,6 +187,7 @@ def test_recipe_intermediate_transfer_trains_the_auxiliaries_then_the_primary(ti
     assert metrics["train_examples_sts"] > 0
     # the auxiliary phase's cost is reported too (2 steps of batch 4 of sst and quora; sts does not train in it)
     assert metrics["intermediate_seconds"] > 0 and metrics["intermediate_examples"] == 2 * 4 * 2
+    assert metrics["intermediate_global_steps"] == 2
     assert metrics["eval_overall"] == pytest.approx(metrics["eval_sts_score"])
     card = (tmp_path / "out" / "best" / "README.md").read_text()
     assert "Primary task(s): `sts`" in card
