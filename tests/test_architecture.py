@@ -8,6 +8,7 @@ a cycle is still a cycle: it only moves the failure to the first call); imports 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,41 @@ def test_no_import_cycle():
 def test_no_module_over_the_line_budget(module):
     lines = len(_modules()[module].read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{module} has {lines} lines (budget {MAX_LINES}): split it by what it does"
+
+
+def _architecture_names(readme: str) -> tuple[set[str], dict[str, set[str]]]:
+    """The module files the README's "Architecture" section names: at the top level, and inside
+    each ``sub/`` entry's parenthesised list (``compare/`` (``grid.py``, ...))."""
+    section = readme.split("\n## Architecture\n", 1)[1].split("\n## ", 1)[0]
+    packages: dict[str, set[str]] = {}
+    rest = section
+    for match in re.finditer(r"`(\w+)/` \(", section):
+        depth, end = 1, match.end()
+        while depth:
+            depth += {"(": 1, ")": -1}.get(section[end], 0)
+            end += 1
+        group = section[match.end() : end - 1]
+        packages.setdefault(match.group(1), set()).update(re.findall(r"`(\w+\.py)`", group))
+        rest = rest.replace(group, "")
+    return set(re.findall(r"`(\w+\.py)`", rest)), packages
+
+
+def test_the_architecture_section_names_every_module():
+    """One reading path: each module of the package is named in the README's table, under its
+    subpackage, so a newcomer can find what owns what (``__init__``/``__main__`` excepted)."""
+    top, packages = _architecture_names((PACKAGE.parent / "README.md").read_text(encoding="utf-8"))
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        parts = path.relative_to(PACKAGE).parts
+        named = top if len(parts) == 1 else packages.get(parts[0], set())
+        if path.name not in named:
+            missing.append("/".join(parts))
+    assert not missing, f"README's Architecture section does not name: {', '.join(missing)}"
+
+
+def test_the_architecture_check_reads_subpackage_lists():
+    readme = "# x\n## Architecture\n| a | `top.py`, `sub/` (`one.py` (a note), `two.py`) | x |\n## Next\n`late.py`\n"
+    top, packages = _architecture_names(readme)
+    assert top == {"top.py"} and packages == {"sub": {"one.py", "two.py"}}
