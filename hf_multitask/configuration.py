@@ -13,6 +13,7 @@ POOLINGS = ("cls", "mean")
 
 
 REMOTE_PIPELINE_TASK = "multitask-text-remote"
+_SPECIAL_TOKENS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
 
 class MultitaskConfig(PretrainedConfig):
@@ -117,6 +118,11 @@ class MultitaskConfig(PretrainedConfig):
             spec.task_type.validate_model(spec, self)
         # pipeline(model=..., trust_remote_code=True) finds the pipeline in the checkpoint's code
         # (under its own task name: with the package imported, "multitask-text" is the registered pipeline)
+        # the encoder's special tokens, so the Trainer finds the model already aligned with its
+        # tokenizer (and does not warn that it "updated" them) and saved configs carry them from the start
+        for key in _SPECIAL_TOKENS:
+            if kwargs.get(key) is None and getattr(encoder_config, key, None) is not None:
+                kwargs[key] = getattr(encoder_config, key)
         kwargs.setdefault(
             "custom_pipelines", {REMOTE_PIPELINE_TASK: {"impl": "pipeline.MultitaskPipeline", "pt": ["AutoModel"], "type": "text"}}
         )

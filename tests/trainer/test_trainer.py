@@ -231,3 +231,18 @@ def test_reentrant_activation_checkpointing_works_for_loss_weightings(tmp_path, 
         weights[checkpointing] = model.state_dict()
     for name, value in weights[False].items():
         torch.testing.assert_close(weights[True][name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_the_model_comes_aligned_with_its_tokenizer_so_the_trainer_changes_no_config(tmp_path, tokenizer):
+    """The config takes the encoder's special token ids: the Trainer, which aligns the config with
+    its tokenizer (and warns "The tokenizer has new PAD/BOS/EOS tokens ..." when it must), finds
+    nothing to change, before or after training."""
+    model = deterministic_model()
+    assert model.config.pad_token_id == model.config.encoder_config.pad_token_id == tokenizer.pad_token_id
+    before = model.config.to_dict()
+    make_trainer(tmp_path, tokenizer, model=model, max_steps=1).train()
+    after = model.config.to_dict()
+    # (training sets use_cache=False, which is not a token)
+    assert {k: v for k, v in after.items() if k != "use_cache"} == before
+    loaded = hm.MultitaskConfig.from_dict(before)
+    assert loaded.pad_token_id == tokenizer.pad_token_id, "a saved config keeps it"
