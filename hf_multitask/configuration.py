@@ -116,13 +116,13 @@ class MultitaskConfig(PretrainedConfig):
         self.adjustment_tasks = adjustment_tasks
         for spec in specs:
             spec.task_type.validate_model(spec, self)
-        # pipeline(model=..., trust_remote_code=True) finds the pipeline in the checkpoint's code
-        # (under its own task name: with the package imported, "multitask-text" is the registered pipeline)
         # the encoder's special tokens, so the Trainer finds the model already aligned with its
         # tokenizer (and does not warn that it "updated" them) and saved configs carry them from the start
         for key in _SPECIAL_TOKENS:
             if kwargs.get(key) is None and getattr(encoder_config, key, None) is not None:
                 kwargs[key] = getattr(encoder_config, key)
+        # pipeline(model=..., trust_remote_code=True) finds the pipeline in the checkpoint's code
+        # (under its own task name: with the package imported, "multitask-text" is the registered pipeline)
         kwargs.setdefault(
             "custom_pipelines", {REMOTE_PIPELINE_TASK: {"impl": "pipeline.MultitaskPipeline", "pt": ["AutoModel"], "type": "text"}}
         )
