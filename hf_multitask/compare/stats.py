@@ -152,10 +152,15 @@ def _rate(cell: dict[str, Any], per: str) -> float | None:
 
 
 def _flag(cell: dict[str, Any], name: str) -> int | None:
-    """The integer value of flag ``name`` in a cell's arm flags or protocol; ``None`` if absent or 0."""
+    """The integer value of flag ``name`` in a cell's arm flags or protocol, in any form the
+    recipe's parser takes (``--a_b v``, ``--a-b v``, ``--a_b=v``); ``None`` if absent or 0."""
     flags = [*cell.get("protocol", []), *cell.get("args", [])]  # the arm's flags come last and win
-    values = [flags[i + 1] for i, f in enumerate(flags[:-1]) if f == name]
-    return (int(values[-1]) or None) if values else None
+    value = None
+    for i, token in enumerate(flags):
+        flag, inline, rest = token.partition("=")
+        if flag.replace("-", "_") == name.replace("-", "_"):
+            value = rest if inline else (flags[i + 1] if i + 1 < len(flags) else None)
+    return (int(value) or None) if value is not None else None
 
 
 def paired(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -276,6 +276,11 @@ def test_cost_columns_count_an_auxiliary_phase_and_leave_out_one_left_untimed():
     # a run with the phase that did not time it is left out, not counted as cheap
     (row,) = summarise(grid, [cell(0, stilts)])
     assert math.isnan(row["s_per_1k_examples"]) and math.isnan(row["s_per_step"])
+    for spelling in (["--intermediate-steps", "30"], ["--intermediate_steps=30"]):  # the parser takes these too
+        (row,) = summarise(grid, [cell(0, spelling)])
+        assert math.isnan(row["s_per_1k_examples"]), spelling
+        (row,) = summarise(grid, [cell(0, spelling, intermediate_seconds=200.0, intermediate_examples=1000)])
+        assert row["s_per_step"] == pytest.approx(6.0), spelling
     (row,) = summarise(grid, [cell(0, ["--intermediate_steps", "0"]), cell(1, [])])
     assert row["s_per_1k_examples"] == pytest.approx(50.0) and row["s_per_step"] == pytest.approx(5.0)
 
