@@ -241,11 +241,7 @@ def write_test_predictions(
         inputs, files = test_inputs(spec, data_dir)
         config = model.expert(name).config if hasattr(model, "expert") else model.config  # a routed two-step model: its expert's
         encoded = encode_task(inputs, spec, tokenizer, pair_encoding=config.task_pair_encoding(spec), max_length=max_length)
-        order = np.argsort(spec.task_type.lengths(encoded), kind="stable")  # batches of like lengths pad little
-        by_length = predict(model, encoded.select(order), name, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size,
-                            progress=progress).predictions  # fmt: skip
-        labels = np.empty_like(by_length)
-        labels[order] = by_length
+        labels = predict(model, encoded, name, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, progress=progress).predictions
         start = 0
         for stem, count in files:
             path = out / f"{stem}.txt"

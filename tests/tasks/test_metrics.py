@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from conftest import tiny_model
+from conftest import deterministic_model, tiny_model, toy_encoded
 
 import hf_multitask as hm
 from hf_multitask.metrics import spearman
@@ -64,3 +64,26 @@ def test_evaluate_and_prediction_files_match_a_hand_computation(tokenizer, tmp_p
     lines = path.read_text().splitlines()
     assert lines[0] == "id \t Predicted_sentiment "
     assert lines[1:] == [f"{i} , {p} " for i, p in zip("abc", manual)]
+
+
+def test_prediction_batches_by_length_and_returns_the_datasets_order(tokenizer):
+    """Batches in order of token count pad less; ids, predictions, labels and loss come back as
+    in dataset order (equal up to float rounding), for a single-sentence and a pair task."""
+    model = deterministic_model().eval()
+    data = toy_encoded(tokenizer, model, n=40)
+    widths: list[int] = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    for task in ("sst", "sts"):
+        runs = {}
+        for by_length in (False, True):
+            widths.clear()
+            runs[by_length] = hm.predict(model, data[task], task, pad_token_id=tokenizer.pad_token_id, batch_size=8, progress=False,
+                                         by_length=by_length)  # fmt: skip
+            runs[by_length, "widths"] = list(widths)
+        assert runs[True, "widths"] == sorted(runs[True, "widths"]), "batches in order of length"
+        assert sum(runs[True, "widths"]) < sum(runs[False, "widths"]), "sorted batches pad less"
+        plain, sorted_ = runs[False], runs[True]
+        assert sorted_.ids == plain.ids == list(data[task]["id"])
+        np.testing.assert_allclose(sorted_.predictions, plain.predictions, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(sorted_.labels, plain.labels)
+        assert sorted_.loss == pytest.approx(plain.loss, rel=1e-5)

@@ -163,8 +163,11 @@ def test_save_load_round_trip_predictions_back_to_words(tmp_path, tokenizer):
     batch = hm.MultitaskCollator(tokenizer.pad_token_id)([enc[i] for i in range(4)])
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     assert_same_outputs(loaded(task="pos", **inputs).logits, model(task="pos", **inputs).logits, "pos")
-    preds = hm.predict(model, enc, "pos", pad_token_id=tokenizer.pad_token_id, progress=False)
+    # batches of 3 sorted by length (the default) give each sentence its own words back, as file order does
+    preds = hm.predict(model, enc, "pos", pad_token_id=tokenizer.pad_token_id, batch_size=3, progress=False)
+    in_order = hm.predict(model, enc, "pos", pad_token_id=tokenizer.pad_token_id, batch_size=3, progress=False, by_length=False)
     assert [len(p) for p in preds.predictions] == [len(t) for t in raw["tokens"]]
+    assert [list(p) for p in preds.predictions] == [list(p) for p in in_order.predictions] and preds.ids == in_order.ids
     assert [list(g) for g in preds.labels] == raw["label"]
     path = hm.write_predictions(tmp_path / "pos.csv", POS, preds)
     first = path.read_text().splitlines()[1]
