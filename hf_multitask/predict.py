@@ -47,11 +47,13 @@ def predict(
     batch pads little (on TweetEval's validation files, 1.8x fewer padded token slots than
     in file order); the returned ids, predictions and labels are in the dataset's order
     either way. A prediction can differ from the file-order one only in float rounding.
+    Data that is not a :class:`datasets.Dataset` (a list of encoded rows) is batched as given.
     """
     spec: TaskSpec = model.get_task(task)
     was_training = model.training
     model.eval()
-    order = np.argsort(spec.task_type.lengths(dataset), kind="stable") if by_length and len(dataset) > batch_size else None
+    sortable = by_length and isinstance(dataset, datasets.Dataset) and len(dataset) > batch_size  # else: as given
+    order = np.argsort(spec.task_type.lengths(dataset), kind="stable") if sortable else None
     collate = MultitaskCollator(pad_token_id, task=task, keep_ids=True)
     loader = DataLoader(dataset if order is None else dataset.select(order), batch_size=batch_size, shuffle=False, collate_fn=collate)
     device = next(model.parameters()).device

@@ -68,22 +68,27 @@ def test_evaluate_and_prediction_files_match_a_hand_computation(tokenizer, tmp_p
 
 def test_prediction_batches_by_length_and_returns_the_datasets_order(tokenizer):
     """Batches in order of token count pad less; ids, predictions, labels and loss come back as
-    in dataset order (equal up to float rounding), for a single-sentence and a pair task."""
+    in dataset order (equal up to float rounding), for a single-sentence and a pair task. Rows
+    that are not a datasets.Dataset are batched as given."""
     model = deterministic_model().eval()
     data = toy_encoded(tokenizer, model, n=40)
     widths: list[int] = []
     model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+
+    def run(task, rows, **kwargs):
+        widths.clear()
+        out = hm.predict(model, rows, task, pad_token_id=tokenizer.pad_token_id, batch_size=8, progress=False, **kwargs)
+        return out, list(widths)
+
     for task in ("sst", "sts"):
-        runs = {}
-        for by_length in (False, True):
-            widths.clear()
-            runs[by_length] = hm.predict(model, data[task], task, pad_token_id=tokenizer.pad_token_id, batch_size=8, progress=False,
-                                         by_length=by_length)  # fmt: skip
-            runs[by_length, "widths"] = list(widths)
-        assert runs[True, "widths"] == sorted(runs[True, "widths"]), "batches in order of length"
-        assert sum(runs[True, "widths"]) < sum(runs[False, "widths"]), "sorted batches pad less"
-        plain, sorted_ = runs[False], runs[True]
-        assert sorted_.ids == plain.ids == list(data[task]["id"])
-        np.testing.assert_allclose(sorted_.predictions, plain.predictions, rtol=1e-5, atol=1e-6)
-        np.testing.assert_array_equal(sorted_.labels, plain.labels)
-        assert sorted_.loss == pytest.approx(plain.loss, rel=1e-5)
+        (plain, plain_widths), (by_length, sorted_widths) = run(task, data[task], by_length=False), run(task, data[task])
+        assert sorted_widths == sorted(sorted_widths), "batches in order of length"
+        assert sum(sorted_widths) < sum(plain_widths), "sorted batches pad less"
+        assert by_length.ids == plain.ids == list(data[task]["id"])
+        np.testing.assert_allclose(by_length.predictions, plain.predictions, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(by_length.labels, plain.labels)
+        assert by_length.loss == pytest.approx(plain.loss, rel=1e-5)
+    plain, plain_widths = run("sst", data["sst"], by_length=False)
+    as_rows, rows_widths = run("sst", [data["sst"][i] for i in range(len(data["sst"]))])
+    assert rows_widths == plain_widths and as_rows.ids == plain.ids
+    np.testing.assert_array_equal(as_rows.predictions, plain.predictions)
