@@ -27,7 +27,7 @@ class TaskPredictions:
     ids: list[str]
     predictions: np.ndarray
     labels: np.ndarray | None
-    loss: float | None = None  # the task's mean loss over the examples, when they have labels
+    loss: float | None = None  # the task's mean loss over all its labels (TaskType.loss_terms), when it has any
 
 
 @torch.inference_mode()
@@ -71,9 +71,10 @@ def predict(
         preds.append(spec.task_type.predictions(spec, logits, host))
         if gold is not None:
             labels.append(spec.task_type.gold(spec, gold.numpy(), host))
-            if getattr(out, "loss", None) is not None:
-                loss_sum += float(out.loss) * len(gold)
-                loss_n += len(gold)
+            terms = spec.task_type.loss_terms(spec, gold) if getattr(out, "loss", None) is not None else 0
+            if terms:  # the batch's mean loss, weighted by the labels it averages (none: nothing to add)
+                loss_sum += float(out.loss) * terms
+                loss_n += terms
     model.train(was_training)
     predictions = np.concatenate(preds) if preds else np.zeros(0)
     gold_all = np.concatenate(labels) if labels else None

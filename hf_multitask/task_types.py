@@ -120,6 +120,18 @@ class TaskType:
     def loss(self, spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def loss_terms(self, spec: TaskSpec, labels: torch.Tensor) -> int:
+        """How many labels a batch's :meth:`loss` averages over. Evaluation weights each
+        batch's mean loss by it, so a task's loss is the mean over all its labels however the
+        examples are batched. Default: the labels that are not :meth:`missing_label` (one per
+        example when the type has no marker)."""
+        marker = self.missing_label(spec)
+        if marker is None:
+            return int(labels.shape[0]) if labels.dim() else 1
+        if isinstance(marker, float) and marker != marker:  # NaN marks a missing number
+            return int((~torch.isnan(labels.float())).sum())
+        return int((labels != marker).sum())
+
     def shares_states(self, model: Any, spec: TaskSpec, batch: dict[str, Any]) -> bool:
         """Whether the task's logits can come from token states computed once for several
         tasks (:meth:`MultitaskModel.forward_all`); then :meth:`logits_from_states` gives them."""

@@ -146,6 +146,9 @@ class TokenClassificationType(TaskType):
     def has_labels(self, spec, labels):
         return bool((labels != IGNORE_INDEX).any())
 
+    def loss_terms(self, spec, labels):
+        return int((labels != IGNORE_INDEX).sum())  # tagged words; other sub-tokens and padding hold -100
+
     def shares_states(self, model, spec, batch):
         return True
 

@@ -172,6 +172,23 @@ def test_partial_labels_are_masked_never_filled(tokenizer):
     assert 0 <= scores["topic_accuracy"] <= 1, "metrics score the labelled rows only"
 
 
+def test_the_evaluation_loss_is_the_mean_over_the_labels_that_are_there(tokenizer):
+    """A partial-label task's evaluation loss is its loss on all its rows at once, whatever the
+    batches: each batch's mean is weighted by the labels it holds (TaskType.loss_terms), not
+    by its rows (batches of 3 hold 2 and 0 topic labels, 2 and 1 levels)."""
+    data = hm.partial_label_tasks(datasets.Dataset.from_list(_partial_rows()), [TOPIC, LEVEL])
+    torch.manual_seed(0)
+    model = hm.MultitaskModel(hm.MultitaskConfig(encoder_config=tiny_encoder_config("bert"), tasks=[TOPIC, LEVEL], head_dropout=0.0))
+    model.eval()
+    for spec in (TOPIC, LEVEL):
+        enc = hm.encode_task(data[spec.name], spec, tokenizer)
+        with torch.no_grad():
+            whole = float(model(task=spec.name, **hm.MultitaskCollator(tokenizer.pad_token_id)([enc[i] for i in range(4)])).loss)
+        for by_length in (False, True):
+            out = hm.predict(model, enc, spec.name, pad_token_id=tokenizer.pad_token_id, batch_size=3, progress=False, by_length=by_length)
+            assert out.loss == pytest.approx(whole, rel=1e-5), (spec.name, by_length)
+
+
 def test_a_task_with_no_label_in_a_step_contributes_no_row(tmp_path, tokenizer):
     from conftest import train_args
 

@@ -175,6 +175,19 @@ def test_save_load_round_trip_predictions_back_to_words(tmp_path, tokenizer):
     assert_loads_without_package(tmp_path / "m", "pos", inputs, model(task="pos", **inputs).logits)
 
 
+def test_a_taggers_evaluation_loss_is_the_mean_over_its_tagged_words(tokenizer):
+    """Batches of 3 sentences of 3-6 words: each batch's mean is weighted by its tagged words
+    (TaskType.loss_terms), so the loss is the one over all eight sentences at once, in file
+    order and by length alike."""
+    model = _model([POS]).eval()
+    enc = hm.encode_task(hm.load_task_data(POS, _pos_dataset(8)), POS, tokenizer)
+    with torch.no_grad():
+        whole = float(model(task="pos", **hm.MultitaskCollator(tokenizer.pad_token_id)([enc[i] for i in range(8)])).loss)
+    for by_length in (False, True):
+        out = hm.predict(model, enc, "pos", pad_token_id=tokenizer.pad_token_id, batch_size=3, progress=False, by_length=by_length)
+        assert out.loss == pytest.approx(whole, rel=1e-5), by_length
+
+
 def test_tagger_and_classifier_train_together_with_pcgrad(tmp_path, tokenizer):
     from conftest import toy_task_data
 
