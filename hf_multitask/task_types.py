@@ -75,8 +75,10 @@ class TaskType:
         return None
 
     def has_labels(self, spec: TaskSpec, labels: torch.Tensor) -> bool:
-        """Whether a batch's labels hold at least one label that is not missing."""
-        return labels.numel() > 0
+        """Whether a batch's labels hold at least one label that is not missing: the trainer
+        skips a task whose batch has none (partial labels). Derived from :meth:`loss_terms`,
+        so a type with a marker or its own count need not override it."""
+        return self.loss_terms(spec, labels) > 0
 
     def label_feature(self, spec: TaskSpec) -> Any:
         """The ``datasets`` feature labels are stored as."""
@@ -127,6 +129,8 @@ class TaskType:
         example when the type has no marker)."""
         marker = self.missing_label(spec)
         if marker is None:
+            if labels.numel() == 0:
+                return 0
             return int(labels.shape[0]) if labels.dim() else 1
         if isinstance(marker, float) and marker != marker:  # NaN marks a missing number
             return int((~torch.isnan(labels.float())).sum())

@@ -126,9 +126,6 @@ class MultipleChoiceType(TaskType):
     def missing_label(self, spec):
         return IGNORE_INDEX
 
-    def has_labels(self, spec, labels):
-        return bool((labels != IGNORE_INDEX).any())
-
     def loss(self, spec, logits, labels):
         labels = labels.long().view(-1)
         present = int((labels != IGNORE_INDEX).sum())

@@ -161,9 +161,6 @@ class ClassificationType(SequenceTaskType):
     def missing_label(self, spec):
         return IGNORE_INDEX
 
-    def has_labels(self, spec, labels):
-        return bool((labels != IGNORE_INDEX).any())
-
     def _present(self, labels):
         return labels.reshape(-1) != IGNORE_INDEX
 
@@ -223,9 +220,6 @@ class RegressionType(SequenceTaskType):
 
     def missing_label(self, spec):
         return float("nan")
-
-    def has_labels(self, spec, labels):
-        return bool((~torch.isnan(labels.float())).any())
 
     def _present(self, labels):
         return ~np.isnan(labels.astype(np.float64).reshape(-1))

@@ -143,9 +143,6 @@ class TokenClassificationType(TaskType):
         mask = mask if mask is not None else torch.ones_like(input_ids)
         return model.heads[spec.name](model.encode_tokens(input_ids, mask, inputs.get("token_type_ids")))
 
-    def has_labels(self, spec, labels):
-        return bool((labels != IGNORE_INDEX).any())
-
     def loss_terms(self, spec, labels):
         return int((labels != IGNORE_INDEX).sum())  # tagged words; other sub-tokens and padding hold -100
 

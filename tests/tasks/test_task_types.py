@@ -244,6 +244,45 @@ class LengthParity(TaskType):
         return {"accuracy": value, "score": value}
 
 
+class _ParityWithMarker(LengthParity):
+    """The toy type with a missing-label marker (-1) and nothing else about partial labels."""
+
+    def missing_label(self, spec):
+        return -1
+
+
+@pytest.mark.parametrize(
+    ("kind", "missing", "present"),
+    [
+        ("classification", IGNORE_INDEX, 2),
+        ("regression", float("nan"), 3.5),
+        ("multiple_choice", IGNORE_INDEX, 1),
+        ("token_classification", IGNORE_INDEX, 0),
+        ("marker_only", -1, 1),
+    ],
+)
+def test_a_batch_has_labels_when_one_of_its_labels_is_not_the_missing_marker(kind, missing, present):
+    """The trainer skips a task whose batch holds only the missing marker (partial labels).
+    Every type answers from the count its loss averages over, so a type that only declares
+    its marker (here the toy type with -1) skips an all-missing batch too."""
+    task_type = _ParityWithMarker() if kind == "marker_only" else get_task_type(kind)
+    spec = hm.TaskSpec("t", "classification", num_labels=5, text_columns=("text",))
+    shape = (3, 4) if kind == "token_classification" else (3,)
+    none = torch.full(shape, missing)
+    some = none.clone()
+    some.view(-1)[5 if kind == "token_classification" else 1] = present
+    assert not task_type.has_labels(spec, none) and task_type.loss_terms(spec, none) == 0
+    assert task_type.has_labels(spec, some) and task_type.loss_terms(spec, some) == 1
+    assert task_type.loss_terms(spec, torch.full(shape, present)) == none.numel()
+
+
+def test_a_type_without_a_marker_counts_one_label_per_example():
+    spec = hm.TaskSpec("t", "classification", num_labels=2, text_columns=("text",))
+    assert LengthParity().loss_terms(spec, torch.tensor([0, 1, 1])) == 3 and LengthParity().has_labels(spec, torch.tensor([0]))
+    assert LengthParity().loss_terms(spec, torch.zeros(0, dtype=torch.long)) == 0
+    assert not LengthParity().has_labels(spec, torch.zeros((2, 0), dtype=torch.long))
+
+
 def test_a_new_type_plugs_in_through_the_registry(tmp_path, tokenizer):
     import datasets
 
