@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,36 +139,42 @@ class Grid:
                                     "which also scores the arm on those tasks")  # fmt: skip
 
     def _check_same_training(self, arm: Arm, names: list[str]) -> None:
-        source = arm.same_training_as
-        if source not in names or source == arm.name:
-            raise GridError(f"arm {arm.name!r}: 'same_training_as' must name another arm of {names}, got {source!r}")
-        other = self.arm(source)
-        if other.same_training_as is not None:
-            raise GridError(f"arm {arm.name!r}: 'same_training_as' {source!r} itself re-scores {other.same_training_as!r}: name that arm")
+        where = f"arm {arm.name!r}: 'same_training_as'"
+        other = self._rescored_source(arm, where, arm.same_training_as, names, lambda o: o.same_training_as)
         for who in (arm, other):
             if who.single_task or who.candidates or who.choice_of:
-                raise GridError(f"arm {arm.name!r}: 'same_training_as' needs two arms with one fixed run per cell; {who.name!r} is "
+                raise GridError(f"{where} needs two arms with one fixed run per cell; {who.name!r} is "
                                 "single_task, tuned or reuses a tuning")  # fmt: skip
-        if arm.args != other.args or (arm.tasks or self.tasks) != (other.tasks or self.tasks):
-            raise GridError(f"arm {arm.name!r}: 'same_training_as' {source!r} needs the same 'args' and 'tasks' (only 'primary' may "
-                            f"differ); got {arm.args} / {other.args}")  # fmt: skip
+        self._check_same_flags(arm, other, f"{where} {other.name!r} needs the same 'args'", arm.args, other.args)
 
     def _check_same_candidate(self, arm: Arm, candidate: str, source: str, names: list[str]) -> None:
         where = f"arm {arm.name!r}: 'candidates_same_training_as' {candidate!r}"
         if candidate not in arm.candidates:
             raise GridError(f"{where} is not one of the arm's candidates {sorted(arm.candidates)}")
+        other = self._rescored_source(arm, where, source, names, lambda o: o.candidates_same_training_as.get(candidate),
+                                      what="that candidate from ")  # fmt: skip
+        if candidate not in other.candidates:
+            raise GridError(f"{where}: arm {source!r} has no candidate {candidate!r} (it has {sorted(other.candidates)})")
+        self._check_same_flags(arm, other, f"{where}: {source!r}'s candidate needs the same flags",
+                               [*arm.args, *arm.candidates[candidate]], [*other.args, *other.candidates[candidate]])  # fmt: skip
+
+    def _rescored_source(self, arm: Arm, where: str, source: str | None, names: list[str],
+                         rescores: Callable[[Arm], str | None], what: str = "") -> Arm:  # fmt: skip
+        """The arm whose run a re-scoring key of ``arm`` names (``where`` opens each error):
+        another arm of the grid that does not re-score in turn (``rescores(other)``: the arm
+        it re-scores the same run from, or None). Re-scoring does not chain."""
         if source not in names or source == arm.name:
             raise GridError(f"{where} must name another arm of {names}, got {source!r}")
         other = self.arm(source)
-        if candidate not in other.candidates:
-            raise GridError(f"{where}: arm {source!r} has no candidate {candidate!r} (it has {sorted(other.candidates)})")
-        if candidate in other.candidates_same_training_as:
-            raise GridError(f"{where}: {source!r} itself re-scores that candidate from "
-                            f"{other.candidates_same_training_as[candidate]!r}: name that arm")  # fmt: skip
-        mine, theirs = [*arm.args, *arm.candidates[candidate]], [*other.args, *other.candidates[candidate]]
+        if rescores(other) is not None:
+            raise GridError(f"{where}: {source!r} itself re-scores {what}{rescores(other)!r}: name that arm")
+        return other
+
+    def _check_same_flags(self, arm: Arm, other: Arm, needs: str, mine: list[str], theirs: list[str]) -> None:
+        """A re-scored run is the same training only with the same flags and tasks (``needs``
+        opens the error)."""
         if mine != theirs or (arm.tasks or self.tasks) != (other.tasks or self.tasks):
-            raise GridError(f"{where}: {source!r}'s candidate needs the same flags and 'tasks' (only 'primary' may differ); "
-                            f"got {mine} / {theirs}")  # fmt: skip
+            raise GridError(f"{needs} and 'tasks' (only 'primary' may differ); got {mine} / {theirs}")
 
     def arm(self, name: str) -> Arm:
         """The arm called ``name`` (a :class:`GridError` naming the grid's arms if there is none)."""
