@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoints import latest_complete_checkpoint
-from .derive import derived_cell, evaluation_history
+from .derive import _test_files, derived_cell, evaluation_history
 from .grid import RESULT, Arm, Grid, GridError
 from .stats import _overall, scored
 
@@ -156,15 +156,40 @@ def finished_part(grid: Grid, args: list[str], task: str, sub: Path, gathering: 
     return None if part is not None and gathering and not (sub / "run").is_dir() else part
 
 
+def same_run(grid: Grid, out: Path, arm: Arm, args: list[str], seed: int, split: int) -> tuple[dict[str, Any], Path | None] | None:
+    """Another arm's finished cell that is this cell's very run, and its gathered test files: the
+    same flags, tasks, primary tasks, protocol and train limits, seed and split, and both one
+    run (or both single-task). A tuned arm that chooses a fixed arm's flags is that arm's cells;
+    the grid trains them once. None when there is no such cell, or its test files are missing."""
+    tasks = list(arm.tasks or grid.tasks)
+    identity = {"primary": None, **_identity(grid, args, tasks, arm.primary)}
+    for other in grid.arms:
+        if other.name == arm.name or other.single_task != arm.single_task:
+            continue
+        path = cell_folder(out, other, seed, split) / RESULT
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        if any(result.get(key) != value for key, value in identity.items()) or "same_run_as" in result:
+            continue  # other flags, or itself a copy (its source is found in turn)
+        test = gathered(grid, out, other, seed, split)
+        if test is not None and not (test.is_dir() and _test_files(test, tasks) is not None):
+            continue
+        return result, test
+    return None
+
+
 def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folder: Path, say: Any,
              gather: Path | None = None, source: tuple[dict[str, Any], Path | None] | None = None,
-             candidate: str | None = None) -> dict[str, Any]:  # fmt: skip
+             candidate: str | None = None, same: tuple[dict[str, Any], Path | None] | None = None) -> dict[str, Any]:  # fmt: skip
     """One (arm, seed, split) cell: resumable; single-task arms run once per task and combine.
     ``gather``: where the cell's test prediction files go once it has run. ``source``: for an arm
     with ``same_training_as`` (or a candidate in ``candidates_same_training_as``), that arm's
     finished cell (or candidate's tuning run) and its gathered test files, which this cell
     re-scores when it can (:func:`.derive.derived_cell`) instead of training. ``candidate``: the
-    tuning candidate this run is, recorded in its result."""
+    tuning candidate this run is, recorded in its result. ``same``: another arm's finished cell
+    with this cell's very flags (:func:`same_run`) and its gathered test files, which this cell
+    takes instead of training."""
     tasks = list(arm.tasks or grid.tasks)
     identity = _identity(grid, args, tasks, arm.primary)
     done = _finished(folder / RESULT, identity)
@@ -172,7 +197,16 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
         return done
     derived = derived_cell(arm, source[0], source[1], gather) if source is not None else None
     runs: list[Path] = []
-    if derived is not None:
+    if same is not None:
+        other, other_test = same
+        say(f"{arm.name}: seed {seed}, split {split} has the flags of {other['arm']}'s finished cell: its result, copied")
+        result = {k: v for k, v in other.items() if k not in ("arm", "candidate", "derived_from")}
+        result.update(wall_seconds=0.0, same_run_as={"arm": other["arm"], "seed": seed, "split": split})
+        if gather is not None and other_test is not None:
+            if gather.exists():
+                shutil.rmtree(gather)
+            shutil.copytree(other_test, gather)
+    elif derived is not None:
         of = f" / {candidate}" if candidate else ""  # a tuning run names its candidate, the same in both arms
         say(f"{arm.name}{of}: seed {seed}, split {split} keeps the checkpoint {derived['derived_from']['arm']}{of}'s run kept: "
             "its result, re-scored")  # fmt: skip
@@ -213,7 +247,7 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
         result = _run_one(_recipe_cmd(grid, args, tasks, seed, split, folder / "run", arm.primary), folder / "run",
                           folder / "log.txt")  # fmt: skip
         runs = [folder / "run"]
-    if gather is not None and derived is None:
+    if gather is not None and runs:
         _gather_test_predictions(runs, gather)
     result.update(arm=arm.name, seed=seed, split=split, **identity, **({"candidate": candidate} if candidate else {}))
     folder.mkdir(parents=True, exist_ok=True)
@@ -312,8 +346,9 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, arms: Sequence[str] | None 
                     other_test = gathered(grid, out, other, seed, split)
                     source = (_execute(grid, list(other.args), other, seed, split, cell_folder(out, other, seed, split), say, other_test),
                               other_test)  # fmt: skip
+                same = same_run(grid, out, arm, args, seed, split) if source is None else None
                 results.append(_execute(grid, args, arm, seed, split, cell_folder(out, arm, seed, split), say,
-                                        gathered(grid, out, arm, seed, split), source))  # fmt: skip
+                                        gathered(grid, out, arm, seed, split), source, same=same))  # fmt: skip
     return results
 
 

@@ -21,6 +21,7 @@ from .run import (
     finished_part,
     gathered,
     reported_args,
+    same_run,
     tuning_folder,
 )
 
@@ -31,13 +32,14 @@ def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, f
     checkpoint), ``waiting`` (its flags are not known until its arm's tuning is done),
     ``rescored`` (it will be its ``same_training_as`` source's finished cell, or for a tuning run
     its ``candidates_same_training_as`` source's, re-scored: no run left; set by :func:`status`,
-    which knows the source's row) and ``edited``
+    which knows the source's row), ``copied`` (another arm's finished cell has its very flags,
+    :func:`.run.same_run`: no run left) and ``edited``
     (its result was run with other flags: ``run`` stops there). ``gathering``: the cell's test
     files are gathered (reported cells of a grid with ``test_predictions``), as in ``run``."""
     tasks = list(arm.tasks or grid.tasks)
     row: dict[str, Any] = {"arm": arm.name, "seed": seed, "split": split, "runs": len(tasks) if arm.single_task else 1,
                            "done": None, "left": 0, "resumable": 0, "waiting": args is None, "rescored": False,
-                           "edited": False}  # fmt: skip
+                           "copied": False, "edited": False}  # fmt: skip
     try:
         # flags not known until the tuning is done: a result is taken as done, its flags checked once they are known
         row["done"] = _finished(folder / RESULT, {} if args is None else _identity(grid, args, tasks, arm.primary))
@@ -92,7 +94,12 @@ def status(grid: Grid, out_dir: str | os.PathLike) -> list[dict[str, Any]]:
                 )
     for (name, seed, split), row in cells.items():  # `run` runs a source's cell first, then re-scores it if it can
         arm = grid.arm(name)
-        if arm.same_training_as is None or row["done"] is not None or row["waiting"] or row["edited"]:
+        if row["done"] is not None or row["waiting"] or row["edited"]:
+            continue
+        if arm.same_training_as is None:
+            args = reported_args(grid, arm, chosen)  # known: the cell is not waiting for its tuning
+            if args is not None and same_run(grid, out, arm, args, seed, split) is not None:
+                row.update(copied=True, left=0, resumable=0)
             continue
         source = grid.arm(arm.same_training_as)
         if can_derive(arm, cells[source.name, seed, split]["done"], gathered(grid, out, source, seed, split), bool(grid.test_predictions)):
@@ -126,6 +133,9 @@ def status_text(rows: list[dict[str, Any]]) -> str:
         rescored = sum(r["rescored"] for r in cells)
         if rescored:
             done += f" ({rescored} to be re-scored from `same_training_as` runs, no run left)"
+        copied = sum(r["copied"] for r in cells)
+        if copied:
+            done += f" ({copied} to be copied from another arm's cells with the same flags, no run left)"
         if any(r["edited"] for r in mine):
             done += " (a result was run with other flags: `run` stops there)"
         lines.append(f"| `{arm}` | {tuned} | {done} | {sum(r['left'] for r in mine)} | {sum(r['resumable'] for r in mine)} |")

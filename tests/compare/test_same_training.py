@@ -266,3 +266,61 @@ def test_candidates_same_training_as_survives_the_grid_file():
                            "arms": {"x": _primary_arm(None), "y": _primary_arm(["a"], candidates_same_training_as={"sum": "x"})}})  # fmt: skip
     again = Grid.from_dict({**grid_dict(grid), "command": grid.command})
     assert again.arm("y").candidates_same_training_as == {"sum": "x"} and not again.arm("x").candidates_same_training_as
+
+
+# the same flags in two arms: a tuned arm that chooses a fixed arm's flags is that arm's cells
+FIXED = {"args": ["--aggregator", "sum", "--schedule", "annealed"]}
+TUNED = {"args": ["--aggregator", "sum"], "candidates": {"annealed": ["--schedule", "annealed"], "rr": ["--schedule", "round_robin"]}}
+
+
+def test_a_tuned_arm_that_chooses_a_fixed_arms_flags_takes_its_finished_cells(fake, tmp_path):
+    _, seen = fake
+    grid = _tuned_grid(fake, fixed=FIXED, tuned=TUNED)  # the stand-in scores every flag alike: the first candidate wins
+    out = tmp_path / "cmp"
+    run_grid(grid, out, arms=["fixed"], say=lambda m: None)
+    assert len(seen()) == 1
+    said: list[str] = []
+    run_grid(grid, out, arms=["tuned"], say=said.append)
+    assert len(seen()) == 3, "the two tuning runs train; the reported cell does not"
+    assert any("has the flags of fixed's finished cell" in m for m in said)
+    fixed, tuned = (json.loads((out / "runs" / "split1" / a / "seed0" / "result.json").read_text()) for a in ("fixed", "tuned"))
+    assert tuned["same_run_as"] == {"arm": "fixed", "seed": 0, "split": 1} and tuned["arm"] == "tuned" and tuned["wall_seconds"] == 0.0
+    assert tuned["metrics"] == fixed["metrics"] and tuned["args"] == fixed["args"] and tuned["evaluations"] == fixed["evaluations"]
+    assert _test_files(out / "tuned" / "seed0" / "test") == _test_files(out / "fixed" / "seed0" / "test") != {}
+    row = next(r for r in status(grid, out) if r["arm"] == "tuned" and r["kind"] == "run")
+    assert row["done"] is not None and row["left"] == 0
+
+
+def test_status_counts_a_cell_with_a_finished_twin_as_no_run(fake, tmp_path):
+    grid = _tuned_grid(fake, fixed=FIXED, tuned=TUNED)
+    out = tmp_path / "cmp"
+    run_grid(grid, out, arms=["fixed"], say=lambda m: None)
+    for name in TUNED["candidates"]:  # the tuning done, without its reported cell
+        args = [*TUNED["args"], *TUNED["candidates"][name]]
+        folder = out / "tuning" / "tuned" / name
+        folder.mkdir(parents=True)
+        found = json.loads((out / "runs" / "split1" / "fixed" / "seed0" / "result.json").read_text())
+        (folder / "result.json").write_text(json.dumps({**found, "args": args, "split": 0, "arm": "tuned"}))
+    rows = status(grid, out)
+    row = next(r for r in rows if r["arm"] == "tuned" and r["kind"] == "run")
+    assert row["copied"] and row["left"] == 0 and row["done"] is None
+    assert "| `tuned` | 2/2 | 0/1 (1 to be copied from another arm's cells with the same flags, no run left) | 0 | 0 |" in status_text(rows)
+
+
+@pytest.mark.parametrize(
+    "twin",
+    [
+        {**FIXED, "single_task": True},  # six one-task runs are not one run with the same flags
+        {**FIXED, "primary": ["a"]},  # another primary task keeps another checkpoint
+        {"args": [*FIXED["args"], "--lr", "3"]},
+    ],
+)
+def test_a_cell_is_not_taken_from_an_arm_whose_run_differs(fake, tmp_path, twin):
+    _, seen = fake
+    grid = fake[0](fixed=FIXED, twin=twin)
+    out = tmp_path / "cmp"
+    run_grid(grid, out, arms=["fixed"], say=lambda m: None)
+    calls = len(seen())
+    run_grid(grid, out, arms=["twin"], say=lambda m: None)
+    assert len(seen()) - calls == (2 if twin.get("single_task") else 1)
+    assert "same_run_as" not in json.loads((out / "runs" / "split1" / "twin" / "seed0" / "result.json").read_text())
