@@ -84,6 +84,10 @@ def markdown(
                          _fmt(r["overall"], r["overall_ci"]) + _verdict(r["overall"], r["overall_ci"]) + subset]  # fmt: skip
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
+    for r in rows:
+        if r.get("same_run_as"):
+            lines.append(f"- `{r['arm']}` on split {r['split']}: its cells are runs of `{r['same_run_as']}` with the very same flags "
+                         "(copied, not trained again).")  # fmt: skip
     for choice in tuning or []:
         scores = ", ".join(f"`{k}` {v:.4f}" for k, v in choice["scores"].items())
         lines.append(

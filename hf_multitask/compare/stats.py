@@ -116,6 +116,8 @@ def summarise(grid: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[st
             row["s_per_1k_examples"] = _median_rate(m, "train_examples", 1000.0)
             row["s_per_step"] = _median_rate(m, "train_global_steps")
             row["peak_rss_mb"] = max(c["peak_rss_mb"] for c in m)
+            # cells taken from another arm's runs with the very same flags (run.same_run): not trained again
+            row["same_run_as"] = " ".join(sorted({c["same_run_as"]["arm"] for c in m if "same_run_as" in c}))
             rows.append(row)
     return rows
 

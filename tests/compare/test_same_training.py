@@ -10,6 +10,8 @@ import sys
 import pytest
 
 from hf_multitask.compare import Grid, GridError, grid_dict, run_grid, status, status_text
+from hf_multitask.compare.report import load_results, markdown
+from hf_multitask.compare.stats import summarise
 
 # two evaluations: task a is best at step 2, task b at step 1, their mean at step 2 (0.65 < 0.66)
 _FAKE_RECIPE = """
@@ -27,7 +29,7 @@ with open(os.environ["FAKE_CALLS"], "a") as calls:
     calls.write(json.dumps({"primary": primary}) + "\\n")
 scores = {1: {"a": 0.5, "b": 0.8}, 2: {"a": 0.72, "b": 0.6}}
 def evaluation(step):
-    found = {f"eval_{t}_score": scores[step][t] for t in tasks}
+    found = {f"eval_{t}_{m}": scores[step][t] for t in tasks for m in ("score", "accuracy")}
     found.update({f"eval_{t}_loss": 1.0 / step for t in tasks}, eval_overall=sum(scores[step][t] for t in tasks) / len(tasks))
     if primary:
         found.update(eval_overall_all=found["eval_overall"], eval_overall=sum(scores[step][t] for t in primary) / len(primary))
@@ -289,6 +291,10 @@ def test_a_tuned_arm_that_chooses_a_fixed_arms_flags_takes_its_finished_cells(fa
     assert _test_files(out / "tuned" / "seed0" / "test") == _test_files(out / "fixed" / "seed0" / "test") != {}
     row = next(r for r in status(grid, out) if r["arm"] == "tuned" and r["kind"] == "run")
     assert row["done"] is not None and row["left"] == 0
+    grid_file, cells = load_results(out)
+    assert "- `tuned` on split 1: its cells are runs of `fixed` with the very same flags" in markdown(
+        grid_file, summarise(grid_file, cells)
+    )
 
 
 def test_status_counts_a_cell_with_a_finished_twin_as_no_run(fake, tmp_path):
