@@ -166,8 +166,9 @@ class Grid:
         if source not in names or source == arm.name:
             raise GridError(f"{where} must name another arm of {names}, got {source!r}")
         other = self.arm(source)
-        if rescores(other) is not None:
-            raise GridError(f"{where}: {source!r} itself re-scores {what}{rescores(other)!r}: name that arm")
+        chained = rescores(other)
+        if chained is not None:
+            raise GridError(f"{where}: {source!r} itself re-scores {what}{chained!r}: name that arm")
         return other
 
     def _check_same_flags(self, arm: Arm, other: Arm, needs: str, mine: list[str], theirs: list[str]) -> None:

@@ -136,10 +136,11 @@ def _finished(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     return result
 
 
-def _gather_test_predictions(runs: list[Path], dest: Path) -> None:
-    """Copy the test prediction files of a cell's runs (``predictions/test/`` of each: one run, or
-    one per task of a single-task arm) into one folder, replacing what an earlier attempt left."""
-    found = [run / "predictions" / "test" for run in runs if (run / "predictions" / "test").is_dir()]
+def _gather_test_predictions(folders: list[Path], dest: Path) -> None:
+    """Copy folders of test prediction files (a cell's runs' ``predictions/test/``: one run, or
+    one per task of a single-task arm; or another cell's gathered folder) into one folder,
+    replacing what an earlier attempt left."""
+    found = [folder for folder in folders if folder.is_dir()]
     if not found:
         return
     if dest.exists():
@@ -203,9 +204,7 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
         result = {k: v for k, v in other.items() if k not in ("arm", "candidate", "derived_from")}
         result.update(wall_seconds=0.0, same_run_as={"arm": other["arm"], "seed": seed, "split": split})
         if gather is not None and other_test is not None:
-            if gather.exists():
-                shutil.rmtree(gather)
-            shutil.copytree(other_test, gather)
+            _gather_test_predictions([other_test], gather)
     elif derived is not None:
         of = f" / {candidate}" if candidate else ""  # a tuning run names its candidate, the same in both arms
         say(f"{arm.name}{of}: seed {seed}, split {split} keeps the checkpoint {derived['derived_from']['arm']}{of}'s run kept: "
@@ -248,7 +247,7 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
                           folder / "log.txt")  # fmt: skip
         runs = [folder / "run"]
     if gather is not None and runs:
-        _gather_test_predictions(runs, gather)
+        _gather_test_predictions([run / "predictions" / "test" for run in runs], gather)
     result.update(arm=arm.name, seed=seed, split=split, **identity, **({"candidate": candidate} if candidate else {}))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RESULT).write_text(json.dumps(result, indent=2))
@@ -346,9 +345,11 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, arms: Sequence[str] | None 
                     other_test = gathered(grid, out, other, seed, split)
                     source = (_execute(grid, list(other.args), other, seed, split, cell_folder(out, other, seed, split), say, other_test),
                               other_test)  # fmt: skip
-                same = same_run(grid, out, arm, args, seed, split) if source is None else None
-                results.append(_execute(grid, args, arm, seed, split, cell_folder(out, arm, seed, split), say,
-                                        gathered(grid, out, arm, seed, split), source, same=same))  # fmt: skip
+                folder = cell_folder(out, arm, seed, split)
+                # a finished cell is read by _execute, so only an unfinished one looks for its twin
+                same = same_run(grid, out, arm, args, seed, split) if source is None and not (folder / RESULT).is_file() else None
+                results.append(_execute(grid, args, arm, seed, split, folder, say, gathered(grid, out, arm, seed, split), source,
+                                        same=same))  # fmt: skip
     return results
 
 
