@@ -67,13 +67,7 @@ def compare_main(doc: str, grid: dict, default_output: str, report_stem: str, ta
     os.chdir(REPO)
     try:
         if args.command == "run":
-            chosen = Grid.from_dict(grid)
-            if args.seeds:
-                unknown = sorted(set(args.seeds) - set(chosen.seeds))
-                if unknown:
-                    raise GridError(f"--seeds: {unknown} are not seeds of the grid {chosen.seeds}")
-                chosen = Grid.from_dict({**grid, "seeds": [s for s in chosen.seeds if s in args.seeds]})
-            run_grid(chosen, output_dir, args.arms, say=lambda m: print(f"[{tag}] {m}", flush=True))
+            run_grid(Grid.from_dict(grid), output_dir, args.arms, say=lambda m: print(f"[{tag}] {m}", flush=True), seeds=args.seeds)
         elif args.command == "status":
             print(status_text(status(Grid.from_dict(grid), output_dir)))
         else:

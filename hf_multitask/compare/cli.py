@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     run_p.add_argument("grid", help="grid file (.yaml or .json)")
     run_p.add_argument("--output-dir", required=True)
     run_p.add_argument("--arms", nargs="+", help="run only these arms")
+    run_p.add_argument("--seeds", nargs="+", type=int, help="run only these of the grid's seeds (e.g. one seed of every arm first)")
     run_p.add_argument("--report", action="store_true", help="write the report when the runs are done")
     stat_p = sub.add_parser("status", help="what a grid has left to run (nothing is run)")
     stat_p.add_argument("grid", help="grid file (.yaml or .json)")
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            run_grid(Grid.from_file(args.grid), args.output_dir, args.arms, say=lambda m: print(f"[compare] {m}", flush=True))
+            run_grid(Grid.from_file(args.grid), args.output_dir, args.arms, say=lambda m: print(f"[compare] {m}", flush=True),
+                     seeds=args.seeds)  # fmt: skip
             if args.report:
                 report(args.output_dir)
         elif args.command == "status":

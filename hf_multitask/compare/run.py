@@ -323,22 +323,27 @@ def cell_folder(out_dir: Path, arm: Arm, seed: int, split: int) -> Path:
     return out_dir / "runs" / f"split{split}" / arm.name / f"seed{seed}"
 
 
-def run_grid(grid: Grid, out_dir: str | os.PathLike, arms: Sequence[str] | None = None, say: Any = print) -> list[dict[str, Any]]:
+def run_grid(grid: Grid, out_dir: str | os.PathLike, arms: Sequence[str] | None = None, say: Any = print,
+             seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Run (or resume) the grid into ``out_dir``; returns every cell's result. ``arms`` restricts
-    the run to some arms (their tuning included). Runs go one at a time: on a small machine two
-    training processes at once slow each other down many times over."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "grid.json").write_text(json.dumps(grid_dict(grid), indent=2))
+    the run to some arms (their tuning included), ``seeds`` to some of the grid's seeds (one seed
+    of every arm first, say); ``grid.json`` records the whole grid either way. Runs go one at a
+    time: on a small machine two training processes at once slow each other down many times over."""
     unknown = sorted(set(arms or []) - {a.name for a in grid.arms})
     if unknown:
         raise GridError(f"--arms: unknown arms {unknown}; the grid has {[a.name for a in grid.arms]}")
+    unknown_seeds = sorted(set(seeds or []) - set(grid.seeds))
+    if unknown_seeds:
+        raise GridError(f"--seeds: {unknown_seeds} are not seeds of the grid {grid.seeds}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "grid.json").write_text(json.dumps(grid_dict(grid), indent=2))
     chosen = [grid.arm(a) for a in arms] if arms else grid.arms
     results = []
     for arm in chosen:
         args = tuned_args(grid, arm, out, say)
         for split in grid.splits:
-            for seed in grid.seeds:
+            for seed in [s for s in grid.seeds if seeds is None or s in seeds]:
                 source = None
                 if arm.same_training_as is not None:  # the source's cell first (it is a cell of the grid anyway)
                     other = grid.arm(arm.same_training_as)

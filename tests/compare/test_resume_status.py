@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from hf_multitask.checkpoints import COMPLETE_MARKER
-from hf_multitask.compare import Grid, run_grid, status, status_text, summarise, tuned_args
+from hf_multitask.compare import Grid, GridError, run_grid, status, status_text, summarise, tuned_args
 
 # four "steps", a complete checkpoint (the recipe's completion marker) after each; the metric depends on
 # every step, so a resumed run only matches an uninterrupted one if it continued from the saved state
@@ -195,3 +195,23 @@ def test_status_says_what_is_done_what_can_resume_and_what_is_left(fake, tmp_pat
     # an edited grid: `run` would stop at the cell, and status says so
     edited = Grid.from_dict({**spec, "arms": {**spec["arms"], "separate": {"single_task": True, "args": ["--learning_rate", "0.4"]}}})
     assert "run with other flags" in status_text(status(edited, out))
+
+
+def test_running_some_seeds_records_the_whole_grid(fake, tmp_path):
+    """`run --seeds 2` once wrote a grid.json with seeds [2] (the narrowed grid), so the
+    comparison folder misrecorded its own grid until the next report rewrote it."""
+    from hf_multitask.compare.cli import main
+
+    script = tmp_path / "fake_recipe.py"
+    spec = {"tasks": ["a"], "seeds": [0, 1], "splits": [1], "command": [sys.executable, str(script)],
+            "arms": {"arm": {"args": ["--learning_rate", "0.5"]}}}  # fmt: skip
+    grid, out = Grid.from_dict(spec), tmp_path / "cmp"
+    (cell,) = run_grid(grid, out, seeds=[1], say=lambda m: None)
+    assert cell["seed"] == 1 and not (out / "runs" / "split1" / "arm" / "seed0").exists()
+    assert json.loads((out / "grid.json").read_text())["seeds"] == [0, 1]
+    with pytest.raises(GridError, match=r"--seeds: \[7\] are not seeds of the grid \[0, 1\]"):
+        run_grid(grid, out, seeds=[1, 7], say=lambda m: None)
+    # the command line's --seeds is the same narrowing
+    (tmp_path / "grid.json").write_text(json.dumps(spec))
+    main(["run", str(tmp_path / "grid.json"), "--output-dir", str(tmp_path / "cli"), "--seeds", "0"])
+    assert [p.name for p in (tmp_path / "cli" / "runs" / "split1" / "arm").iterdir()] == ["seed0"]
