@@ -66,7 +66,7 @@ def rescored(metrics: dict[str, Any], primary: list[str] | None) -> dict[str, An
     return {**{k: v for k, v in metrics.items() if not k.startswith("eval_")}, **prefixed_metrics(_unprefixed(metrics), primary)}
 
 
-def _test_files(source: Path, tasks: list[str]) -> list[Path] | None:
+def task_test_files(source: Path, tasks: list[str]) -> list[Path] | None:
     """The files of ``tasks`` in a folder of test predictions (``{task}.txt`` or a ``{task}/``
     folder, the official layout), or None if one of them is missing."""
     found = [next((p for p in (source / f"{t}.txt", source / t) if p.exists()), None) for t in tasks]
@@ -85,7 +85,7 @@ def _reusable(arm: Arm, source: dict[str, Any], source_test: Path | None, gather
         return []
     if source_test is None or not source_test.is_dir():
         return None
-    return _test_files(source_test, arm.primary or source["tasks"])
+    return task_test_files(source_test, arm.primary or source["tasks"])
 
 
 def can_derive(arm: Arm, source: dict[str, Any] | None, source_test: Path | None, gathering: bool) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoints import latest_complete_checkpoint
-from .derive import _test_files, derived_cell, evaluation_history
+from .derive import derived_cell, evaluation_history, task_test_files
 from .grid import RESULT, Arm, Grid, GridError
 from .stats import _overall, scored
 
@@ -174,7 +174,7 @@ def same_run(grid: Grid, out: Path, arm: Arm, args: list[str], seed: int, split:
         if any(result.get(key) != value for key, value in identity.items()) or "same_run_as" in result:
             continue  # other flags, or itself a copy (its source is found in turn)
         test = gathered(grid, out, other, seed, split)
-        if test is not None and not (test.is_dir() and _test_files(test, tasks) is not None):
+        if test is not None and not (test.is_dir() and task_test_files(test, tasks) is not None):
             continue
         return result, test
     return None
