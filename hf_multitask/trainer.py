@@ -205,6 +205,7 @@ class MultitaskTrainer(_ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Train
         self._pending_step: dict[str, int] | None = None  # counts of the step awaiting optimizer.step()
         self._pending_observe: tuple[list[str], torch.Tensor] | None = None  # a loss weighting's step losses, likewise
         self._task_loss_log: dict[str, list[float]] = {}
+        self._task_weight_log: dict[str, list[float]] = {}  # loss weightings: each step's w_i, logged as weight/{task}
         self._step_losses: dict[str, torch.Tensor] = {}
         self._step_loss_batches: dict[str, int] = {}
         self._lw_weights: dict[str, float] | None = None  # loss-weighting methods: this step's weights
@@ -360,6 +361,7 @@ class MultitaskTrainer(_ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Train
         for t, loss in step_losses.items():
             objective = objective + self._lw_weights[t] * loss
             self._task_loss_log.setdefault(t, []).append(loss)
+            self._task_weight_log.setdefault(t, []).append(self._lw_weights[t])
         self._lw_weights, self._lw_counts = None, {}
         self._step_losses, self._step_loss_batches = {}, {}
         return objective
@@ -464,4 +466,7 @@ class MultitaskTrainer(_ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Train
                 means = {t: float(torch.stack(v).mean()) for t, v in self._task_loss_log.items()}  # one sync per log
                 logs = {**logs, **{f"loss/{t}": m for t, m in means.items()}}
                 self._task_loss_log = {}
+            if "loss" in logs and self._task_weight_log:
+                logs = {**logs, **{f"weight/{t}": sum(v) / len(v) for t, v in self._task_weight_log.items()}}
+                self._task_weight_log = {}
         super().log(logs, *args, **kwargs)

@@ -71,12 +71,14 @@ def test_rlw_draws_once_per_optimizer_step_and_trains(tmp_path, tokenizer):
     trainer = _trainer(tmp_path, tokenizer, gradient_accumulation_steps=2, max_steps=3, logging_steps=1)
     trainer.train()
     fresh = RLW(seed=0)
-    for _ in range(3):
-        fresh.step_weights(["sst", "quora", "sts"])
+    draws = [fresh.step_weights(["sst", "quora", "sts"]).tolist() for _ in range(3)]
     assert torch.equal(trainer.aggregator.generator.get_state(), fresh.generator.get_state()), "3 steps, 3 draws"
     assert trainer.task_steps == {"sst": 3, "quora": 3, "sts": 3} and trainer.examples_seen["sst"] == 3 * 2 * 8
-    row = next(r for r in trainer.state.log_history if "loss" in r)
-    assert "loss/sst" in row and row["loss"] < row["loss/sst"] + row["loss/quora"] + row["loss/sts"]
+    rows = [r for r in trainer.state.log_history if "loss" in r]
+    assert "loss/sst" in rows[0] and rows[0]["loss"] < rows[0]["loss/sst"] + rows[0]["loss/quora"] + rows[0]["loss/sts"]
+    # each step's weights are logged as weight/{task} (logging_steps=1: one step per row)
+    logged = [[r[f"weight/{t}"] for t in ("sst", "quora", "sts")] for r in rows]
+    assert len(logged) == 3 and all(w == pytest.approx(d, rel=1e-12) for w, d in zip(logged, draws)), (logged, draws)
 
 
 @pytest.mark.parametrize("method", ["rlw", "uw", "famo", "db_mtl"])
