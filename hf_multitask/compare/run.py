@@ -339,11 +339,12 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, arms: Sequence[str] | None 
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid.json").write_text(json.dumps(grid_dict(grid), indent=2))
     chosen = [grid.arm(a) for a in arms] if arms else grid.arms
+    run_seeds = [s for s in grid.seeds if seeds is None or s in seeds]  # the grid's order
     results = []
     for arm in chosen:
         args = tuned_args(grid, arm, out, say)
         for split in grid.splits:
-            for seed in [s for s in grid.seeds if seeds is None or s in seeds]:
+            for seed in run_seeds:
                 source = None
                 if arm.same_training_as is not None:  # the source's cell first (it is a cell of the grid anyway)
                     other = grid.arm(arm.same_training_as)
