@@ -42,6 +42,7 @@ ANNEALED = ["--schedule", "annealed"]  # the PAL schedule, one task per step: p_
 ROUND_ROBIN = ["--schedule", "round_robin", "--schedule_kwargs", '{"steps_per_epoch": 108}']
 TEMPERATURE_2 = ["--schedule", "temperature", "--schedule_kwargs", '{"temperature": 2}']  # p_i ~ N_i^(1/2)
 PRIMARIES = ("irony", "emotion", "stance")  # the three smallest tasks, each the primary in turn (issue 25)
+SPECIALISE = ["--specialise_steps", "125", "--specialise_learning_rate", "5e-5", "--specialise_keep", "better"]
 SUM_SOURCE = "emotion"  # whose `sum` tuning run the others re-score (the first run that recorded its evaluations)
 
 
@@ -69,6 +70,9 @@ GRID = {
         # stance as five target heads (--stance targets, pooled metric) against the one (target, tweet) pair task
         ["separate_stance_targets", "separate"],
         ["sum_annealed_stance_targets", "sum_annealed"],
+        # issue 42: multitask-then-specialise against the six models and against its own first step
+        ["specialised", "separate"],
+        ["specialised", "sum_annealed"],
         # the gradient methods need every task in every step (under the annealed schedule a step has one task,
         # and PCGrad is the summed loss): each against the summed loss on the same round-robin batches
         ["pcgrad", "sum_round_robin"],
@@ -91,6 +95,9 @@ GRID = {
         "sum_annealed_stance_targets": {"args": ["--aggregator", "sum", *ANNEALED, "--stance", "targets"]},
         "sum_tuned": {"args": ["--aggregator", "sum"], "candidates": SUM_CANDIDATES},
         "sum_round_robin": {"args": ["--aggregator", "sum", *ROUND_ROBIN]},
+        # issue 42, MT-DNN: sum_annealed, then each task fine-tuned alone from the multitask encoder (125 steps of 32, one pass
+        # over a capped task), routed; a task keeps its expert only where it beats the multitask model on validation
+        "specialised": {"args": ["--aggregator", "sum", *ANNEALED, *SPECIALISE]},
         "pcgrad": {"args": ["--aggregator", "pcgrad", *ROUND_ROBIN]},
         "upgrad": {"args": ["--aggregator", "upgrad", *ROUND_ROBIN]},
         "famo": {"args": ["--aggregator", "famo", *ROUND_ROBIN]},

@@ -239,6 +239,14 @@ class SpecialiseArguments:
     specialise_learning_rate: float = field(default=3e-5, metadata={"help": "Two-step specialisation: learning rate"})
     specialise_fresh_heads: bool = field(default=False, metadata={"help": "Two-step specialisation: re-initialise each task's head"})
     specialise_tasks: list[str] = field(default_factory=list, metadata={"help": "Two-step specialisation: only these tasks (default all)"})
+    specialise_keep: str = field(
+        default="all",
+        metadata={
+            "help": "Two-step specialisation: which experts the routed model keeps: 'all', or 'better' (a task keeps its expert only "
+            "where the expert's validation score beats the multitask model's on that task; a metric group decides together)",
+            "choices": ["all", "better"],
+        },
+    )
 
 
 @dataclass

@@ -211,7 +211,13 @@ class MultitaskPhase(Phase):
 class SpecialisationPhase(Phase):
     """Two-step specialisation of the trained multitask model: one fine-tuned copy per task,
     routed; the routed model's scores become the run's ``eval_*`` metrics (the multitask model's
-    stay as ``multitask_eval_*``)."""
+    stay as ``multitask_eval_*``).
+
+    With ``--specialise_keep better`` a task keeps its expert only where the expert's
+    validation score beats the multitask model's on that task (the members of a metric group,
+    e.g. stance's targets, decide together on the group's pooled score); the others route to
+    the multitask model. The run records ``specialise_kept`` (how many experts were kept) and
+    ``serving_parameters`` (the routed model's parameter count)."""
 
     name = "specialise"
 
@@ -219,32 +225,63 @@ class SpecialisationPhase(Phase):
         return ctx.arguments.specialise.specialise_steps > 0
 
     def run(self, ctx):
-        from ..predict import evaluate
+        from ..predict import evaluate, metrics_from_predictions
         from ..schemes.specialise import route, specialise
 
         args, special = ctx.args, ctx.arguments.specialise
         tasks = special.specialise_tasks or list(ctx.train)
         special_args = phase_args(args, self.name, special.specialise_steps, special.specialise_learning_rate, **SINGLE_TASK)
         start = time.perf_counter()
-        specialised = specialise(ctx.trainer.model, ctx.train, special_args, tasks=tasks, fresh_heads=special.specialise_fresh_heads,
+        multitask = ctx.trainer.model
+        specialised = specialise(multitask, ctx.train, special_args, tasks=tasks, fresh_heads=special.specialise_fresh_heads,
                                  processing_class=ctx.tokenizer)  # fmt: skip
-        routed = route(specialised, ctx.trainer.model)
         predictions: dict = {}
-        scores = evaluate(routed, ctx.validation, pad_token_id=ctx.tokenizer.pad_token_id, batch_size=args.per_device_eval_batch_size,
-                          progress=not args.disable_tqdm, predictions=predictions)  # fmt: skip
-        metrics = prefixed_metrics(scores, args.primary_tasks)
+        evaluate(route(specialised, multitask), {t: ctx.validation[t] for t in specialised}, pad_token_id=ctx.tokenizer.pad_token_id,
+                 batch_size=args.per_device_eval_batch_size, progress=not args.disable_tqdm, predictions=predictions)  # fmt: skip
+        kept = list(specialised)
+        if special.specialise_keep == "better":
+            kept = _better_experts(multitask, specialised, predictions, ctx.predictions)
+            logger.info("two-step specialisation keeps the experts of %s (of %s)", kept, list(specialised))
+        routed = route({t: specialised[t] for t in kept}, multitask)
+        predictions = {t: predictions[t] if t in kept else ctx.predictions[t] for t in ctx.validation}
+        metrics = prefixed_metrics(metrics_from_predictions(routed, predictions), args.primary_tasks)
         metrics["specialise_seconds"] = time.perf_counter() - start
         sizes = args.task_batch_sizes or {}
         metrics["specialise_examples"] = sum(
             special.specialise_steps * int(sizes.get(t, args.per_device_train_batch_size)) * args.world_size for t in tasks
         )
+        metrics["specialise_kept"] = len(kept)
+        metrics["serving_parameters"] = sum(p.numel() for p in routed.parameters())
         ctx.metrics = {**{f"multitask_{k}": v for k, v in ctx.metrics.items() if k.startswith("eval_")}, **ctx.metrics, **metrics}
         ctx.final_model, ctx.predictions = routed, predictions
-        ctx.training_note += f" Then two-step specialisation: {special.specialise_steps} single-task steps per task."
+        ctx.training_note += f" Then two-step specialisation: {special.specialise_steps} single-task steps per task"
+        if special.specialise_keep == "better":
+            ctx.training_note += f"; a task keeps its expert only where it beat the multitask model on validation (kept: {kept})"
+        ctx.training_note += "."
         logger.info("two-step specialisation: overall %.4f -> %.4f", ctx.metrics["multitask_eval_overall"], ctx.metrics["eval_overall"])
         if ctx.trainer.is_world_process_zero():
             for task, model in specialised.items():
                 model.save_pretrained(ctx.out / "specialised" / task)
+
+
+def _better_experts(multitask: Any, specialised: dict, expert_predictions: dict, multitask_predictions: dict) -> list[str]:
+    """The specialised tasks whose expert scores higher on validation than the multitask model.
+    The members of a metric group are kept or dropped together, on the group's pooled score, and
+    only when every member was specialised."""
+    from ..predict import metrics_from_predictions
+    from ..tasks import metric_groups
+
+    units = metric_groups([multitask.get_task(t) for t in multitask_predictions])
+    grouped = {m for members in units.values() for m in members}
+    units.update({t: [t] for t in specialised if t not in grouped})
+    kept: set[str] = set()
+    for name, members in units.items():
+        if all(m in specialised for m in members):
+            expert = metrics_from_predictions(multitask, {m: expert_predictions[m] for m in members})[f"{name}_score"]
+            shared = metrics_from_predictions(multitask, {m: multitask_predictions[m] for m in members})[f"{name}_score"]
+            if expert > shared:
+                kept.update(members)
+    return [t for t in specialised if t in kept]
 
 
 TRAINING_PHASES: tuple[Phase, ...] = (SimCSEPhase(), HeadPretrainingPhase(), IntermediatePhase(), LinearProbePhase(), MultitaskPhase(),

@@ -172,6 +172,27 @@ def test_recipe_two_step_specialisation_saves_a_routed_model(tiny_backbone, tiny
     assert (out / "predictions" / "sst-dev-output.csv").is_file()
 
 
+def test_recipe_specialise_keep_better_keeps_only_the_experts_that_beat_the_multitask_model(tiny_backbone, tiny_data, tmp_path):
+    """MT-DNN's arm: each task keeps its expert only where the expert's validation score beats the
+    multitask model's, and the run's scores are those of what it keeps."""
+    out = tmp_path / "out"
+    args = [*_common(tiny_backbone, tiny_data, out), "--specialise_steps", "3", "--specialise_learning_rate", "1e-3",
+            "--specialise_keep", "better"]  # fmt: skip
+    metrics = run(args)
+    # the same run keeping every expert: its scores are the experts' own
+    every = run([*_common(tiny_backbone, tiny_data, tmp_path / "all"), *args[args.index("--specialise_steps") : -2]])
+    best = AutoModel.from_pretrained(out / "best")
+    tasks = ["sst", "quora", "sts"]
+    expected = [t for t in tasks if every[f"eval_{t}_score"] > every[f"multitask_eval_{t}_score"]]
+    assert 0 < len(expected) < len(tasks), "the fixture should make some experts win and some lose"
+    assert isinstance(best, hm.RoutedMultitaskModel) and best.config.specialised_tasks == expected
+    assert metrics["specialise_kept"] == len(expected)
+    for task in tasks:
+        source = every if task in expected else metrics
+        assert metrics[f"eval_{task}_score"] == source[f"{'' if task in expected else 'multitask_'}eval_{task}_score"], task
+    assert metrics["serving_parameters"] == sum(p.numel() for p in best.parameters())
+
+
 def test_recipe_head_pretraining_eda_adjustment_and_lstm(tiny_backbone, tiny_data, tmp_path):
     import json
 
