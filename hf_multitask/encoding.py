@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 
 from .task_types import IGNORE_INDEX
 from .tasks import PAIR_ENCODINGS, TaskSpec
 
-__all__ = ["encode_task", "MultitaskCollator", "MODEL_INPUT_KEYS"]
+__all__ = ["encode_task", "MultitaskCollator", "MODEL_INPUT_KEYS", "TEACHER_COLUMN", "pad_float_arrays"]
 
 MODEL_INPUT_KEYS = (
     "input_ids",
@@ -78,6 +79,24 @@ def encode_task(
     return encoded
 
 
+TEACHER_COLUMN = "teacher"  # an encoded training example's cached teacher outputs (hf_multitask.distillation)
+
+
+def pad_float_arrays(values: Sequence[Any]) -> torch.Tensor:
+    """One float32 tensor ``(batch, *shape)`` from per-example arrays (numbers, lists or nested
+    lists), each axis padded with NaN to the batch's largest size along it (NaN: no value, e.g.
+    a teacher's logits past an example's last token)."""
+    arrays = [np.asarray(v, dtype=np.float32) for v in values]
+    ndims = {a.ndim for a in arrays}
+    if len(ndims) != 1:
+        raise ValueError(f"teacher outputs of one batch differ in rank: {sorted(ndims)}")
+    shape = tuple(max(a.shape[d] for a in arrays) for d in range(arrays[0].ndim))
+    out = np.full((len(arrays), *shape), np.nan, dtype=np.float32)
+    for i, a in enumerate(arrays):
+        out[(i, *(slice(0, n) for n in a.shape))] = a
+    return torch.from_numpy(out)
+
+
 class MultitaskCollator:
     """Pads a list of encoded examples to the longest in the batch (dynamic padding).
 
@@ -133,6 +152,8 @@ class MultitaskCollator:
                 batch["labels"] = torch.tensor(labels, dtype=torch.long)
             else:
                 batch["labels"] = torch.tensor(labels, dtype=torch.float32)
+        if TEACHER_COLUMN in features[0]:  # distillation: the cached teacher outputs (hf_multitask.distillation)
+            batch[TEACHER_COLUMN] = pad_float_arrays([f[TEACHER_COLUMN] for f in features])
         if self.keep_ids and "id" in features[0]:
             batch["ids"] = [f["id"] for f in features]
         if self.task is not None:

@@ -36,7 +36,7 @@ from .registry import Registry
 if TYPE_CHECKING:  # pragma: no cover
     from .tasks import TaskSpec
 
-__all__ = ["IGNORE_INDEX", "TASK_TYPES", "TaskType", "get_task_type", "register_task_type"]
+__all__ = ["IGNORE_INDEX", "TASK_TYPES", "TaskType", "get_task_type", "register_task_type", "soft_cross_entropy"]
 
 IGNORE_INDEX = -100
 
@@ -144,6 +144,24 @@ class TaskType:
     def logits_from_states(self, model: Any, spec: TaskSpec, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    # --- distillation (BAM!'s teacher annealing, see hf_multitask.distillation) --------------
+    def teacher_outputs(self, spec: TaskSpec, logits: np.ndarray, batch: dict[str, Any]) -> list[np.ndarray]:
+        """What a teacher's batch of ``logits`` leaves for each example, to be cached and
+        collated back as the ``teacher`` column (float32 arrays; examples of one batch may differ
+        in shape, the collator pads them with NaN). Default: each example's logits row as it is;
+        a type whose rows carry padding (per-token logits) cuts it off."""
+        return [np.asarray(row, dtype=np.float32) for row in np.asarray(logits)]
+
+    def distillation_loss(self, spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor,
+                          gold_weight: float, temperature: float = 1.0) -> torch.Tensor:  # fmt: skip
+        """The loss to the mixed target ``gold_weight * gold + (1 - gold_weight) * teacher``
+        (``teacher``: the collated ``teacher`` column). With ``gold_weight == 1`` it must equal
+        :meth:`loss`. A type without one cannot be distilled into; it says so by name."""
+        raise NotImplementedError(
+            f"Task {spec.name!r}: task type {self.name!r} defines no distillation target (TaskType.distillation_loss); "
+            "train it without a teacher"
+        )
+
     # --- predictions and metrics -------------------------------------------------------------
     def predictions(self, spec: TaskSpec, logits: np.ndarray, batch: dict[str, Any]) -> np.ndarray:
         """One prediction per example (an object array of per-word arrays for sequence labels)."""
@@ -183,6 +201,26 @@ def softmax(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor, gold_weight: float, temperature: float
+) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` (``(N, C)`` class scores) to the mixed soft target
+    ``p = gold_weight * onehot(labels) + (1 - gold_weight) * softmax(teacher / temperature)``,
+    over the rows whose label is not :data:`IGNORE_INDEX` (in fp32):
+
+        L = -(1 / |present|) * sum_i sum_c p_ic * log_softmax(logits_i)_c
+
+    The temperature softens the teacher's distribution only; the student's scores are taken as
+    they are, so at ``gold_weight == 1`` this is the plain cross-entropy to the gold class."""
+    labels = labels.long().reshape(-1)
+    present = labels != IGNORE_INDEX
+    scores = logits.float().reshape(labels.numel(), -1)[present]
+    soft = torch.softmax(teacher.float().reshape(labels.numel(), -1)[present] / temperature, dim=-1)
+    target = (1.0 - gold_weight) * soft
+    target = target.scatter_add(1, labels[present].unsqueeze(1), torch.full_like(target[:, :1], gold_weight))
+    return -(target * torch.log_softmax(scores, dim=-1)).sum() / present.sum().clamp_min(1)
 
 
 TASK_TYPES: Registry[TaskType] = Registry("task type")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
+from .encoding import TEACHER_COLUMN
 from .fsdp import fsdp2_wrap_classes, gather_full_model
 from .lr_groups import learning_rate_factors, split_param_groups
 from .mixing import WINDOW_KEY
@@ -277,10 +278,18 @@ class MultitaskTrainer(_ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Train
 
     def _task_loss(self, core: nn.Module, task: str, batch: dict[str, Any]) -> torch.Tensor:
         """One task batch's loss (with the schedule's loss weight and the loss hook), and its bookkeeping."""
-        weight = batch.get("loss_weight")
-        batch = {k: v for k, v in batch.items() if k not in ("task", "loss_weight")}
+        weight, teacher = batch.get("loss_weight"), batch.get(TEACHER_COLUMN)
+        batch = {k: v for k, v in batch.items() if k not in ("task", "loss_weight", TEACHER_COLUMN)}
         with self.accelerator.autocast():
-            output = core(task=task, **batch)
+            if teacher is None or batch.get("labels") is None:
+                output = core(task=task, **batch)
+            else:  # distillation: the task's type mixes gold and teacher (hf_multitask.distillation)
+                labels = batch.pop("labels")
+                output = core(task=task, **batch)
+                spec = core.get_task(task)
+                output.loss = spec.task_type.distillation_loss(spec, output.logits, labels, teacher, self.gold_weight(),
+                                                               self.args.distillation_temperature)  # fmt: skip
+                batch["labels"] = labels
             loss = output.loss
             if self.loss_hook is not None and loss is not None:
                 loss = self.loss_hook(core, task, batch, output)
@@ -292,6 +301,14 @@ class MultitaskTrainer(_ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Train
         self._step_losses[task] = self._step_losses[task] + detached if task in self._step_losses else detached
         self._step_loss_batches[task] = self._step_loss_batches.get(task, 0) + 1
         return loss
+
+    def gold_weight(self) -> float:
+        """Distillation's gold weight lambda for the current optimizer step: the fixed
+        ``distillation_gold_weight``, or teacher annealing (Clark et al. 2019, BAM!), lambda =
+        t / (T - 1) at step t of T (0 at the first step, 1 at the last)."""
+        if self.args.distillation_gold_weight is not None:
+            return float(self.args.distillation_gold_weight)
+        return min(1.0, self.state.global_step / max(1, self.state.max_steps - 1))
 
     def _check_finite_losses(self) -> dict[str, torch.Tensor]:
         losses = {t: self._step_losses[t] / self._step_loss_batches[t] for t in self._step_losses}

@@ -17,6 +17,7 @@ checked against their registries (:data:`hf_multitask.surgery.AGGREGATORS` and
 | ``resume_without_surgery_state`` | accept a checkpoint without ``multitask_state.pt`` |
 | ``head_learning_rate``, ``layer_lr_decay`` | learning rates of the task-owned parameters and of the encoder's layers |
 | ``primary_tasks`` | the tasks whose score is ``overall``; the primary-aware aggregators serve them |
+| ``distillation_gold_weight``, ``distillation_temperature`` | distillation from teachers: the gold label's share of the target (teacher annealing by default) and the teacher's softmax temperature |
 """
 
 from __future__ import annotations
@@ -108,9 +109,24 @@ class MultitaskTrainingArguments(TrainingArguments):
             "the embeddings at lr * decay**(L + 1); 1 turns it off"
         },  # fmt: skip
     )
+    distillation_gold_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "Distillation (training data with a teacher column, see hf_multitask.distillation): the gold label's weight "
+            "lambda in the target lambda * gold + (1 - lambda) * teacher. Default: teacher annealing, lambda rising linearly "
+            "from 0 at the first optimizer step to 1 at the last"
+        },  # fmt: skip
+    )
+    distillation_temperature: float = field(
+        default=1.0, metadata={"help": "Distillation: temperature T of the teacher's softmax (classes, tags, choices); 1: none"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.distillation_gold_weight is not None and not 0.0 <= self.distillation_gold_weight <= 1.0:
+            raise ValueError(f"--distillation_gold_weight must be in [0, 1], got {self.distillation_gold_weight}")
+        if not self.distillation_temperature > 0:
+            raise ValueError(f"--distillation_temperature must be positive, got {self.distillation_temperature}")
         for name in ("aggregator_kwargs", "schedule_kwargs", "task_batch_sizes"):
             setattr(self, name, json_flag(getattr(self, name), name))
         if self.telemetry_steps < 0:

@@ -10,7 +10,7 @@ from torch import nn
 
 from .heads import MLPHead
 from .metrics import accuracy
-from .task_types import IGNORE_INDEX, TaskType, register_task_type, softmax
+from .task_types import IGNORE_INDEX, TaskType, register_task_type, soft_cross_entropy, softmax
 
 __all__ = ["CHOICE_SEPARATOR", "MultipleChoiceType"]
 
@@ -131,6 +131,14 @@ class MultipleChoiceType(TaskType):
         present = int((labels != IGNORE_INDEX).sum())
         total = nn.functional.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
         return total / max(1, present)
+
+    def distillation_loss(self, spec, logits, labels, teacher, gold_weight, temperature=1.0):
+        """Cross-entropy over the choices to ``gold_weight * onehot(gold) + (1 - gold_weight) *
+        softmax(teacher / T)``; the teacher's padding choices carry its masked score, so they get
+        no probability."""
+        if gold_weight >= 1.0:
+            return self.loss(spec, logits, labels)
+        return soft_cross_entropy(logits, labels, teacher, gold_weight, temperature)
 
     def predictions(self, spec, logits, batch=None):
         return np.asarray(logits).argmax(-1)

@@ -12,7 +12,7 @@ from torch import nn
 
 from .heads import CosineHead, LSTMHead, MLPHead, pair_features
 from .metrics import accuracy, macro_f1, pearson, positive_f1, spearman, stance_f1
-from .task_types import IGNORE_INDEX, TaskType, register_task_type, softmax
+from .task_types import IGNORE_INDEX, TaskType, register_task_type, soft_cross_entropy, softmax
 
 if TYPE_CHECKING:  # pragma: no cover
     from .tasks import TaskSpec
@@ -180,6 +180,13 @@ class ClassificationType(SequenceTaskType):
         total = nn.functional.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
         return total / max(1, present.numel())
 
+    def distillation_loss(self, spec, logits, labels, teacher, gold_weight, temperature=1.0):
+        """Cross-entropy to ``gold_weight * onehot(gold) + (1 - gold_weight) * softmax(teacher / T)``
+        (:func:`~hf_multitask.task_types.soft_cross_entropy`); unlabelled rows are left out."""
+        if gold_weight >= 1.0:
+            return self.loss(spec, logits, labels)
+        return soft_cross_entropy(logits, labels, teacher, gold_weight, temperature)
+
     def predictions(self, spec, logits, batch=None):
         logits = np.asarray(logits)
         return logits.reshape(len(logits), -1).argmax(-1)
@@ -230,6 +237,14 @@ class RegressionType(SequenceTaskType):
         if bool(present.all()):
             return nn.functional.mse_loss(pred, gold)
         return ((pred - gold.nan_to_num()) ** 2 * present).sum() / present.sum().clamp_min(1)
+
+    def distillation_loss(self, spec, logits, labels, teacher, gold_weight, temperature=1.0):
+        """Squared error to the mixed value ``gold_weight * gold + (1 - gold_weight) * teacher``
+        (the temperature does not apply to a value); unlabelled (NaN) rows are left out."""
+        if gold_weight >= 1.0:
+            return self.loss(spec, logits, labels)
+        gold = labels.float().reshape(-1)
+        return self.loss(spec, logits, gold_weight * gold + (1.0 - gold_weight) * teacher.float().reshape(-1))
 
     def score(self, spec, metric, value):
         return (float(value) + 1.0) / 2.0  # a correlation in [-1, 1]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .heads import MLPHead
-from .task_types import IGNORE_INDEX, TaskType, register_task_type, softmax
+from .task_types import IGNORE_INDEX, TaskType, register_task_type, soft_cross_entropy, softmax
 
 __all__ = ["TokenClassificationType"]
 
@@ -158,6 +158,22 @@ class TokenClassificationType(TaskType):
         total = nn.functional.cross_entropy(flat, labels, ignore_index=IGNORE_INDEX, reduction="sum")
         count = (labels != IGNORE_INDEX).sum().clamp_min(1)
         return total / count
+
+    def teacher_outputs(self, spec, logits, batch):
+        """Each example's per-token logits, ``(its token count, num_labels)``: the padding is cut off."""
+        lengths = np.asarray(batch["attention_mask"]).sum(-1) if "attention_mask" in batch else [np.shape(logits)[1]] * len(logits)
+        return [np.asarray(row[: int(n)], dtype=np.float32) for row, n in zip(np.asarray(logits), lengths)]
+
+    def distillation_loss(self, spec, logits, labels, teacher, gold_weight, temperature=1.0):
+        """Per tagged token, cross-entropy to ``gold_weight * onehot(gold tag) + (1 - gold_weight)
+        * softmax(teacher / T)``, averaged over the tagged tokens (other sub-tokens and padding
+        hold -100 and are left out)."""
+        if gold_weight >= 1.0:
+            return self.loss(spec, logits, labels)
+        length = logits.shape[1]
+        if teacher.shape[1] < length:  # the batch was padded past its longest example (pad_to_multiple_of)
+            teacher = nn.functional.pad(teacher, (0, 0, 0, length - teacher.shape[1]), value=float("nan"))
+        return soft_cross_entropy(logits, labels, teacher[:, :length], gold_weight, temperature)
 
     # --- predictions and metrics -------------------------------------------------------------------
     @staticmethod

@@ -15,6 +15,7 @@ predictions, Hub push; the ensemble mode) and :mod:`.run` (``run`` and ``main``)
 
 from .arguments import (
     DataArguments,
+    DistillationArguments,
     EnsembleArguments,
     HeadPretrainArguments,
     IntermediateArguments,
@@ -52,6 +53,7 @@ __all__ = [
     "SimCSEArguments",
     "SmartArguments",
     "SpecialiseArguments",
+    "DistillationArguments",
     "build_tasks",
     "check_max_length",
     "encode_data",

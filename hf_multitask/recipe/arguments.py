@@ -4,7 +4,7 @@
 (``MultitaskTrainingArguments`` with the recipe's defaults and its outputs), and one small
 dataclass per optional phase: :class:`SimCSEArguments`, :class:`HeadPretrainArguments`,
 :class:`IntermediateArguments`, :class:`LPFTArguments`, :class:`SmartArguments`,
-:class:`SpecialiseArguments` and :class:`EnsembleArguments`. Every flag keeps its name; a YAML
+:class:`SpecialiseArguments`, :class:`EnsembleArguments` and :class:`DistillationArguments`. Every flag keeps its name; a YAML
 ``--config`` gives the same keys.
 """
 
@@ -250,6 +250,50 @@ class SpecialiseArguments:
 
 
 @dataclass
+class DistillationArguments:
+    """Multitask distillation from single-task teachers (BAM!, :mod:`hf_multitask.distillation`);
+    the gold weight and temperature are training arguments (``--distillation_gold_weight``,
+    ``--distillation_temperature``)."""
+
+    teachers: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": 'Distillation: {task: saved model folder} as JSON (\'{"emoji": "runs/emoji/best"}\') or a YAML/JSON file of it; '
+            "each teacher's outputs over its task's training data are computed once and cached; tasks without one train on gold"
+        },  # fmt: skip
+    )
+    teacher_cache: str | None = field(
+        default=None, metadata={"help": "Distillation: folder of the cached teacher outputs (default OUTPUT_DIR/teacher_outputs)"}
+    )
+
+    def __post_init__(self) -> None:
+        self.teachers = teachers_mapping(self.teachers)
+
+
+def teachers_mapping(value: Any) -> dict[str, str] | None:
+    """``--teachers``: a mapping, its JSON text, or the path of a YAML/JSON file holding it."""
+    if value is None or isinstance(value, dict):
+        mapping = value
+    elif str(value).strip().startswith("{") or not str(value).strip():
+        mapping = _json_arg(value, "teachers")
+    else:
+        import yaml
+
+        from ..reading import read_text
+
+        path = str(value)
+        try:
+            mapping = yaml.safe_load(read_text(path))
+        except yaml.YAMLError as err:
+            raise RecipeError(f"--teachers {path}: not valid YAML ({err})") from None
+    if mapping is None:
+        return None
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise RecipeError(f"--teachers must map task names to model folders, got {mapping!r}")
+    return mapping
+
+
+@dataclass
 class EnsembleArguments:
     """No training: evaluate and predict with an ensemble of saved checkpoints."""
 
@@ -260,7 +304,7 @@ class EnsembleArguments:
 
 
 PHASE_ARGUMENTS = (SimCSEArguments, HeadPretrainArguments, IntermediateArguments, LPFTArguments, SmartArguments, SpecialiseArguments,
-                   EnsembleArguments)  # fmt: skip
+                   EnsembleArguments, DistillationArguments)  # fmt: skip
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeTrainingArguments, *PHASE_ARGUMENTS)
 
 
@@ -278,6 +322,7 @@ class RecipeArguments:
     smart: SmartArguments
     specialise: SpecialiseArguments
     ensemble: EnsembleArguments
+    distillation: DistillationArguments
 
 
 def recipe_fields() -> set[str]:

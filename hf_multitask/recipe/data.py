@@ -193,7 +193,8 @@ def _eda(data_args: DataArguments):
 def check_task_names(arguments: Any, names: list[str]) -> None:
     """Flags that name tasks must name tasks of the run."""
     for flag, values in (("--eda_tasks", arguments.data.eda_tasks), ("--specialise_tasks", arguments.specialise.specialise_tasks),
-                         ("--adjustment_tasks", arguments.model.adjustment_tasks)):  # fmt: skip
+                         ("--adjustment_tasks", arguments.model.adjustment_tasks),
+                         ("--teachers", list(arguments.distillation.teachers or {}))):  # fmt: skip
         unknown = [t for t in values if t not in names]
         if unknown:
             raise RecipeError(f"{flag} names unknown task(s) {unknown}; the run's tasks are {names}")

@@ -182,7 +182,16 @@ class MultitaskPhase(Phase):
 
             loss_hook = SmartRegularizer(ctx.model, lambda_s=smart.smart_lambda_s, mu=smart.smart_mu, epsilon=smart.smart_epsilon,
                                          step_size=smart.smart_step_size, steps=smart.smart_steps)  # fmt: skip
-        trainer = MultitaskTrainer(model=ctx.model, args=args, train_dataset=ctx.train, eval_dataset=ctx.validation,
+        train = ctx.train
+        teachers = ctx.arguments.distillation.teachers
+        if teachers:  # BAM!: the teachers' outputs once over the training data (cached), then the student trains on them
+            from ..distillation import attach_teachers
+
+            cache = ctx.arguments.distillation.teacher_cache or ctx.out / "teacher_outputs"
+            train, stats = attach_teachers(train, teachers, ctx.model, cache_dir=cache, pad_token_id=ctx.tokenizer.pad_token_id,
+                                           batch_size=args.per_device_eval_batch_size, progress=not args.disable_tqdm)  # fmt: skip
+            ctx.phase_metrics.update(stats)
+        trainer = MultitaskTrainer(model=ctx.model, args=args, train_dataset=train, eval_dataset=ctx.validation,
                                    processing_class=ctx.tokenizer, loss_hook=loss_hook)  # fmt: skip
         start = time.perf_counter()
         trainer.train(resume_from_checkpoint=ctx.resume)
@@ -203,6 +212,10 @@ class MultitaskPhase(Phase):
         ctx.trainer = trainer
         ctx.final_model, ctx.predictions = trainer.gathered_model(), trainer.last_predictions  # full weights under FSDP2 (all ranks gather)
         ctx.training_note = f"Trained with `recipes/train_pcgrad.py`: aggregator `{args.aggregator}`, schedule `{args.schedule}`."
+        if teachers:
+            schedule = ("teacher annealing (the gold weight rising from 0 to 1)" if args.distillation_gold_weight is None
+                        else f"gold weight {args.distillation_gold_weight}")  # fmt: skip
+            ctx.training_note += f" Distilled from single-task teachers of {', '.join(f'`{t}`' for t in teachers)} with {schedule}."
         if args.primary_tasks:
             ctx.training_note += (f" Primary task(s): {', '.join(f'`{t}`' for t in args.primary_tasks)} (the others are auxiliary); the "
                                   "overall score and the checkpoint choice follow the primary task(s).")  # fmt: skip

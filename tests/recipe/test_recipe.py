@@ -148,6 +148,33 @@ def test_recipe_per_task_pair_encoding_and_mean_pooling(tiny_backbone, tiny_data
     assert {t["name"]: t.get("pair_encoding") for t in config["tasks"]}["sts"] == "cosine"
 
 
+def test_recipe_distils_single_task_teachers_into_one_student(tiny_backbone, tiny_data, tmp_path, capsys):
+    """--teachers (JSON or a YAML file): each teacher's outputs are computed once and cached beside the
+    run; a second run reads them; the card says how it was trained; a task not in the run is refused."""
+    teacher = tmp_path / "teacher"
+    run([*_common(tiny_backbone, tiny_data, teacher)])
+    out = tmp_path / "student"
+    teachers = json.dumps({"sst": str(teacher / "best"), "sts": str(teacher / "best")})
+    metrics = run([*_common(tiny_backbone, tiny_data, out), "--teachers", teachers, "--distillation_temperature", "2"])
+    assert metrics["teacher_seconds_sst"] > 0 and metrics["teacher_seconds_sts"] > 0 and "teacher_seconds_quora" not in metrics
+    assert sorted(p.name for p in (out / "teacher_outputs").iterdir()) == ["sst.json", "sst.npz", "sts.json", "sts.npz"]
+    assert "Distilled from single-task teachers of `sst`, `sts` with teacher annealing" in (out / "best" / "README.md").read_text()
+    mapping = tmp_path / "teachers.yaml"
+    mapping.write_text(yaml.safe_dump({"sst": str(teacher / "best")}))
+    again = run(
+        [
+            *_common(tiny_backbone, tiny_data, tmp_path / "again"),
+            "--teachers",
+            str(mapping),
+            "--teacher_cache",
+            str(out / "teacher_outputs"),
+        ]
+    )
+    assert again["teacher_seconds_sst"] == 0.0, "the cache was read"
+    with pytest.raises(RecipeError, match=r"--teachers names unknown task\(s\) \['nli'\]"):
+        run([*_common(tiny_backbone, tiny_data, tmp_path / "bad"), "--teachers", json.dumps({"nli": str(teacher / "best")})])
+
+
 def test_recipe_two_step_specialisation_saves_a_routed_model(tiny_backbone, tiny_data, tmp_path):
     out = tmp_path / "out"
     args = [*_common(tiny_backbone, tiny_data, out), "--specialise_steps", "3", "--specialise_tasks", "sst", "sts",
