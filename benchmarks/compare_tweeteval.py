@@ -73,6 +73,8 @@ GRID = {
         # issue 42: multitask-then-specialise against the six models and against its own first step
         ["specialised", "separate"],
         ["specialised", "sum_annealed"],
+        ["bam", "separate"],
+        ["bam", "sum_annealed"],
         # the gradient methods need every task in every step (under the annealed schedule a step has one task,
         # and PCGrad is the summed loss): each against the summed loss on the same round-robin batches
         ["pcgrad", "sum_round_robin"],
@@ -98,6 +100,9 @@ GRID = {
         # issue 42, MT-DNN: sum_annealed, then each task fine-tuned alone from the multitask encoder (125 steps of 32, one pass
         # over a capped task), routed; a task keeps its expert only where it beats the multitask model on validation
         "specialised": {"args": ["--aggregator", "sum", *ANNEALED, *SPECIALISE]},
+        # issue 42, BAM!: sum_annealed's training, each task distilled from the same seed's `separate` model with teacher
+        # annealing (the gold weight rising from 0 to 1); the cell retrains the six teachers and commits their outputs
+        "bam": {"args": ["--aggregator", "sum", *ANNEALED], "teachers_from": "separate"},
         "pcgrad": {"args": ["--aggregator", "pcgrad", *ROUND_ROBIN]},
         "upgrad": {"args": ["--aggregator", "upgrad", *ROUND_ROBIN]},
         "famo": {"args": ["--aggregator", "famo", *ROUND_ROBIN]},

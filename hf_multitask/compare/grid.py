@@ -13,7 +13,8 @@ from typing import Any
 RESULT = "result.json"  # a finished cell's file: its presence means the cell never runs again
 
 
-_ARM_KEYS = ("args", "single_task", "candidates", "choice_of", "tasks", "primary", "same_training_as", "candidates_same_training_as")
+_ARM_KEYS = ("args", "single_task", "candidates", "choice_of", "tasks", "primary", "same_training_as", "candidates_same_training_as",
+             "teachers_from")  # fmt: skip
 
 
 class GridError(ValueError):
@@ -38,7 +39,14 @@ class Arm:
     ``candidates_same_training_as``: the same promise for some of a tuned arm's candidates
     (candidate name -> another tuned arm whose candidate of that name trains exactly as it, e.g.
     the plain summed loss among primary-task methods, which ``--primary_tasks`` changes only in
-    the checkpoint it keeps): that candidate's tuning run is the other arm's re-scored when it can be."""
+    the checkpoint it keeps): that candidate's tuning run is the other arm's re-scored when it can be.
+
+    ``teachers_from``: a single-task arm whose models teach this arm's student (BAM!'s distillation,
+    :mod:`hf_multitask.distillation`): each cell first trains that arm's model of every task for
+    the same seed and split (under ``teachers/{task}/``, its ``result.json`` beside the run, so the
+    retrained teachers can be checked against that arm's cells), then runs with ``--teachers`` and
+    ``--teacher_cache teacher_outputs/`` in the cell. The cached outputs are small and committed; a
+    task whose cache is there needs no teacher trained again."""
 
     name: str
     args: list[str] = field(default_factory=list)
@@ -49,6 +57,7 @@ class Arm:
     primary: list[str] | None = None  # the tasks it serves, passed as --primary_tasks (None: all tasks, symmetric)
     same_training_as: str | None = None  # an arm with the same flags whose run this arm re-scores when it can
     candidates_same_training_as: dict[str, str] = field(default_factory=dict)  # candidate -> tuned arm re-scored likewise
+    teachers_from: str | None = None  # a single-task arm whose models (same seed and split) teach this arm
 
 
 @dataclass
@@ -103,6 +112,10 @@ class Grid:
                 raise GridError(f"arm {arm.name!r}: 'choice_of' {arm.choice_of!r} chose its candidate for the primary tasks "
                                 f"{self.arm(arm.choice_of).primary}; give this arm the same 'primary' (it has {arm.primary})")  # fmt: skip
         for arm in self.arms:
+            if arm.teachers_from is not None and (arm.teachers_from not in names or not self.arm(arm.teachers_from).single_task
+                                                  or arm.single_task or arm.candidates):  # fmt: skip
+                raise GridError(f"arm {arm.name!r}: 'teachers_from' must name a single_task arm of {names} and the arm itself must be "
+                                f"one untuned run (no candidates), got {arm.teachers_from!r}")  # fmt: skip
             if arm.same_training_as is not None:
                 self._check_same_training(arm, names)
             for candidate, source in arm.candidates_same_training_as.items():
@@ -227,7 +240,8 @@ class Grid:
                             None if spec.get("choice_of") is None else str(spec["choice_of"]),
                             None if primary is None else [str(t) for t in primary],
                             None if spec.get("same_training_as") is None else str(spec["same_training_as"]),
-                            {str(k): str(v) for k, v in same_candidates.items()}))  # fmt: skip
+                            {str(k): str(v) for k, v in same_candidates.items()},
+                            None if spec.get("teachers_from") is None else str(spec["teachers_from"])))  # fmt: skip
         fields = {k: data[k] for k in known - {"arms"} if k in data}
         for key in ("seeds", "splits"):
             if key in fields and not all(isinstance(v, int) for v in fields[key]):

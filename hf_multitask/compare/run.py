@@ -113,11 +113,13 @@ def _recipe_cmd(grid: Grid, args: list[str], tasks: list[str], seed: int, split:
             "--output-dir", str(out)]  # fmt: skip
 
 
-def _identity(grid: Grid, args: list[str], tasks: list[str], primary: list[str] | None = None) -> dict[str, Any]:
+def _identity(grid: Grid, args: list[str], tasks: list[str], primary: list[str] | None = None,
+              teachers_from: str | None = None) -> dict[str, Any]:  # fmt: skip
     """What makes a finished cell's result valid for the grid as it is now: the run's flags (and
-    its primary tasks, recorded only when it has some, so older cells keep their identity)."""
+    its primary tasks and teacher arm, recorded only when it has them, so older cells keep their
+    identity)."""
     found = {"args": args, "tasks": tasks, "protocol": grid.protocol, "train_limits": _limits(grid, tasks)}
-    return {**found, "primary": primary} if primary else found
+    return {**found, **({"primary": primary} if primary else {}), **({"teachers_from": teachers_from} if teachers_from else {})}
 
 
 def _finished(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -163,7 +165,7 @@ def same_run(grid: Grid, out: Path, arm: Arm, args: list[str], seed: int, split:
     run (or both single-task). A tuned arm that chooses a fixed arm's flags is that arm's cells;
     the grid trains them once. None when there is no such cell, or its test files are missing."""
     tasks = list(arm.tasks or grid.tasks)
-    identity = {"primary": None, **_identity(grid, args, tasks, arm.primary)}
+    identity = {"primary": None, "teachers_from": None, **_identity(grid, args, tasks, arm.primary, arm.teachers_from)}
     for other in grid.arms:
         if other.name == arm.name or other.single_task != arm.single_task:
             continue
@@ -192,7 +194,7 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
     with this cell's very flags (:func:`same_run`) and its gathered test files, which this cell
     takes instead of training."""
     tasks = list(arm.tasks or grid.tasks)
-    identity = _identity(grid, args, tasks, arm.primary)
+    identity = _identity(grid, args, tasks, arm.primary, arm.teachers_from)
     done = _finished(folder / RESULT, identity)
     if done is not None:
         return done
@@ -242,8 +244,9 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
             result["resumed_from"] = resumed
         runs = [folder / task / "run" for task in tasks]
     else:
+        extra = teacher_flags(grid, arm, tasks, seed, split, folder, say) if arm.teachers_from else []
         say(f"{arm.name}: seed {seed}, split {split}")
-        result = _run_one(_recipe_cmd(grid, args, tasks, seed, split, folder / "run", arm.primary), folder / "run",
+        result = _run_one([*_recipe_cmd(grid, args, tasks, seed, split, folder / "run", arm.primary), *extra], folder / "run",
                           folder / "log.txt")  # fmt: skip
         runs = [folder / "run"]
     if gather is not None and runs:
@@ -252,6 +255,26 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RESULT).write_text(json.dumps(result, indent=2))
     return result
+
+
+def teacher_flags(grid: Grid, arm: Arm, tasks: list[str], seed: int, split: int, folder: Path, say: Any) -> list[str]:
+    """A ``teachers_from`` cell's ``--teachers`` and ``--teacher_cache`` flags, after training
+    the teachers it lacks: the teacher arm's run of each task (same seed and split, no test
+    files) under ``folder/teachers/{task}``, unless that task's cached outputs are in
+    ``folder/teacher_outputs`` already. Paths are relative to the working directory, so the
+    committed cache names no machine's folders."""
+    source = grid.arm(arm.teachers_from)  # type: ignore[arg-type]
+    cache = folder / "teacher_outputs"
+    teachers = {}
+    for task in tasks:
+        sub = folder / "teachers" / task
+        if not (cache / f"{task}.npz").is_file() and not (sub / "run" / "best").is_dir():
+            say(f"{arm.name}: seed {seed}, split {split}: teacher {task} ({source.name}'s run)")
+            cmd = [*_recipe_cmd(grid, list(source.args), [task], seed, split, sub / "run"), "--test_predictions", "false"]
+            result = {**_run_one(cmd, sub / "run", sub / "log.txt"), **_identity(grid, list(source.args), [task])}
+            (sub / RESULT).write_text(json.dumps(result, indent=2))
+        teachers[task] = os.path.relpath(sub / "run" / "best")
+    return ["--teachers", json.dumps(teachers), "--teacher_cache", os.path.relpath(cache)]
 
 
 def tuned_args(grid: Grid, arm: Arm, out_dir: Path, say: Any = print) -> list[str]:
@@ -373,5 +396,6 @@ def grid_dict(grid: Grid) -> dict[str, Any]:
             "arms": {a.name: {"args": a.args, "single_task": a.single_task, "candidates": a.candidates, "tasks": a.tasks or grid.tasks,
                               **({"choice_of": a.choice_of} if a.choice_of else {}), **({"primary": a.primary} if a.primary else {}),
                               **({"same_training_as": a.same_training_as} if a.same_training_as else {}),
-                              **({"candidates_same_training_as": a.candidates_same_training_as} if a.candidates_same_training_as else {})}
+                              **({"candidates_same_training_as": a.candidates_same_training_as} if a.candidates_same_training_as else {}),
+                              **({"teachers_from": a.teachers_from} if a.teachers_from else {})}
                      for a in grid.arms}}  # fmt: skip

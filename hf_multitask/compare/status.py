@@ -42,7 +42,7 @@ def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, f
                            "copied": False, "edited": False}  # fmt: skip
     try:
         # flags not known until the tuning is done: a result is taken as done, its flags checked once they are known
-        row["done"] = _finished(folder / RESULT, {} if args is None else _identity(grid, args, tasks, arm.primary))
+        row["done"] = _finished(folder / RESULT, {} if args is None else _identity(grid, args, tasks, arm.primary, arm.teachers_from))
         if row["done"] is not None:
             return row
         if args is None:

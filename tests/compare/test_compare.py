@@ -443,3 +443,41 @@ def test_a_choice_of_arm_serving_the_same_primary_reuses_the_choice():
                            "arms": {"x": {"primary": ["a"], "choice_of": "tuned_for_a"},
                                     "tuned_for_a": {"primary": ["a"], "candidates": {"c": []}}}})  # fmt: skip
     assert grid.arm("x").choice_of == "tuned_for_a" and grid.arm("x").primary == ["a"]
+
+
+def test_a_teachers_from_arm_trains_the_teacher_arms_runs_then_distils_and_keeps_the_cache(tiny_backbone, tiny_data, tmp_path):
+    """BAM!'s arm: each cell trains the same seed's single-task runs of the teacher arm (they reproduce
+    that arm's cells), distils them into one student, and keeps their outputs; a later attempt that
+    has the cache trains no teacher again."""
+    grid = _grid(tiny_backbone, tiny_data, arms={"separate": {"single_task": True, "args": ["--aggregator", "sum"]},
+                                                 "sum": {"args": ["--aggregator", "sum"]},
+                                                 "bam": {"args": ["--aggregator", "sum"], "teachers_from": "separate"}},
+                 baseline=None, tuning_split=None)  # fmt: skip
+    out, said = tmp_path / "cmp", []
+    plain = run_grid(grid, out, arms=["sum"], seeds=[0], say=lambda m: None)[0]
+    bam = run_grid(grid, out, arms=["bam"], seeds=[0], say=said.append)[0]
+    assert "same_run_as" not in bam and bam["metrics"]["eval_overall"] != plain["metrics"]["eval_overall"], "not the plain run's twin"
+    separate = run_grid(grid, out, arms=["separate"], seeds=[0], say=lambda m: None)[0]
+    cell = out / "runs" / "split1" / "bam" / "seed0"
+    for task in ("sst", "sts"):
+        teacher = json.loads((cell / "teachers" / task / "result.json").read_text())
+        mine = {k: v for k, v in teacher["metrics"].items() if k.startswith(f"eval_{task}_")}
+        assert mine and mine == {k: v for k, v in separate["metrics"].items() if k.startswith(f"eval_{task}_")}, (
+            "the teachers are separate's runs"
+        )
+        meta = json.loads((cell / "teacher_outputs" / f"{task}.json").read_text())
+        assert not meta["teacher"].startswith("/") and meta["examples"] > 0, "the committed cache names no machine's folder"
+    assert bam["metrics"]["teacher_seconds"] > 0 and [m for m in said if "teacher" in m] == [
+        "bam: seed 0, split 1: teacher sst (separate's run)",
+        "bam: seed 0, split 1: teacher sts (separate's run)",
+    ]
+    # a fresh clone: the results and the cache, no run folders; the cell runs again without any teacher
+    for path in [cell / "result.json", cell / "run", *(cell / "teachers").glob("*/run")]:
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    said.clear()
+    again = run_grid(grid, out, arms=["bam"], seeds=[0], say=said.append)[0]
+    assert said == ["bam: seed 0, split 1"] and again["metrics"]["teacher_seconds_sst"] == 0.0
+    assert again["metrics"]["eval_overall"] == bam["metrics"]["eval_overall"]
+    with pytest.raises(GridError, match="'teachers_from' must name a single_task arm"):
+        _grid(tiny_backbone, tiny_data, arms={"sum": {"args": []}, "bam": {"args": [], "teachers_from": "sum"}}, baseline=None,
+              reference=None, tuning_split=None)  # fmt: skip
