@@ -23,12 +23,13 @@ from .encoding import TEACHER_COLUMN
 from .fsdp import fsdp2_wrap_classes, gather_full_model
 from .lr_groups import learning_rate_factors, split_param_groups
 from .mixing import WINDOW_KEY
-from .surgery import Aggregator, LossWeighting, get_aggregator
+from .surgery import Aggregator, LossWeighting, Mean, Sum, get_aggregator
 from .surgery.engine import GradientEngine, ReplicatedEngine, ShardedEngine, ddp_collectives, trainable_signature
 from .tasks import member_tasks, metric_groups
 from .telemetry import ConflictTelemetryCallback, conflict_metrics
 from .trainer_checkpoints import _CheckpointMixin
 from .trainer_evaluation import _EvaluationMixin
+from .trainer_loss_weighting import SummedLoss, _LossWeightingMixin
 from .trainer_schedule import _ScheduleMixin
 from .training_args import MultitaskTrainingArguments, aggregator_kwargs
 
@@ -45,7 +46,7 @@ class _AfterOptimizerStep(TrainerCallback):
         self.trainer.optimizer_step_done()
 
 
-class MultitaskTrainer(_ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Trainer):
+class MultitaskTrainer(_LossWeightingMixin, _ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Trainer):
     """A `Trainer` for :class:`~hf_multitask.MultitaskModel` with gradient surgery.
 
     Args:
@@ -130,8 +131,10 @@ class MultitaskTrainer(_ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Train
                 "its per-task gradients come from torch.autograd.grad, which torch's reentrant checkpointing refuses. "
                 "Leave use_reentrant out (the default is False: same memory saving, same update)"
             )
-        # the step strategy, chosen once: one weighted backward, or per-task gradients and surgery
-        self._method_step = self._loss_weighting_step if isinstance(self.aggregator, LossWeighting) else self._surgery_step
+        # sum and mean need no per-task gradient: one backward of the summed loss, except on telemetry steps (one
+        # process, or DDP for sum; the sharded engine's FSDP2 path keeps the per-task step)
+        self._summed = (SummedLoss(0) if isinstance(self.aggregator, (Sum, Mean)) and not self._fsdp2()
+                        and not (isinstance(self.aggregator, Mean) and args.world_size > 1) else None)  # fmt: skip
         self.telemetry: ConflictTelemetryCallback | None = None
         if args.telemetry_steps > 0:
             self.telemetry = ConflictTelemetryCallback(args.telemetry_steps)
@@ -322,87 +325,20 @@ class MultitaskTrainer(_ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Train
                 )
         return losses
 
-    def _loss_weighting_step(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-        """A :class:`~hf_multitask.surgery.LossWeighting`: one backward of ``sum_i w_i L_i``
-        per micro-batch, no per-task gradient buffer. The method sees the losses averaged over
-        DDP ranks, so its weights and state are the same on every rank (see
-        :mod:`hf_multitask.surgery.loss_weighting` for the call order)."""
-        core = self.accelerator.unwrap_model(model)
-        accumulation = self._accumulation(inputs)
-        unlabelled = self._without_labels(core, inputs)
-        inputs = self._prepare_inputs(inputs) if inputs else inputs
-        tasks = self._train_tasks()
-        method = self.aggregator
-        if self._lw_weights is None:
-            method.begin_step(tasks)
-            self._lw_weights = {}
-        losses: dict[str, torch.Tensor] = {}
-        for task, batch in inputs.items():
-            if task not in tasks:
-                raise KeyError(f"Batch for task {task!r}, which has no training data here; training tasks are {tasks}")
-            if task in unlabelled:
-                continue  # partial labels: no label of this task in the batch
-            losses[task] = self._task_loss(core, task, batch)
-            first = batch.get("input_ids")
-            self._lw_counts[task] = self._lw_counts.get(task, 0) + (int(first.shape[0]) if first is not None else 1)
-        if losses:
-            names = list(losses)
-            values = torch.stack([v.detach().double() for v in losses.values()])
-            if method.uses_losses:
-                values = self._mean_over_ranks(tasks, names, values)
-            w = method.micro_weights(names, values).tolist()
-            self._lw_weights.update(zip(names, w))
-            total = sum(wi * losses[t] for wi, t in zip(w, names))
-            self.accelerator.backward(total / accumulation)
-        if not self.accelerator.sync_gradients:
-            return torch.zeros((), device=self.args.device)
-        if self.args.world_size > 1:  # the forwards ran on the unwrapped module: average the gradients ourselves
-            params = [p for p in core.parameters() if p.requires_grad]
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            flat = self.accelerator.reduce(torch.cat([g.reshape(-1).float() for g in grads]), reduction="mean")
-            offset = 0
-            for p in params:
-                p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
-                offset += p.numel()
-        step_losses = self._check_finite_losses()
-        names = list(step_losses)
-        if names:
-            values = torch.stack([step_losses[t].double() for t in names])
-            if self.args.world_size > 1:
-                values = self._mean_over_ranks(tasks, names, values)
-            if bool(torch.isfinite(values).all()):  # observed once the optimizer step is known to have happened
-                self._pending_observe = (names, values)
-        counts = {t: n * self.args.world_size for t, n in self._lw_counts.items()}
-        self._pending_step = counts
-        objective = torch.zeros((), device=self.args.device)
-        for t, loss in step_losses.items():
-            objective = objective + self._lw_weights[t] * loss
-            self._task_loss_log.setdefault(t, []).append(loss)
-            self._task_weight_log.setdefault(t, []).append(self._lw_weights[t])
-        self._lw_weights, self._lw_counts = None, {}
-        self._step_losses, self._step_loss_batches = {}, {}
-        return objective
-
-    def _mean_over_ranks(
-        self, tasks: list[str], names: list[str], values: torch.Tensor, weights: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Per-task mean of ``values`` over the DDP ranks (weighted by ``weights``, e.g. sample
-        counts; 1 per rank that has the task when None). The identity in one process."""
-        if self.args.world_size <= 1:
-            return values
-        idx = [tasks.index(t) for t in names]
-        w = torch.ones(len(names), dtype=torch.float64) if weights is None else weights.double()
-        buf = torch.zeros(2, len(tasks), dtype=torch.float64, device=self.args.device)
-        buf[0, idx] = (values.double() * w).to(buf)
-        buf[1, idx] = w.to(buf)
-        buf = self.accelerator.reduce(buf, reduction="sum")
-        return (buf[0, idx] / buf[1, idx]).cpu()
-
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()  # schedule-free optimizers
         return self._method_step(model, inputs)
+
+    def _method_step(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        """The step strategy: one weighted backward (a loss weighting; sum and mean unless the
+        step records telemetry), or per-task gradients and surgery."""
+        if isinstance(self.aggregator, LossWeighting):
+            return self._loss_weighting_step(model, inputs)
+        if self._summed is not None and not (self.telemetry is not None and self.telemetry.is_due(self.state.global_step + 1)):
+            return self._loss_weighting_step(model, inputs, self._summed)
+        return self._surgery_step(model, inputs)
 
     def _surgery_step(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         """A gradient :class:`~hf_multitask.surgery.Aggregator`: each task's gradient row into

@@ -246,3 +246,45 @@ def test_the_model_comes_aligned_with_its_tokenizer_so_the_trainer_changes_no_co
     assert {k: v for k, v in after.items() if k != "use_cache"} == before
     loaded = hm.MultitaskConfig.from_dict(before)
     assert loaded.pad_token_id == tokenizer.pad_token_id, "a saved config keeps it"
+
+
+@pytest.mark.parametrize("aggregator", ["sum", "mean"])
+@pytest.mark.parametrize("schedule, accumulation", [("round_robin", 1), ("annealed", 3)])
+def test_sum_and_mean_take_one_backward_and_end_with_the_weights_of_the_per_task_path(tmp_path, tokenizer, aggregator, schedule,
+                                                                                        accumulation):  # fmt: skip
+    """Issue 44: the summed and mean losses need no per-task gradient, so they train with one backward of
+    the summed loss (no surgery buffer is ever built) and end where the per-task path ends (that path still
+    runs on telemetry steps; every step here, in the reference run)."""
+    settings = dict(aggregator=aggregator, schedule=schedule, gradient_accumulation_steps=accumulation, max_steps=4)
+    fast = make_trainer(tmp_path / "fast", tokenizer, **settings)
+    fast.train()
+    assert fast._engine is None, "the one-backward path built the per-task buffer"
+    per_task = make_trainer(tmp_path / "rows", tokenizer, telemetry_steps=1, **settings)
+    per_task.train()
+    assert per_task._engine is not None
+    for (name, p), (_, q) in zip(fast.model.named_parameters(), per_task.model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+    def losses(trainer):
+        return [{k: v for k, v in r.items() if k.startswith("loss")} for r in trainer.state.log_history if "loss" in r]
+
+    logged, expected = losses(fast), losses(per_task)
+    assert [sorted(r) for r in logged] == [sorted(r) for r in expected] and len(logged) == 4
+    assert [r[k] for r in logged for k in sorted(r)] == pytest.approx([r[k] for r in expected for k in sorted(r)], rel=1e-5)
+    assert fast.task_steps == per_task.task_steps and fast.examples_seen == per_task.examples_seen
+    assert not any(k.startswith("weight/") for r in fast.state.log_history for k in r)
+
+
+def test_telemetry_steps_still_take_the_per_task_path_under_sum(tmp_path, tokenizer, monkeypatch):
+    trainer = make_trainer(tmp_path, tokenizer, aggregator="sum", telemetry_steps=3, max_steps=4)
+    surgery_steps = []
+    original = type(trainer)._surgery_step
+
+    def spy(self, model, inputs):
+        surgery_steps.append(self.state.global_step + 1)
+        return original(self, model, inputs)
+
+    monkeypatch.setattr(type(trainer), "_surgery_step", spy)
+    trainer.train()
+    assert surgery_steps == [1, 3]
+    assert [h["step"] for h in trainer.telemetry.history] == [1, 3]
