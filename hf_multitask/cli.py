@@ -2,7 +2,7 @@
 
     hf-multitask train [--config recipes/configs/X.yaml] [--key value ...]   (the recipe; --help lists every flag)
     hf-multitask predict --model DIR --input file.tsv --output out.jsonl [--tasks sst sts] [--batch_size 32]
-    hf-multitask tweeteval-test --model DIR --data-dir tweeteval/ --output-dir test/
+    hf-multitask tweeteval-test --model DIR --data-dir tweeteval/ --output-dir test/ [--dtype bfloat16]
 
 The input is a TSV/CSV file with a header holding ``text`` (and ``text_b`` for sentence pairs;
 an ``id`` column is kept), or a JSON-lines file whose lines are ``{"id": ..., "text": ...,
@@ -87,6 +87,8 @@ def _predict(args: argparse.Namespace) -> None:
         raise InputError(f"--model {args.model}: a {type(model).__name__}, not a MultitaskModel (the pipeline needs one)")
     pipe = model.pipeline(tokenizer, device=args.device)
     extra = {"tasks": args.tasks} if args.tasks else {}
+    if args.dtype is not None:
+        extra["autocast_dtype"] = args.dtype
     if args.max_length:
         extra["max_length"] = args.max_length
     out = Path(args.output)
@@ -128,11 +130,26 @@ def _tweeteval(args: argparse.Namespace) -> None:
     model, tokenizer = _load_model(args.model)
     try:
         written = write_test_predictions(model, tokenizer, args.data_dir, args.output_dir, tasks=args.tasks, max_length=args.max_length,
-                                         batch_size=args.batch_size, progress=not args.quiet)  # fmt: skip
+                                         batch_size=args.batch_size, progress=not args.quiet, dtype=args.dtype)  # fmt: skip
     except ValueError as err:  # a DataError too: one line on stderr, exit 2
         raise InputError(str(err)) from None
     for stem, path in sorted(written.items()):
         print(f"{stem}: {path}")
+
+
+DTYPE_HELP = "float32 (default) or bfloat16: predict under bf16 autocast (on a CPU it pays only with bf16 instructions)"
+
+
+def _dtype(name: str, device: str | None) -> Any:
+    """``--dtype``: None (fp32) or ``torch.bfloat16``, refused on a CPU without bf16 instructions."""
+    import torch
+
+    from .precision import check_cpu_bf16, parse_dtype
+
+    dtype = parse_dtype(name)
+    if dtype is not None and (str(device or "cpu").startswith("cpu") or not torch.cuda.is_available()):
+        check_cpu_bf16("--dtype bfloat16")
+    return dtype
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     pred.add_argument("--max_length", type=int, default=None)
     pred.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
+    pred.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     tweet = sub.add_parser("tweeteval-test", help="TweetEval test predictions in the official layout from a saved model")
     tweet.add_argument("--model", required=True, help="a saved hf-multitask model folder with TweetEval tasks (e.g. outputs/run/best)")
     tweet.add_argument("--data-dir", "--data_dir", dest="data_dir", required=True, help="the TweetEval folder (its test_text.txt files)")
@@ -162,9 +180,14 @@ def main(argv: list[str] | None = None) -> None:
     tweet.add_argument("--batch_size", type=int, default=64)
     tweet.add_argument("--max_length", type=int, default=64)
     tweet.add_argument("--quiet", action="store_true", help="no progress bar")
+    tweet.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch_size must be at least 1")
+    try:
+        args.dtype = _dtype(args.dtype, getattr(args, "device", None))
+    except ValueError as err:
+        parser.error(str(err))
     try:
         _tweeteval(args) if args.command == "tweeteval-test" else _predict(args)
     except (DataError, OSError) as err:

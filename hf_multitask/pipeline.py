@@ -13,6 +13,7 @@ import torch
 from transformers import Pipeline
 
 from .encoding import MultitaskCollator
+from .precision import autocast, parse_dtype
 
 __all__ = ["PIPELINE_TASK", "MultitaskPipeline", "register_multitask_pipeline"]
 
@@ -41,7 +42,8 @@ class MultitaskPipeline(Pipeline):
     (regression), ``[{"word", "tag", "score"}, ...]`` (token classification) and
     ``{"choice", "text", "score"}`` (multiple choice). ``tasks=[...]`` restricts the heads;
     ``batch_size`` (default 8), ``max_length`` and ``truncation`` follow pipeline conventions;
-    ``device=`` places the model. Sentence tasks that read the same single-sentence input with
+    ``device=`` places the model; ``autocast_dtype="bfloat16"`` runs it under bf16 autocast (on a CPU
+    this pays only with bf16 instructions, see :mod:`hf_multitask.precision`). Sentence tasks that read the same single-sentence input with
     the same encoding share one encoder pass (:meth:`MultitaskModel.forward_all`).
     """
 
@@ -59,15 +61,17 @@ class MultitaskPipeline(Pipeline):
             if isinstance(info, dict) and "pt" in info:
                 info["pt"] = [c if isinstance(c, str) else c.__name__ for c in info["pt"]]
 
-    def _sanitize_parameters(self, tasks=None, max_length=None, truncation=True, **kwargs):
-        pre = {}
+    def _sanitize_parameters(self, tasks=None, max_length=None, truncation=True, autocast_dtype=None, **kwargs):
+        pre, forward = {}, {}
         if tasks is not None:
             pre["tasks"] = list(tasks)
         if max_length is not None:
             pre["max_length"] = int(max_length)
         if truncation is False:
             pre["max_length"] = None
-        return pre, {}, {}
+        if autocast_dtype is not None:
+            forward["autocast_dtype"] = parse_dtype(autocast_dtype, "autocast_dtype") if isinstance(autocast_dtype, str) else autocast_dtype
+        return pre, forward, {}
 
     # --- the three pipeline stages, for one input -------------------------------------------
     def preprocess(self, item: Any, tasks: Sequence[str] | None = None, max_length: int | None = 512) -> dict[str, Any]:
@@ -106,19 +110,19 @@ class MultitaskPipeline(Pipeline):
 
     # --- batching ---------------------------------------------------------------------------
     def __call__(self, inputs: Any, *args: Any, batch_size: int | None = None, **kwargs: Any) -> Any:
-        pre, _, _ = self._sanitize_parameters(**kwargs)
-        pre = {**self._preprocess_params, **pre}
+        pre, forward, _ = self._sanitize_parameters(**kwargs)
+        pre, forward = {**self._preprocess_params, **pre}, {**self._forward_params, **forward}
         single = not isinstance(inputs, list)
         items = [inputs] if single else inputs
         size = int(batch_size or self._batch_size or 8)
         answers = []
         for start in range(0, len(items), size):
             prepared = [self.preprocess(item, **pre) for item in items[start : start + size]]
-            answers.extend(out["answers"] for out in self._forward_many(prepared))
+            answers.extend(out["answers"] for out in self._forward_many(prepared, forward.get("autocast_dtype")))
         return answers[0] if single else answers
 
     @torch.inference_mode()
-    def _forward_many(self, prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _forward_many(self, prepared: list[dict[str, Any]], dtype: torch.dtype | None = None) -> list[dict[str, Any]]:
         model = self.model
         model.eval()
         collate = MultitaskCollator(self.tokenizer.pad_token_id)
@@ -128,8 +132,9 @@ class MultitaskPipeline(Pipeline):
             for task in p["encoded"]:
                 by_task.setdefault(task, []).append(i)
         batches = {t: collate([prepared[i]["encoded"][t] for i in idx]) for t, idx in by_task.items()}
-        logits = model.forward_all({t: {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
-                                    for t, b in batches.items()})  # fmt: skip
+        with autocast(self.device, dtype):
+            logits = model.forward_all({t: {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+                                        for t, b in batches.items()})  # fmt: skip
         for task, idx in by_task.items():
             spec = model.get_task(task)
             host = {k: v for k, v in batches[task].items() if isinstance(v, torch.Tensor)}

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .encoding import MultitaskCollator
 from .metrics import compute_task_metrics, overall_score
+from .precision import autocast
 from .tasks import TaskSpec, metric_groups
 
 __all__ = ["TaskPredictions", "predict", "evaluate", "metrics_from_predictions", "write_predictions"]
@@ -40,6 +41,7 @@ def predict(
     batch_size: int = 64,
     progress: bool = True,
     by_length: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> TaskPredictions:
     """Run ``model`` on an encoded dataset (see :func:`~hf_multitask.encoding.encode_task`).
 
@@ -48,6 +50,8 @@ def predict(
     in file order); the returned ids, predictions and labels are in the dataset's order
     either way. A prediction can differ from the file-order one only in float rounding.
     Data that is not a :class:`datasets.Dataset` (a list of encoded rows) is batched as given.
+    ``dtype=torch.bfloat16`` runs the model under bf16 autocast (its weights stay as they are;
+    on a CPU it pays only with bf16 instructions, see :mod:`hf_multitask.precision`).
     """
     spec: TaskSpec = model.get_task(task)
     was_training = model.training
@@ -65,7 +69,8 @@ def predict(
         ids.extend(batch.pop("ids", []))
         gold = batch.get("labels")
         inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-        out = model(**inputs)
+        with autocast(device, dtype):
+            out = model(**inputs)
         logits = out.logits.float().cpu().numpy()
         host = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
         preds.append(spec.task_type.predictions(spec, logits, host))
@@ -95,17 +100,19 @@ def evaluate(
     progress: bool = True,
     predictions: dict[str, TaskPredictions] | None = None,
     by_length: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Metrics of every task plus ``overall`` (mean of normalised task scores).
 
     Keys are ``{task}_{metric}``, ``{task}_score`` and ``{task}_loss`` for each task, ``overall``
     and ``loss`` (the sum of the per-task mean losses).
     Pass a dict as ``predictions`` to get each task's :class:`TaskPredictions` as well;
-    ``by_length`` as for :func:`predict`.
+    ``by_length`` and ``dtype`` as for :func:`predict`.
     """
     outputs = {}
     for task, ds in datasets_by_task.items():
-        outputs[task] = predict(model, ds, task, pad_token_id=pad_token_id, batch_size=batch_size, progress=progress, by_length=by_length)
+        outputs[task] = predict(model, ds, task, pad_token_id=pad_token_id, batch_size=batch_size, progress=progress, by_length=by_length,
+                                dtype=dtype)  # fmt: skip
         if predictions is not None:
             predictions[task] = outputs[task]
     return metrics_from_predictions(model, outputs)

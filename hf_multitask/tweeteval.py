@@ -216,10 +216,12 @@ def write_test_predictions(
     max_length: int = 64,
     batch_size: int = 64,
     progress: bool = True,
+    dtype: Any = None,
 ) -> dict[str, Path]:
     """Predict the test text of every TweetEval task the model has (or ``tasks``) and write the
     official files into ``output_dir``: ``{task}.txt`` and ``stance/{target}.txt``, one label
-    index per line in ``test_text.txt`` order. Returns ``{file stem: path}``.
+    index per line in ``test_text.txt`` order. Returns ``{file stem: path}``. ``dtype``:
+    ``torch.bfloat16`` predicts under bf16 autocast (:func:`~hf_multitask.predict`).
 
     Each file is written whole to a temporary name, then renamed, so no half-written file is
     ever left behind."""
@@ -241,7 +243,8 @@ def write_test_predictions(
         inputs, files = test_inputs(spec, data_dir)
         config = model.expert(name).config if hasattr(model, "expert") else model.config  # a routed two-step model: its expert's
         encoded = encode_task(inputs, spec, tokenizer, pair_encoding=config.task_pair_encoding(spec), max_length=max_length)
-        labels = predict(model, encoded, name, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, progress=progress).predictions
+        labels = predict(model, encoded, name, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, progress=progress,
+                         dtype=dtype).predictions  # fmt: skip
         start = 0
         for stem, count in files:
             path = out / f"{stem}.txt"

@@ -117,3 +117,50 @@ def test_a_task_that_cannot_answer_is_an_error_naming_the_examples(folder, tmp_p
     status, err = _cli_in_process(capsys, "predict", "--model", folder, "--input", tsv, "--output", tmp_path / "o.jsonl", "--tasks", "para")
     assert status == 2 and "examples x..x" in err and "cannot answer" in err
     assert not list(tmp_path.glob("o.jsonl*")), "a run stopped half-way leaves no partial output"
+
+
+def test_predict_dtype_bfloat16_runs_under_autocast_and_agrees_with_fp32(folder, tmp_path, capsys, monkeypatch):
+    """Issue 44: `--dtype bfloat16` predicts under bf16 autocast (the pipeline's `autocast_dtype`), close
+    to fp32; a dtype it does not know, or bf16 on a CPU without bf16 instructions, is refused by flag."""
+    import torch
+
+    from hf_multitask import precision
+
+    tsv = tmp_path / "in.tsv"
+    tsv.write_text("id\ttext\n" + "".join(f"s{i}\t{s}\n" for i, s in enumerate(SENTENCES)))
+    seen = []
+    real = torch.autocast
+
+    def spy(device_type, dtype=None, **kw):
+        seen.append((device_type, dtype))
+        return real(device_type, dtype=dtype, **kw)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    outs = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / f"{dtype}.jsonl"
+        assert _cli_in_process(capsys, "predict", "--model", folder, "--input", tsv, "--output", out, "--quiet", "--dtype", dtype)[0] == 0
+        outs[dtype] = [json.loads(line)["answers"] for line in out.read_text().splitlines()]
+    assert seen and all(s == ("cpu", torch.bfloat16) for s in seen), "fp32 runs without autocast, bf16 under it"
+    for fp32, bf16 in zip(outs["float32"], outs["bfloat16"]):
+        assert fp32["score"]["value"] == pytest.approx(bf16["score"]["value"], abs=0.05)
+    status, err = _cli_in_process(capsys, "predict", "--model", folder, "--input", tsv, "--output", tmp_path / "x", "--dtype", "fp8")
+    assert status == 2 and "--dtype: unknown dtype 'fp8'" in err
+    monkeypatch.delenv(precision.ALLOW_SLOW_BF16)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda cpuinfo=None: False)
+    status, err = _cli_in_process(capsys, "predict", "--model", folder, "--input", tsv, "--output", tmp_path / "x", "--dtype", "bf16")
+    assert status == 2 and "--dtype bfloat16 on this CPU: it has no bf16 instructions" in err and not (tmp_path / "x").exists()
+
+
+def test_predict_and_evaluate_take_a_dtype(folder, tokenizer):
+    import torch
+
+    model = hm.MultitaskModel.from_pretrained(folder)
+    spec = model.get_task("senti")
+    data = hm.encode_task(
+        __import__("datasets").Dataset.from_dict({"id": ["a", "b"], spec.text_columns[0]: SENTENCES[:2]}), spec, tokenizer
+    )
+    fp32 = hm.predict(model, data, "senti", progress=False)
+    bf16 = hm.predict(model, data, "senti", progress=False, dtype=torch.bfloat16)
+    assert fp32.ids == bf16.ids and len(bf16.predictions) == 2
+    assert next(model.parameters()).dtype == torch.float32, "the weights stay fp32"
