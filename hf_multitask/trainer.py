@@ -143,6 +143,7 @@ class MultitaskTrainer(_LossWeightingMixin, _ScheduleMixin, _EvaluationMixin, _C
         self.add_callback(_AfterOptimizerStep(self))
         self._engine: GradientEngine | None = None
         self.last_predictions: dict[str, Any] = {}
+        self._evaluations = {}  # weights digest -> (metrics, predictions): evaluations reused by evaluate()
         self._reset_counters()
 
     def _refuse_parallelism(self) -> None:

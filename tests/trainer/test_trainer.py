@@ -288,3 +288,29 @@ def test_telemetry_steps_still_take_the_per_task_path_under_sum(tmp_path, tokeni
     trainer.train()
     assert surgery_steps == [1, 3]
     assert [h["step"] for h in trainer.telemetry.history] == [1, 3]
+
+
+def test_the_evaluation_after_training_reuses_the_kept_checkpoints_and_rescores_changed_weights(tmp_path, tokenizer, monkeypatch):
+    """Issue 44: the best checkpoint was scored when it was saved; evaluating it again after training
+    reuses that evaluation (metrics and predictions), and weights changed since are scored afresh."""
+    from hf_multitask import trainer_evaluation
+
+    calls = []
+    real = trainer_evaluation.evaluate_tasks
+    monkeypatch.setattr(trainer_evaluation, "evaluate_tasks", lambda *a, **k: calls.append(1) or real(*a, **k))
+    trainer = make_trainer(tmp_path, tokenizer, aggregator="sum", max_steps=6, eval_strategy="steps", eval_steps=2, save_strategy="steps",
+                           save_steps=2, load_best_model_at_end=True, metric_for_best_model="overall", learning_rate=3e-3)  # fmt: skip
+    trainer.train()
+    assert len(calls) == 3, "one evaluation per eval step"
+    evals = [r for r in trainer.state.log_history if "eval_overall" in r]
+    best = next(r for r in evals if r["step"] == int(trainer.state.best_model_checkpoint.rsplit("-", 1)[1]))
+    final = trainer.evaluate()
+    assert len(calls) == 3, "the kept checkpoint's weights were scored already"
+    assert {k: v for k, v in final.items() if k != "epoch"} == {k: v for k, v in best.items() if k.startswith("eval_")}
+    assert set(trainer.last_predictions) == {"sst", "quora", "sts"}
+    with torch.no_grad():
+        trainer.model.heads["sst"].net[-1].bias.add_(0.5)  # the weights change after the last evaluation
+    fresh = trainer.evaluate()
+    assert len(calls) == 4, "changed weights are scored afresh"
+    assert fresh["eval_sst_loss"] != final["eval_sst_loss"]
+    assert trainer.evaluate({"sst": trainer.eval_dataset["sst"]}) and len(calls) == 5, "other evaluation sets are always scored"
