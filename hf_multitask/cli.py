@@ -22,7 +22,7 @@ from typing import Any
 
 from .reading import BadRecord, DataError, iter_json_records, read_table
 
-__all__ = ["main", "read_inputs"]
+__all__ = ["build_parser", "main", "read_inputs"]
 
 
 class InputError(DataError):
@@ -158,6 +158,23 @@ def main(argv: list[str] | None = None) -> None:
         from .recipe import main as train
 
         return train(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch_size must be at least 1")
+    try:
+        args.dtype = _dtype(args.dtype, getattr(args, "device", None))
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        _tweeteval(args) if args.command == "tweeteval-test" else _predict(args)
+    except (DataError, OSError) as err:
+        print(f"hf-multitask: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``predict`` and ``tweeteval-test`` commands' parser (``train`` hands its flags to the recipe's)."""
     parser = argparse.ArgumentParser(prog="hf-multitask", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train with the recipe (every flag of recipes/train_pcgrad.py; `hf-multitask train --help`)")
@@ -181,18 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     tweet.add_argument("--max_length", type=int, default=64)
     tweet.add_argument("--quiet", action="store_true", help="no progress bar")
     tweet.add_argument("--dtype", default="float32", help=DTYPE_HELP)
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch_size must be at least 1")
-    try:
-        args.dtype = _dtype(args.dtype, getattr(args, "device", None))
-    except ValueError as err:
-        parser.error(str(err))
-    try:
-        _tweeteval(args) if args.command == "tweeteval-test" else _predict(args)
-    except (DataError, OSError) as err:
-        print(f"hf-multitask: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return parser
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -293,7 +293,9 @@ def load_text_label_files(
             first text column is given by ``extra_columns`` (e.g. a stance target).
         extra_columns: Constant values of other text columns, ``{column: value}``.
         id_prefix: Ids are ``f"{id_prefix}{line - 1}"`` (the 0-based line index).
-        strict / max_bad_fraction / limit: as in :func:`load_task_data`.
+        strict: As in :func:`load_task_data`.
+        max_bad_fraction: As in :func:`load_task_data`.
+        limit: As in :func:`load_task_data`.
     """
     texts, labels = read_lines(text_file), read_lines(label_file)
     if len(texts) != len(labels):

@@ -180,7 +180,9 @@ def attach_teachers(
             other training data, or by a teacher whose files differ, is refused with a
             :class:`DistillationError` naming it; a cache whose teacher folder is not there any
             more is used (its outputs stand in for the teacher), and the log says so.
-        pad_token_id, batch_size, progress: The teachers' pass.
+        pad_token_id: The tokenizer's padding id (the teachers' pass).
+        batch_size: Batch size of the teachers' pass.
+        progress: Show a progress bar per teacher.
 
     Returns ``(train, stats)``: ``stats`` has ``teacher_seconds`` (the whole pass) and
     ``teacher_seconds_{task}``, 0 for a task read from the cache.

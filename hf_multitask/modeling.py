@@ -404,10 +404,12 @@ class MultitaskModel(PreTrainedModel):
 
         Args:
             task: Name of one of the model's tasks.
-            input_ids, attention_mask, token_type_ids: The (first) sentence, or both
-                sentences joined for the ``"cross"`` pair encoding.
-            input_ids_b, attention_mask_b, token_type_ids_b: The second sentence for the
-                siamese ``"bi"`` / ``"cosine"`` encodings.
+            input_ids: The (first) sentence, or both sentences joined for the ``"cross"`` pair encoding.
+            attention_mask: Its attention mask.
+            token_type_ids: Its token type ids.
+            input_ids_b: The second sentence for the siamese ``"bi"`` / ``"cosine"`` encodings.
+            attention_mask_b: Its attention mask.
+            token_type_ids_b: Its token type ids.
             labels: Class indices (classification), float targets (regression), one tag per
                 token with -100 where ignored (token classification).
             word_mask: Token classification: 1 on each word's first sub-token (used by

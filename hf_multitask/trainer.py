@@ -63,8 +63,8 @@ class MultitaskTrainer(_LossWeightingMixin, _ScheduleMixin, _EvaluationMixin, _C
             loss before its gradient is taken (e.g. :class:`~hf_multitask.schemes.SmartRegularizer`);
             an ``update_ema(model)`` method on it is called after every optimizer step, and its
             ``state_dict()`` / ``load_state_dict()`` (if any) go into checkpoints.
-        Other keyword arguments go to ``transformers.Trainer`` (``compute_loss_func`` is refused:
-        the task heads compute the losses; use ``loss_hook``).
+        **kwargs: Go to ``transformers.Trainer`` (``compute_loss_func`` is refused: the task
+            heads compute the losses; use ``loss_hook``).
 
     Mixed precision: bf16 autocast (no scaler; a step whose gradients are not finite is
     skipped); fp16 with a GradScaler: per-task gradients stay loss-scaled (every aggregator

@@ -124,7 +124,7 @@ def test_no_module_over_the_line_budget(module):
 
 
 def _architecture_names(readme: str) -> tuple[set[str], dict[str, set[str]]]:
-    """The module files the README's "Architecture" section names: at the top level, and inside
+    """The module files the docs' "Architecture" section (``docs/architecture.md``) names: at the top level, and inside
     each ``sub/`` entry's parenthesised list (``compare/`` (``grid.py``, ...))."""
     section = readme.split("\n## Architecture\n", 1)[1].split("\n## ", 1)[0]
     packages: dict[str, set[str]] = {}
@@ -141,9 +141,9 @@ def _architecture_names(readme: str) -> tuple[set[str], dict[str, set[str]]]:
 
 
 def test_the_architecture_section_names_every_module():
-    """One reading path: each module of the package is named in the README's table, under its
+    """One reading path: each module of the package is named in the architecture page's table, under its
     subpackage, so a newcomer can find what owns what (``__init__``/``__main__`` excepted)."""
-    top, packages = _architecture_names((PACKAGE.parent / "README.md").read_text(encoding="utf-8"))
+    top, packages = _architecture_names((PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8"))
     missing = []
     for path in sorted(PACKAGE.rglob("*.py")):
         if path.name in ("__init__.py", "__main__.py"):
@@ -152,7 +152,7 @@ def test_the_architecture_section_names_every_module():
         named = top if len(parts) == 1 else packages.get(parts[0], set())
         if path.name not in named:
             missing.append("/".join(parts))
-    assert not missing, f"README's Architecture section does not name: {', '.join(missing)}"
+    assert not missing, f"docs/architecture.md's Architecture section does not name: {', '.join(missing)}"
 
 
 def test_the_architecture_check_reads_subpackage_lists():

@@ -98,7 +98,7 @@ def test_demo_command_runs_as_written_on_a_machine_without_shared(tmp_path):
 
 def _readme_section_code(title: str) -> list[str]:
 
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "guides" / "tasks.md").read_text()
     start = readme.index(f"\n## {title}\n")
     end = readme.index("\n## ", start + 1)
     blocks = readme[start:end].split("```python\n")[1:]

@@ -206,7 +206,7 @@ def test_the_weighted_pcgrad_config_readme_and_docstring_say_the_same_thing():
     repo = REPO
     comment = " ".join(line.lstrip("# ") for line in (repo / "recipes" / "configs" / "weighted_pcgrad.yaml").read_text().splitlines()
                        if line.startswith("#"))  # fmt: skip
-    readme = (repo / "README.md").read_text().splitlines()
+    readme = [line for page in sorted((repo / "docs").rglob("*.md")) for line in page.read_text().splitlines()]
     config_row = next(line for line in readme if line.startswith("| `weighted_pcgrad.yaml`"))
     method_row = next(line for line in readme if line.startswith("| `weighted_pcgrad` |"))
     doc = " ".join(WeightedPCGrad.__doc__.split())

@@ -1,4 +1,4 @@
-"""MultitaskTrainer honours every TrainingArguments field the README's "Trainer features" table
+"""MultitaskTrainer honours every TrainingArguments field the docs' "Trainer features" table (docs/guides/training.md)
 claims, and refuses the others at construction with a message that names the setting."""
 
 import math
@@ -184,8 +184,8 @@ def test_supported_training_argument_has_its_effect(field, tmp_path, tokenizer, 
 
 def test_readme_trainer_features_table_matches_the_tests():
 
-    readme = (REPO / "README.md").read_text()
-    table = readme[readme.index("### Trainer features") :]
+    readme = (REPO / "docs" / "guides" / "training.md").read_text()
+    table = readme[readme.index("## Trainer features") :]
     table = table[: table.index("\n\n", table.index("|---"))]
     supported = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `") and "| supported" in line}
     refused = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `") and "| refused" in line}

@@ -1,0 +1,164 @@
+"""Every code block in the README and in docs/ is run by a test, checked, or says why not.
+
+Each fenced block is preceded by a marker comment:
+
+- ``<!-- docs-test: run -->``: a Python block this module executes (from a scratch folder);
+- ``<!-- docs-test: run by PATH::TEST -->`` (or ``run by .ci/run``): run by that test, which must
+  exist (or by CI's script, which must contain the block's command);
+- ``<!-- docs-test: flags -->``: a shell block whose commands' flags are checked against the
+  parsers (the recipe's, ``hf-multitask predict`` / ``tweeteval-test``'s) and whose config files exist;
+- ``<!-- docs-test: not run (REASON) -->``: not run, and why.
+
+Whatever the marker, every Python block must compile and every name it takes from
+``hf_multitask`` must exist, and every recipe command in any shell block is flag-checked: a
+renamed flag or function breaks a test, not a reader.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+MARKER = re.compile(r"<!-- docs-test: (run|flags|run by (\S+)|not run \((.+)\)) -->")
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+RECIPE_COMMANDS = ("hf-multitask train", "accelerate launch recipes/train_pcgrad.py", "python recipes/train_pcgrad.py")
+
+
+def blocks() -> list[tuple[str, int, str, str, str | None]]:
+    """(page, line, language, code, marker) of every fenced block."""
+    found = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for match in FENCE.finditer(text):
+            before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
+            marker = MARKER.fullmatch(before.strip())
+            line = text[: match.start()].count("\n") + 1
+            found.append((str(page.relative_to(REPO)), line, match.group(1), match.group(2), marker.group(1) if marker else None))
+    return found
+
+
+BLOCKS = blocks()
+IDS = [f"{page}:{line}" for page, line, *_ in BLOCKS]
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=IDS)
+def test_every_block_says_how_it_is_checked(block):
+    page, line, _, code, marker = block
+    assert marker is not None, f"{page}:{line}: a code block without a <!-- docs-test: ... --> marker"
+    if marker.startswith("run by "):
+        target = marker[len("run by ") :]
+        if target == ".ci/run":
+            ci = (REPO / ".ci" / "run").read_text()
+            for command in (c.strip() for c in code.splitlines() if c.strip() and not c.startswith("#")):
+                assert command.split(" -e ")[0] in ci, f"{page}:{line}: .ci/run does not run {command!r}"
+            return
+        path, _, test = target.partition("::")
+        assert (REPO / path).is_file(), f"{page}:{line}: no test file {path}"
+        assert f"def {test}(" in (REPO / path).read_text(), f"{page}:{line}: {path} has no test {test}"
+
+
+def _hf_multitask_names(tree: ast.AST) -> list[tuple[str, str]]:
+    """(module, name) pairs a block takes from hf_multitask: imports and ``hm.<name>`` uses."""
+    aliases, used = {}, []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "hf_multitask":
+                    aliases[alias.asname or alias.name] = alias.name
+                    used.append((alias.name, ""))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "hf_multitask":
+            used.extend((node.module, alias.name) for alias in node.names)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            used.append((aliases[node.value.id], node.attr))
+    return used
+
+
+PYTHON = [b for b in BLOCKS if b[2] == "python"]
+
+
+@pytest.mark.parametrize("block", PYTHON, ids=[f"{p}:{n}" for p, n, *_ in PYTHON])
+def test_every_python_block_compiles_and_names_what_exists(block):
+    page, line, _, code, _ = block
+    tree = ast.parse(code, filename=f"{page}:{line}")
+    for module, name in _hf_multitask_names(tree):
+        mod = importlib.import_module(module)
+        if name:
+            assert hasattr(mod, name) or importlib.util.find_spec(f"{module}.{name}") is not None, (
+                f"{page}:{line}: {module} has no {name!r}"
+            )
+
+
+def _commands(code: str) -> list[list[str]]:
+    """The shell block's commands as token lists (comments dropped, continuation lines joined)."""
+    joined = re.sub(r"\\\n\s*", " ", code)
+    out = []
+    for raw in joined.splitlines():
+        raw = raw.split(" #", 1)[0].strip()
+        if raw and not raw.startswith("#"):
+            out.append(shlex.split(raw))
+    return out
+
+
+def _check_command(tokens: list[str], where: str) -> None:
+    from hf_multitask.cli import build_parser
+    from hf_multitask.recipe import RecipeParser
+
+    text = " ".join(tokens)
+    recipe = next((c for c in RECIPE_COMMANDS if text.startswith(c)), None)
+    if recipe is not None:
+        args = [t for t in tokens[len(recipe.split()) :] if t not in ("--help", "-h")]
+        _, unknown = RecipeParser().parse_known_args(args)
+        flags = [u for u in unknown if u.startswith("--")]
+        assert not flags, f"{where}: the recipe has no flag(s) {flags}: {text}"
+        for i, token in enumerate(args[:-1]):
+            if token == "--config":
+                assert (REPO / args[i + 1]).is_file(), f"{where}: no config file {args[i + 1]}"
+    elif text.startswith(("hf-multitask predict", "hf-multitask tweeteval-test")):
+        try:
+            build_parser().parse_args(tokens[1:])
+        except SystemExit:
+            pytest.fail(f"{where}: hf-multitask does not take: {text}")
+
+
+SHELL = [b for b in BLOCKS if b[2] in ("bash", "sh", "shell")]
+
+
+@pytest.mark.parametrize("block", SHELL, ids=[f"{p}:{n}" for p, n, *_ in SHELL])
+def test_every_shell_command_takes_the_flags_it_shows(block):
+    page, line, _, code, marker = block
+    commands = _commands(code)
+    checked = [c for c in commands if " ".join(c).startswith((*RECIPE_COMMANDS, "hf-multitask predict", "hf-multitask tweeteval-test"))]
+    if marker == "flags":
+        assert checked, f"{page}:{line}: marked 'flags' but holds no hf-multitask or recipe command"
+    for tokens in checked:
+        _check_command(tokens, f"{page}:{line}")
+
+
+def test_the_flag_check_catches_a_renamed_flag():
+    with pytest.raises(AssertionError, match=r"the recipe has no flag\(s\) \['--aggregater'\]"):
+        _check_command(shlex.split("hf-multitask train --aggregater pcgrad --max-steps 3"), "here")
+    with pytest.raises(pytest.fail.Exception, match="hf-multitask does not take"):
+        _check_command(shlex.split("hf-multitask predict --model m --input i --output o --batchsize 2"), "here")
+    tree = ast.parse("import hf_multitask as hm\nhm.MultitaskTrainr\n")
+    assert ("hf_multitask", "MultitaskTrainr") in _hf_multitask_names(tree)
+    assert not hasattr(importlib.import_module("hf_multitask"), "MultitaskTrainr")
+
+
+RUN = [b for b in BLOCKS if b[4] == "run"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", RUN, ids=[f"{p}:{n}" for p, n, *_ in RUN])
+def test_the_runnable_python_blocks_run(block, tmp_path, monkeypatch):
+    page, line, language, code, _ = block
+    assert language == "python", f"{page}:{line}: only Python blocks are run here"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, f"{page}:{line}", "exec"), {"__name__": "__docs__"})
