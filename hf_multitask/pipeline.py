@@ -32,7 +32,9 @@ class MultitaskPipeline(Pipeline):
 
     - a string: every single-text task answers (sentence classification/regression; taggers
       tag its whitespace-separated words);
-    - a pair ``(a, b)``: every sentence-pair task answers;
+    - a pair ``(a, b)``: every sentence-pair task answers; transformers' text-classification
+      convention works too, ``{"text": a}`` and ``{"text": a, "text_pair": b}`` (unless a task of
+      the model is called ``text`` or ``text_pair``: then the dict names tasks);
     - a dict ``{task: input}``: exactly those tasks, each with its own input (a string, a pair,
       a list of words, or ``{"context": ..., "choices": [...]}`` / ``(context, choices)`` for
       multiple choice).
@@ -79,6 +81,9 @@ class MultitaskPipeline(Pipeline):
         names = list(tasks) if tasks is not None else list(model.task_names)
         for t in names:
             model.get_task(t)
+        if isinstance(item, dict) and "text" in item and set(item) <= {"text", "text_pair"} and not set(item) & set(model.task_names):
+            # transformers' text-classification convention: {"text": a} is a single text, {"text": a, "text_pair": b} a pair
+            item = (item["text"], item["text_pair"]) if "text_pair" in item else item["text"]
         if isinstance(item, dict):
             unknown = [t for t in item if t not in model.task_names]
             if unknown:

@@ -168,8 +168,15 @@ def test_partial_labels_are_masked_never_filled(tokenizer):
             if p.grad is not None and n.startswith("heads."):
                 # the masked rows change nothing: the gradient is the labelled rows' alone
                 torch.testing.assert_close(full[n], p.grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=n, t=spec.name: f"{t} {n}: {m}")
-    scores = hm.evaluate(model, {"topic": hm.encode_task(data["topic"], TOPIC, tokenizer)}, pad_token_id=0, progress=False)
-    assert 0 <= scores["topic_accuracy"] <= 1, "metrics score the labelled rows only"
+    predictions = {}
+    scores = hm.evaluate(model, {"topic": hm.encode_task(data["topic"], TOPIC, tokenizer)}, pad_token_id=0, progress=False,
+                         predictions=predictions)  # fmt: skip
+    pred, gold = np.asarray(predictions["topic"].predictions), np.asarray(data["topic"]["label"])
+    labelled = gold != -100
+    assert labelled.sum() == 2
+    assert scores["topic_accuracy"] == pytest.approx(float(np.mean(pred[labelled] == gold[labelled]))), (
+        "metrics score the labelled rows only"
+    )
 
 
 def test_the_evaluation_loss_is_the_mean_over_the_labels_that_are_there(tokenizer):
@@ -204,3 +211,17 @@ def test_a_task_with_no_label_in_a_step_contributes_no_row(tmp_path, tokenizer):
     assert trainer.aggregator.last_info["tasks"] == ["mood"], "topic had no label in the step: no gradient row"
     assert all(p.grad is None or not p.grad.any() for p in model.task_parameters("topic")), "the masked head gets no gradient"
     assert any(p.grad is not None and p.grad.any() for p in model.task_parameters("mood"))
+
+
+def test_the_pipeline_takes_transformers_text_and_text_pair_convention(saved, tokenizer):
+    """A new user's first try, transformers' text-classification inputs, gives what the tuple and
+    the string give; where the model has a task called `text`, the dict names tasks as before."""
+    model, _ = saved
+    pipe = model.pipeline(tokenizer)
+    assert pipe({"text": "the cat runs", "text_pair": "a cat runs"}) == pipe(("the cat runs", "a cat runs"))
+    assert pipe({"text": SENTENCES[0]}) == pipe(SENTENCES[0])
+    assert pipe([{"text": s} for s in SENTENCES]) == pipe(SENTENCES)
+    named = hm.MultitaskModel(hm.MultitaskConfig(encoder_config=model.config.encoder_config,
+                                                 tasks=[hm.TaskSpec("text", "classification", num_labels=2, text_columns=("t",))]))  # fmt: skip
+    answer = named.pipeline(tokenizer)({"text": "the cat runs"})
+    assert set(answer) == {"text"}

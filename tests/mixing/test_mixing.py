@@ -183,9 +183,12 @@ def test_loader_pads_per_task_and_carries_loss_weights(tokenizer):
     data["sts"] = data["sts"].select(range(8))  # unequal sizes: loss weights differ from 1
     sampler = MultitaskStepSampler({t: len(d) for t, d in data.items()}, 4, schedule="gradient_compromise", num_epochs=2)
     step = next(iter(make_train_dataloader(data, sampler, tokenizer.pad_token_id)))
+    expected = sampler.schedule.loss_weights({t: len(d) for t, d in data.items()}, 0, 2)
+    assert len({round(w, 6) for w in expected.values()}) > 1 and all(w != 1.0 for w in expected.values())
     for task, batch in step.items():
         assert batch["input_ids"].shape[0] == batch["labels"].shape[0]
         assert batch["loss_weight"].ndim == 0
+        assert float(batch["loss_weight"]) == pytest.approx(expected[task]), f"{task}: the schedule's loss weight rides in the batch"
         if model.get_task(task).is_pair:
             assert "input_ids_b" in batch
 

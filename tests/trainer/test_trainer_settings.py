@@ -52,7 +52,12 @@ def _check_lr_scheduler_type(tmp_path, tokenizer):
 
 def _check_warmup_steps(tmp_path, tokenizer):
     lrs = _lrs(_trained(tmp_path, tokenizer, warmup_steps=2, lr_scheduler_type="constant_with_warmup"))
-    assert lrs[0] < lrs[2] == pytest.approx(1e-3)
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(1e-3)
+    # a float below 1 is a ratio of the run (transformers 5 folded warmup_ratio into warmup_steps): 0.5 of 4 steps is 2
+    ratio = _lrs(_trained(tmp_path / "ratio", tokenizer, warmup_steps=0.5, lr_scheduler_type="constant_with_warmup"))
+    assert ratio == pytest.approx(lrs)
+    longer = _lrs(_trained(tmp_path / "longer", tokenizer, warmup_steps=0.75, lr_scheduler_type="constant_with_warmup"))
+    assert longer[2] < longer[3] == pytest.approx(1e-3)
 
 
 def _check_weight_decay(tmp_path, tokenizer):
@@ -137,9 +142,31 @@ def _check_dataloader_settings(tmp_path, tokenizer):
 
 
 def _check_dataloader_drop_last(tmp_path, tokenizer):
-    # every batch is full (small tasks cycle), so drop_last has nothing to drop
-    trainer = _trained(tmp_path, tokenizer, dataloader_drop_last=True, per_device_train_batch_size=5)
-    assert trainer.examples_seen == {t: 4 * 5 for t in ("sst", "quora", "sts")}
+    # every batch is full (a task's examples cycle, 64 is no multiple of 5), so drop_last has nothing to drop either way
+    for drop in (True, False):
+        trainer = _trained(tmp_path / str(drop), tokenizer, dataloader_drop_last=drop, per_device_train_batch_size=5)
+        assert trainer.examples_seen == {t: 4 * 5 for t in ("sst", "quora", "sts")}, drop
+        assert all(b["input_ids"].shape[0] == 5 for step in _steps(trainer, 6) for b in step.values()), drop
+
+
+def _steps(trainer, n):
+    it = iter(trainer.get_train_dataloader())
+    return [next(it) for _ in range(n)]
+
+
+def _check_dataloader_pin_memory(tmp_path, tokenizer, monkeypatch):
+    # asked of the DataLoader only where there is a GPU to copy to (pinning on a CPU-only machine warns and does nothing)
+    from hf_multitask import trainer_schedule
+
+    asked, real = [], trainer_schedule.make_train_dataloader
+    monkeypatch.setattr(trainer_schedule, "make_train_dataloader", lambda *a, **k: asked.append(k["pin_memory"]) or real(*a, **k))
+    for flag, cuda in ((True, False), (True, True), (False, True)):
+        trainer = _trainer(tmp_path, tokenizer, dataloader_pin_memory=flag, use_cpu=False)  # built on this machine's device
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+            trainer.get_train_dataloader()
+    assert asked == [False, True, False]
+    assert not train_args(tmp_path, dataloader_pin_memory=True, use_cpu=True).dataloader_pin_memory, "use_cpu turns it off"
 
 
 def _check_include_num_input_tokens_seen(tmp_path, tokenizer, caplog):
@@ -169,17 +196,16 @@ SUPPORTED = {
     "activation_checkpointing": _check_activation_checkpointing,
     "dataloader_num_workers": _check_dataloader_settings,
     "dataloader_drop_last": _check_dataloader_drop_last,
+    "dataloader_pin_memory": _check_dataloader_pin_memory,
     "include_num_input_tokens_seen": _check_include_num_input_tokens_seen,
 }
 
 
 @pytest.mark.parametrize("field", sorted(SUPPORTED))
-def test_supported_training_argument_has_its_effect(field, tmp_path, tokenizer, caplog):
+def test_supported_training_argument_has_its_effect(field, tmp_path, tokenizer, caplog, monkeypatch):
     check = SUPPORTED[field]
-    if "caplog" in check.__code__.co_varnames:
-        check(tmp_path, tokenizer, caplog)
-    else:
-        check(tmp_path, tokenizer)
+    extra = {"caplog": caplog, "monkeypatch": monkeypatch}
+    check(tmp_path, tokenizer, *(extra[name] for name in check.__code__.co_varnames[2 : check.__code__.co_argcount]))
 
 
 def test_readme_trainer_features_table_matches_the_tests():
@@ -189,7 +215,7 @@ def test_readme_trainer_features_table_matches_the_tests():
     table = table[: table.index("\n\n", table.index("|---"))]
     supported = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `") and "| supported" in line}
     refused = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `") and "| refused" in line}
-    assert supported == set(SUPPORTED) | {"dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor"}
+    assert supported == set(SUPPORTED) | {"dataloader_persistent_workers", "dataloader_prefetch_factor"}
     assert refused == set(REFUSED_ARGS) | {"compute_loss_func", "deepspeed", "fsdp", "n_gpu > 1"}
 
 
@@ -454,6 +480,22 @@ def test_head_learning_rate_and_layer_lr_decay_set_each_parameters_step(tmp_path
         torch.testing.assert_close(
             after[name] - before[name], -1e-2 * factor * grads[name], rtol=1e-4, atol=1e-8, msg=lambda m, name=name: f"{name}: {m}"
         )
+    # every kind of task-owned parameter takes head_learning_rate: PALs and per-task LoRA as well as heads
+    adapted = deterministic_model(pal_tasks=["all"], pal_rank=8, pal_heads=2)
+    adapted.add_lora(r=4, per_task=True)
+    trainer = _trainer(tmp_path / "adapted", tokenizer, model=adapted, max_steps=1, optim="sgd", lr_scheduler_type="constant",
+                       max_grad_norm=0.0, learning_rate=1e-2, weight_decay=0.0, head_learning_rate=0.1, layer_lr_decay=0.5,
+                       aggregator="sum")  # fmt: skip
+    grads.clear()
+    trainer.add_callback(Grab())
+    before = _params(trainer.model)
+    trainer.train()
+    after = _params(trainer.model)
+    kinds = {"pal": [n for n in grads if ".pals." in n or n.startswith("pals.")], "lora": [n for n in grads if "lora" in n.lower()]}
+    assert all(kinds.values()), f"the model has PAL and per-task LoRA parameters with gradients: {kinds}"
+    for name in kinds["pal"] + kinds["lora"]:
+        torch.testing.assert_close(after[name] - before[name], -1e-2 * 10.0 * grads[name], rtol=1e-4, atol=1e-8,
+                                   msg=lambda m, name=name: f"{name}: {m}")  # fmt: skip
     with pytest.raises(ValueError, match="--layer_lr_decay must be in"):
         train_args(tmp_path, layer_lr_decay=0.0)
     with pytest.raises(ValueError, match="--head_learning_rate must be positive"):
