@@ -115,9 +115,13 @@ def _load_model(folder: str):
 
     import hf_multitask as hm
 
+    from .model_folders import ModelFolderError, check_model_folder
+
     model_dir = Path(folder)
-    if not (model_dir / "config.json").is_file():
-        raise InputError(f"--model {model_dir}: not a saved model folder (no config.json)")
+    try:
+        check_model_folder(model_dir)
+    except ModelFolderError as err:
+        raise InputError(f"--model: {err}") from None
     model = AutoModel.from_pretrained(model_dir)
     if not isinstance(model, (hm.MultitaskModel, hm.RoutedMultitaskModel)):
         raise InputError(f"--model {model_dir}: a {type(model).__name__}, not an hf-multitask model")

@@ -89,9 +89,12 @@ def load_teacher(folder: str | os.PathLike[str], task: str, student: Any) -> Any
     and vocabulary), in fp32 and eval mode; a :class:`DistillationError` says what does not fit."""
     from transformers import AutoModel
 
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise DistillationError(f"teacher of task {task!r}: {folder} is not a saved model folder (no config.json)")
+    from .model_folders import ModelFolderError, check_model_folder
+
+    try:
+        folder = check_model_folder(folder)
+    except ModelFolderError as err:
+        raise DistillationError(f"teacher of task {task!r}: {err}") from None
     teacher = AutoModel.from_pretrained(folder, dtype=torch.float32)
     if not hasattr(teacher, "get_task") or task not in _expert_config(teacher).task_names:
         have = _expert_config(teacher).task_names if hasattr(teacher, "get_task") else type(teacher).__name__

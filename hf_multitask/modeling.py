@@ -15,6 +15,7 @@ from transformers.utils import ModelOutput
 
 from .configuration import MultitaskConfig
 from .heads import AdjustmentMatrix, CosineHead
+from .model_folders import check_model_folder, is_local_folder
 from .pal import PALAdapter, PALRouter, attach_pal_hook, init_pal_linear, pal_attention_sites
 from .tasks import TaskSpec
 
@@ -99,6 +100,15 @@ class MultitaskModel(PreTrainedModel):
         self.post_init()
 
     # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained``; a local folder is checked first, so a damaged one
+        (weights cut short, a config that is not JSON, a missing shard) is one
+        :class:`~hf_multitask.model_folders.ModelFolderError` naming it."""
+        if is_local_folder(pretrained_model_name_or_path):
+            check_model_folder(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     @classmethod
     def from_encoder(
         cls,

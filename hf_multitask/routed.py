@@ -16,6 +16,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from .configuration import MultitaskConfig
+from .model_folders import check_model_folder, is_local_folder
 from .modeling import MultitaskModel, MultitaskOutput
 from .tasks import TaskSpec
 
@@ -100,6 +101,15 @@ class RoutedMultitaskModel(PreTrainedModel):
             raise ValueError("RoutedMultitaskConfig.expert_config is required")
         self.experts = nn.ModuleDict({name: MultitaskModel(config.expert_config) for name in config.experts})
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained``; a local folder is checked first, so a damaged one
+        (weights cut short, a config that is not JSON, a missing shard) is one
+        :class:`~hf_multitask.model_folders.ModelFolderError` naming it."""
+        if is_local_folder(pretrained_model_name_or_path):
+            check_model_folder(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
     def from_models(cls, specialised: dict[str, MultitaskModel], multitask: MultitaskModel | None = None) -> RoutedMultitaskModel:

@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from ..backbone import default_backbone
 from ..configuration import MultitaskConfig
+from ..model_folders import ModelFolderError, check_model_folder, is_local_folder
 from ..modeling import MultitaskModel
 from ..tasks import TaskSpec
 from .arguments import ModelArguments, RecipeError
@@ -81,6 +82,11 @@ def load_model(model_args: ModelArguments, specs: list[TaskSpec], max_length: in
     """The model and tokenizer of the run. ``--backbone`` is an encoder (fresh heads) or a saved
     multitask model (``out/best`` of an earlier run: its heads are kept, new tasks get heads)."""
     backbone = resolve_backbone(model_args.backbone)
+    if is_local_folder(backbone):
+        try:
+            check_model_folder(backbone)
+        except ModelFolderError as err:
+            raise RecipeError(f"--backbone: {err}") from None
     overrides = model_args.task_pair_encodings or {}
     specs = [TaskSpec.from_dict({**s.to_dict(), "pair_encoding": overrides[s.name]}) if s.name in overrides else s for s in specs]
     config = _backbone_config(backbone)
