@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ModelFolderError", "check_model_folder", "is_local_folder"]
+__all__ = ["CheckedFolderLoading", "ModelFolderError", "check_model_folder", "is_local_folder"]
 
 _SINGLE = ("model.safetensors", "pytorch_model.bin")
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -92,3 +92,18 @@ def check_model_folder(path: str | os.PathLike[str]) -> Path:
         raise ModelFolderError(f"model folder {folder}: no weights file ({' or '.join(_SINGLE)}, or a sharded index)")
     _check_weights(single[0], folder)
     return folder
+
+
+class CheckedFolderLoading:
+    """Mixin of the package's models (before ``PreTrainedModel`` in the bases): ``from_pretrained``
+    on a local folder checks it first (:func:`check_model_folder`), so a damaged folder is one
+    :class:`ModelFolderError` naming it."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained``; a local folder is checked first, so a damaged one
+        (weights cut short, a config that is not JSON, a missing shard) is one
+        :class:`~hf_multitask.model_folders.ModelFolderError` naming it."""
+        if is_local_folder(pretrained_model_name_or_path):
+            check_model_folder(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)

@@ -15,7 +15,7 @@ from transformers.utils import ModelOutput
 
 from .configuration import MultitaskConfig
 from .heads import AdjustmentMatrix, CosineHead
-from .model_folders import check_model_folder, is_local_folder
+from .model_folders import CheckedFolderLoading
 from .pal import PALAdapter, PALRouter, attach_pal_hook, init_pal_linear, pal_attention_sites
 from .tasks import TaskSpec
 
@@ -50,7 +50,7 @@ def _pad_right(x: torch.Tensor, length: int, value: int) -> torch.Tensor:
     return torch.cat([x, pad], dim=1)
 
 
-class MultitaskModel(PreTrainedModel):
+class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
     """A shared encoder with one head per task.
 
     Build one from a pretrained encoder with :meth:`from_encoder`, or load a saved
@@ -100,15 +100,6 @@ class MultitaskModel(PreTrainedModel):
         self.post_init()
 
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
-        """``PreTrainedModel.from_pretrained``; a local folder is checked first, so a damaged one
-        (weights cut short, a config that is not JSON, a missing shard) is one
-        :class:`~hf_multitask.model_folders.ModelFolderError` naming it."""
-        if is_local_folder(pretrained_model_name_or_path):
-            check_model_folder(pretrained_model_name_or_path)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-
     @classmethod
     def from_encoder(
         cls,

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from .configuration import MultitaskConfig
-from .model_folders import check_model_folder, is_local_folder
+from .model_folders import CheckedFolderLoading
 from .modeling import MultitaskModel, MultitaskOutput
 from .tasks import TaskSpec
 
@@ -81,7 +81,7 @@ class RoutedMultitaskConfig(PretrainedConfig):
         return list(self.specialised_tasks) + ([SHARED_EXPERT] if needs_shared else [])
 
 
-class RoutedMultitaskModel(PreTrainedModel):
+class RoutedMultitaskModel(CheckedFolderLoading, PreTrainedModel):
     """Per-task experts (each a :class:`MultitaskModel`) behind one ``forward(task=...)``.
 
     Build one with :meth:`from_models` from the models :func:`~hf_multitask.schemes.specialise`
@@ -101,15 +101,6 @@ class RoutedMultitaskModel(PreTrainedModel):
             raise ValueError("RoutedMultitaskConfig.expert_config is required")
         self.experts = nn.ModuleDict({name: MultitaskModel(config.expert_config) for name in config.experts})
         self.post_init()
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
-        """``PreTrainedModel.from_pretrained``; a local folder is checked first, so a damaged one
-        (weights cut short, a config that is not JSON, a missing shard) is one
-        :class:`~hf_multitask.model_folders.ModelFolderError` naming it."""
-        if is_local_folder(pretrained_model_name_or_path):
-            check_model_folder(pretrained_model_name_or_path)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
     def from_models(cls, specialised: dict[str, MultitaskModel], multitask: MultitaskModel | None = None) -> RoutedMultitaskModel:
