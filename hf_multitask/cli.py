@@ -157,6 +157,8 @@ def _dtype(name: str, device: str | None) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``hf-multitask``: ``train`` (the recipe), ``predict`` and ``tweeteval-test``; a bad input or
+    model folder ends in one line on stderr and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # the recipe owns its flags (HfArgumentParser): hand them over whole
         from .recipe import main as train

@@ -63,6 +63,7 @@ class RoutedMultitaskConfig(PretrainedConfig):
         return self.expert_config.task_names
 
     def get_task(self, name: str) -> TaskSpec:
+        """The :class:`~hf_multitask.TaskSpec` of ``name`` (a ``KeyError`` lists the tasks)."""
         return self.expert_config.get_task(name)
 
     @property
@@ -136,6 +137,7 @@ class RoutedMultitaskModel(CheckedFolderLoading, PreTrainedModel):
         return self.config.task_names
 
     def get_task(self, task: str) -> TaskSpec:
+        """The :class:`~hf_multitask.TaskSpec` of ``task`` (a ``KeyError`` lists the tasks)."""
         try:
             return self.config.get_task(task)
         except KeyError:

@@ -113,6 +113,7 @@ class TaskType:
 
     # --- the model ---------------------------------------------------------------------------
     def build_head(self, spec: TaskSpec, config: Any, hidden: int) -> nn.Module:
+        """The task's head (``config``: the :class:`~hf_multitask.MultitaskConfig`; ``hidden``: the encoder's width)."""
         raise NotImplementedError
 
     def logits(self, model: Any, spec: TaskSpec, inputs: dict[str, torch.Tensor | None]) -> torch.Tensor:
@@ -120,6 +121,7 @@ class TaskType:
         raise NotImplementedError
 
     def loss(self, spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The batch's mean loss in fp32 (missing labels, :meth:`missing_label`, left out)."""
         raise NotImplementedError
 
     def loss_terms(self, spec: TaskSpec, labels: torch.Tensor) -> int:
@@ -142,6 +144,7 @@ class TaskType:
         return False
 
     def logits_from_states(self, model: Any, spec: TaskSpec, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The logits from token ``states`` the encoder computed once for several tasks (when :meth:`shares_states`)."""
         raise NotImplementedError
 
     # --- distillation (BAM!'s teacher annealing, see hf_multitask.distillation) --------------

@@ -73,10 +73,12 @@ class ConflictTelemetryCallback(TrainerCallback):
         return step % self.every_n_steps == 0 or step == 1
 
     def record(self, step: int, metrics: dict[str, float]) -> None:
+        """Keep ``metrics`` of optimizer step ``step`` for the next log and in :attr:`history`."""
         self.pending = dict(metrics)
         self.history.append({"step": step, **metrics})
 
     def pop_pending(self) -> dict[str, float]:
+        """The metrics recorded since the last log (then none): the trainer adds them to its log."""
         pending, self.pending = self.pending, {}
         return pending
 

@@ -162,3 +162,40 @@ def test_the_runnable_python_blocks_run(block, tmp_path, monkeypatch):
     assert language == "python", f"{page}:{line}: only Python blocks are run here"
     monkeypatch.chdir(tmp_path)
     exec(compile(code, f"{page}:{line}", "exec"), {"__name__": "__docs__"})
+
+
+PUBLIC_MODULES = sorted(
+    line.split("::: ", 1)[1].strip() for page in (REPO / "docs" / "reference").glob("*.md") for line in page.read_text().splitlines()
+    if line.startswith("::: ")
+)  # fmt: skip
+
+
+def _undocumented(module_name: str) -> list[str]:
+    """Public classes, functions and methods of a module's ``__all__`` without a docstring (a
+    method that overrides a documented base method inherits its meaning and counts as documented)."""
+    import inspect
+
+    module = importlib.import_module(module_name)
+    missing = []
+    for name in getattr(module, "__all__", []):
+        obj = getattr(module, name, None)
+        if name.startswith("_"):
+            continue
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue
+        if not (obj.__doc__ or "").strip():
+            missing.append(name)
+        if inspect.isclass(obj):
+            for attr, value in vars(obj).items():
+                if attr.startswith("_") or not inspect.isfunction(value) or (value.__doc__ or "").strip():
+                    continue
+                inherited = any((getattr(getattr(base, attr, None), "__doc__", None) or "").strip() for base in obj.__mro__[1:])
+                if not inherited:
+                    missing.append(f"{name}.{attr}")
+    return missing
+
+
+@pytest.mark.parametrize("module", PUBLIC_MODULES)
+def test_every_public_name_of_the_reference_has_a_docstring(module):
+    assert PUBLIC_MODULES, "the reference pages name modules"
+    assert not _undocumented(module), f"{module}: no docstring (the reference would show nothing): {_undocumented(module)}"

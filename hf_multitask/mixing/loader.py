@@ -96,6 +96,7 @@ class MultitaskStepSampler(Sampler):
         self.accumulation = max(1, int(accumulation))
 
     def set_epoch(self, epoch: int) -> None:
+        """Plan ``epoch``'s steps next (the Trainer calls it at every epoch start)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:

@@ -121,9 +121,19 @@ class Schedule:
     def plan(
         self, epoch: int, num_epochs: int, sizes: Mapping[str, int], batch_sizes: Mapping[str, int], generator: torch.Generator
     ) -> list[list[Slot]]:
+        """The steps of one epoch: each a list of :class:`Slot` (task, examples, loss weight).
+
+        Args:
+            epoch: The epoch (0-based).
+            num_epochs: How many epochs the run has (annealed schedules follow it).
+            sizes: Each task's number of training examples.
+            batch_sizes: Each task's batch size.
+            generator: The seeded generator of any sampling.
+        """
         raise NotImplementedError
 
     def epochs_to_size(self, num_epochs: int) -> int:
+        """How many epochs to plan to find the longest one (1 unless epochs differ)."""
         return max(1, num_epochs)
 
     def max_steps_per_epoch(self, num_epochs: int, sizes: Mapping[str, int], batch_sizes: Mapping[str, int], world_size: int = 1) -> int:
@@ -188,6 +198,7 @@ class Sampled(Schedule):
         self.name = kind
 
     def steps(self, sizes, batch_sizes, world_size: int = 1) -> int:
+        """Steps per epoch: one batch per draw, as many as one pass over every task's data takes (``samples_per_task`` examples of each task when given), capped by ``steps_per_epoch``."""
         if self.samples_per_task is not None:
             steps = sum(math.ceil(self.samples_per_task / (batch_sizes[t] * world_size)) for t in sizes)
         else:
@@ -223,6 +234,7 @@ class GradientCompromise(Schedule):
         self.batches_per_step, self.normalize, self.steps_per_epoch = batches_per_step, normalize, steps_per_epoch
 
     def loss_weights(self, sizes: Mapping[str, int], epoch: int, num_epochs: int) -> dict[str, float]:
+        """Each task's loss weight in ``epoch`` (normalised to mean 1 over the tasks when ``normalize``)."""
         beta = compromise_beta(epoch, num_epochs)
         w = {t: float(n) ** -beta for t, n in sizes.items()}
         if self.normalize:

@@ -25,6 +25,7 @@ _NO_NETWORK_HINT = ("With no network, pass --backbone packaged (the offline Mini
 
 
 def resolve_backbone(name: str) -> str:
+    """``--backbone``: ``packaged`` is the offline MiniLM's folder; anything else is as given."""
     return default_backbone() if name == "packaged" else name
 
 

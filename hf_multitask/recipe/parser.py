@@ -66,6 +66,7 @@ class RecipeParser(HfArgumentParser):
         self.add_argument("--traceback", action="store_true", help="Show the full traceback of an error instead of one line")
 
     def parse(self, argv: list[str]) -> tuple[RecipeArguments, bool]:
+        """``argv`` as a :class:`RecipeArguments` (a ``--config`` file's keys first, the flags over them) and whether to show tracebacks."""
         argv, debug = _take_bare_debug(list(argv))
         early = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
         early.add_argument("--config", default=None)

@@ -69,9 +69,11 @@ class Phase:
     name = "phase"
 
     def runs(self, ctx: RecipeContext) -> bool:
+        """Whether the phase runs in this run (its flags are set; some phases skip on resume)."""
         raise NotImplementedError
 
     def run(self, ctx: RecipeContext) -> None:
+        """Do the phase's work on the shared context."""
         raise NotImplementedError
 
 

@@ -71,6 +71,7 @@ class EDA:
         self.rng = random.Random(seed)
 
     def synonyms(self, word: str) -> list[str]:
+        """The word's synonyms from the table (none for a stop word)."""
         return [s for s in (self._synonyms(word.lower()) or []) if s.lower() != word.lower()]
 
     @staticmethod
@@ -78,6 +79,7 @@ class EDA:
         return max(1, round(alpha * n)) if alpha > 0 and n > 0 else 0
 
     def synonym_replacement(self, words: list[str]) -> list[str]:
+        """EDA's SR: replace up to ``alpha_sr`` of the words by a synonym."""
         words = list(words)
         candidates = [i for i, w in enumerate(words) if self.synonyms(w)]
         self.rng.shuffle(candidates)
@@ -86,6 +88,7 @@ class EDA:
         return words
 
     def random_insertion(self, words: list[str]) -> list[str]:
+        """EDA's RI: insert a synonym of a random word at a random place, ``alpha_ri`` of the length times."""
         words = list(words)
         with_syn = [w for w in words if self.synonyms(w)]
         for _ in range(self._count(self.alpha_ri, len(words)) if with_syn else 0):
@@ -93,6 +96,7 @@ class EDA:
         return words
 
     def random_swap(self, words: list[str]) -> list[str]:
+        """EDA's RS: swap two random words, ``alpha_rs`` of the length times."""
         words = list(words)
         if len(words) < 2:
             return words
@@ -102,6 +106,7 @@ class EDA:
         return words
 
     def random_deletion(self, words: list[str]) -> list[str]:
+        """EDA's RD: delete each word with probability ``p_rd`` (never every word)."""
         if len(words) <= 1 or self.p_rd == 0:
             return list(words)
         kept = [w for w in words if self.rng.random() >= self.p_rd]

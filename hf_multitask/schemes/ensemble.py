@@ -47,6 +47,7 @@ class EnsembleModel(nn.Module):
         return self.members[0].config
 
     def get_task(self, task: str) -> TaskSpec:
+        """The :class:`~hf_multitask.TaskSpec` of ``task`` (the members share their tasks)."""
         return self.config.get_task(task)
 
     def forward(self, task: str, labels: torch.Tensor | None = None, **inputs: Any) -> MultitaskOutput:

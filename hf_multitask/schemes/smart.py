@@ -94,6 +94,7 @@ class SmartRegularizer:
         return (ids.shape[0], ids.shape[1], hidden)
 
     def adversarial_loss(self, model: nn.Module, task: str, batch: dict[str, Any], logits: torch.Tensor) -> torch.Tensor:
+        """SMART's smoothness term: the symmetric divergence of the logits under the adversarial embedding noise."""
         spec = model.get_task(task)
         if batch["input_ids"].dim() != 2:
             raise ValueError(
@@ -111,6 +112,7 @@ class SmartRegularizer:
         return symmetric_divergence(spec, adv, logits, _token_mask(spec, batch))
 
     def bregman(self, model: nn.Module, task: str, batch: dict[str, Any], logits: torch.Tensor) -> torch.Tensor:
+        """SMART's Bregman proximal term: the divergence from the EMA teacher's logits."""
         with torch.no_grad():
             teacher = self.ema(task=task, **batch).logits
         spec = model.get_task(task)
@@ -126,6 +128,7 @@ class SmartRegularizer:
 
     @torch.no_grad()
     def update_ema(self, model: nn.Module) -> None:
+        """Move the EMA teacher towards ``model`` (the trainer calls it after every optimizer step)."""
         if self.ema is None:
             return
         for p_ema, p in zip(self.ema.parameters(), model.parameters()):
@@ -137,6 +140,7 @@ class SmartRegularizer:
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the EMA teacher :meth:`state_dict` saved (on resume)."""
         saved = state.get("ema")
         if (saved is None) != (self.ema is None):
             raise ValueError("SMART state: the checkpoint's EMA teacher does not match this regulariser (mu > 0 in one only)")
@@ -148,4 +152,5 @@ class SmartRegularizer:
                 p.copy_(value)
 
     def remove(self) -> None:
+        """Detach the embedding hook from the model."""
         self._handle.remove()

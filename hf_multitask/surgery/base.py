@@ -84,9 +84,11 @@ class SeededMethod:
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def state_dict(self) -> dict[str, Any]:
+        """The method's state (its generator; subclasses add theirs), saved with every checkpoint."""
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (on resume)."""
         self.generator.set_state(state["generator"])
 
 
@@ -118,6 +120,13 @@ class Aggregator(SeededMethod):
         self.last_info: dict[str, Any] = {}
 
     def weights(self, gram: torch.Tensor, counts: torch.Tensor | None, tasks: Sequence[str]) -> torch.Tensor:
+        """The method's rule: float64 weights ``w`` (one per row) of the update ``w @ grads``.
+
+        Args:
+            gram: The ``(T, T)`` Gram matrix ``G = grads @ grads.T`` of the step's task rows (float64).
+            counts: Each row's number of samples, or None.
+            tasks: The rows' task names, in order.
+        """
         raise NotImplementedError
 
     def __call__(
