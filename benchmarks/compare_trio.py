@@ -75,6 +75,8 @@ GRID = {
         # round-robin batches (one pass, no checkpoint choice, so `sum` is the symmetric arm) and STS's own model
         ["primary_sts", "sum"],
         ["primary_sts", "separate"],
+        ["bam", "separate"],
+        ["bam", "sum_tuned"],
     ],  # fmt: skip
     "arms": {
         # three single-task models, each one pass over its data (10 % warm-up, as the stock-Trainer baseline had)
@@ -102,6 +104,9 @@ GRID = {
         # loss and the primary-aware aggregators on round-robin batches, STILTs (150 steps of SST + QQP, then the
         # pass over STS alone) and multitask-then-fine-tune (100 steps of STS alone after the multitask pass)
         "primary_sts": {"primary": ["sts"], "candidates": primary_candidates("sts", ROUND_ROBIN, 150, 100)},
+        # issue 42, BAM!: the tuned summed loss's recipe, each task distilled from the same seed's `separate` model with
+        # teacher annealing (the cell retrains the three teachers and commits their outputs)
+        "bam": {"args": ["--aggregator", "sum"], "choice_of": "sum_tuned", "teachers_from": "separate"},
     },
     "protocol": PROTOCOL,
 }
