@@ -1,7 +1,7 @@
 """Step time and memory of PCGrad vs summed-loss steps on the packaged MiniLM, 3 tasks (or 10, 20).
 
     python benchmarks/surgery_speed.py [--steps 8] [--batch 32] [--aggregator pcgrad[,famo,...]] [--tasks 3|10|20]
-        [--primary TASK]
+        [--primary TASK] [--distil]
 
 ``--tasks 10`` takes the TweetEval tasks with stance as five tasks, one per target (emoji,
 emotion, hate, irony, offensive, stance_abortion, ...); ``--tasks 20`` repeats each of those
@@ -14,6 +14,9 @@ Ways to take one optimizer step on identical batches (one batch of each task):
               ``--aggregator`` (comma-separated; pcgrad by default)
 Modes run interleaved (plain, sum, pcgrad, famo, plain, ...) in one process so machine noise
 hits them alike; ratios of medians are reported (``over_pcgrad`` too when pcgrad is timed).
+``--distil`` adds ``sum+distil`` and ``<agg>+distil``: the same steps on data carrying cached
+teacher outputs (issue 42's distillation; the teacher is the initial model, saved once), against
+which the distillation step cost (target <= 1.05x the same aggregator) is read.
 Peak RSS per mode comes from a fresh subprocess. The primary-task methods (``gradsim``,
 ``pcgrad_primary``, ``metabalance``) serve ``--primary`` (default: the first task).
 """
@@ -76,7 +79,7 @@ def tweeteval_tasks(tokenizer, count: int, limit: int) -> tuple[list, dict]:
     return specs, data
 
 
-def build(aggregator: str, batch: int):
+def build(aggregator: str, batch: int, distil: bool = False):
     backbone = hm.default_backbone()
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     torch.manual_seed(0)
@@ -86,6 +89,12 @@ def build(aggregator: str, batch: int):
     else:
         specs, data = tweeteval_tasks(tokenizer, TASKS, batch * 4)
         model = hm.MultitaskModel.from_encoder(backbone, tasks=specs)
+    if distil:  # the teacher of every task: the initial model, its outputs computed once and attached
+        from hf_multitask.distillation import attach_teachers
+
+        teacher = tempfile.mkdtemp()
+        model.save_pretrained(teacher)
+        data, _ = attach_teachers(data, dict.fromkeys(data, teacher), model, pad_token_id=tokenizer.pad_token_id, progress=False)
     args = hm.MultitaskTrainingArguments(
         output_dir=tempfile.mkdtemp(),
         per_device_train_batch_size=batch,
@@ -165,6 +174,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (both modes)")
     parser.add_argument("--tasks", type=int, default=3, choices=[3, 10, 20], help="3: the trio; 10 / 20: TweetEval tasks (see above)")
     parser.add_argument("--primary", default=None, help="the primary task of the primary-task methods (default: the first task)")
+    parser.add_argument("--distil", action="store_true", help="also time each method on data with cached teacher outputs")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     global DEVICE, BF16, TASKS, PRIMARY
@@ -176,6 +186,8 @@ def main() -> None:
 
     methods = [m for m in args.aggregator.split(",") if m not in ("plain", "sum")]
     trainers = {"plain": build("sum", args.batch), "sum": build("sum", args.batch), **{m: build(m, args.batch) for m in methods}}
+    if args.distil:
+        trainers.update({f"{m}+distil": build(m, args.batch, distil=True) for m in ("sum", *methods)})
     # the models start identical; batches are identical across modes
     batches = trainers["plain"][1]
     times: dict[str, list[float]] = {m: [] for m in trainers}
@@ -221,6 +233,9 @@ def main() -> None:
             "surgery_buffer_mb": buffers["bytes"] / 2**20,
             "extra_peak_rss_mb": round(mem[m]["peak_rss_during_steps_mb"] - mem["plain"]["peak_rss_during_steps_mb"], 1),
         }
+    for m in ("sum", *methods):
+        if f"{m}+distil" in med:  # distillation's cost: the same method on data with cached teacher outputs
+            report[f"{m}+distil"] = {"over_same_method": med[f"{m}+distil"] / med[m], "over_plain": med[f"{m}+distil"] / med["plain"]}
     buffers = _buffers_info(trainers["sum"][0])  # T and P are the same for every mode
     report.update(
         tasks=buffers["tasks"],
