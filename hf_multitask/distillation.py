@@ -199,7 +199,7 @@ def attach_teachers(
         dataset = train[task].remove_columns([TEACHER_COLUMN]) if TEACHER_COLUMN in train[task].column_names else train[task]
         data_key = data_fingerprint(dataset)
         cache = Path(cache_dir) / f"{task}.npz" if cache_dir is not None else None
-        teacher_key = teacher_fingerprint(folder) if folder.is_dir() or cache is None or not cache.is_file() else None
+        teacher_key = teacher_fingerprint(folder) if folder.is_dir() else None  # None: gone (a cache stands in, or loading says so)
         outputs = None
         if cache is not None and cache.is_file():
             outputs, meta = _load_cache(cache)
