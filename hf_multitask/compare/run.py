@@ -257,24 +257,38 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
     return result
 
 
-def teacher_flags(grid: Grid, arm: Arm, tasks: list[str], seed: int, split: int, folder: Path, say: Any) -> list[str]:
-    """A ``teachers_from`` cell's ``--teachers`` and ``--teacher_cache`` flags, after training
-    the teachers it lacks: the teacher arm's run of each task (same seed and split, no test
-    files) under ``folder/teachers/{task}``, unless that task's cached outputs are in
-    ``folder/teacher_outputs`` already. Paths are relative to the working directory, so the
-    committed cache names no machine's folders."""
+def teacher_plan(
+    grid: Grid, arm: Arm, tasks: list[str], seed: int, split: int, folder: Path
+) -> tuple[list[tuple[str, Path, list[str]]], list[str]]:
+    """A ``teachers_from`` cell's teachers still to train, as ``(task, folder, command)`` (the
+    teacher arm's run of each task, same seed and split, no test files, under
+    ``folder/teachers/{task}``, for each task whose cached outputs are not in
+    ``folder/teacher_outputs`` and whose teacher has not run), and the student's
+    ``--teachers`` / ``--teacher_cache`` flags. Paths are relative to the working directory, so
+    the committed cache names no machine's folders. Nothing is run."""
     source = grid.arm(arm.teachers_from)  # type: ignore[arg-type]
     cache = folder / "teacher_outputs"
-    teachers = {}
+    todo, teachers = [], {}
     for task in tasks:
         sub = folder / "teachers" / task
         if not (cache / f"{task}.npz").is_file() and not (sub / "run" / "best").is_dir():
-            say(f"{arm.name}: seed {seed}, split {split}: teacher {task} ({source.name}'s run)")
-            cmd = [*_recipe_cmd(grid, list(source.args), [task], seed, split, sub / "run"), "--test_predictions", "false"]
-            result = {**_run_one(cmd, sub / "run", sub / "log.txt"), **_identity(grid, list(source.args), [task])}
-            (sub / RESULT).write_text(json.dumps(result, indent=2))
+            todo.append(
+                (task, sub, [*_recipe_cmd(grid, list(source.args), [task], seed, split, sub / "run"), "--test_predictions", "false"])
+            )
         teachers[task] = os.path.relpath(sub / "run" / "best")
-    return ["--teachers", json.dumps(teachers), "--teacher_cache", os.path.relpath(cache)]
+    return todo, ["--teachers", json.dumps(teachers), "--teacher_cache", os.path.relpath(cache)]
+
+
+def teacher_flags(grid: Grid, arm: Arm, tasks: list[str], seed: int, split: int, folder: Path, say: Any) -> list[str]:
+    """A ``teachers_from`` cell's ``--teachers`` and ``--teacher_cache`` flags, after training
+    the teachers it lacks (:func:`teacher_plan`)."""
+    source = grid.arm(arm.teachers_from)  # type: ignore[arg-type]
+    todo, flags = teacher_plan(grid, arm, tasks, seed, split, folder)
+    for task, sub, cmd in todo:
+        say(f"{arm.name}: seed {seed}, split {split}: teacher {task} ({source.name}'s run)")
+        result = {**_run_one(cmd, sub / "run", sub / "log.txt"), **_identity(grid, list(source.args), [task])}
+        (sub / RESULT).write_text(json.dumps(result, indent=2))
+    return flags
 
 
 def tuned_args(grid: Grid, arm: Arm, out_dir: Path, say: Any = print) -> list[str]:

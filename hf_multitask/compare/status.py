@@ -22,6 +22,7 @@ from .run import (
     gathered,
     reported_args,
     same_run,
+    teacher_plan,
     tuning_folder,
 )
 
@@ -52,10 +53,15 @@ def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, f
         for where, run_tasks, primary in parts:
             if arm.single_task and finished_part(grid, args, run_tasks[0], where, gathering):
                 continue  # this task of a single-task arm has run (and its test files are there if gathered)
+            extra: list[str] = []
+            if arm.teachers_from and not arm.single_task:  # the teachers still to train, then the student with their flags
+                teachers, extra = teacher_plan(grid, arm, run_tasks, seed, split, where)
+                row["runs"] += len(teachers)
+                row["left"] += len(teachers)
+                row["resumable"] += sum(_resumable(sub / "run", cmd) is not None for _, sub, cmd in teachers)
             row["left"] += 1
-            row["resumable"] += (
-                _resumable(where / "run", _recipe_cmd(grid, args, run_tasks, seed, split, where / "run", primary)) is not None
-            )
+            cmd = [*_recipe_cmd(grid, args, run_tasks, seed, split, where / "run", primary), *extra]
+            row["resumable"] += _resumable(where / "run", cmd) is not None
     except GridError:
         row["edited"] = True
     return row

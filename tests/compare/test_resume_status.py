@@ -215,3 +215,32 @@ def test_running_some_seeds_records_the_whole_grid(fake, tmp_path):
     (tmp_path / "grid.json").write_text(json.dumps(spec))
     main(["run", str(tmp_path / "grid.json"), "--output-dir", str(tmp_path / "cli"), "--seeds", "0"])
     assert [p.name for p in (tmp_path / "cli" / "runs" / "split1" / "arm").iterdir()] == ["seed0"]
+
+
+def test_status_counts_a_distilled_cells_teachers_and_sees_its_student_resumable(fake, tmp_path, monkeypatch):
+    """A ``teachers_from`` cell is up to T + 1 runs (its teachers, then the student, whose command
+    carries the teacher flags): status once counted one run and never saw the student resumable."""
+    script = tmp_path / "fake_recipe.py"
+    spec = {"tasks": ["a", "b"], "seeds": [0], "splits": [1], "command": [sys.executable, str(script)],
+            "arms": {"separate": {"single_task": True, "args": ["--learning_rate", "0.5"]},
+                     "bam": {"args": ["--learning_rate", "0.3"], "teachers_from": "separate"}}}  # fmt: skip
+    grid, out = Grid.from_dict(spec), tmp_path / "cmp"
+    monkeypatch.chdir(tmp_path)  # the teacher flags are paths relative to the working directory, as in `run`
+
+    def bam_row():
+        (row,) = [r for r in status(grid, out) if r["kind"] == "run" and r["arm"] == "bam"]
+        return row["left"], row["resumable"]
+
+    assert bam_row() == (3, 0), "two teachers and the student"
+    monkeypatch.setenv("FAKE_DIE_AFTER", "2")  # the first teacher's run is killed after its second checkpoint
+    with pytest.raises(RuntimeError):
+        run_grid(grid, out, arms=["bam"], say=lambda m: None)
+    assert bam_row() == (3, 1), "teacher a can continue"
+    cache = out / "runs" / "split1" / "bam" / "seed0" / "teacher_outputs"
+    cache.mkdir(parents=True)
+    for task in ("a", "b"):  # the teachers' outputs are cached (as a committed cell's are): no teacher left to train
+        (cache / f"{task}.npz").write_bytes(b"")
+    assert bam_row() == (1, 0)
+    with pytest.raises(RuntimeError):  # now the student is killed after its second checkpoint
+        run_grid(grid, out, arms=["bam"], say=lambda m: None)
+    assert bam_row() == (1, 1), "the student can continue"
