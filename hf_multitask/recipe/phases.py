@@ -231,8 +231,10 @@ class SpecialisationPhase(Phase):
     With ``--specialise_keep better`` a task keeps its expert only where the expert's
     validation score beats the multitask model's on that task (the members of a metric group,
     e.g. stance's targets, decide together on the group's pooled score); the others route to
-    the multitask model. The run records ``specialise_kept`` (how many experts were kept) and
-    ``serving_parameters`` (the routed model's parameter count)."""
+    the multitask model. The run records ``specialise_kept`` (how many experts were kept),
+    ``serving_parameters`` (the routed model's parameter count) and ``experts_eval_*``, the
+    scores with every expert kept: the kept model's validation scores are chosen on the
+    validation set (each task takes the better of two), so only held-out data judges them."""
 
     name = "specialise"
 
@@ -254,6 +256,10 @@ class SpecialisationPhase(Phase):
         evaluate(route(specialised, multitask), {t: ctx.validation[t] for t in specialised}, pad_token_id=ctx.tokenizer.pad_token_id,
                  batch_size=args.per_device_eval_batch_size, progress=not args.disable_tqdm, predictions=predictions)  # fmt: skip
         kept = list(specialised)
+        # every expert's scores, before any is dropped: the kept model's validation scores are chosen on
+        # that validation set (a task takes the better of two), these are not
+        every = {t: predictions[t] if t in specialised else ctx.predictions[t] for t in ctx.validation}
+        experts = prefixed_metrics(metrics_from_predictions(route(specialised, multitask), every), args.primary_tasks)
         if special.specialise_keep == "better":
             kept = _better_experts(multitask, specialised, predictions, ctx.predictions)
             logger.info("two-step specialisation keeps the experts of %s (of %s)", kept, list(specialised))
@@ -265,6 +271,7 @@ class SpecialisationPhase(Phase):
         metrics["specialise_examples"] = sum(
             special.specialise_steps * int(sizes.get(t, args.per_device_train_batch_size)) * args.world_size for t in tasks
         )
+        metrics.update({f"experts_{k}": v for k, v in experts.items() if k.startswith("eval_")})
         metrics["specialise_kept"] = len(kept)
         metrics["serving_parameters"] = sum(p.numel() for p in routed.parameters())
         ctx.metrics = {**{f"multitask_{k}": v for k, v in ctx.metrics.items() if k.startswith("eval_")}, **ctx.metrics, **metrics}

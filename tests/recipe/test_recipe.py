@@ -218,6 +218,10 @@ def test_recipe_specialise_keep_better_keeps_only_the_experts_that_beat_the_mult
         source = every if task in expected else metrics
         assert metrics[f"eval_{task}_score"] == source[f"{'' if task in expected else 'multitask_'}eval_{task}_score"], task
     assert metrics["serving_parameters"] == sum(p.numel() for p in best.parameters())
+    # every expert's scores are recorded too (the kept model's are chosen on this validation set)
+    for task in tasks:
+        assert metrics[f"experts_eval_{task}_score"] == every[f"eval_{task}_score"], task
+    assert metrics["experts_eval_overall"] == every["eval_overall"] <= metrics["eval_overall"], "each task kept the better of two"
 
 
 def test_recipe_head_pretraining_eda_adjustment_and_lstm(tiny_backbone, tiny_data, tmp_path):
