@@ -18,7 +18,8 @@ Modes run interleaved in one process so machine noise hits them alike: in each r
 takes one untimed step (the switch from another mode's memory is paid there, not in the timed
 steps: in a real run a mode follows itself) and then one timed step on each of the 4 batches;
 the order of the modes rotates every round (plain, stock, sum, pcgrad; then stock, sum, pcgrad,
-plain; ...). ``--steps`` is rounded up to whole rounds. Ratios of medians are reported (``over_pcgrad`` too when pcgrad is timed).
+plain; ...). ``--steps`` is rounded up to whole rounds. Ratios of medians are reported
+(``over_pcgrad`` too when pcgrad is timed).
 ``--distil`` adds ``sum+distil`` and ``<agg>+distil``: the same steps on data carrying cached
 teacher outputs (issue 42's distillation; the teacher is the initial model, saved once), against
 which the distillation step cost (target <= 1.05x the same aggregator) is read.

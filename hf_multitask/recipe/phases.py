@@ -252,20 +252,25 @@ class SpecialisationPhase(Phase):
         multitask = ctx.trainer.model
         specialised = specialise(multitask, ctx.train, special_args, tasks=tasks, fresh_heads=special.specialise_fresh_heads,
                                  processing_class=ctx.tokenizer)  # fmt: skip
-        predictions: dict = {}
-        evaluate(route(specialised, multitask), {t: ctx.validation[t] for t in specialised}, pad_token_id=ctx.tokenizer.pad_token_id,
-                 batch_size=args.per_device_eval_batch_size, progress=not args.disable_tqdm, predictions=predictions)  # fmt: skip
+        every_expert = route(specialised, multitask)
+        expert_predictions: dict = {}
+        evaluate(every_expert, {t: ctx.validation[t] for t in specialised}, pad_token_id=ctx.tokenizer.pad_token_id,
+                 batch_size=args.per_device_eval_batch_size, progress=not args.disable_tqdm, predictions=expert_predictions)  # fmt: skip
         kept = list(specialised)
+        if special.specialise_keep == "better":
+            kept = _better_experts(multitask, specialised, expert_predictions, ctx.predictions)
+            logger.info("two-step specialisation keeps the experts of %s (of %s)", kept, list(specialised))
+
+        def scored(model: Any, experts: list[str]) -> tuple[dict, dict[str, float]]:
+            """The validation predictions and metrics of ``model``, whose experts are ``experts``."""
+            chosen = {t: expert_predictions[t] if t in experts else ctx.predictions[t] for t in ctx.validation}
+            return chosen, prefixed_metrics(metrics_from_predictions(model, chosen), args.primary_tasks)
+
+        routed = every_expert if kept == list(specialised) else route({t: specialised[t] for t in kept}, multitask)
+        predictions, metrics = scored(routed, kept)
         # every expert's scores, before any is dropped: the kept model's validation scores are chosen on
         # that validation set (a task takes the better of two), these are not
-        every = {t: predictions[t] if t in specialised else ctx.predictions[t] for t in ctx.validation}
-        experts = prefixed_metrics(metrics_from_predictions(route(specialised, multitask), every), args.primary_tasks)
-        if special.specialise_keep == "better":
-            kept = _better_experts(multitask, specialised, predictions, ctx.predictions)
-            logger.info("two-step specialisation keeps the experts of %s (of %s)", kept, list(specialised))
-        routed = route({t: specialised[t] for t in kept}, multitask)
-        predictions = {t: predictions[t] if t in kept else ctx.predictions[t] for t in ctx.validation}
-        metrics = prefixed_metrics(metrics_from_predictions(routed, predictions), args.primary_tasks)
+        experts = metrics if routed is every_expert else scored(every_expert, list(specialised))[1]
         metrics["specialise_seconds"] = time.perf_counter() - start
         sizes = args.task_batch_sizes or {}
         metrics["specialise_examples"] = sum(
