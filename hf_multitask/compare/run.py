@@ -244,10 +244,10 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
             result["resumed_from"] = resumed
         runs = [folder / task / "run" for task in tasks]
     else:
-        extra = teacher_flags(grid, arm, tasks, seed, split, folder, say) if arm.teachers_from else []
+        teachers, cmd = cell_plan(grid, args, arm, tasks, seed, split, folder)
+        _train_teachers(grid, arm, seed, split, teachers, say)
         say(f"{arm.name}: seed {seed}, split {split}")
-        result = _run_one([*_recipe_cmd(grid, args, tasks, seed, split, folder / "run", arm.primary), *extra], folder / "run",
-                          folder / "log.txt")  # fmt: skip
+        result = _run_one(cmd, folder / "run", folder / "log.txt")
         runs = [folder / "run"]
     if gather is not None and runs:
         _gather_test_predictions([run / "predictions" / "test" for run in runs], gather)
@@ -279,16 +279,26 @@ def teacher_plan(
     return todo, ["--teachers", json.dumps(teachers), "--teacher_cache", os.path.relpath(cache)]
 
 
-def teacher_flags(grid: Grid, arm: Arm, tasks: list[str], seed: int, split: int, folder: Path, say: Any) -> list[str]:
-    """A ``teachers_from`` cell's ``--teachers`` and ``--teacher_cache`` flags, after training
-    the teachers it lacks (:func:`teacher_plan`)."""
+def cell_plan(
+    grid: Grid, args: list[str], arm: Arm, tasks: list[str], seed: int, split: int, folder: Path
+) -> tuple[list[tuple[str, Path, list[str]]], list[str]]:
+    """A multitask cell's runs: the teachers it still has to train (:func:`teacher_plan`; none
+    unless the arm has ``teachers_from``), then its own command, with the teachers' flags. The one
+    place that command is built, for ``run`` and ``status`` alike (a resumable run is recognised
+    by its command). Nothing is run."""
+    teachers, flags = teacher_plan(grid, arm, tasks, seed, split, folder) if arm.teachers_from else ([], [])
+    return teachers, [*_recipe_cmd(grid, args, tasks, seed, split, folder / "run", arm.primary), *flags]
+
+
+def _train_teachers(grid: Grid, arm: Arm, seed: int, split: int, teachers: list[tuple[str, Path, list[str]]], say: Any) -> None:
+    """Train ``teachers`` (from :func:`cell_plan`), each run's result beside it."""
+    if not teachers:
+        return
     source = grid.arm(arm.teachers_from)  # type: ignore[arg-type]
-    todo, flags = teacher_plan(grid, arm, tasks, seed, split, folder)
-    for task, sub, cmd in todo:
+    for task, sub, cmd in teachers:
         say(f"{arm.name}: seed {seed}, split {split}: teacher {task} ({source.name}'s run)")
         result = {**_run_one(cmd, sub / "run", sub / "log.txt"), **_identity(grid, list(source.args), [task])}
         (sub / RESULT).write_text(json.dumps(result, indent=2))
-    return flags
 
 
 def tuned_args(grid: Grid, arm: Arm, out_dir: Path, say: Any = print) -> list[str]:

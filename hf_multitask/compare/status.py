@@ -18,11 +18,11 @@ from .run import (
     best_candidate,
     candidate_args,
     cell_folder,
+    cell_plan,
     finished_part,
     gathered,
     reported_args,
     same_run,
-    teacher_plan,
     tuning_folder,
 )
 
@@ -49,18 +49,17 @@ def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, f
         if args is None:
             row["left"] = row["runs"]
             return row
-        parts = [(folder / t, [t], None) for t in tasks] if arm.single_task else [(folder, tasks, arm.primary)]
-        for where, run_tasks, primary in parts:
+        parts = [(folder / t, [t]) for t in tasks] if arm.single_task else [(folder, tasks)]
+        for where, run_tasks in parts:
             if arm.single_task and finished_part(grid, args, run_tasks[0], where, gathering):
                 continue  # this task of a single-task arm has run (and its test files are there if gathered)
-            extra: list[str] = []
-            if arm.teachers_from and not arm.single_task:  # the teachers still to train, then the student with their flags
-                teachers, extra = teacher_plan(grid, arm, run_tasks, seed, split, where)
-                row["runs"] += len(teachers)
-                row["left"] += len(teachers)
-                row["resumable"] += sum(_resumable(sub / "run", cmd) is not None for _, sub, cmd in teachers)
-            row["left"] += 1
-            cmd = [*_recipe_cmd(grid, args, run_tasks, seed, split, where / "run", primary), *extra]
+            if arm.single_task:
+                teachers, cmd = [], _recipe_cmd(grid, args, run_tasks, seed, split, where / "run")
+            else:  # its teachers still to train (a teachers_from arm), then the run with their flags
+                teachers, cmd = cell_plan(grid, args, arm, run_tasks, seed, split, where)
+            row["runs"] += len(teachers)
+            row["left"] += len(teachers) + 1
+            row["resumable"] += sum(_resumable(sub / "run", sub_cmd) is not None for _, sub, sub_cmd in teachers)
             row["resumable"] += _resumable(where / "run", cmd) is not None
     except GridError:
         row["edited"] = True
