@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .encoding import MODEL_INPUT_KEYS, TEACHER_COLUMN, MultitaskCollator
+from .predict import length_order, unsort
 
 __all__ = ["DistillationError", "attach_teachers", "data_fingerprint", "teacher_fingerprint", "teacher_outputs", "load_teacher"]
 
@@ -116,7 +117,7 @@ def teacher_outputs(teacher: Any, dataset: datasets.Dataset, task: str, *, pad_t
     its task type keeps them (:meth:`~hf_multitask.TaskType.teacher_outputs`): one batched pass,
     examples batched by length."""
     spec = teacher.get_task(task)
-    order = np.argsort(spec.task_type.lengths(dataset), kind="stable")
+    order = length_order(spec, dataset)
     columns = [c for c in MODEL_INPUT_KEYS if c in dataset.column_names]
     collate = MultitaskCollator(pad_token_id, task=task)
     loader = DataLoader(dataset.select_columns(columns).select(order), batch_size=batch_size, shuffle=False, collate_fn=collate)
@@ -126,10 +127,7 @@ def teacher_outputs(teacher: Any, dataset: datasets.Dataset, task: str, *, pad_t
         inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         logits = teacher(**inputs).logits.float().cpu().numpy()
         out.extend(spec.task_type.teacher_outputs(spec, logits, {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}))
-    ordered: list[np.ndarray] = [None] * len(out)  # type: ignore[list-item]
-    for position, index in enumerate(order):
-        ordered[int(index)] = out[position]
-    return ordered
+    return [out[position] for position in unsort(order)]
 
 
 def _save_cache(path: Path, outputs: list[np.ndarray], meta: dict[str, Any]) -> None:

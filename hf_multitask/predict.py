@@ -31,6 +31,20 @@ class TaskPredictions:
     loss: float | None = None  # the task's mean loss over all its labels (TaskType.loss_terms), when it has any
 
 
+def length_order(spec: TaskSpec, dataset: datasets.Dataset) -> np.ndarray:
+    """The indices of ``dataset`` in order of token count (stable: ties keep the file order), the
+    order :func:`predict` and the teacher pass batch in, so a batch pads little."""
+    return np.argsort(spec.task_type.lengths(dataset), kind="stable")
+
+
+def unsort(order: np.ndarray) -> np.ndarray:
+    """Where each example went in ``order``: ``unsort(order)[j]`` is the position example ``j``
+    was batched at, so ``outputs[unsort(order)]`` puts outputs back in the dataset's order."""
+    where = np.empty_like(order)
+    where[order] = np.arange(len(order))
+    return where
+
+
 @torch.inference_mode()
 def predict(
     model: torch.nn.Module,
@@ -57,7 +71,7 @@ def predict(
     was_training = model.training
     model.eval()
     sortable = by_length and isinstance(dataset, datasets.Dataset) and len(dataset) > batch_size  # else: as given
-    order = np.argsort(spec.task_type.lengths(dataset), kind="stable") if sortable else None
+    order = length_order(spec, dataset) if sortable else None
     collate = MultitaskCollator(pad_token_id, task=task, keep_ids=True)
     loader = DataLoader(dataset if order is None else dataset.select(order), batch_size=batch_size, shuffle=False, collate_fn=collate)
     device = next(model.parameters()).device
@@ -83,9 +97,8 @@ def predict(
     model.train(was_training)
     predictions = np.concatenate(preds) if preds else np.zeros(0)
     gold_all = np.concatenate(labels) if labels else None
-    if order is not None:  # back to the dataset's order: example j was batched at position where[j]
-        where = np.empty_like(order)
-        where[order] = np.arange(len(order))
+    if order is not None:  # back to the dataset's order
+        where = unsort(order)
         predictions, gold_all = predictions[where], (None if gold_all is None else gold_all[where])
         ids = [ids[k] for k in where] if ids else ids
     return TaskPredictions(task=task, ids=ids, predictions=predictions, labels=gold_all, loss=loss_sum / loss_n if loss_n else None)
