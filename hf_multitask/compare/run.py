@@ -226,7 +226,7 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
                 say(f"{arm.name} / {task}: seed {seed}, split {split} has a result but no run folder for its test "
                     "predictions: running it again")  # fmt: skip
             say(f"{arm.name} / {task}: seed {seed}, split {split}")
-            parts[task] = _run_one(_recipe_cmd(grid, args, [task], seed, split, sub / "run"), sub / "run", sub / "log.txt")
+            parts[task] = _run_one(cell_plan(grid, args, arm, [task], seed, split, sub)[1], sub / "run", sub / "log.txt")
             parts[task].update(_identity(grid, args, [task]))
             (sub / RESULT).write_text(json.dumps(parts[task], indent=2))
         metrics: dict[str, float] = {}
@@ -282,10 +282,12 @@ def teacher_plan(
 def cell_plan(
     grid: Grid, args: list[str], arm: Arm, tasks: list[str], seed: int, split: int, folder: Path
 ) -> tuple[list[tuple[str, Path, list[str]]], list[str]]:
-    """A multitask cell's runs: the teachers it still has to train (:func:`teacher_plan`; none
-    unless the arm has ``teachers_from``), then its own command, with the teachers' flags. The one
-    place that command is built, for ``run`` and ``status`` alike (a resumable run is recognised
-    by its command). Nothing is run."""
+    """A cell's runs: the teachers it still has to train (:func:`teacher_plan`; none unless the
+    arm has ``teachers_from``), then its own command, with the teachers' flags. For a single-task
+    arm, one task's run: ``tasks`` is that task and ``folder`` its sub-folder (such an arm has no
+    teachers and no primary tasks, :class:`.grid.Grid` refuses them). The one place a cell's
+    command is built, for ``run`` and ``status`` alike (a resumable run is recognised by its
+    command). Nothing is run."""
     teachers, flags = teacher_plan(grid, arm, tasks, seed, split, folder) if arm.teachers_from else ([], [])
     return teachers, [*_recipe_cmd(grid, args, tasks, seed, split, folder / "run", arm.primary), *flags]
 

@@ -13,7 +13,6 @@ from .grid import RESULT, Arm, Grid, GridError
 from .run import (
     _finished,
     _identity,
-    _recipe_cmd,
     _resumable,
     best_candidate,
     candidate_args,
@@ -53,10 +52,7 @@ def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, f
         for where, run_tasks in parts:
             if arm.single_task and finished_part(grid, args, run_tasks[0], where, gathering):
                 continue  # this task of a single-task arm has run (and its test files are there if gathered)
-            if arm.single_task:
-                teachers, cmd = [], _recipe_cmd(grid, args, run_tasks, seed, split, where / "run")
-            else:  # its teachers still to train (a teachers_from arm), then the run with their flags
-                teachers, cmd = cell_plan(grid, args, arm, run_tasks, seed, split, where)
+            teachers, cmd = cell_plan(grid, args, arm, run_tasks, seed, split, where)  # teachers: a teachers_from arm's, still to train
             row["runs"] += len(teachers)
             row["left"] += len(teachers) + 1
             row["resumable"] += sum(_resumable(sub / "run", sub_cmd) is not None for _, sub, sub_cmd in teachers)
