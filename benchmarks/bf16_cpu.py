@@ -4,7 +4,7 @@ inference, batch 32 x 64 tokens, the two modes interleaved (issue 44).
     python benchmarks/bf16_cpu.py [--runs 4]
 
 Prints the median seconds of each after a warm-up run, their ratio, and whether the CPU has
-bf16 instructions (:func:`hf_multitask.precision.cpu_has_native_bf16`).
+bf16 instructions (`hf_multitask.precision.cpu_has_native_bf16()`).
 """
 
 from __future__ import annotations

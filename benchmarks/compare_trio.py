@@ -4,7 +4,7 @@
     python benchmarks/compare_trio.py report
 
 The 1-pass protocol of ``quality.py`` (packaged MiniLM, batch 32 per task, max length 64,
-QQP 8,000 pairs, one pass over the data), through :mod:`hf_multitask.compare`: every run in
+QQP 8,000 pairs, one pass over the data), through `hf_multitask.compare`: every run in
 its own process, resumable, results in ``benchmarks/results/compare_trio`` (the
 ``result.json`` files are committed). Results are reported on
 validation split 1 (``--validation_seed 1``); split 0 is the one every earlier configuration

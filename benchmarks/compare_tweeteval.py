@@ -10,7 +10,7 @@ metrics). The three largest training sets are capped at their first 4,000 tweets
 hate 44 %, offensive 34 % of their data); emotion (3,257), irony (2,862) and stance (2,620, the
 five targets as one pair task) are used whole. Every arm trains on exactly these examples.
 
-Through :mod:`hf_multitask.compare`: every run in its own process, resumable, results in
+Through `hf_multitask.compare`: every run in its own process, resumable, results in
 ``benchmarks/results/tweeteval`` (each cell's ``result.json`` is committed), and each cell's
 test prediction files in the official layout gathered into
 ``benchmarks/results/tweeteval/<arm>/seed<k>/test/`` (committed: the held-out test labels score

@@ -136,7 +136,7 @@ class SummedTasks(torch.nn.Module):
 
 
 def build_stock(batch: int):
-    """The stock ``transformers.Trainer`` stepping :class:`SummedTasks` over the same model and batches."""
+    """The stock ``transformers.Trainer`` stepping `SummedTasks` over the same model and batches."""
     from transformers import Trainer, TrainingArguments
 
     trainer, batches = build("sum", batch)

@@ -7,7 +7,7 @@ SST + STS + UPOS on the packaged MiniLM, one pass (batch 32 per task, max length
 and the summed loss, against a UPOS tagger fine-tuned alone on the same data, seeds 0-2,
 scored on the seeded 10 % validation split (seed 0) of each training file: UPOS is the
 2,001-sentence ``en_ewt-ud-dev.conllu`` (the project judges on a held-out treebank split).
-Runs go through :mod:`hf_multitask.compare` into ``benchmarks/results/upos_sharing``; the report goes to
+Runs go through `hf_multitask.compare` into ``benchmarks/results/upos_sharing``; the report goes to
 ``benchmarks/upos_sharing.md`` (included by ``benchmarks/README.md``).
 """
 

@@ -1,15 +1,15 @@
 """Checkpoints that are complete or recognisably not: a marker written last, verified on resume.
 
-A ``checkpoint-N`` folder is written in this order by :class:`~hf_multitask.MultitaskTrainer`:
+A ``checkpoint-N`` folder is written in this order by [`MultitaskTrainer`][hf_multitask.trainer.MultitaskTrainer]:
 the surgery state (``multitask_state.pt``), then everything ``transformers`` saves (weights,
 optimizer, scheduler, RNG, ``trainer_state.json``), then the marker
 ``multitask_complete.json`` holding the size of every file, and only then are older
 checkpoints rotated away. A run killed at any moment therefore leaves the previous complete
 checkpoint on disk, and a folder without a marker is known to be partial.
 
-On resume, :func:`verify_checkpoint` checks that every file the marker lists is there with its
+On resume, [`verify_checkpoint()`][hf_multitask.checkpoints.verify_checkpoint] checks that every file the marker lists is there with its
 recorded size (a truncated ``model.safetensors`` or state file is an error naming the file),
-and :func:`latest_complete_checkpoint` picks the newest complete folder.
+and [`latest_complete_checkpoint()`][hf_multitask.checkpoints.latest_complete_checkpoint] picks the newest complete folder.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def is_complete(folder: str | os.PathLike[str]) -> bool:
 
 
 def verify_checkpoint(folder: str | os.PathLike[str], require_surgery_state: bool = True) -> None:
-    """Raise :class:`CheckpointError` unless ``folder`` is a complete, intact checkpoint.
+    """Raise [`CheckpointError`][hf_multitask.checkpoints.CheckpointError] unless ``folder`` is a complete, intact checkpoint.
 
     Args:
         folder: A ``checkpoint-N`` folder.

@@ -45,7 +45,7 @@ def _row_input(path: Path, line: int, row: dict[str, Any]) -> Any:
 
 def read_inputs(path: str | Path) -> Iterator[tuple[str, Any]]:
     """``(id, pipeline input)`` for every example of a TSV/CSV/JSONL file; a malformed line is
-    an :class:`InputError` naming it (nothing is skipped silently), and so is a file with no
+    an [`InputError`][hf_multitask.cli.InputError] naming it (nothing is skipped silently), and so is a file with no
     example at all."""
     path = Path(path)
     if not path.is_file():

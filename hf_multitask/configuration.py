@@ -17,7 +17,7 @@ _SPECIAL_TOKENS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
 
 class MultitaskConfig(PretrainedConfig):
-    """Configuration of a :class:`~hf_multitask.MultitaskModel`.
+    """Configuration of a [`MultitaskModel`][hf_multitask.modeling.MultitaskModel].
 
     Args:
         encoder_config: Config of the shared encoder (any ``AutoModel`` encoder), as a
@@ -32,7 +32,7 @@ class MultitaskConfig(PretrainedConfig):
         head_dropout: Dropout before every head layer.
         pooling: Sentence representation: ``"cls"`` (first token) or ``"mean"`` (masked mean).
         pal_tasks: Tasks that get Projected Attention Layers (``["all"]`` for every task;
-            empty: no PALs). See :mod:`hf_multitask.pal`.
+            empty: no PALs). See [`hf_multitask.pal`][hf_multitask.pal].
         pal_rank: PAL width r (divisible by ``pal_heads``).
         pal_heads: Attention heads inside the r-dimensional PAL space.
         pal_shared_projections: Share V_E / V_D across layers (per task), as in the paper.
@@ -40,7 +40,7 @@ class MultitaskConfig(PretrainedConfig):
             ``"xavier"``.
         adjustment_tasks: Classification tasks whose output probabilities go through a learned
             C x C adjustment matrix (initialised to the identity), as for SST in the published work.
-        lora: LoRA settings written by :meth:`MultitaskModel.add_lora` (re-injected on load).
+        lora: LoRA settings written by [`MultitaskModel.add_lora()`][hf_multitask.modeling.MultitaskModel.add_lora] (re-injected on load).
     """
 
     model_type = "hf_multitask"
@@ -130,7 +130,7 @@ class MultitaskConfig(PretrainedConfig):
 
     @property
     def task_specs(self) -> list[TaskSpec]:
-        """The tasks as :class:`TaskSpec` objects, in config order."""
+        """The tasks as [`TaskSpec`][hf_multitask.tasks.TaskSpec] objects, in config order."""
         return [TaskSpec.from_dict(t) for t in self.tasks]
 
     @property

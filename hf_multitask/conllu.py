@@ -32,7 +32,7 @@ class ConlluSentenceError(list):
 
 def read_conllu(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | ConlluSentenceError]]:
     """``(line, record)`` per sentence, ``line`` the 1-based line of its first token. A sentence
-    with a malformed token line comes as a :class:`ConlluSentenceError` at that line, saying
+    with a malformed token line comes as a [`ConlluSentenceError`][hf_multitask.conllu.ConlluSentenceError] at that line, saying
     which field is wrong."""
     path = Path(path)
     record: dict[str, Any] = {}

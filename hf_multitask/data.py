@@ -50,7 +50,7 @@ class BadRow:
 
 def _json_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
     """Columns (every key, in order of first appearance) and (line, record) rows of a JSON /
-    JSON-lines file; an unreadable line comes as the reader's :class:`BadRecord`, whose
+    JSON-lines file; an unreadable line comes as the reader's [`BadRecord`][hf_multitask.reading.BadRecord], whose
     ``problem`` makes it a bad row."""
     columns: dict[str, None] = {}
     rows: list[tuple[int, Any]] = []
@@ -98,7 +98,7 @@ ABSURD_LABEL = 1e6
 def _check_row(
     spec: TaskSpec, origin: str, line: int, row: Any, columns: list[str], index: dict[str, int], missing_labels: bool = False
 ) -> BadRow | tuple[dict[str, str], float | int]:
-    """The row's (texts, label), or the :class:`BadRow` that says why it cannot be used."""
+    """The row's (texts, label), or the [`BadRow`][hf_multitask.data.BadRow] that says why it cannot be used."""
     if getattr(row, "problem", None):  # a line the reader could not parse (quoting, JSON syntax)
         return BadRow(origin, line, None, row.problem)
     if isinstance(row, list):  # delimited file: the field count first
@@ -226,10 +226,10 @@ def load_task_data(
         split: Split of a Hub dataset.
         subset: Configuration name of a Hub dataset.
         delimiter: Force the delimiter of a CSV/TSV file.
-        strict: Raise :class:`DataError` at the first malformed row instead of skipping it.
+        strict: Raise [`DataError`][hf_multitask.reading.DataError] at the first malformed row instead of skipping it.
         max_bad_fraction: Outside strict mode, malformed rows are reported (a
-            :class:`DataWarning` each, naming file, line and column) and skipped, unless more
-            than this fraction of the rows is bad, which raises :class:`DataError`.
+            [`DataWarning`][hf_multitask.reading.DataWarning] each, naming file, line and column) and skipped, unless more
+            than this fraction of the rows is bad, which raises [`DataError`][hf_multitask.reading.DataError].
         limit: Keep at most this many valid rows (in file order).
         missing_labels: Partial labels: an empty or absent label is kept as the task type's
             missing-label marker (-100 for classes, NaN for regression), which the loss and the
@@ -284,18 +284,18 @@ def load_text_label_files(
     SemEval releases and many others): line ``i`` of ``label_file`` labels line ``i`` of
     ``text_file``. Labels are class indices or names from ``spec.label_names``.
 
-    The files must have the same number of lines, else a :class:`DataError` names both files
+    The files must have the same number of lines, else a [`DataError`][hf_multitask.reading.DataError] names both files
     and the first line that has no partner. Bad rows (an empty text, a label that is not a
-    class) are reported by their line number and skipped, as in :func:`load_task_data`.
+    class) are reported by their line number and skipped, as in [`load_task_data()`][hf_multitask.data.load_task_data].
 
     Args:
         spec: A single-sentence task (its one text column gets the texts), or a pair task whose
             first text column is given by ``extra_columns`` (e.g. a stance target).
         extra_columns: Constant values of other text columns, ``{column: value}``.
         id_prefix: Ids are ``f"{id_prefix}{line - 1}"`` (the 0-based line index).
-        strict: As in :func:`load_task_data`.
-        max_bad_fraction: As in :func:`load_task_data`.
-        limit: As in :func:`load_task_data`.
+        strict: As in [`load_task_data()`][hf_multitask.data.load_task_data].
+        max_bad_fraction: As in [`load_task_data()`][hf_multitask.data.load_task_data].
+        limit: As in [`load_task_data()`][hf_multitask.data.load_task_data].
     """
     texts, labels = read_lines(text_file), read_lines(label_file)
     if len(texts) != len(labels):
@@ -343,6 +343,6 @@ def partial_label_tasks(
     """One dataset with several label columns (e.g. a sentence with a sentiment label and a
     topic label, either possibly missing) as ``{task: dataset}``: every row for every task,
     each task's missing labels kept as its masked marker (see ``missing_labels`` of
-    :func:`load_task_data`). Each row then trains exactly the heads whose labels it has, and a
+    [`load_task_data()`][hf_multitask.data.load_task_data]). Each row then trains exactly the heads whose labels it has, and a
     step in which a task has no label at all gives that task no gradient row."""
     return {spec.name: load_task_data(spec, source, missing_labels=True, **kwargs) for spec in specs}

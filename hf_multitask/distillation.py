@@ -8,14 +8,14 @@ the student's target is
 
 so the student starts by imitating its teachers and ends on the gold labels (*teacher
 annealing*; lambda is 0 at the first step and 1 at the last). Each task type owns what its
-target is (:meth:`~hf_multitask.TaskType.distillation_loss`): class distributions for
+target is ([`distillation_loss()`][hf_multitask.task_types.TaskType.distillation_loss]): class distributions for
 classification, the teacher's value for regression, per-token distributions for tagging,
 choice distributions for multiple choice. A task without a teacher trains on its gold labels.
 
-The teachers run **once**: :func:`attach_teachers` computes every teacher's outputs over its
+The teachers run **once**: [`attach_teachers()`][hf_multitask.distillation.attach_teachers] computes every teacher's outputs over its
 task's encoded training data in one batched pass and adds them as the ``teacher`` column, which
 rides through every schedule and the length-bucketed batching like the labels do; the
-:class:`~hf_multitask.MultitaskTrainer` reads it (``distillation_gold_weight``,
+[`MultitaskTrainer`][hf_multitask.trainer.MultitaskTrainer] reads it (``distillation_gold_weight``,
 ``distillation_temperature``). With ``cache_dir`` the outputs are kept as ``{task}.npz`` (plus a
 readable ``{task}.json``), keyed by fingerprints of the encoded training data and of the teacher's
 files: a cache made from other data or another teacher is refused by name, never reused.
@@ -85,9 +85,9 @@ def _expert_config(model: Any) -> Any:
 
 
 def load_teacher(folder: str | os.PathLike[str], task: str, student: Any) -> Any:
-    """A saved :class:`~hf_multitask.MultitaskModel` or :class:`~hf_multitask.RoutedMultitaskModel`
+    """A saved [`MultitaskModel`][hf_multitask.modeling.MultitaskModel] or [`RoutedMultitaskModel`][hf_multitask.routed.RoutedMultitaskModel]
     that holds ``task`` as the ``student`` defines it (same kind, number of labels, pair encoding
-    and vocabulary), in fp32 and eval mode; a :class:`DistillationError` says what does not fit."""
+    and vocabulary), in fp32 and eval mode; a [`DistillationError`][hf_multitask.distillation.DistillationError] says what does not fit."""
     from transformers import AutoModel
 
     from .model_folders import ModelFolderError, check_model_folder
@@ -114,7 +114,7 @@ def load_teacher(folder: str | os.PathLike[str], task: str, student: Any) -> Any
 def teacher_outputs(teacher: Any, dataset: datasets.Dataset, task: str, *, pad_token_id: int = 0, batch_size: int = 64,
                     progress: bool = True) -> list[np.ndarray]:  # fmt: skip
     """The teacher's outputs for every example of an encoded dataset, in the dataset's order, as
-    its task type keeps them (:meth:`~hf_multitask.TaskType.teacher_outputs`): one batched pass,
+    its task type keeps them ([`teacher_outputs()`][hf_multitask.task_types.TaskType.teacher_outputs]): one batched pass,
     examples batched by length."""
     spec = teacher.get_task(task)
     order = length_order(spec, dataset)
@@ -175,11 +175,11 @@ def attach_teachers(
 
     Args:
         train: ``{task: encoded training dataset}`` (tasks without a teacher are returned as they are).
-        teachers: ``{task: saved model folder}``; each folder holds that task (:func:`load_teacher`).
+        teachers: ``{task: saved model folder}``; each folder holds that task ([`load_teacher()`][hf_multitask.distillation.load_teacher]).
         student: The model to be trained (its task specs are what the teachers must match).
         cache_dir: Keep and reuse the outputs as ``cache_dir/{task}.npz``. A cache made from
             other training data, or by a teacher whose files differ, is refused with a
-            :class:`DistillationError` naming it; a cache whose teacher folder is not there any
+            [`DistillationError`][hf_multitask.distillation.DistillationError] naming it; a cache whose teacher folder is not there any
             more is used (its outputs stand in for the teacher), and the log says so.
         pad_token_id: The tokenizer's padding id (the teachers' pass).
         batch_size: Batch size of the teachers' pass.

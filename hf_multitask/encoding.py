@@ -36,7 +36,7 @@ def encode_task(
     max_length: int | None = None,
     drop_longest: float = 0.0,
 ) -> datasets.Dataset:
-    """Tokenise a dataset made by :func:`~hf_multitask.data.load_task_data` for one task.
+    """Tokenise a dataset made by [`load_task_data()`][hf_multitask.data.load_task_data] for one task.
 
     Args:
         dataset: Columns ``id``, the task's text columns and (optionally) ``label``.

@@ -5,7 +5,7 @@ the model's ``_no_split_modules``), then carves the input embedding into a unit 
 For BERT-family encoders the wrap list holds the embeddings block (``BertEmbeddings``), which
 contains the input embedding: the word embedding would be sharded twice, and ``fully_shard``
 stops with ``TypeError: Invariant encountered: value was None`` (accelerate 1.15, torch 2.13).
-:func:`fsdp2_wrap_classes` keeps such classes out of the default list, so the encoder layers
+[`fsdp2_wrap_classes()`][hf_multitask.fsdp.fsdp2_wrap_classes] keeps such classes out of the default list, so the encoder layers
 are the units, then the input embedding, then the root (heads, adapters, the rest of the
 embeddings block); a list the user gave is checked and refused with the classes named. A model
 that an earlier phase of the run already sharded (LP-FT, head pretraining) is kept as it is.
@@ -77,7 +77,7 @@ def gather_full_model(model: nn.Module, main_process: bool) -> nn.Module | None:
     A collective: every rank must call it (each sharded tensor is all-gathered). Returns the copy
     on the main process and ``None`` elsewhere, so only one rank holds the full weights.
     ``model`` must be rebuildable from its config (``type(model)(model.config)``), as
-    :class:`~hf_multitask.MultitaskModel` is.
+    [`MultitaskModel`][hf_multitask.modeling.MultitaskModel] is.
     """
     state = {}
     for key, value in model.state_dict().items():

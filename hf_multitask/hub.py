@@ -88,7 +88,7 @@ def make_model_card(
 ) -> ModelCard:
     """A model card with the tasks, a metrics table and ``model-index`` results in the metadata.
 
-    ``metrics`` are the keys :func:`hf_multitask.evaluate` returns (``{task}_{metric}``,
+    ``metrics`` are the keys [`hf_multitask.evaluate()`][hf_multitask.predict.evaluate] returns (``{task}_{metric}``,
     ``overall``), optionally prefixed with ``eval_``.
     """
     metrics = {k.removeprefix("eval_"): float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
@@ -171,7 +171,7 @@ def push_to_hub(
     commit_message: str = "Upload hf-multitask model",
     **card_kwargs: Any,
 ) -> str:
-    """Save the model with a generated card (see :func:`save_for_hub`) and upload the folder.
+    """Save the model with a generated card (see [`save_for_hub()`][hf_multitask.hub.save_for_hub]) and upload the folder.
 
     Returns the commit URL. Needs the network and a write token; with no network the
     error comes from ``huggingface_hub`` and the folder is kept for a later upload
@@ -192,7 +192,7 @@ def upload_folder(
     token: str | None = None,
     commit_message: str = "Upload hf-multitask model",
 ) -> str:
-    """Upload a folder written by :func:`save_for_hub` to ``repo_id`` (created if missing) in
+    """Upload a folder written by [`save_for_hub()`][hf_multitask.hub.save_for_hub] to ``repo_id`` (created if missing) in
     one commit; returns the commit URL."""
     folder = Path(folder)
     api = HfApi(token=token)

@@ -136,7 +136,7 @@ def primary_overall(results: dict[str, float], primary: Sequence[str] | None) ->
 
 def prefixed_metrics(results: dict[str, float], primary: Sequence[str] | None, prefix: str = "eval") -> dict[str, float]:
     """Evaluation results as the Trainer reports them: ``overall`` following the primary tasks
-    (:func:`primary_overall`), every key prefixed with ``{prefix}_``."""
+    ([`primary_overall()`][hf_multitask.metrics.primary_overall]), every key prefixed with ``{prefix}_``."""
     return {f"{prefix}_{k}": v for k, v in primary_overall(results, primary).items()}
 
 

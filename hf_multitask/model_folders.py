@@ -4,8 +4,8 @@ Folders on disk get damaged in a few ways: a copy or download cut short (a weigh
 than its header says), a file emptied or overwritten, a ``config.json`` that is not JSON or not
 a model's config, a shard an index names that is missing, or the path is not a folder at all.
 ``transformers`` then fails deep inside ``safetensors`` or ``json`` with a long traceback that
-does not say which folder. :func:`check_model_folder` reads only the config and the weights'
-headers (no tensor data) and raises :class:`ModelFolderError`, one line naming the folder and
+does not say which folder. [`check_model_folder()`][hf_multitask.model_folders.check_model_folder] reads only the config and the weights'
+headers (no tensor data) and raises [`ModelFolderError`][hf_multitask.model_folders.ModelFolderError], one line naming the folder and
 what is wrong. The ``hf-multitask`` commands, the recipe's ``--backbone`` and
 ``MultitaskModel.from_pretrained`` / ``RoutedMultitaskModel.from_pretrained`` on a local folder
 call it first.
@@ -53,8 +53,8 @@ def _check_weights(path: Path, folder: Path) -> None:
 
 
 def check_model_folder(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a :class:`~pathlib.Path` if it is a loadable saved model folder; otherwise a
-    :class:`ModelFolderError` naming it and what is wrong (reads the config and the weights'
+    """``path`` as a `Path` if it is a loadable saved model folder; otherwise a
+    [`ModelFolderError`][hf_multitask.model_folders.ModelFolderError] naming it and what is wrong (reads the config and the weights'
     headers only)."""
     folder = Path(path)
     if not folder.exists():
@@ -96,14 +96,14 @@ def check_model_folder(path: str | os.PathLike[str]) -> Path:
 
 class CheckedFolderLoading:
     """Mixin of the package's models (before ``PreTrainedModel`` in the bases): ``from_pretrained``
-    on a local folder checks it first (:func:`check_model_folder`), so a damaged folder is one
-    :class:`ModelFolderError` naming it."""
+    on a local folder checks it first ([`check_model_folder()`][hf_multitask.model_folders.check_model_folder]), so a damaged folder is one
+    [`ModelFolderError`][hf_multitask.model_folders.ModelFolderError] naming it."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
         """``PreTrainedModel.from_pretrained``; a local folder is checked first, so a damaged one
         (weights cut short, a config that is not JSON, a missing shard) is one
-        :class:`~hf_multitask.model_folders.ModelFolderError` naming it."""
+        [`ModelFolderError`][hf_multitask.model_folders.ModelFolderError] naming it."""
         if is_local_folder(pretrained_model_name_or_path):
             check_model_folder(pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)

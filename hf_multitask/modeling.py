@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - older transformers
 
 @dataclass
 class MultitaskOutput(ModelOutput):
-    """Output of :meth:`MultitaskModel.forward`.
+    """Output of [`MultitaskModel.forward()`][hf_multitask.modeling.MultitaskModel.forward].
 
     Attributes:
         loss: Cross-entropy (classification) or mean squared error (regression), when
@@ -53,7 +53,7 @@ def _pad_right(x: torch.Tensor, length: int, value: int) -> torch.Tensor:
 class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
     """A shared encoder with one head per task.
 
-    Build one from a pretrained encoder with :meth:`from_encoder`, or load a saved
+    Build one from a pretrained encoder with [`from_encoder()`][hf_multitask.modeling.MultitaskModel.from_encoder], or load a saved
     multitask checkpoint with ``AutoModel.from_pretrained`` (after ``import hf_multitask``)
     or ``MultitaskModel.from_pretrained``. Call it with the task name::
 
@@ -111,7 +111,7 @@ class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
 
         ``name_or_path`` is anything ``AutoModel.from_pretrained`` takes (a local folder or
         a Hub id; Hub ids need the network or a warm cache). Extra keyword arguments go to
-        :class:`MultitaskConfig` (``pair_encoding``, ``head_type``, ...). Weights are loaded
+        [`MultitaskConfig`][hf_multitask.configuration.MultitaskConfig] (``pair_encoding``, ``head_type``, ...). Weights are loaded
         in float32, which is what AMP training wants.
         """
         from transformers import AutoConfig
@@ -195,7 +195,7 @@ class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
 
         ``per_task=False``: one adapter shared by every task. ``per_task=True``: one adapter per
         task, switched with the task. LoRA's B starts at zero, so outputs are unchanged until
-        it trains. Use :meth:`set_trainable` (``"lora"`` / ``"lora_and_heads"``) to train only them.
+        it trains. Use [`set_trainable()`][hf_multitask.modeling.MultitaskModel.set_trainable] (``"lora"`` / ``"lora_and_heads"``) to train only them.
         """
         from .lora import lora_settings
 
@@ -208,7 +208,7 @@ class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
 
     def set_trainable(self, mode: str) -> dict[str, int]:
         """Choose what trains: ``"all"``, ``"heads"`` (LP / linear probing), ``"pal"`` (PALs
-        only) or ``"pal_and_heads"``. Returns :meth:`parameter_counts`."""
+        only) or ``"pal_and_heads"``. Returns [`parameter_counts()`][hf_multitask.modeling.MultitaskModel.parameter_counts]."""
         modes = ("all", "heads", "pal", "pal_and_heads", "lora", "lora_and_heads")
         if mode not in modes:
             raise ValueError(f"trainable mode must be one of {modes}, got {mode!r}")
@@ -268,7 +268,7 @@ class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
         return list(self._specs)
 
     def get_task(self, task: str) -> TaskSpec:
-        """The :class:`TaskSpec` of ``task``; unknown names raise ``KeyError`` listing known tasks."""
+        """The [`TaskSpec`][hf_multitask.tasks.TaskSpec] of ``task``; unknown names raise ``KeyError`` listing known tasks."""
         try:
             return self._specs[task]
         except KeyError:
@@ -321,7 +321,7 @@ class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
         return (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
     def pipeline(self, tokenizer: Any, **kwargs: Any) -> Any:
-        """A :class:`~hf_multitask.pipeline.MultitaskPipeline` over this model (``pipeline(...)``
+        """A [`MultitaskPipeline`][hf_multitask.pipeline.MultitaskPipeline] over this model (``pipeline(...)``
         with the package imported, or ``trust_remote_code=True`` without it, builds the same)."""
         from .pipeline import MultitaskPipeline
 

@@ -45,8 +45,8 @@ class MultitaskPipeline(Pipeline):
     ``{"choice", "text", "score"}`` (multiple choice). ``tasks=[...]`` restricts the heads;
     ``batch_size`` (default 8), ``max_length`` and ``truncation`` follow pipeline conventions;
     ``device=`` places the model; ``autocast_dtype="bfloat16"`` runs it under bf16 autocast (on a CPU
-    this pays only with bf16 instructions, see :mod:`hf_multitask.precision`). Sentence tasks that read the same single-sentence input with
-    the same encoding share one encoder pass (:meth:`MultitaskModel.forward_all`).
+    this pays only with bf16 instructions, see [`hf_multitask.precision`][hf_multitask.precision]). Sentence tasks that read the same single-sentence input with
+    the same encoding share one encoder pass ([`MultitaskModel.forward_all()`][hf_multitask.modeling.MultitaskModel.forward_all]).
     """
 
     _load_tokenizer = True
@@ -170,7 +170,7 @@ class MultitaskPipeline(Pipeline):
 
 
 def register_multitask_pipeline() -> None:
-    """Register :class:`MultitaskPipeline` as ``"multitask-text"`` with transformers."""
+    """Register [`MultitaskPipeline`][hf_multitask.pipeline.MultitaskPipeline] as ``"multitask-text"`` with transformers."""
     from transformers import AutoModel
     from transformers.pipelines import PIPELINE_REGISTRY
 

@@ -33,7 +33,7 @@ class TaskPredictions:
 
 def length_order(spec: TaskSpec, dataset: datasets.Dataset) -> np.ndarray:
     """The indices of ``dataset`` in order of token count (stable: ties keep the file order), the
-    order :func:`predict` and the teacher pass batch in, so a batch pads little."""
+    order [`predict()`][hf_multitask.predict.predict] and the teacher pass batch in, so a batch pads little."""
     return np.argsort(spec.task_type.lengths(dataset), kind="stable")
 
 
@@ -57,15 +57,15 @@ def predict(
     by_length: bool = True,
     dtype: torch.dtype | None = None,
 ) -> TaskPredictions:
-    """Run ``model`` on an encoded dataset (see :func:`~hf_multitask.encoding.encode_task`).
+    """Run ``model`` on an encoded dataset (see [`encode_task()`][hf_multitask.encoding.encode_task]).
 
     With ``by_length`` (the default) the examples are batched in order of token count, so a
     batch pads little (on TweetEval's validation files, 1.8x fewer padded token slots than
     in file order); the returned ids, predictions and labels are in the dataset's order
     either way. A prediction can differ from the file-order one only in float rounding.
-    Data that is not a :class:`datasets.Dataset` (a list of encoded rows) is batched as given.
+    Data that is not a `datasets.Dataset` (a list of encoded rows) is batched as given.
     ``dtype=torch.bfloat16`` runs the model under bf16 autocast (its weights stay as they are;
-    on a CPU it pays only with bf16 instructions, see :mod:`hf_multitask.precision`).
+    on a CPU it pays only with bf16 instructions, see [`hf_multitask.precision`][hf_multitask.precision]).
     """
     spec: TaskSpec = model.get_task(task)
     was_training = model.training
@@ -119,8 +119,8 @@ def evaluate(
 
     Keys are ``{task}_{metric}``, ``{task}_score`` and ``{task}_loss`` for each task, ``overall``
     and ``loss`` (the sum of the per-task mean losses).
-    Pass a dict as ``predictions`` to get each task's :class:`TaskPredictions` as well;
-    ``by_length`` and ``dtype`` as for :func:`predict`.
+    Pass a dict as ``predictions`` to get each task's [`TaskPredictions`][hf_multitask.predict.TaskPredictions] as well;
+    ``by_length`` and ``dtype`` as for [`predict()`][hf_multitask.predict.predict].
     """
     outputs = {}
     for task, ds in datasets_by_task.items():

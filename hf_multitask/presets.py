@@ -7,7 +7,7 @@
 | ``sts`` | ``nyu-mll/glue``, ``stsb`` | ``train`` (5,749) | ``validation`` (1,500) | ``sentence1``/``sentence2`` kept, ``label`` (float 0-5) -> ``similarity``, ``idx`` -> ``id`` |
 
 The test splits of these datasets carry no labels (``-1``) and are never used. The mapped rows
-go through the same validation as any other source (:func:`~hf_multitask.load_task_data`).
+go through the same validation as any other source ([`load_task_data()`][hf_multitask.data.load_task_data]).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _offline() -> bool:
 
 def load_preset(spec: TaskSpec, split: str, *, strict: bool = False) -> datasets.Dataset:
     """One split (``"train"`` or ``"validation"``) of a reference task from its Hub preset,
-    validated like a file. Raises :class:`PresetUnavailable` when the dataset cannot be had."""
+    validated like a file. Raises `PresetUnavailable` when the dataset cannot be had."""
     preset = PRESETS[spec.name]
     hub_split = preset.train_split if split == "train" else preset.validation_split
     try:

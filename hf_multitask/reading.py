@@ -2,17 +2,17 @@
 
 Data files (CSV / TSV, JSON / JSON lines, CoNLL-U, the TweetEval text + label layout), the
 ``hf-multitask predict`` inputs, grid files and YAML configs all come through
-:func:`iter_lines` (or :func:`read_text`, which joins its lines), so they share one contract:
+[`iter_lines()`][hf_multitask.reading.iter_lines] (or [`read_text()`][hf_multitask.reading.read_text], which joins its lines), so they share one contract:
 
 * UTF-8; a byte-order mark at the start of the file is dropped;
 * lines end at ``\\n`` or ``\\r\\n``; a lone ``\\r`` or a Unicode line separator inside a line is
   text (a line never splits where a partner file or a line count says it does not);
 * a missing final newline is fine;
-* a line that is not UTF-8, a NUL byte, or a UTF-16 / UTF-32 file is a :class:`DataError`
+* a line that is not UTF-8, a NUL byte, or a UTF-16 / UTF-32 file is a [`DataError`][hf_multitask.reading.DataError]
   naming the file, the line and the column, never a bare ``UnicodeDecodeError``.
 
 What a reader then does with a line it cannot use (a bad row) is the tolerance rule of
-:func:`hf_multitask.load_task_data`: reported as a :class:`DataWarning` naming the line and
+[`hf_multitask.load_task_data()`][hf_multitask.data.load_task_data]: reported as a [`DataWarning`][hf_multitask.reading.DataWarning] naming the line and
 skipped, ``strict`` making it an error, more than ``max_bad_fraction`` of the rows always one.
 """
 
@@ -77,12 +77,12 @@ def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
 
     Streams the file (a large file is never read whole). Blank lines are yielded (callers
     decide what a blank line means). Raises ``FileNotFoundError`` for a missing file and
-    :class:`DataError` (naming file, line, column) for text that is not UTF-8."""
+    [`DataError`][hf_multitask.reading.DataError] (naming file, line, column) for text that is not UTF-8."""
     yield from _lines(Path(path), {})
 
 
 def _lines(path: Path, state: dict[str, bool]) -> Iterator[tuple[int, str]]:
-    """:func:`iter_lines`, recording in ``state["final_newline"]`` whether the last line ended
+    """[`iter_lines()`][hf_multitask.reading.iter_lines], recording in ``state["final_newline"]`` whether the last line ended
     with a line ending (an empty file counts as ended: it has no last line to lack one)."""
     if path.is_dir():
         raise DataError(f"{path} is a folder, not a file")
@@ -109,7 +109,7 @@ class Lines(list):
 
 
 def read_lines(path: str | os.PathLike[str]) -> Lines:
-    """Every line of the file (see :func:`iter_lines`): item ``i`` is line ``i + 1``. One pass:
+    """Every line of the file (see [`iter_lines()`][hf_multitask.reading.iter_lines]): item ``i`` is line ``i + 1``. One pass:
     ``final_newline`` on the result tells a file cut short inside its last line."""
     state: dict[str, bool] = {}
     lines = Lines(text for _, text in _lines(Path(path), state))
@@ -119,7 +119,7 @@ def read_lines(path: str | os.PathLike[str]) -> Lines:
 
 def read_text(path: str | os.PathLike[str]) -> str:
     """The whole file as text (every line ended with ``\\n``), checked line by line as in
-    :func:`iter_lines`: for formats parsed whole (YAML, JSON)."""
+    [`iter_lines()`][hf_multitask.reading.iter_lines]: for formats parsed whole (YAML, JSON)."""
     return "".join(line + "\n" for line in read_lines(path))
 
 
@@ -168,9 +168,9 @@ def iter_json_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[
     """``(line, record)`` for a JSON-lines file (one object per line; blank lines skipped) or a
     JSON file holding one array of objects (``line`` is where the item starts).
 
-    A JSON-lines line that is not a JSON object comes as a :class:`BadRecord` saying why (the
+    A JSON-lines line that is not a JSON object comes as a [`BadRecord`][hf_multitask.reading.BadRecord] saying why (the
     caller reports or skips that line); an array that is not valid JSON is a
-    :class:`DataError` naming the line and column, since nothing after the error can be
+    [`DataError`][hf_multitask.reading.DataError] naming the line and column, since nothing after the error can be
     trusted."""
     path = Path(path)
     lines = iter_lines(path)
@@ -202,9 +202,9 @@ def read_table(path: str | os.PathLike[str], delimiter: str | None = None) -> tu
 
     Every physical line is one record (header = line 1), parsed on its own with the csv
     module: a quote that does not close on its line can never swallow the lines after it.
-    Such a line, and a field holding the delimiter tab, come back as a :class:`TableRow`
+    Such a line, and a field holding the delimiter tab, come back as a [`TableRow`][hf_multitask.reading.TableRow]
     whose ``problem`` says what is wrong, so the caller reports and skips exactly that line.
-    Lines come from :func:`iter_lines`: UTF-8, a byte-order mark dropped, a line that is not
+    Lines come from [`iter_lines()`][hf_multitask.reading.iter_lines]: UTF-8, a byte-order mark dropped, a line that is not
     UTF-8 an error naming it. ``delimiter`` None: a tab for ``.tsv`` files or a tab in the
     header, else a comma.
     """

@@ -1,10 +1,10 @@
 """One registry style for every pluggable kind: task types, aggregators (gradient methods and loss
 weightings) and schedules.
 
-A :class:`Registry` is a ``{name: entry}`` dict with :meth:`Registry.register` and
-:meth:`Registry.get_entry`; an unknown name is a :class:`RegistryError` (a ``KeyError`` and a
+A [`Registry`][hf_multitask.registry.Registry] is a ``{name: entry}`` dict with [`Registry.register()`][hf_multitask.registry.Registry.register] and
+[`Registry.get_entry()`][hf_multitask.registry.Registry.get_entry]; an unknown name is a `RegistryError` (a ``KeyError`` and a
 ``ValueError``, so callers of either kind keep working) whose message lists the registered
-names, as help texts do (:meth:`Registry.names`).
+names, as help texts do ([`Registry.names()`][hf_multitask.registry.Registry.names]).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Registry(dict, Generic[T]):
         return entry
 
     def get_entry(self, name: Any) -> T:
-        """The entry called ``name``, or a :class:`RegistryError` listing the registered names."""
+        """The entry called ``name``, or a `RegistryError` listing the registered names."""
         try:
             return self[name]
         except (KeyError, TypeError):

@@ -1,10 +1,10 @@
 """One checkpoint whose tasks route to their own (specialised) multitask models.
 
-Two-step specialisation (:func:`hf_multitask.schemes.specialise`) ends with one fine-tuned
-copy of the multitask model per task. :class:`RoutedMultitaskModel` packs them into a single
+Two-step specialisation (`hf_multitask.schemes.specialise()`) ends with one fine-tuned
+copy of the multitask model per task. [`RoutedMultitaskModel`][hf_multitask.routed.RoutedMultitaskModel] packs them into a single
 ``PreTrainedModel``: ``model(task="sst", ...)`` runs the SST expert, and every task without
 an expert of its own runs the shared multitask model. It saves, loads with
-``AutoModel.from_pretrained`` and is evaluated and predicted like a :class:`MultitaskModel`.
+``AutoModel.from_pretrained`` and is evaluated and predicted like a [`MultitaskModel`][hf_multitask.modeling.MultitaskModel].
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ SHARED_EXPERT = "multitask"
 
 
 class RoutedMultitaskConfig(PretrainedConfig):
-    """Config of a :class:`RoutedMultitaskModel`.
+    """Config of a [`RoutedMultitaskModel`][hf_multitask.routed.RoutedMultitaskModel].
 
     Args:
-        expert_config: The :class:`MultitaskConfig` every expert is built from (all experts
+        expert_config: The [`MultitaskConfig`][hf_multitask.configuration.MultitaskConfig] every expert is built from (all experts
             share tasks, heads and adapters; only their weights differ).
         specialised_tasks: Tasks with an expert of their own. The others run the shared
             ``"multitask"`` expert, which exists only if some task is not specialised.
@@ -63,7 +63,7 @@ class RoutedMultitaskConfig(PretrainedConfig):
         return self.expert_config.task_names
 
     def get_task(self, name: str) -> TaskSpec:
-        """The :class:`~hf_multitask.TaskSpec` of ``name`` (a ``KeyError`` lists the tasks)."""
+        """The [`TaskSpec`][hf_multitask.tasks.TaskSpec] of ``name`` (a ``KeyError`` lists the tasks)."""
         return self.expert_config.get_task(name)
 
     @property
@@ -83,9 +83,9 @@ class RoutedMultitaskConfig(PretrainedConfig):
 
 
 class RoutedMultitaskModel(CheckedFolderLoading, PreTrainedModel):
-    """Per-task experts (each a :class:`MultitaskModel`) behind one ``forward(task=...)``.
+    """Per-task experts (each a [`MultitaskModel`][hf_multitask.modeling.MultitaskModel]) behind one ``forward(task=...)``.
 
-    Build one with :meth:`from_models` from the models :func:`~hf_multitask.schemes.specialise`
+    Build one with [`from_models()`][hf_multitask.routed.RoutedMultitaskModel.from_models] from the models `specialise()`
     returns; the shared multitask model is only needed (and only stored) when some task has
     no specialised model.
     """
@@ -137,21 +137,21 @@ class RoutedMultitaskModel(CheckedFolderLoading, PreTrainedModel):
         return self.config.task_names
 
     def get_task(self, task: str) -> TaskSpec:
-        """The :class:`~hf_multitask.TaskSpec` of ``task`` (a ``KeyError`` lists the tasks)."""
+        """The [`TaskSpec`][hf_multitask.tasks.TaskSpec] of ``task`` (a ``KeyError`` lists the tasks)."""
         try:
             return self.config.get_task(task)
         except KeyError:
             raise KeyError(f"Unknown task {task!r}; this model knows {self.task_names}") from None
 
     def expert(self, task: str) -> MultitaskModel:
-        """The :class:`MultitaskModel` that runs ``task``."""
+        """The [`MultitaskModel`][hf_multitask.modeling.MultitaskModel] that runs ``task``."""
         return self.experts[self.config.route(task)]
 
     def get_input_embeddings(self) -> nn.Module:
         return next(iter(self.experts.values())).get_input_embeddings()
 
     def forward(self, task: str, labels: torch.Tensor | None = None, **inputs: Any) -> MultitaskOutput:
-        """Run ``task`` on its expert; arguments as :meth:`MultitaskModel.forward`."""
+        """Run ``task`` on its expert; arguments as [`MultitaskModel.forward()`][hf_multitask.modeling.MultitaskModel.forward]."""
         return self.expert(task)(task=task, labels=labels, **inputs)
 
 

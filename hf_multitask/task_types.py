@@ -1,11 +1,11 @@
 """Task types: the contract, the registry and the built-in types.
 
-A task type owns everything about one kind of task: how a :class:`~hf_multitask.TaskSpec` of
+A task type owns everything about one kind of task: how a [`TaskSpec`][hf_multitask.tasks.TaskSpec] of
 that kind is validated, how labels are parsed and stored, how examples are tokenised, the head
 it builds, how the model turns encoder states into logits, the loss, predictions, metrics and
 the ``[0, 1]`` score that feeds ``overall``, and the model card's task type. The rest of the
 library asks the type (``get_task_type(spec.kind)``) and never switches on the kind, so a new
-type is one module and one :func:`register_task_type` call.
+type is one module and one [`register_task_type()`][hf_multitask.task_types.register_task_type] call.
 
 | type | what | head | loss | metrics |
 |---|---|---|---|---|
@@ -17,7 +17,7 @@ type is one module and one :func:`register_task_type` call.
 The built-in types live in flat modules next to this one (``types_sequence.py``,
 ``types_token_classification.py``, ``types_multiple_choice.py``): saved checkpoints carry the package's modules for
 ``trust_remote_code``, which copies flat files only. Each registers itself with the
-``@register_task_type`` decorator; :mod:`hf_multitask.tasks` imports them, so a ``TaskSpec``
+``@register_task_type`` decorator; [`hf_multitask.tasks`][hf_multitask.tasks] imports them, so a ``TaskSpec``
 always finds its kind, and this module imports none of them (imports flow one way: registry,
 task types, tasks).
 """
@@ -62,7 +62,7 @@ class TaskType:
 
     def validate_model(self, spec: TaskSpec, config: Any) -> None:
         """Raise ``ValueError`` naming the task when the model's settings (``config``: the
-        :class:`~hf_multitask.MultitaskConfig`, e.g. its pair encoding) do not fit the task."""
+        [`MultitaskConfig`][hf_multitask.configuration.MultitaskConfig], e.g. its pair encoding) do not fit the task."""
 
     # --- data --------------------------------------------------------------------------------
     def parse_label(self, spec: TaskSpec, raw: Any) -> tuple[Any, str | None]:
@@ -76,7 +76,7 @@ class TaskType:
 
     def has_labels(self, spec: TaskSpec, labels: torch.Tensor) -> bool:
         """Whether a batch's labels hold at least one label that is not missing: the trainer
-        skips a task whose batch has none (partial labels). Derived from :meth:`loss_terms`,
+        skips a task whose batch has none (partial labels). Derived from [`loss_terms()`][hf_multitask.task_types.TaskType.loss_terms],
         so a type with a marker or its own count need not override it."""
         return self.loss_terms(spec, labels) > 0
 
@@ -113,7 +113,7 @@ class TaskType:
 
     # --- the model ---------------------------------------------------------------------------
     def build_head(self, spec: TaskSpec, config: Any, hidden: int) -> nn.Module:
-        """The task's head (``config``: the :class:`~hf_multitask.MultitaskConfig`; ``hidden``: the encoder's width)."""
+        """The task's head (``config``: the [`MultitaskConfig`][hf_multitask.configuration.MultitaskConfig]; ``hidden``: the encoder's width)."""
         raise NotImplementedError
 
     def logits(self, model: Any, spec: TaskSpec, inputs: dict[str, torch.Tensor | None]) -> torch.Tensor:
@@ -121,13 +121,13 @@ class TaskType:
         raise NotImplementedError
 
     def loss(self, spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The batch's mean loss in fp32 (missing labels, :meth:`missing_label`, left out)."""
+        """The batch's mean loss in fp32 (missing labels, [`missing_label()`][hf_multitask.task_types.TaskType.missing_label], left out)."""
         raise NotImplementedError
 
     def loss_terms(self, spec: TaskSpec, labels: torch.Tensor) -> int:
-        """How many labels a batch's :meth:`loss` averages over. Evaluation weights each
+        """How many labels a batch's [`loss()`][hf_multitask.task_types.TaskType.loss] averages over. Evaluation weights each
         batch's mean loss by it, so a task's loss is the mean over all its labels however the
-        examples are batched. Default: the labels that are not :meth:`missing_label` (one per
+        examples are batched. Default: the labels that are not [`missing_label()`][hf_multitask.task_types.TaskType.missing_label] (one per
         example when the type has no marker)."""
         marker = self.missing_label(spec)
         if marker is None:
@@ -140,11 +140,11 @@ class TaskType:
 
     def shares_states(self, model: Any, spec: TaskSpec, batch: dict[str, Any]) -> bool:
         """Whether the task's logits can come from token states computed once for several
-        tasks (:meth:`MultitaskModel.forward_all`); then :meth:`logits_from_states` gives them."""
+        tasks ([`MultitaskModel.forward_all()`][hf_multitask.modeling.MultitaskModel.forward_all]); then [`logits_from_states()`][hf_multitask.task_types.TaskType.logits_from_states] gives them."""
         return False
 
     def logits_from_states(self, model: Any, spec: TaskSpec, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The logits from token ``states`` the encoder computed once for several tasks (when :meth:`shares_states`)."""
+        """The logits from token ``states`` the encoder computed once for several tasks (when [`shares_states()`][hf_multitask.task_types.TaskType.shares_states])."""
         raise NotImplementedError
 
     # --- distillation (BAM!'s teacher annealing, see hf_multitask.distillation) --------------
@@ -159,7 +159,7 @@ class TaskType:
                           gold_weight: float, temperature: float = 1.0) -> torch.Tensor:  # fmt: skip
         """The loss to the mixed target ``gold_weight * gold + (1 - gold_weight) * teacher``
         (``teacher``: the collated ``teacher`` column). With ``gold_weight == 1`` it must equal
-        :meth:`loss`. A type without one cannot be distilled into; it says so by name."""
+        [`loss()`][hf_multitask.task_types.TaskType.loss]. A type without one cannot be distilled into; it says so by name."""
         raise NotImplementedError(
             f"Task {spec.name!r}: task type {self.name!r} defines no distillation target (TaskType.distillation_loss); "
             "train it without a teacher"
@@ -171,7 +171,7 @@ class TaskType:
         raise NotImplementedError
 
     def gold(self, spec: TaskSpec, labels: np.ndarray, batch: dict[str, Any]) -> np.ndarray:
-        """The batch's gold labels, one per example, in the form :meth:`predictions` returns."""
+        """The batch's gold labels, one per example, in the form [`predictions()`][hf_multitask.task_types.TaskType.predictions] returns."""
         return labels
 
     def compute_metrics(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -211,7 +211,7 @@ def soft_cross_entropy(
 ) -> torch.Tensor:
     """Mean cross-entropy of ``logits`` (``(N, C)`` class scores) to the mixed soft target
     ``p = gold_weight * onehot(labels) + (1 - gold_weight) * softmax(teacher / temperature)``,
-    over the rows whose label is not :data:`IGNORE_INDEX` (in fp32):
+    over the rows whose label is not `IGNORE_INDEX` (in fp32):
 
         L = -(1 / |present|) * sum_i sum_c p_ic * log_softmax(logits_i)_c
 
@@ -239,6 +239,6 @@ def register_task_type(task_type: TaskType | type[TaskType]) -> TaskType:
 
 
 def get_task_type(name: str) -> TaskType:
-    """The registered task type called ``name`` (a :class:`~hf_multitask.registry.RegistryError`,
+    """The registered task type called ``name`` (a `RegistryError`,
     also a ``ValueError``, lists them otherwise)."""
     return TASK_TYPES.get_entry(name)

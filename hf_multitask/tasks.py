@@ -1,4 +1,4 @@
-"""Task specifications: one :class:`TaskSpec` drives heads, losses, metrics and data loading."""
+"""Task specifications: one [`TaskSpec`][hf_multitask.tasks.TaskSpec] drives heads, losses, metrics and data loading."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class TaskSpec:
     Args:
         name: Unique task name, used as the ``task=`` argument of the model and as the
             metric prefix. Letters, digits, ``_`` and ``-``; must start with a letter.
-        kind: The task type (see :mod:`hf_multitask.task_types`): ``"classification"``
+        kind: The task type (see [`hf_multitask.task_types`][hf_multitask.task_types]): ``"classification"``
             (cross-entropy loss, accuracy), ``"regression"`` (mean squared error, Pearson r),
             ``"token_classification"`` (one tag per word) or any registered type.
         num_labels: Number of classes (tags); must be 1 for regression.
@@ -122,11 +122,11 @@ class TaskSpec:
         subset: str | None = None,
         **overrides: Any,
     ) -> TaskSpec:
-        """A task described by a dataset's features (see :func:`hf_multitask.spec_inference.infer_task_fields`):
+        """A task described by a dataset's features (see `hf_multitask.spec_inference.infer_task_fields()`):
         ``ClassLabel`` -> classification with its names, list of ``ClassLabel`` -> token
         classification, float -> regression, a list-of-strings column next to a string column
         -> multiple choice. ``source`` is a ``datasets.Dataset`` / ``DatasetDict`` or a Hub id
-        (only its metadata is read; offline, a :class:`~hf_multitask.DataError` says what to
+        (only its metadata is read; offline, a [`DataError`][hf_multitask.reading.DataError] says what to
         do). ``overrides`` set or replace any field (``kind=`` and ``num_labels=`` together skip
         the inference)."""
         columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
@@ -141,7 +141,7 @@ class TaskSpec:
 
     @property
     def task_type(self) -> TaskType:
-        """The :class:`~hf_multitask.task_types.TaskType` that owns this task's kind."""
+        """The [`TaskType`][hf_multitask.task_types.TaskType] that owns this task's kind."""
         return get_task_type(self.kind)
 
     @property
@@ -150,7 +150,7 @@ class TaskSpec:
         return len(self.text_columns) == 2
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form, stored in :class:`MultitaskConfig`."""
+        """JSON-serialisable form, stored in [`MultitaskConfig`][hf_multitask.configuration.MultitaskConfig]."""
         d = dataclasses.asdict(self)
         d["text_columns"] = list(self.text_columns)
         if self.label_range is not None:
@@ -164,7 +164,7 @@ class TaskSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskSpec:
-        """Inverse of :meth:`to_dict`; unknown keys raise a clear error."""
+        """Inverse of [`to_dict()`][hf_multitask.tasks.TaskSpec.to_dict]; unknown keys raise a clear error."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -55,8 +55,8 @@ def conflict_metrics(info: dict[str, Any], grad_scale: float = 1.0) -> dict[str,
 class ConflictTelemetryCallback(TrainerCallback):
     """Puts gradient-conflict telemetry into the Trainer's logs every ``every_n_steps`` steps.
 
-    :class:`~hf_multitask.MultitaskTrainer` hands it each surgery step's statistics
-    (:meth:`record`); on a due step the callback asks the Trainer to log, and the trainer
+    [`MultitaskTrainer`][hf_multitask.trainer.MultitaskTrainer] hands it each surgery step's statistics
+    ([`record()`][hf_multitask.telemetry.ConflictTelemetryCallback.record]); on a due step the callback asks the Trainer to log, and the trainer
     merges the pending values into that log entry, so TensorBoard, W&B, ``trainer_state.json``
     and every other logging integration receive them. ``history`` keeps every recorded row.
     """
@@ -73,7 +73,7 @@ class ConflictTelemetryCallback(TrainerCallback):
         return step % self.every_n_steps == 0 or step == 1
 
     def record(self, step: int, metrics: dict[str, float]) -> None:
-        """Keep ``metrics`` of optimizer step ``step`` for the next log and in :attr:`history`."""
+        """Keep ``metrics`` of optimizer step ``step`` for the next log and in `history`."""
         self.pending = dict(metrics)
         self.history.append({"step": step, **metrics})
 

@@ -47,20 +47,20 @@ class _AfterOptimizerStep(TrainerCallback):
 
 
 class MultitaskTrainer(_LossWeightingMixin, _ScheduleMixin, _EvaluationMixin, _CheckpointMixin, Trainer):
-    """A `Trainer` for :class:`~hf_multitask.MultitaskModel` with gradient surgery.
+    """A `Trainer` for [`MultitaskModel`][hf_multitask.modeling.MultitaskModel] with gradient surgery.
 
     Args:
-        model: A :class:`~hf_multitask.MultitaskModel` (or anything with ``task_names``,
+        model: A [`MultitaskModel`][hf_multitask.modeling.MultitaskModel] (or anything with ``task_names``,
             ``shared_parameters()``, ``task_parameters(task)`` and ``forward(task=..., **batch)``
             returning ``loss``); or ``None`` with ``model_init`` (hyperparameter search).
-        args: :class:`MultitaskTrainingArguments`.
-        train_dataset: ``{task: encoded dataset}`` (see :func:`~hf_multitask.encode_task`).
+        args: [`MultitaskTrainingArguments`][hf_multitask.training_args.MultitaskTrainingArguments].
+        train_dataset: ``{task: encoded dataset}`` (see [`encode_task()`][hf_multitask.encoding.encode_task]).
         eval_dataset: ``{task: encoded dataset}`` with labels; evaluation reports each task's
             metric and loss, ``{task}_score``, ``overall`` and ``loss`` (the summed task losses).
-        aggregator: An :class:`~hf_multitask.surgery.Aggregator` instance; by default built
+        aggregator: An [`Aggregator`][hf_multitask.surgery.base.Aggregator] instance; by default built
             from ``args.aggregator`` / ``args.aggregator_kwargs``.
         loss_hook: Optional ``hook(model, task, batch, output) -> loss`` that replaces each task's
-            loss before its gradient is taken (e.g. :class:`~hf_multitask.schemes.SmartRegularizer`);
+            loss before its gradient is taken (e.g. [`SmartRegularizer`][hf_multitask.schemes.smart.SmartRegularizer]);
             an ``update_ema(model)`` method on it is called after every optimizer step, and its
             ``state_dict()`` / ``load_state_dict()`` (if any) go into checkpoints.
         **kwargs: Go to ``transformers.Trainer`` (``compute_loss_func`` is refused: the task
@@ -73,7 +73,7 @@ class MultitaskTrainer(_LossWeightingMixin, _ScheduleMixin, _EvaluationMixin, _C
     accumulation: per-task gradients add up over micro-batches and surgery runs once per
     optimizer step. DDP: the model's forward is called on the unwrapped module, and the flat
     buffer is all-reduced once per step, each task's rows weighted by its sample counts.
-    FSDP2: the sharded engine (see :mod:`hf_multitask.surgery.engine`). DeepSpeed, FSDP version 1
+    FSDP2: the sharded engine (see `hf_multitask.surgery.engine`). DeepSpeed, FSDP version 1
     and ``nn.DataParallel`` are refused with a clear error.
     """
 
@@ -230,7 +230,7 @@ class MultitaskTrainer(_LossWeightingMixin, _ScheduleMixin, _EvaluationMixin, _C
     # ------------------------------------------------------------------ the step
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """The stock optimizer, its groups split by learning rate when ``head_learning_rate`` or
-        ``layer_lr_decay`` asks for it (see :mod:`hf_multitask.lr_groups`)."""
+        ``layer_lr_decay`` asks for it (see `hf_multitask.lr_groups`)."""
         fresh = self.optimizer is None
         optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
         args = self.args
@@ -342,8 +342,8 @@ class MultitaskTrainer(_LossWeightingMixin, _ScheduleMixin, _EvaluationMixin, _C
         return self._surgery_step(model, inputs)
 
     def _surgery_step(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-        """A gradient :class:`~hf_multitask.surgery.Aggregator`: each task's gradient row into
-        the engine; on the last micro-batch of the step, the surgery (:meth:`_apply_surgery`)."""
+        """A gradient [`Aggregator`][hf_multitask.surgery.base.Aggregator]: each task's gradient row into
+        the engine; on the last micro-batch of the step, the surgery ([`_apply_surgery()`][hf_multitask.trainer.MultitaskTrainer._apply_surgery])."""
         core = self.accelerator.unwrap_model(model)
         engine = self._get_engine(core)
         accumulation = self._accumulation(inputs)

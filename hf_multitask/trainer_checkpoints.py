@@ -1,5 +1,5 @@
 """`MultitaskTrainer`'s checkpoints: the surgery state written first, the completion marker last,
-rotation after it; resume only from a complete, intact checkpoint (a mixin of :class:`~hf_multitask.MultitaskTrainer`)."""
+rotation after it; resume only from a complete, intact checkpoint (a mixin of [`MultitaskTrainer`][hf_multitask.trainer.MultitaskTrainer])."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class _CheckpointMixin(Trainer):
         """Write the checkpoint so that a kill at any moment leaves a complete one on disk.
 
         Order: the surgery state, then everything ``transformers`` saves (rotation held
-        back), then the completion marker (see :mod:`hf_multitask.checkpoints`), and only
+        back), then the completion marker (see [`hf_multitask.checkpoints`][hf_multitask.checkpoints]), and only
         then the rotation of older checkpoints. Every rank writes files of its own (its RNG
         state, its optimizer shard), so the ranks meet after the main process has prepared the
         folder and again before it records the files' sizes in the marker: without the second
@@ -72,7 +72,7 @@ class _CheckpointMixin(Trainer):
         """The checkpoint folder to resume from, verified complete and intact.
 
         ``True`` takes the newest complete checkpoint of ``output_dir`` (partial folders of a
-        killed run are skipped, with a log line saying so). Raises :class:`CheckpointError`
+        killed run are skipped, with a log line saying so). Raises [`CheckpointError`][hf_multitask.checkpoints.CheckpointError]
         for a partial, truncated or surgery-state-less checkpoint (the last one is accepted
         with ``resume_without_surgery_state``).
         """

@@ -1,5 +1,5 @@
 """`MultitaskTrainer`'s accounting and evaluation: FLOPs and tokens of nested per-task batches,
-``evaluate`` and ``predict`` over ``{task: dataset}`` (a mixin of :class:`~hf_multitask.MultitaskTrainer`)."""
+``evaluate`` and ``predict`` over ``{task: dataset}`` (a mixin of [`MultitaskTrainer`][hf_multitask.trainer.MultitaskTrainer])."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ class _EvaluationMixin(Trainer):
 
         The predictions behind them stay in ``self.last_predictions`` (``{task: TaskPredictions}``).
         Weights already scored on the trainer's own evaluation sets (by their digest,
-        :func:`weights_key`) are not scored again: that evaluation's metrics and predictions are
+        [`weights_key()`][hf_multitask.trainer_evaluation.weights_key]) are not scored again: that evaluation's metrics and predictions are
         returned (and logged) again.
         """
         data = eval_dataset if eval_dataset is not None else self.eval_dataset

@@ -1,8 +1,8 @@
 """`MultitaskTrainer`'s one-backward step: a loss weighting (RLW, UW, FAMO) trains on one weighted
 sum of the task losses per micro-batch, with no per-task gradients (a mixin of
-:class:`~hf_multitask.MultitaskTrainer`).
+[`MultitaskTrainer`][hf_multitask.trainer.MultitaskTrainer]).
 
-The summed and mean losses take this step too (:class:`SummedLoss`): their update is the
+The summed and mean losses take this step too ([`SummedLoss`][hf_multitask.trainer_loss_weighting.SummedLoss]): their update is the
 gradient of ``sum_i L_i`` (or its ``1/T``), which one backward gives without the ``(T, P)``
 per-task buffer and Gram matrix the surgery engine would build and never use. Only a step that
 records conflict telemetry (``telemetry_steps``) takes the per-task path, to measure the rows."""
@@ -34,10 +34,10 @@ class _LossWeightingMixin(Trainer):
     """The step of the methods that weight losses instead of gradients."""
 
     def _loss_weighting_step(self, model: nn.Module, inputs: dict[str, Any], method: LossWeighting | None = None) -> torch.Tensor:
-        """A :class:`~hf_multitask.surgery.LossWeighting`: one backward of ``sum_i w_i L_i``
+        """A [`LossWeighting`][hf_multitask.surgery.loss_weighting.LossWeighting]: one backward of ``sum_i w_i L_i``
         per micro-batch, no per-task gradient buffer. The method sees the losses averaged over
         DDP ranks, so its weights and state are the same on every rank (see
-        :mod:`hf_multitask.surgery.loss_weighting` for the call order)."""
+        `hf_multitask.surgery.loss_weighting` for the call order)."""
         core = self.accelerator.unwrap_model(model)
         accumulation = self._accumulation(inputs)
         unlabelled = self._without_labels(core, inputs)

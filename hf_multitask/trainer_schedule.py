@@ -1,5 +1,5 @@
 """`MultitaskTrainer`'s data side: the schedule's step loader and the epoch accounting the
-Trainer cannot do for schedules whose epochs differ in length (a mixin of :class:`~hf_multitask.MultitaskTrainer`)."""
+Trainer cannot do for schedules whose epochs differ in length (a mixin of [`MultitaskTrainer`][hf_multitask.trainer.MultitaskTrainer])."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """`MultitaskTrainingArguments`: `transformers.TrainingArguments` plus the multitask knobs.
 
-Every field is honoured by :class:`~hf_multitask.MultitaskTrainer` or refused with a message
+Every field is honoured by [`MultitaskTrainer`][hf_multitask.trainer.MultitaskTrainer] or refused with a message
 that names it: here, when the arguments are built, where the arguments alone tell; otherwise
 when the trainer is built (settings that depend on the model or the launch, e.g. DeepSpeed,
 FSDP1 or ``n_gpu > 1``). Names of aggregators and schedules are
-checked against their registries (:data:`hf_multitask.surgery.AGGREGATORS` and
-:data:`~hf_multitask.surgery.LOSS_WEIGHTINGS`, :data:`hf_multitask.mixing.SCHEDULES`) before any data is read or model built.
+checked against their registries (`hf_multitask.surgery.AGGREGATORS` and
+`LOSS_WEIGHTINGS`, `hf_multitask.mixing.SCHEDULES`) before any data is read or model built.
 
 | field | what |
 |---|---|

@@ -1,4 +1,4 @@
-"""The private ``transformers`` surface :class:`~hf_multitask.MultitaskTrainer` relies on, in one place.
+"""The private ``transformers`` surface [`MultitaskTrainer`][hf_multitask.trainer.MultitaskTrainer] relies on, in one place.
 
 Each is used only where ``Trainer`` offers no public hook, and ``tests/trainer/test_transformers_surface.py``
 pins every one (names, signatures, the order of the tuple we edit), so a transformers release
@@ -37,5 +37,5 @@ PRIVATE_TRAINER_ATTRIBUTES = ("current_gradient_accumulation_steps",)
 
 
 def initial_value(name: str) -> int:
-    """The position of ``name`` in :data:`INITIAL_TRAINING_VALUES`."""
+    """The position of ``name`` in [`INITIAL_TRAINING_VALUES`][hf_multitask.transformers_private.INITIAL_TRAINING_VALUES]."""
     return INITIAL_TRAINING_VALUES.index(name)

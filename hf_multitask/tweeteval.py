@@ -2,7 +2,7 @@
 
 Six tweet-classification tasks in the benchmark's own layout (``{task}/{train,val}_{text,labels}.txt``,
 ``test_text.txt``, ``mapping.txt``; stance has one folder per target and one ``mapping.txt``
-beside them), read with :func:`~hf_multitask.data.load_text_label_files`, and scored with the
+beside them), read with [`load_text_label_files()`][hf_multitask.data.load_text_label_files], and scored with the
 benchmark's official metrics:
 
 | task | classes | metric (``TaskSpec.metric``) |
@@ -18,11 +18,11 @@ Stance is one task whose examples are ``(target, tweet)`` pairs, so one head ser
 targets and the metric pools them as the official script does. Or, with ``stance="targets"``,
 five tasks ``stance_<target>`` (the tweet alone, one head each) in the metric group ``stance``:
 their predictions are pooled for the one official ``stance_stance_f1`` and ``overall`` counts
-stance once (:attr:`~hf_multitask.TaskSpec.metric_group`). The benchmark score is the mean
+stance once (`metric_group`). The benchmark score is the mean
 of the six metrics (x 100 on the leaderboard): the model's ``overall`` (each F1 is its own
 ``[0, 1]`` score), so the best checkpoint and the model card follow it.
 
-Test labels are not part of the benchmark's release: :func:`write_test_predictions` writes the
+Test labels are not part of the benchmark's release: [`write_test_predictions()`][hf_multitask.tweeteval.write_test_predictions] writes the
 official prediction files (``{task}.txt``, ``stance/{target}.txt``, one label index per line in
 ``test_text.txt`` order) for the held-out scorer.
 """
@@ -77,7 +77,7 @@ TWEETEVAL_HUB_ID = "cardiffnlp/tweet_eval"  # configs: the task names, and stanc
 def read_mapping(path: str | os.PathLike[str]) -> tuple[str, ...]:
     """Label names of a ``mapping.txt`` (``index<TAB>name[<TAB>more]`` per line), in index order.
 
-    The indices must be ``0 .. K-1`` (in any order); anything else is a :class:`DataError`
+    The indices must be ``0 .. K-1`` (in any order); anything else is a [`DataError`][hf_multitask.reading.DataError]
     naming the line."""
     names: dict[int, str] = {}
     for number, line in enumerate(read_lines(path), start=1):
@@ -113,7 +113,7 @@ def _task_dir(data_dir: str | os.PathLike[str], task: str) -> Path:
 
 
 def tweeteval_task(task: str, data_dir: str | os.PathLike[str] | None = None) -> TaskSpec:
-    """The :class:`TaskSpec` of one TweetEval task, with its official metric; label names come
+    """The [`TaskSpec`][hf_multitask.tasks.TaskSpec] of one TweetEval task, with its official metric; label names come
     from the task's ``mapping.txt`` when ``data_dir`` is given. Stance is a pair task
     (``target``, ``text``); ``stance_<target>`` is one target's tweets alone, in the metric
     group ``stance``."""
@@ -139,8 +139,8 @@ def expand_stance(tasks: list[str], stance: str = "pair") -> list[str]:
 
 
 def tweeteval_tasks(data_dir: str | os.PathLike[str] | None = None, tasks: list[str] | None = None, stance: str = "pair") -> list[TaskSpec]:
-    """The TweetEval tasks (all six, or ``tasks``) as :class:`TaskSpec` objects; ``stance="targets"``
-    gives stance as five tasks, one head per target, scored pooled (:func:`expand_stance`)."""
+    """The TweetEval tasks (all six, or ``tasks``) as [`TaskSpec`][hf_multitask.tasks.TaskSpec] objects; ``stance="targets"``
+    gives stance as five tasks, one head per target, scored pooled ([`expand_stance()`][hf_multitask.tweeteval.expand_stance])."""
     return [tweeteval_task(t, data_dir) for t in expand_stance(list(tasks or TWEETEVAL_TASKS), stance)]
 
 
@@ -174,7 +174,7 @@ def load_tweeteval(
     """One task's ``train`` or ``val`` (``validation``) examples from the TweetEval layout: ``id``
     (the 0-based line index; ``{target}-{index}`` for stance and its target tasks), ``text`` (and
     ``target`` for the stance pair task) and ``label``. Bad lines (an empty tweet: hate has a few) are reported by file and
-    line and skipped, as :func:`~hf_multitask.load_task_data` does."""
+    line and skipped, as [`load_task_data()`][hf_multitask.data.load_task_data] does."""
     spec = tweeteval_task(spec, data_dir) if isinstance(spec, str) else spec
     if split not in _SPLIT_FILES:
         raise ValueError(f"split must be 'train' or 'val' (the test labels are held out), got {split!r}")
@@ -221,7 +221,7 @@ def write_test_predictions(
     """Predict the test text of every TweetEval task the model has (or ``tasks``) and write the
     official files into ``output_dir``: ``{task}.txt`` and ``stance/{target}.txt``, one label
     index per line in ``test_text.txt`` order. Returns ``{file stem: path}``. ``dtype``:
-    ``torch.bfloat16`` predicts under bf16 autocast (:func:`~hf_multitask.predict`).
+    ``torch.bfloat16`` predicts under bf16 autocast ([`predict()`][hf_multitask.predict.predict]).
 
     Each file is written whole to a temporary name, then renamed, so no half-written file is
     ever left behind."""
@@ -271,8 +271,8 @@ def benchmark_score(metrics: dict[str, float], tasks: list[str] | None = None) -
 def load_tweeteval_hub(spec: TaskSpec | str, split: str = "train", *, strict: bool = False) -> datasets.Dataset:
     """One task's ``train`` or ``validation`` split from the Hub's ``cardiffnlp/tweet_eval``
     (configs named after the tasks, ``stance_<target>`` for stance; columns ``text`` and
-    ``label``), in the same columns as :func:`load_tweeteval`. Needs the network or a warm cache;
-    otherwise a :class:`~hf_multitask.presets.PresetUnavailable` names the dataset."""
+    ``label``), in the same columns as [`load_tweeteval()`][hf_multitask.tweeteval.load_tweeteval]. Needs the network or a warm cache;
+    otherwise a `PresetUnavailable` names the dataset."""
     from .data import load_task_data
     from .presets import PresetUnavailable
 

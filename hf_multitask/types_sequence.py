@@ -182,7 +182,7 @@ class ClassificationType(SequenceTaskType):
 
     def distillation_loss(self, spec, logits, labels, teacher, gold_weight, temperature=1.0):
         """Cross-entropy to ``gold_weight * onehot(gold) + (1 - gold_weight) * softmax(teacher / T)``
-        (:func:`~hf_multitask.task_types.soft_cross_entropy`); unlabelled rows are left out."""
+        ([`soft_cross_entropy()`][hf_multitask.task_types.soft_cross_entropy]); unlabelled rows are left out."""
         if gold_weight >= 1.0:
             return self.loss(spec, logits, labels)
         return soft_cross_entropy(logits, labels, teacher, gold_weight, temperature)

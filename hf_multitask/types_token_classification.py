@@ -27,7 +27,7 @@ class TokenClassificationType(TaskType):
 
     - **Data**: the one text column holds the words (a list, or a whitespace-separated string
       in a TSV/CSV file); the label column one tag per word (names from ``label_names``, or
-      class indices). CoNLL-U files are read by :func:`hf_multitask.conllu.read_conllu`.
+      class indices). CoNLL-U files are read by [`hf_multitask.conllu.read_conllu()`][hf_multitask.conllu.read_conllu].
     - **Encoding**: words are tokenised with ``is_split_into_words=True`` (a fast tokenizer is
       needed for the word alignment). Each word's tag goes on its first sub-token; the other
       sub-tokens and the special tokens get the ignore index -100, or, with

@@ -199,3 +199,49 @@ def _undocumented(module_name: str) -> list[str]:
 def test_every_public_name_of_the_reference_has_a_docstring(module):
     assert PUBLIC_MODULES, "the reference pages name modules"
     assert not _undocumented(module), f"{module}: no docstring (the reference would show nothing): {_undocumented(module)}"
+
+
+# reStructuredText roles render as plain text through mkdocstrings (Markdown docstrings): ":class:`~x.Y`" on the page
+_ROLE = re.compile(r":(?:class|func|mod|meth|attr|data|obj|exc|py:\w+):`")
+# a mkdocstrings cross-reference: [`shown`][hf_multitask.dotted.path]
+_CROSS_REFERENCE = re.compile(r"\]\[(hf_multitask(?:\.\w+)+)\]")
+
+
+def _package_sources() -> list[Path]:
+    return sorted((REPO / "hf_multitask").rglob("*.py"))
+
+
+def test_no_docstring_uses_a_sphinx_role():
+    found = [f"{p.relative_to(REPO)}:{i}" for p in _package_sources() for i, line in enumerate(p.read_text().splitlines(), 1)
+             if _ROLE.search(line)]  # fmt: skip
+    assert not found, f"reST roles (write [`Name`][hf_multitask.module.Name] or plain `code`): {found}"
+
+
+def test_the_role_check_catches_a_role():
+    assert _ROLE.search("A `Trainer` for :class:`~hf_multitask.MultitaskModel`")
+    assert not _ROLE.search("A `Trainer` for [`MultitaskModel`][hf_multitask.modeling.MultitaskModel]")
+
+
+def _resolves(path: str) -> bool:
+    parts = path.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
+
+
+def test_every_cross_reference_in_a_docstring_names_an_object_that_exists():
+    # `mkdocs build --strict` (run by .ci/run) fails on a target the site does not render; this catches a renamed
+    # or moved object without building the site
+    targets = {m.group(1): p.relative_to(REPO) for p in _package_sources() for m in _CROSS_REFERENCE.finditer(p.read_text())}
+    assert len(targets) > 50, "the docstrings cross-reference the API"
+    broken = {t: str(p) for t, p in targets.items() if not _resolves(t)}
+    assert not broken, f"cross-references to nothing: {broken}"
+    assert not _resolves("hf_multitask.modeling.NoSuchModel")

@@ -1,6 +1,6 @@
 """Does a multitask method help *my* tasks? A seeded, resumable comparison harness: a grid of
 arms x seeds x splits run through the recipe, reported with intervals. The grid format and the
-commands are in :mod:`hf_multitask.compare.cli` (``python -m hf_multitask.compare --help``)."""
+commands are in `hf_multitask.compare.cli` (``python -m hf_multitask.compare --help``)."""
 
 from __future__ import annotations
 

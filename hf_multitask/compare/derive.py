@@ -75,7 +75,7 @@ def task_test_files(source: Path, tasks: list[str]) -> list[Path] | None:
 
 def _reusable(arm: Arm, source: dict[str, Any], source_test: Path | None, gathering: bool) -> list[Path] | None:
     """The source's test files the arm's cell would take (its primary tasks' files, or every task's;
-    none when the grid gathers none), or None when the cell must train instead (see :func:`derived_cell`)."""
+    none when the grid gathers none), or None when the cell must train instead (see [`derived_cell()`][hf_multitask.compare.derive.derived_cell])."""
     history, best = source.get("evaluations"), source.get("best_step")
     if not history or best is None or chosen_step(history, source.get("primary")) != best:
         return None  # no evaluations recorded, or they do not show the choice the source made

@@ -34,7 +34,7 @@ class Arm:
     ``same_training_as``: another arm that trains exactly as this one (the same flags and tasks;
     only ``primary``, so only the checkpoint choice and the score, differ). Its cell runs first,
     and this arm's cell is that run re-scored when its primary tasks keep the same checkpoint
-    (:mod:`.derive`); it trains only when they keep another.
+    (`derive`); it trains only when they keep another.
 
     ``candidates_same_training_as``: the same promise for some of a tuned arm's candidates
     (candidate name -> another tuned arm whose candidate of that name trains exactly as it, e.g.
@@ -42,7 +42,7 @@ class Arm:
     the checkpoint it keeps): that candidate's tuning run is the other arm's re-scored when it can be.
 
     ``teachers_from``: a single-task arm whose models teach this arm's student (BAM!'s distillation,
-    :mod:`hf_multitask.distillation`): each cell first trains that arm's model of every task for
+    [`hf_multitask.distillation`][hf_multitask.distillation]): each cell first trains that arm's model of every task for
     the same seed and split (under ``teachers/{task}/``, its ``result.json`` beside the run, so the
     retrained teachers can be checked against that arm's cells), then runs with ``--teachers`` and
     ``--teacher_cache teacher_outputs/`` in the cell. The cached outputs are small and committed; a
@@ -191,7 +191,7 @@ class Grid:
             raise GridError(f"{needs} and 'tasks' (only 'primary' may differ); got {mine} / {theirs}")
 
     def arm(self, name: str) -> Arm:
-        """The arm called ``name`` (a :class:`GridError` naming the grid's arms if there is none)."""
+        """The arm called ``name`` (a [`GridError`][hf_multitask.compare.grid.GridError] naming the grid's arms if there is none)."""
         for arm in self.arms:
             if arm.name == name:
                 return arm

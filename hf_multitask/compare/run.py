@@ -52,7 +52,7 @@ def _resumable(out: Path, cmd: list[str]) -> Path | None:
 
 def _run_one(cmd: list[str], out: Path, log: Path) -> dict[str, Any]:
     """Run one recipe in a child process; its metrics plus wall time, the child's peak RSS, the
-    versions and its evaluations during training (:func:`.derive.evaluation_history`). A run an earlier attempt left unfinished continues from its newest complete checkpoint
+    versions and its evaluations during training ([`derive.evaluation_history()`][hf_multitask.compare.derive.evaluation_history]). A run an earlier attempt left unfinished continues from its newest complete checkpoint
     (``--resume_from_checkpoint true``; the result records ``resumed_from``, and its time covers the
     resumed part only); otherwise it starts over (``--overwrite_output_dir``)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -189,9 +189,9 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
     ``gather``: where the cell's test prediction files go once it has run. ``source``: for an arm
     with ``same_training_as`` (or a candidate in ``candidates_same_training_as``), that arm's
     finished cell (or candidate's tuning run) and its gathered test files, which this cell
-    re-scores when it can (:func:`.derive.derived_cell`) instead of training. ``candidate``: the
+    re-scores when it can ([`derive.derived_cell()`][hf_multitask.compare.derive.derived_cell]) instead of training. ``candidate``: the
     tuning candidate this run is, recorded in its result. ``same``: another arm's finished cell
-    with this cell's very flags (:func:`same_run`) and its gathered test files, which this cell
+    with this cell's very flags ([`same_run()`][hf_multitask.compare.run.same_run]) and its gathered test files, which this cell
     takes instead of training."""
     tasks = list(arm.tasks or grid.tasks)
     identity = _identity(grid, args, tasks, arm.primary, arm.teachers_from)
@@ -282,10 +282,10 @@ def teacher_plan(
 def cell_plan(
     grid: Grid, args: list[str], arm: Arm, tasks: list[str], seed: int, split: int, folder: Path
 ) -> tuple[list[tuple[str, Path, list[str]]], list[str]]:
-    """A cell's runs: the teachers it still has to train (:func:`teacher_plan`; none unless the
+    """A cell's runs: the teachers it still has to train ([`teacher_plan()`][hf_multitask.compare.run.teacher_plan]; none unless the
     arm has ``teachers_from``), then its own command, with the teachers' flags. For a single-task
     arm, one task's run: ``tasks`` is that task and ``folder`` its sub-folder (such an arm has no
-    teachers and no primary tasks, :class:`.grid.Grid` refuses them). The one place a cell's
+    teachers and no primary tasks, [`grid.Grid`][hf_multitask.compare.grid.Grid] refuses them). The one place a cell's
     command is built, for ``run`` and ``status`` alike (a resumable run is recognised by its
     command). Nothing is run."""
     teachers, flags = teacher_plan(grid, arm, tasks, seed, split, folder) if arm.teachers_from else ([], [])
@@ -293,7 +293,7 @@ def cell_plan(
 
 
 def _train_teachers(grid: Grid, arm: Arm, seed: int, split: int, teachers: list[tuple[str, Path, list[str]]], say: Any) -> None:
-    """Train ``teachers`` (from :func:`cell_plan`), each run's result beside it."""
+    """Train ``teachers`` (from [`cell_plan()`][hf_multitask.compare.run.cell_plan]), each run's result beside it."""
     if not teachers:
         return
     source = grid.arm(arm.teachers_from)  # type: ignore[arg-type]

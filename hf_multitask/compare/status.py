@@ -31,9 +31,9 @@ def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, f
     unfinished task of a single-task arm), ``resumable`` (how many of those can continue from a
     checkpoint), ``waiting`` (its flags are not known until its arm's tuning is done),
     ``rescored`` (it will be its ``same_training_as`` source's finished cell, or for a tuning run
-    its ``candidates_same_training_as`` source's, re-scored: no run left; set by :func:`status`,
+    its ``candidates_same_training_as`` source's, re-scored: no run left; set by [`status()`][hf_multitask.compare.status.status],
     which knows the source's row), ``copied`` (another arm's finished cell has its very flags,
-    :func:`.run.same_run`: no run left) and ``edited``
+    [`run.same_run()`][hf_multitask.compare.run.same_run]: no run left) and ``edited``
     (its result was run with other flags: ``run`` stops there). ``gathering``: the cell's test
     files are gathered (reported cells of a grid with ``test_predictions``), as in ``run``."""
     tasks = list(arm.tasks or grid.tasks)
@@ -64,7 +64,7 @@ def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, f
 
 def status(grid: Grid, out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """One row per tuning run and per reported cell (``kind``: ``tuning`` / ``run``), in the
-    order ``run`` takes them (see :func:`_runs` for the keys)."""
+    order ``run`` takes them (see [`_runs()`][hf_multitask.compare.status._runs] for the keys)."""
     out = Path(out_dir)
     rows: list[dict[str, Any]] = []
     tuning: dict[tuple[str, str], dict[str, Any]] = {}
@@ -118,7 +118,7 @@ def _pace(rows: list[dict[str, Any]]) -> float | None:
 
 
 def status_text(rows: list[dict[str, Any]]) -> str:
-    """``rows`` as a table by arm and the time left, at :func:`_pace` per run left (a resumable
+    """``rows`` as a table by arm and the time left, at `_pace()` per run left (a resumable
     run counted whole, so the estimate is an upper bound)."""
     lines = ["| arm | tuning runs done | cells done | runs left | resumable |", "|---|---|---|---|---|"]
     for arm in dict.fromkeys(r["arm"] for r in rows if r["kind"] == "run"):  # every arm has reported cells, in the grid's order

@@ -1,6 +1,6 @@
 """Task mixing: schedules that decide which task trains when, and the step loader.
 
-See :mod:`hf_multitask.mixing.schedules` for the schedules and their formulas.
+See `hf_multitask.mixing.schedules` for the schedules and their formulas.
 """
 
 from .loader import WINDOW_KEY, MultitaskStepSampler, TaskIndexedDataset, derive_seed, make_train_dataloader

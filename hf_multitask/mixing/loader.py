@@ -33,7 +33,7 @@ class MultitaskStepSampler(Sampler):
     """Yields, for each step, the ``(task, index, loss_weight)`` items of this rank.
 
     The schedule decides how many examples of which tasks form each step (see
-    :mod:`hf_multitask.mixing.schedules`). Examples of each task come from an endless stream
+    `hf_multitask.mixing.schedules`). Examples of each task come from an endless stream
     of seeded permutations (a fresh one each pass; the streams restart every epoch), so
     small tasks cycle and every task's examples are seen in a new order each pass.
 
@@ -43,7 +43,7 @@ class MultitaskStepSampler(Sampler):
     tasks of every step.
 
     With ``lengths`` (token counts per example of every task) batches are length-grouped
-    (see :meth:`_length_grouped`), which cuts padding on real text; pass the gradient
+    (see `_length_grouped()`), which cuts padding on real text; pass the gradient
     ``accumulation`` steps so that groups match optimizer steps.
     """
 

@@ -1,7 +1,7 @@
 """Task schedules: which tasks (and how many of their examples) make up each training step.
 
 A schedule turns the task sizes ``N_i`` and per-task batch sizes ``B_i`` into an *epoch
-plan*: a list of steps, each a list of :class:`Slot` ``(task, examples, loss_weight)``.
+plan*: a list of steps, each a list of [`Slot`][hf_multitask.mixing.schedules.Slot] ``(task, examples, loss_weight)``.
 Plans depend only on ``(seed, epoch)``, so every DDP rank computes the same plan and a
 resumed run replays it.
 """
@@ -70,7 +70,7 @@ def task_probabilities(
     """Per-task sampling probabilities.
 
     * ``proportional``: ``p_i ∝ N_i``
-    * ``annealed``: ``p_i ∝ N_i ** alpha``, alpha from :func:`annealed_alpha`
+    * ``annealed``: ``p_i ∝ N_i ** alpha``, alpha from [`annealed_alpha()`][hf_multitask.mixing.schedules.annealed_alpha]
     * ``temperature``: ``p_i ∝ N_i ** (1 / T)``
     * ``uniform``: ``p_i = 1 / T_tasks``
     """
@@ -121,7 +121,7 @@ class Schedule:
     def plan(
         self, epoch: int, num_epochs: int, sizes: Mapping[str, int], batch_sizes: Mapping[str, int], generator: torch.Generator
     ) -> list[list[Slot]]:
-        """The steps of one epoch: each a list of :class:`Slot` (task, examples, loss weight).
+        """The steps of one epoch: each a list of [`Slot`][hf_multitask.mixing.schedules.Slot] (task, examples, loss weight).
 
         Args:
             epoch: The epoch (0-based).
@@ -182,7 +182,7 @@ class RoundRobin(Schedule):
 
 
 class Sampled(Schedule):
-    """One task per step, drawn with the probabilities of :func:`task_probabilities`.
+    """One task per step, drawn with the probabilities of [`task_probabilities()`][hf_multitask.mixing.schedules.task_probabilities].
 
     ``kind`` is ``proportional``, ``annealed`` (the PAL schedule), ``temperature`` or
     ``uniform``. An epoch has ``sum_i ceil(N_i / (B_i W))`` steps (W ranks) (as many batches as the data
@@ -218,9 +218,9 @@ class GradientCompromise(Schedule):
     """Batches of batches for the "gradient compromise" method.
 
     Each step draws ``batches_per_step`` task batches (default: the number of tasks) with the
-    annealed probabilities ``p_i ∝ N_i ** alpha`` (see :func:`annealed_alpha`); batches of the
+    annealed probabilities ``p_i ∝ N_i ** alpha`` (see [`annealed_alpha()`][hf_multitask.mixing.schedules.annealed_alpha]); batches of the
     same task are merged, and every task's loss is scaled by ``N_i ** -beta`` with
-    ``beta = 0.2 + 0.8 (e - 1) / (E - 1)`` (:func:`compromise_beta`). With ``normalize=True``
+    ``beta = 0.2 + 0.8 (e - 1) / (E - 1)`` ([`compromise_beta()`][hf_multitask.mixing.schedules.compromise_beta]). With ``normalize=True``
     (default) the loss weights are divided by their mean over the tasks, so the overall loss
     scale (and the learning rate that suits it) does not shrink as beta grows. All batches go
     to the surgery step at once. An epoch has ``ceil(sum_i N_i / (B_i W) / k)`` steps (W ranks).

@@ -1,16 +1,16 @@
 """The front-door training recipe behind ``recipes/train_pcgrad.py`` and ``hf-multitask train``.
 
 ``accelerate launch recipes/train_pcgrad.py [--config recipes/configs/X.yaml] [--key value ...]``
-(or plain ``python``, or ``hf-multitask train ...``). One parser (:mod:`.parser`) reads every
-dataclass of :mod:`.arguments` (the model, the data, the training arguments and one small
+(or plain ``python``, or ``hf-multitask train ...``). One parser (`parser`) reads every
+dataclass of `arguments` (the model, the data, the training arguments and one small
 dataclass per optional phase), ``--config``, ``--demo`` and ``--traceback``; a YAML config gives
 the same keys and command-line flags override it.
 
-The modules, in the order a run uses them: :mod:`.arguments` and :mod:`.parser` (what was
-asked), :mod:`.data` (tasks and their rows), :mod:`.model` (backbone, heads),
-:mod:`.phases` (SimCSE, head pretraining, intermediate-task transfer, LP, multitask training,
-specialisation, each saying whether it runs), :mod:`.outputs` (``best/``, metrics,
-predictions, Hub push; the ensemble mode) and :mod:`.run` (``run`` and ``main``).
+The modules, in the order a run uses them: `arguments` and `parser` (what was
+asked), `data` (tasks and their rows), `model` (backbone, heads),
+`phases` (SimCSE, head pretraining, intermediate-task transfer, LP, multitask training,
+specialisation, each saying whether it runs), `outputs` (``best/``, metrics,
+predictions, Hub push; the ensemble mode) and `run` (``run`` and ``main``).
 """
 
 from .arguments import (

@@ -1,10 +1,10 @@
 """The recipe's arguments: one dataclass per concern, all parsed by one ``HfArgumentParser``.
 
-:class:`ModelArguments` (the model), :class:`DataArguments` (the data), :class:`RecipeTrainingArguments`
+[`ModelArguments`][hf_multitask.recipe.arguments.ModelArguments] (the model), [`DataArguments`][hf_multitask.recipe.arguments.DataArguments] (the data), [`RecipeTrainingArguments`][hf_multitask.recipe.arguments.RecipeTrainingArguments]
 (``MultitaskTrainingArguments`` with the recipe's defaults and its outputs), and one small
-dataclass per optional phase: :class:`SimCSEArguments`, :class:`HeadPretrainArguments`,
-:class:`IntermediateArguments`, :class:`LPFTArguments`, :class:`SmartArguments`,
-:class:`SpecialiseArguments`, :class:`EnsembleArguments` and :class:`DistillationArguments`. Every flag keeps its name; a YAML
+dataclass per optional phase: [`SimCSEArguments`][hf_multitask.recipe.arguments.SimCSEArguments], [`HeadPretrainArguments`][hf_multitask.recipe.arguments.HeadPretrainArguments],
+[`IntermediateArguments`][hf_multitask.recipe.arguments.IntermediateArguments], [`LPFTArguments`][hf_multitask.recipe.arguments.LPFTArguments], [`SmartArguments`][hf_multitask.recipe.arguments.SmartArguments],
+[`SpecialiseArguments`][hf_multitask.recipe.arguments.SpecialiseArguments], [`EnsembleArguments`][hf_multitask.recipe.arguments.EnsembleArguments] and [`DistillationArguments`][hf_multitask.recipe.arguments.DistillationArguments]. Every flag keeps its name; a YAML
 ``--config`` gives the same keys.
 """
 
@@ -22,11 +22,11 @@ BENCHMARKS = {"tweeteval": TWEETEVAL_TASKS}  # --benchmark: its tasks
 
 
 class RecipeError(ValueError):
-    """A recipe setting that cannot work; :func:`~hf_multitask.recipe.main` prints it as one line and exits non-zero."""
+    """A recipe setting that cannot work; [`main()`][hf_multitask.recipe.run.main] prints it as one line and exits non-zero."""
 
 
 def _json_arg(value: Any, flag: str) -> Any:
-    """:func:`~hf_multitask.training_args.json_flag`, its error a :class:`RecipeError`."""
+    """[`json_flag()`][hf_multitask.training_args.json_flag], its error a [`RecipeError`][hf_multitask.recipe.arguments.RecipeError]."""
     try:
         return json_flag(value, flag)
     except ValueError as err:
@@ -251,7 +251,7 @@ class SpecialiseArguments:
 
 @dataclass
 class DistillationArguments:
-    """Multitask distillation from single-task teachers (BAM!, :mod:`hf_multitask.distillation`);
+    """Multitask distillation from single-task teachers (BAM!, [`hf_multitask.distillation`][hf_multitask.distillation]);
     the gold weight and temperature are training arguments (``--distillation_gold_weight``,
     ``--distillation_temperature``)."""
 

@@ -44,7 +44,7 @@ BENCHMARK_DATA = "<benchmark files>"  # the --benchmark's own layout in --data-d
 
 
 def build_tasks(data_args: DataArguments) -> list[tuple[TaskSpec, str, str | None]]:
-    """(spec, train file or :data:`HUB_PRESET`, validation file or None) for every task of the run."""
+    """(spec, train file or `HUB_PRESET`, validation file or None) for every task of the run."""
     out = []
     data_dir = Path(data_args.data_dir or ".")
     validation_files = {task: _data_path(data_dir, f) for task, f in data_args.validation_files.items()}
@@ -90,7 +90,7 @@ def _default_tasks(data_args: DataArguments) -> list[str]:
 
 
 def _benchmark_tasks(data_args: DataArguments, validation_files: dict[str, str]) -> list[tuple[TaskSpec, str, str | None]]:
-    """The --benchmark's tasks: (spec, :data:`BENCHMARK_DATA` or :data:`HUB_PRESET`, validation file or None)."""
+    """The --benchmark's tasks: (spec, [`BENCHMARK_DATA`][hf_multitask.recipe.data.BENCHMARK_DATA] or `HUB_PRESET`, validation file or None)."""
     from ..reading import DataError
     from ..tweeteval import STANCE_TARGET_TASKS, expand_stance, tweeteval_task
 

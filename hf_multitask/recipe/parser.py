@@ -58,7 +58,7 @@ def _take_bare_debug(argv: list[str]) -> tuple[list[str], bool]:
 
 class RecipeParser(HfArgumentParser):
     """``HfArgumentParser`` over every recipe dataclass, owning ``--config``, ``--demo`` and
-    ``--traceback``; :meth:`parse` returns a :class:`RecipeArguments` and the traceback flag."""
+    ``--traceback``; [`parse()`][hf_multitask.recipe.parser.RecipeParser.parse] returns a [`RecipeArguments`][hf_multitask.recipe.arguments.RecipeArguments] and the traceback flag."""
 
     def __init__(self) -> None:
         super().__init__(ARGUMENT_CLASSES, prog="hf-multitask train", allow_abbrev=False)
@@ -66,7 +66,7 @@ class RecipeParser(HfArgumentParser):
         self.add_argument("--traceback", action="store_true", help="Show the full traceback of an error instead of one line")
 
     def parse(self, argv: list[str]) -> tuple[RecipeArguments, bool]:
-        """``argv`` as a :class:`RecipeArguments` (a ``--config`` file's keys first, the flags over them) and whether to show tracebacks."""
+        """``argv`` as a [`RecipeArguments`][hf_multitask.recipe.arguments.RecipeArguments] (a ``--config`` file's keys first, the flags over them) and whether to show tracebacks."""
         argv, debug = _take_bare_debug(list(argv))
         early = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
         early.add_argument("--config", default=None)
@@ -86,7 +86,7 @@ class RecipeParser(HfArgumentParser):
 
 
 def parse_args(argv: list[str] | None = None) -> RecipeArguments:
-    """Parse the recipe's command line (``sys.argv[1:]`` by default) into a :class:`RecipeArguments`."""
+    """Parse the recipe's command line (``sys.argv[1:]`` by default) into a [`RecipeArguments`][hf_multitask.recipe.arguments.RecipeArguments]."""
     import sys
 
     return RecipeParser().parse(list(sys.argv[1:] if argv is None else argv))[0]

@@ -1,14 +1,14 @@
-"""The recipe's training phases, in the order they run on one shared :class:`RecipeContext`.
+"""The recipe's training phases, in the order they run on one shared [`RecipeContext`][hf_multitask.recipe.phases.RecipeContext].
 
-Each phase says whether it runs (:meth:`Phase.runs`) and runs (:meth:`Phase.run`):
+Each phase says whether it runs ([`Phase.runs()`][hf_multitask.recipe.phases.Phase.runs]) and runs ([`Phase.run()`][hf_multitask.recipe.phases.Phase.run]):
 
-1. :class:`SimCSEPhase` — unsupervised SimCSE on the tasks' own sentences;
-2. :class:`HeadPretrainingPhase` — each head alone on a frozen encoder;
-3. :class:`IntermediatePhase` — STILTs: the auxiliary tasks first, then only the primary ones train;
-4. :class:`LinearProbePhase` — LP-FT's head-only phase;
-5. :class:`MultitaskPhase` — multitask training with ``MultitaskTrainer`` (SMART as its loss hook), evaluation;
-6. :class:`SpecialisationPhase` — two-step specialisation into one routed model;
-7. :class:`~hf_multitask.recipe.outputs.OutputsPhase` — ``best/``, metrics, predictions, plot, Hub push.
+1. [`SimCSEPhase`][hf_multitask.recipe.phases.SimCSEPhase] — unsupervised SimCSE on the tasks' own sentences;
+2. [`HeadPretrainingPhase`][hf_multitask.recipe.phases.HeadPretrainingPhase] — each head alone on a frozen encoder;
+3. [`IntermediatePhase`][hf_multitask.recipe.phases.IntermediatePhase] — STILTs: the auxiliary tasks first, then only the primary ones train;
+4. [`LinearProbePhase`][hf_multitask.recipe.phases.LinearProbePhase] — LP-FT's head-only phase;
+5. [`MultitaskPhase`][hf_multitask.recipe.phases.MultitaskPhase] — multitask training with ``MultitaskTrainer`` (SMART as its loss hook), evaluation;
+6. [`SpecialisationPhase`][hf_multitask.recipe.phases.SpecialisationPhase] — two-step specialisation into one routed model;
+7. [`OutputsPhase`][hf_multitask.recipe.outputs.OutputsPhase] — ``best/``, metrics, predictions, plot, Hub push.
 
 The phases before multitask training do not run again on resume: their result is in the
 checkpoint's weights.
@@ -64,7 +64,7 @@ class RecipeContext:
 
 
 class Phase:
-    """One step of the recipe: :meth:`runs` says whether, :meth:`run` does it."""
+    """One step of the recipe: [`runs()`][hf_multitask.recipe.phases.Phase.runs] says whether, [`run()`][hf_multitask.recipe.phases.Phase.run] does it."""
 
     name = "phase"
 

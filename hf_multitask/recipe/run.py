@@ -112,7 +112,7 @@ def _check_settings(args: RecipeTrainingArguments) -> None:
 def run(argv: list[str] | None = None) -> dict[str, float]:
     """Train, evaluate, save the best model, metrics, predictions and telemetry plot.
 
-    Raises :class:`RecipeError` / :class:`~hf_multitask.DataError` (both ``ValueError``) for
+    Raises [`RecipeError`][hf_multitask.recipe.arguments.RecipeError] / [`DataError`][hf_multitask.reading.DataError] (both ``ValueError``) for
     settings and data that cannot work, before anything is trained where it can tell.
     """
     arguments, _ = RecipeParser().parse(list(sys.argv[1:] if argv is None else argv))
@@ -120,7 +120,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
 
 
 def run_arguments(arguments: RecipeArguments) -> dict[str, float]:
-    """:func:`run` on parsed arguments."""
+    """[`run()`][hf_multitask.recipe.run.run] on parsed arguments."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args, data = arguments.training, arguments.data
     set_seed(args.seed)

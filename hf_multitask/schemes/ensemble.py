@@ -13,12 +13,12 @@ from ..tasks import TaskSpec
 
 
 class EnsembleModel(nn.Module):
-    """Combine several :class:`MultitaskModel` s that share their tasks.
+    """Combine several [`MultitaskModel`][hf_multitask.modeling.MultitaskModel] s that share their tasks.
 
     Classification: averaged class probabilities (``vote="mean"``, default) or majority vote
     (``vote="majority"``, ties to the lowest class); the returned ``logits`` are log
     probabilities (or vote shares), so ``argmax`` gives the ensemble's class. Regression: the
-    mean prediction. Works with :func:`hf_multitask.predict` / :func:`hf_multitask.evaluate`.
+    mean prediction. Works with [`hf_multitask.predict()`][hf_multitask.predict.predict] / [`hf_multitask.evaluate()`][hf_multitask.predict.evaluate].
     """
 
     def __init__(self, models: list[MultitaskModel], vote: str = "mean") -> None:
@@ -47,7 +47,7 @@ class EnsembleModel(nn.Module):
         return self.members[0].config
 
     def get_task(self, task: str) -> TaskSpec:
-        """The :class:`~hf_multitask.TaskSpec` of ``task`` (the members share their tasks)."""
+        """The [`TaskSpec`][hf_multitask.tasks.TaskSpec] of ``task`` (the members share their tasks)."""
         return self.config.get_task(task)
 
     def forward(self, task: str, labels: torch.Tensor | None = None, **inputs: Any) -> MultitaskOutput:

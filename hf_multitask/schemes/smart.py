@@ -42,7 +42,7 @@ class SmartRegularizer:
       ``N(0, noise_std^2)`` and moved ``steps`` times by normalised gradient ascent of step
       ``step_size``, projected into the L-inf ball of radius ``epsilon``;
     * ``D_breg = l_s(f(x; theta), f(x; theta_ema))`` against an EMA copy of the model,
-      ``theta_ema <- beta theta_ema + (1 - beta) theta`` after every optimizer step (:meth:`update_ema`).
+      ``theta_ema <- beta theta_ema + (1 - beta) theta`` after every optimizer step ([`update_ema()`][hf_multitask.schemes.smart.SmartRegularizer.update_ema]).
 
     Use it as ``MultitaskTrainer(..., loss_hook=SmartRegularizer(model))``: it is part of each
     task's loss, so gradient surgery sees the regularised per-task gradients.
@@ -140,7 +140,7 @@ class SmartRegularizer:
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the EMA teacher :meth:`state_dict` saved (on resume)."""
+        """Restore the EMA teacher [`state_dict()`][hf_multitask.schemes.smart.SmartRegularizer.state_dict] saved (on resume)."""
         saved = state.get("ema")
         if (saved is None) != (self.ema is None):
             raise ValueError("SMART state: the checkpoint's EMA teacher does not match this regulariser (mu > 0 in one only)")

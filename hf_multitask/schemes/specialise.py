@@ -83,9 +83,9 @@ def specialise(
 
     Returns ``{task: specialised model}``. With ``save_dir``, each is saved to
     ``save_dir/{task}``, and all of them together as one
-    :class:`~hf_multitask.RoutedMultitaskModel` in ``save_dir/routed`` (tasks left out of
+    [`RoutedMultitaskModel`][hf_multitask.routed.RoutedMultitaskModel] in ``save_dir/routed`` (tasks left out of
     ``tasks`` route to ``model``); every folder loads with ``AutoModel.from_pretrained``.
-    Build the routed model in memory with :func:`route`.
+    Build the routed model in memory with [`route()`][hf_multitask.schemes.specialise.route].
     """
     names = tasks or list(train)
     unknown = [t for t in names if t not in train]
@@ -108,6 +108,6 @@ def specialise(
 
 
 def route(specialised: dict[str, Any], multitask: Any | None = None) -> Any:
-    """One :class:`~hf_multitask.RoutedMultitaskModel` from :func:`specialise`'s models; tasks
+    """One [`RoutedMultitaskModel`][hf_multitask.routed.RoutedMultitaskModel] from `specialise()`'s models; tasks
     without a specialised model run ``multitask`` (stored only if some task needs it)."""
     return RoutedMultitaskModel.from_models(specialised, multitask)

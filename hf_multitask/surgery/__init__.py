@@ -1,9 +1,9 @@
 """Multitask methods, two kinds in two registries:
 
-- gradient aggregators ("gradient surgery", :data:`AGGREGATORS`): a callable ``agg(grads,
+- gradient aggregators ("gradient surgery", `AGGREGATORS`): a callable ``agg(grads,
   counts=None, tasks=None)`` mapping the ``(T, P)`` matrix of per-task gradients of the shared
   parameters to one ``(P,)`` update, its weights a function of the Gram matrix;
-- loss weightings (:data:`LOSS_WEIGHTINGS`, :mod:`.loss_weighting`): weights of the task
+- loss weightings (`LOSS_WEIGHTINGS`, `loss_weighting`): weights of the task
   losses, one backward, no per-task gradients.
 
 The trainer's ``aggregator`` flag names either; ``get_aggregator(name, **kwargs)`` builds it.
@@ -76,7 +76,7 @@ def method_names() -> list[str]:
 
 
 def method_class(name: str) -> type[Aggregator] | type[LossWeighting]:
-    """The aggregator or loss weighting registered as ``name`` (a :class:`~hf_multitask.registry.RegistryError`,
+    """The aggregator or loss weighting registered as ``name`` (a `RegistryError`,
     also a ``ValueError``, lists them all otherwise)."""
     for registry in (AGGREGATORS, LOSS_WEIGHTINGS):
         if name in registry:
@@ -85,8 +85,8 @@ def method_class(name: str) -> type[Aggregator] | type[LossWeighting]:
 
 
 def get_aggregator(name: str, **kwargs: Any) -> Aggregator | LossWeighting:
-    """Build the method the ``aggregator`` flag names: a gradient :class:`Aggregator` or a
-    :class:`LossWeighting` (see the module docstring for the list)."""
+    """Build the method the ``aggregator`` flag names: a gradient [`Aggregator`][hf_multitask.surgery.base.Aggregator] or a
+    [`LossWeighting`][hf_multitask.surgery.loss_weighting.LossWeighting] (see the module docstring for the list)."""
     return method_class(name)(**kwargs)
 
 
@@ -97,7 +97,7 @@ def _refuse_taken(name: str, other: Registry) -> None:
 
 
 def register_aggregator(cls: type[Aggregator]) -> type[Aggregator]:
-    """Register a custom :class:`Aggregator` subclass under ``cls.name`` (usable as a decorator)."""
+    """Register a custom [`Aggregator`][hf_multitask.surgery.base.Aggregator] subclass under ``cls.name`` (usable as a decorator)."""
     if not (isinstance(cls, type) and issubclass(cls, Aggregator)):
         raise TypeError("register_aggregator takes an Aggregator subclass (a LossWeighting: register_loss_weighting)")
     _refuse_taken(cls.name, LOSS_WEIGHTINGS)
@@ -105,7 +105,7 @@ def register_aggregator(cls: type[Aggregator]) -> type[Aggregator]:
 
 
 def register_loss_weighting(cls: type[LossWeighting]) -> type[LossWeighting]:
-    """Register a custom :class:`LossWeighting` subclass under ``cls.name`` (usable as a decorator)."""
+    """Register a custom [`LossWeighting`][hf_multitask.surgery.loss_weighting.LossWeighting] subclass under ``cls.name`` (usable as a decorator)."""
     if not (isinstance(cls, type) and issubclass(cls, LossWeighting)):
         raise TypeError("register_loss_weighting takes a LossWeighting subclass")
     _refuse_taken(cls.name, AGGREGATORS)

@@ -48,7 +48,7 @@ def scaled_gram(grads: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 
 def gram_with_factor(grads: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """``(G, f)`` with ``grads @ grads.T == f * G`` (``f = s**2`` of :func:`scaled_gram`; it may be
+    """``(G, f)`` with ``grads @ grads.T == f * G`` (``f = s**2`` of [`scaled_gram()`][hf_multitask.surgery.base.scaled_gram]; it may be
     ``inf`` in float arithmetic for entries beyond 1e154, which never raises)."""
     gram, scale = scaled_gram(grads)
     return gram, float(torch.tensor(scale, dtype=torch.float64) ** 2)
@@ -60,7 +60,7 @@ def accumulation_eps(grads: torch.Tensor) -> float:
 
 
 def gram_matrix(grads: torch.Tensor) -> torch.Tensor:
-    """``grads @ grads.T`` in float64, up to a positive global factor (see :func:`gram_with_factor`)."""
+    """``grads @ grads.T`` in float64, up to a positive global factor (see `gram_with_factor()`)."""
     return gram_with_factor(grads)[0]
 
 
@@ -88,12 +88,12 @@ class SeededMethod:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (on resume)."""
+        """Restore what [`state_dict()`][hf_multitask.surgery.base.SeededMethod.state_dict] returned (on resume)."""
         self.generator.set_state(state["generator"])
 
 
 class Aggregator(SeededMethod):
-    """Base class: subclasses implement :meth:`weights` on the Gram matrix.
+    """Base class: subclasses implement [`weights()`][hf_multitask.surgery.base.Aggregator.weights] on the Gram matrix.
 
     Calling an aggregator ``agg(grads, counts=None, tasks=None, out=None)`` returns the
     ``(P,)`` update ``w @ grads`` with ``w = agg.weights(G, counts, tasks)`` (written into

@@ -84,8 +84,8 @@ def _face_candidates(g: torch.Tensor, b: torch.Tensor, sqrt_phi: float, support:
 def solve_cagrad_dual(gram: torch.Tensor, c: float, steps: int = 20000) -> tuple[torch.Tensor, float]:
     """``argmin_{w in simplex} F(w)`` and its KKT residual, in float64.
 
-    Up to :data:`EXACT_MAX_TASKS` tasks, every face of the simplex is searched for its
-    stationary point in closed form (:func:`_face_candidates`) and the best feasible one is
+    Up to [`EXACT_MAX_TASKS`][hf_multitask.surgery.cagrad.EXACT_MAX_TASKS] tasks, every face of the simplex is searched for its
+    stationary point in closed form ([`_face_candidates()`][hf_multitask.surgery.cagrad._face_candidates]) and the best feasible one is
     taken: the exact optimum (F is convex). Above that, or if the exact search leaves a KKT
     residual (degenerate Gram matrices), projected mirror descent with a decaying step runs
     for ``steps`` iterations; the caller sees the residual either way.
@@ -127,7 +127,7 @@ def _mirror_descent(g, b, sqrt_phi, c, best, best_value, steps):
 
 
 def _active_set_polish(g, b, sqrt_phi, c, best, best_value, rounds: int = 50):
-    """Closed-form face solutions (:func:`_face_candidates`) on the supports that the weights of
+    """Closed-form face solutions ([`_face_candidates()`][hf_multitask.surgery.cagrad._face_candidates]) on the supports that the weights of
     ``best`` suggest (its k largest weights, for every k), then, while the KKT conditions fail,
     on the best support plus the task that violates them most."""
     order = torch.argsort(best, descending=True).tolist()
@@ -168,7 +168,7 @@ class CAGrad(Aggregator):
 
     and the update is ``d = g0 + c ||g0|| / ||g_w*|| * g_w*`` (no rescaling). ``c`` in [0, 1)
     trades average progress (c = 0: plain mean) for the worst task. The dual is solved to
-    optimality from the Gram matrix in float64 (:func:`solve_cagrad_dual`: exact for up to 10
+    optimality from the Gram matrix in float64 (`solve_cagrad_dual()`: exact for up to 10
     tasks); ``last_info["kkt_residual"]`` reports how close the solution is, and a residual
     above 1e-6 logs a warning. By strong duality the worst task's improvement ``min_i g_i . d``
     equals ``F(w*)``.

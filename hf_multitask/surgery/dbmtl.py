@@ -18,7 +18,7 @@ class DBMTL(Aggregator):
     Loss-scale balancing: every task trains on ``log(L_i + eps)`` instead of ``L_i``, so
     ``g_i = grad L_i / (L_i + eps)``. The trainer hands the step's task losses (averaged over
     micro-batches, and over DDP ranks weighted by their sample counts) to
-    :meth:`set_step_losses` before the update, and the rows are divided by them: that is the
+    [`set_step_losses()`][hf_multitask.surgery.dbmtl.DBMTL.set_step_losses] before the update, and the rows are divided by them: that is the
     gradient of the log of the step's loss, exactly the same in one process and under DDP
     (a rank-local ``log`` before the backward would divide by each rank's own loss). Called
     directly on rows without step losses, the rows are taken to be gradients of log losses

@@ -1,16 +1,16 @@
 """Gradient engines: collect each task's gradient, reduce across ranks, apply the aggregator's weights.
 
-The aggregators (:mod:`hf_multitask.surgery`) are pure functions of the small T x T Gram
+The aggregators ([`hf_multitask.surgery`][hf_multitask.surgery]) are pure functions of the small T x T Gram
 matrix; an engine owns the big per-task gradient rows and decides where they live:
 
-* :class:`ReplicatedEngine` -- one process, or DDP. Every rank holds a full fp32 ``(T, P)``
+* [`ReplicatedEngine`][hf_multitask.surgery.engine.ReplicatedEngine] -- one process, or DDP. Every rank holds a full fp32 ``(T, P)``
   buffer (T tasks, P shared parameters). Each task's gradient comes from
   ``torch.autograd.grad`` straight into its row. Under DDP the rows are reduced either with
   one all-reduce of the whole buffer (``mode="all_reduce"``: ``2 T P`` elements on the wire
   per rank) or, with ``mode="reduce_scatter"``, each row is reduce-scattered, every rank
   forms the update on its ``1/N`` slice from the all-reduced Gram matrix, and the slices are
   all-gathered (``(T + 1) P``).
-* :class:`ShardedEngine` -- FSDP2 (``fully_shard``). Each task's ``backward()`` lands in
+* [`ShardedEngine`][hf_multitask.surgery.engine.ShardedEngine] -- FSDP2 (``fully_shard``). Each task's ``backward()`` lands in
   FSDP's reduce-scattered, sharded gradients; the engine moves the local shard into row t of
   a ``(T, P/N)`` buffer. Each rank computes its partial Gram matrix ``G_r = S_r S_r^T``, one
   all-reduce of ``T x T`` numbers gives ``G``, every rank computes the same weights ``w``
@@ -20,7 +20,7 @@ matrix; an engine owns the big per-task gradient rows and decides where they liv
 
 Both weight each task's rows across ranks by its sample counts (the pooled-batch gradient)
 and give task-owned parameters (heads, per-task adapters) their task's gradient times the
-aggregator's :meth:`~hf_multitask.surgery.Aggregator.loss_weights`.
+aggregator's [`loss_weights()`][hf_multitask.surgery.base.Aggregator.loss_weights].
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class EngineStep:
 class GradientEngine:
     """Base class: per-task gradient rows of the shared parameters plus each task's head section.
 
-    Call :meth:`add` for every task batch of every micro-batch, then :meth:`finish` once per
+    Call [`add()`][hf_multitask.surgery.engine.GradientEngine.add] for every task batch of every micro-batch, then [`finish()`][hf_multitask.surgery.engine.GradientEngine.finish] once per
     optimizer step. ``tasks`` are the tasks that train; ``signature`` identifies the trainable
     parameters the engine was built for.
     """
@@ -144,7 +144,7 @@ class ReplicatedEngine(GradientEngine):
         tasks: The tasks that train.
         device: Where the buffer lives.
         reduce: ``None`` (one process), or the process group's ``(all_reduce_sum, reduce_scatter_sum,
-            all_gather, world_size, rank)`` callables for DDP (see :func:`ddp_collectives`).
+            all_gather, world_size, rank)`` callables for DDP (see [`ddp_collectives()`][hf_multitask.surgery.engine.ddp_collectives]).
         mode: ``"all_reduce"`` or ``"reduce_scatter"`` (DDP only).
     """
 
@@ -300,7 +300,7 @@ class ShardedEngine(GradientEngine):
     Every parameter is an FSDP2 ``DTensor``; each task's ``backward()`` reduce-scatters its
     gradient into ``param.grad`` (averaged over ranks by FSDP), whose local shard the engine
     moves into the task's row before the next task runs. FSDP2 needs every rank to run the
-    same tasks' backwards in the same order (collectives); :class:`~hf_multitask.mixing.MultitaskStepSampler`
+    same tasks' backwards in the same order (collectives); [`MultitaskStepSampler`][hf_multitask.mixing.loader.MultitaskStepSampler]
     guarantees that (every rank plans the same steps). Since the ranks hold equal numbers of
     every task's examples, FSDP's plain average is the pooled-batch gradient.
 
@@ -370,7 +370,7 @@ class ShardedEngine(GradientEngine):
 
 
 def fully_shard_multitask(model: nn.Module, device_type: str = "cpu") -> nn.Module:
-    """Shard a :class:`~hf_multitask.MultitaskModel` with FSDP2 over all ranks of the default
+    """Shard a [`MultitaskModel`][hf_multitask.modeling.MultitaskModel] with FSDP2 over all ranks of the default
     process group: each encoder layer is its own unit (so its parameters are gathered only
     while it runs), then the whole model (embeddings, heads, adapters). Returns the model."""
     import torch.distributed as dist

@@ -26,7 +26,7 @@ class GradVac(Aggregator):
 
     and ``d = sum_i g_i'``. Targets start at 0 (where the correction equals PCGrad's) and are
     kept per ordered task pair across steps (EMA with rate ``beta``, default 0.01); they are
-    part of :meth:`state_dict`, so checkpoints carry them.
+    part of `state_dict()`, so checkpoints carry them.
     """
 
     name = "gradvac"

@@ -1,6 +1,6 @@
 """Loss-weighting methods: one weighted sum of the task losses, no per-task gradients at all.
 
-A :class:`LossWeighting` trains on ``sum_i w_i L_i``: the trainer takes one backward of it per
+A [`LossWeighting`][hf_multitask.surgery.loss_weighting.LossWeighting] trains on ``sum_i w_i L_i``: the trainer takes one backward of it per
 micro-batch and never allocates the ``(T, P)`` surgery buffer. The contract, called by the
 trainer in this order every optimizer step:
 
@@ -13,7 +13,7 @@ trainer in this order every optimizer step:
    the optimizer step, and skips it for a step the GradScaler skipped.
 
 The state (generator, parameters, the Adam state) is in ``state_dict`` and saved with every
-checkpoint. A loss weighting is not an :class:`~hf_multitask.surgery.Aggregator`: it never
+checkpoint. A loss weighting is not an [`Aggregator`][hf_multitask.surgery.base.Aggregator]: it never
 sees a gradient. Both kinds are named by the trainer's one ``aggregator`` flag; the trainer
 picks its step (one weighted backward, or per-task gradients and surgery) once, from the
 kind of the method it was given.
@@ -54,7 +54,7 @@ class LossWeighting(SeededMethod):
 
 class _PerTaskParameter(LossWeighting):
     """A loss weighting with one float64 parameter per task, trained by ``torch.optim.Adam``
-    (``weight_decay`` is Adam's L2 term) on the gradient the method computes in :meth:`observe`."""
+    (``weight_decay`` is Adam's L2 term) on the gradient the method computes in [`observe()`][hf_multitask.surgery.loss_weighting._PerTaskParameter.observe]."""
 
     def __init__(self, seed: int = 0, lr: float = 1e-2, weight_decay: float = 0.0) -> None:
         super().__init__(seed)

@@ -36,7 +36,7 @@ def pcgrad_coefficients(gram: torch.Tensor, generator: torch.Generator) -> torch
 
 
 class PCGrad(Aggregator):
-    """PCGrad: ``d = sum_i g_i^PC`` (see :func:`pcgrad_coefficients` for ``g_i^PC``).
+    """PCGrad: ``d = sum_i g_i^PC`` (see [`pcgrad_coefficients()`][hf_multitask.surgery.pcgrad.pcgrad_coefficients] for ``g_i^PC``).
 
     Yu, Kumar, Gupta, Levine, Hausman, Finn. "Gradient Surgery for Multi-Task Learning",
     NeurIPS 2020. With no conflicting pair (all ``g_i . g_j >= 0``) this is the plain sum.
@@ -74,7 +74,7 @@ class WeightedPCGrad(PCGrad):
 
     ``rows`` says what the rows are:
 
-    * ``"mean"`` (the default, and what :class:`~hf_multitask.MultitaskTrainer` hands over:
+    * ``"mean"`` (the default, and what [`MultitaskTrainer`][hf_multitask.trainer.MultitaskTrainer] hands over:
       every task type's loss is the mean over its samples): each row already *is* the
       per-sample mean gradient, so there is **no further scaling** and the direction equals
       PCGrad's. The technique's effect then lives in the per-task batch sizes
@@ -87,7 +87,7 @@ class WeightedPCGrad(PCGrad):
     With gradient accumulation the trainer allows it only when every task is in every
     micro-batch (``round_robin``), where the rows are exactly the per-sample mean gradients over
     the step. The earlier, opposite weighting (``w_i = n_i / mean n``, one pooled batch) is
-    :class:`PooledPCGrad`.
+    [`PooledPCGrad`][hf_multitask.surgery.pcgrad.PooledPCGrad].
     """
 
     name = "weighted_pcgrad"
@@ -121,7 +121,7 @@ class PooledPCGrad(WeightedPCGrad):
     per-sample mean rows ``g_i``.
 
     This scales the task with more samples **up**: the opposite of sample-weighted PCGrad
-    (:class:`WeightedPCGrad`), which is what this library called ``weighted_pcgrad`` until that
+    ([`WeightedPCGrad`][hf_multitask.surgery.pcgrad.WeightedPCGrad]), which is what this library called ``weighted_pcgrad`` until that
     was corrected. Kept under its own name for runs that want every sample to count once.
     Normalised to mean 1, so equal counts give plain PCGrad; only the shares matter, not the
     totals or the batching. ``counts`` is required."""

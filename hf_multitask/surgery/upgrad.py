@@ -64,7 +64,7 @@ class UPGrad(Aggregator):
         d = (1/T) sum_i pi(g_i),   pi(g_i) = J^T v_i,   v_i = argmin_{v >= e_i} v^T G v
 
     so ``d`` conflicts with no task (``g_j . d >= 0``), and without conflicts it is the mean of
-    the gradients. Computed from the Gram matrix alone (:func:`dual_cone_weights`).
+    the gradients. Computed from the Gram matrix alone (`dual_cone_weights()`).
     """
 
     name = "upgrad"

@@ -17,7 +17,7 @@ the model ``save_model`` wrote, loaded back with ``from_pretrained``.
 
 The one patch, on CPU only: accelerate (1.15) enables FSDP only for GPU-like distributed types,
 so on CPU it silently keeps ``MULTI_CPU`` (the trainer refuses that case).
-:func:`allow_fsdp_on_cpu` makes ``AcceleratorState`` keep the FSDP plugin it was given on CPU
+`allow_fsdp_on_cpu()` makes ``AcceleratorState`` keep the FSDP plugin it was given on CPU
 too, as it does on GPUs; nothing else of accelerate, transformers or the trainer is patched.
 With ``HF_MULTITASK_TEST_DEVICE=cuda`` (``benchmarks/gpu/run.sh``) nothing is patched.
 """

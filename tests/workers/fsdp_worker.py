@@ -1,8 +1,8 @@
 """Worker for the sharded-surgery test: the engine code the trainer uses, in a minimal SGD loop.
 
 ``python -m torch.distributed.run --nproc_per_node N fsdp_worker.py OUT VOCAB MODE`` with MODE
-``sharded`` (FSDP2 ``fully_shard`` on a CPU mesh, :class:`ShardedEngine`) or ``replicated``
-(one process, :class:`ReplicatedEngine`, the combined batch). For each of PCGrad, GradVac and
+``sharded`` (FSDP2 ``fully_shard`` on a CPU mesh, `ShardedEngine`) or ``replicated``
+(one process, `ReplicatedEngine`, the combined batch). For each of PCGrad, GradVac and
 CAGrad it takes 3 SGD steps (no clipping) over 3 tasks and saves the final full parameters,
 the collectives issued inside the surgery step and the buffer sizes.
 """
