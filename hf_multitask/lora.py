@@ -1,11 +1,18 @@
-"""LoRA adapters through ``peft``: one shared LoRA, or one LoRA per task switched with the task.
+"""LoRA adapters through ``peft``: one shared LoRA, or one LoRA per task chosen by the task of each call.
 
 ``model.add_lora(...)`` injects LoRA layers into the encoder with ``peft.inject_adapter_in_model``
 and records the settings in ``config.lora``; ``MultitaskModel.__init__`` re-injects them from
 the config, so a LoRA model saves and loads with plain ``save_pretrained`` /
 ``AutoModel.from_pretrained`` (no separate adapter files). With ``per_task=True`` every task
-has its own adapter, named after the task, and the forward pass activates the adapter of the
-task being run; those adapters count as task parameters (never projected by surgery).
+(or every task of ``tasks``) has its own adapter, named after the task; a LoRA layer runs the
+adapter of the task of the call it runs in ([`TaskAdapters`][hf_multitask.task_routing.TaskAdapters]),
+so threads and checkpointed recomputations never see another task's. Those adapters count as
+task parameters (never projected by surgery).
+
+Injecting adapters never changes which of the model's other parameters train (peft's injection
+freezes them; they are put back): the model built with ``add_lora`` and the same model loaded
+from its folder train the same parameters, and
+[`set_trainable()`][hf_multitask.modeling.MultitaskModel.set_trainable] chooses what trains.
 """
 
 from __future__ import annotations
@@ -15,14 +22,23 @@ from typing import Any
 
 from torch import nn
 
+from .task_routing import TaskAdapters
+
 DEFAULT_TARGETS = ("query", "value")
 SHARED_ADAPTER = "shared"
 
 
 def lora_settings(
-    *, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules=DEFAULT_TARGETS, per_task: bool = False
+    *,
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.0,
+    target_modules=DEFAULT_TARGETS,
+    per_task: bool = False,
+    tasks: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Validated LoRA settings as stored in ``MultitaskConfig.lora``."""
+    """Validated LoRA settings as stored in ``MultitaskConfig.lora``. ``tasks`` (per-task LoRA only):
+    the tasks that have an adapter (None: every task); the others run the encoder alone."""
     if int(r) <= 0:
         raise ValueError(f"LoRA rank must be positive, got {r}")
     if not 0.0 <= float(dropout) < 1.0:
@@ -30,17 +46,36 @@ def lora_settings(
     targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
     if not targets:
         raise ValueError("LoRA needs at least one target module name")
-    return {"r": int(r), "alpha": int(alpha), "dropout": float(dropout), "target_modules": targets, "per_task": bool(per_task)}
+    if tasks is not None and not per_task:
+        raise ValueError("LoRA tasks= names the tasks with an adapter of their own: it needs per_task=True")
+    settings = {"r": int(r), "alpha": int(alpha), "dropout": float(dropout), "target_modules": targets, "per_task": bool(per_task)}
+    if tasks is not None:
+        if not tasks:
+            raise ValueError("LoRA tasks= is empty: name at least one task, or leave it out for every task")
+        settings["tasks"] = list(tasks)
+    return settings
+
+
+def lora_tasks(settings: dict[str, Any] | None, task_names: list[str]) -> list[str]:
+    """The tasks with an adapter of their own (per-task LoRA), in the model's task order."""
+    if not settings or not settings.get("per_task"):
+        return []
+    chosen = settings.get("tasks")
+    return [t for t in task_names if chosen is None or t in chosen]
 
 
 def inject_lora(encoder: nn.Module, settings: dict[str, Any], adapters: list[str]) -> list[nn.Module]:
-    """Inject one LoRA adapter per name into ``encoder``; returns the LoRA layers."""
+    """Inject one LoRA adapter per name into ``encoder``; returns the LoRA layers. With
+    ``settings["per_task"]`` the adapters are tasks' and each layer runs the one of the task of
+    the call it runs in; otherwise the one adapter always runs. Which of the encoder's own
+    parameters train is left as it was."""
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     config = LoraConfig(
         r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"], target_modules=settings["target_modules"]
     )
+    trainable = {name: p.requires_grad for name, p in encoder.named_parameters()}
     for name in adapters:
         try:
             with warnings.catch_warnings():
@@ -54,11 +89,11 @@ def inject_lora(encoder: nn.Module, settings: dict[str, Any], adapters: list[str
         for role in ("A", "B"):
             for sub in getattr(layer, f"lora_{role}").values():
                 sub._lora_role = role
+        if settings["per_task"]:
+            layer._active_adapter = TaskAdapters(adapters)  # peft's list of active adapters, read from each call's route
+    # peft freezes everything but the adapters it injects; the model's own parameters keep their setting (a
+    # folder loaded again builds the model with every parameter trainable, and must train what this one trains)
+    for name, p in encoder.named_parameters():
+        if ".lora_" not in name:
+            p.requires_grad = trainable.get(name.replace(".base_layer", ""), trainable.get(name, True))
     return layers
-
-
-def activate(layers: list[nn.Module], adapter: str) -> None:
-    """Make ``adapter`` the active one on every LoRA layer, leaving ``requires_grad`` alone
-    (peft's ``set_adapter`` would freeze the other tasks' adapters)."""
-    for layer in layers:
-        layer._active_adapter = [adapter]

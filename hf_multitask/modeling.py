@@ -16,7 +16,8 @@ from transformers.utils import ModelOutput
 from .configuration import MultitaskConfig
 from .heads import AdjustmentMatrix, CosineHead
 from .model_folders import CheckedFolderLoading
-from .pal import PALAdapter, PALRouter, attach_pal_hook, init_pal_linear, pal_attention_sites
+from .pal import PALAdapter, attach_pal_hook, init_pal_linear, pal_attention_sites
+from .task_routing import routed, task_of, with_route
 from .tasks import TaskSpec
 
 try:  # transformers >= 5: initialisers that respect already-loaded weights
@@ -89,7 +90,6 @@ class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
             self._specs[spec.name] = spec
             self.heads[spec.name] = spec.task_type.build_head(spec, config, hidden)  # the task's type owns its head
         self.adjustments = nn.ModuleDict({t: AdjustmentMatrix(self._specs[t].num_labels) for t in config.adjustment_tasks})
-        self._pal_router = PALRouter()
         self._pal_hooks: list[Any] = []
         self.pals = nn.ModuleDict()
         if config.pal_tasks:
@@ -138,7 +138,7 @@ class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
                 self.pals[task] = PALAdapter(hidden, cfg.pal_rank, cfg.pal_heads, len(sites), cfg.pal_shared_projections)
                 created.append(self.pals[task])
         if not self._pal_hooks:
-            self._pal_hooks = [attach_pal_hook(site, layer, self) for layer, site in enumerate(sites)]
+            self._pal_hooks = [attach_pal_hook(site, layer) for layer, site in enumerate(sites)]
         return created
 
     def add_pal(
@@ -183,25 +183,38 @@ class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
 
     # ------------------------------------------------------------------ LoRA (peft)
     def _inject_lora(self, settings: dict[str, Any]) -> None:
-        from .lora import SHARED_ADAPTER, inject_lora
+        from .lora import SHARED_ADAPTER, inject_lora, lora_tasks
 
-        adapters = self.task_names if settings["per_task"] else [SHARED_ADAPTER]
+        unknown = [t for t in settings.get("tasks") or [] if t not in self._specs]
+        if unknown:
+            raise ValueError(f"LoRA tasks {unknown} are not tasks of this model {self.task_names}")
+        adapters = lora_tasks(settings, self.task_names) if settings["per_task"] else [SHARED_ADAPTER]
         self._lora_layers = inject_lora(self.encoder, settings, adapters)
 
     def add_lora(
-        self, *, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules=("query", "value"), per_task: bool = False
+        self,
+        *,
+        r: int = 8,
+        alpha: int = 16,
+        dropout: float = 0.0,
+        target_modules=("query", "value"),
+        per_task: bool = False,
+        tasks: list[str] | None = None,
     ) -> None:
         """Add LoRA adapters (through ``peft``) to the encoder and record them in the config.
 
         ``per_task=False``: one adapter shared by every task. ``per_task=True``: one adapter per
-        task, switched with the task. LoRA's B starts at zero, so outputs are unchanged until
-        it trains. Use [`set_trainable()`][hf_multitask.modeling.MultitaskModel.set_trainable] (``"lora"`` / ``"lora_and_heads"``) to train only them.
+        task (per task of ``tasks``, if given; the others run the encoder alone), chosen by the
+        task of each call. LoRA's B starts at zero, so outputs are unchanged until it trains.
+        Which parameters train does not change: use
+        [`set_trainable()`][hf_multitask.modeling.MultitaskModel.set_trainable] (``"lora"`` /
+        ``"lora_and_heads"``) to train only the adapters (and heads).
         """
         from .lora import lora_settings
 
         if self.config.lora:
             raise ValueError("This model has LoRA adapters already")
-        settings = lora_settings(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules, per_task=per_task)
+        settings = lora_settings(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules, per_task=per_task, tasks=tasks)
         self._inject_lora(settings)
         self.to(next(self.heads.parameters()).device)
         self.config.lora = settings
@@ -307,11 +320,16 @@ class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        *,
+        task: str | None = None,
     ) -> torch.Tensor:
-        """Sentence representations ``(batch, hidden)`` with the configured pooling."""
+        """Sentence representations ``(batch, hidden)`` with the configured pooling.
+
+        ``task``: run that task's encoder modules (its PALs, its LoRA adapter) too; without it the
+        shared encoder runs alone (inside ``forward(task=...)``, the task being run)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        return self.pool(self.encode_tokens(input_ids, attention_mask, token_type_ids), attention_mask)
+        return self.pool(self.encode_tokens(input_ids, attention_mask, token_type_ids, task=task), attention_mask)
 
     def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Sentence vectors from token states with the configured pooling (``cls`` or masked ``mean``)."""
@@ -336,7 +354,7 @@ class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
         per task (no PALs, no per-task LoRA) share one encoder pass; the others run their own
         forward. Equal to calling the model once per task (tested).
         """
-        routed = set(self.config.pal_tasks or []) | (set(self.task_names) if self.config.lora and self.config.lora["per_task"] else set())
+        routed = set(self.routed_tasks)
         groups: list[tuple[dict[str, torch.Tensor], list[str]]] = []
         out: dict[str, torch.Tensor] = {}
         for task, batch in batches.items():
@@ -361,14 +379,39 @@ class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
         return {t: out[t] for t in batches}
 
     def encode_tokens(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None, *, task: str | None = None
     ) -> torch.Tensor:
-        """Token states ``(batch, length, hidden)`` of the shared encoder."""
+        """Token states ``(batch, length, hidden)`` of the encoder.
+
+        ``task``: run that task's encoder modules (PALs, per-task LoRA) too; without it the shared
+        encoder runs alone (inside ``forward(task=...)``, the task being run). The task is part
+        of this call ([`hf_multitask.task_routing`][hf_multitask.task_routing]), never left on the model."""
         kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and self._encoder_accepts_token_types:
             kwargs["token_type_ids"] = token_type_ids
-        self._pal_router.attention_mask = attention_mask
-        return self.encoder(**kwargs).last_hidden_state
+        if task is None:
+            task = task_of(self)
+        else:
+            self.get_task(task)
+        with routed(self, task, attention_mask):
+            return self.encoder(**kwargs).last_hidden_state
+
+    @property
+    def routed_tasks(self) -> list[str]:
+        """The tasks whose encoder differs from the shared one (their own PALs or LoRA adapter):
+        each needs an encoder pass of its own."""
+        from .lora import lora_tasks
+
+        own = set(self.config.pal_tasks or []) | set(lora_tasks(self.config.lora, self.task_names))
+        return [t for t in self.task_names if t in own]
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Any = None, **kwargs: Any) -> None:
+        # transformers hands every checkpointed layer this function; the recomputation of a layer (in
+        # the backward pass) must run the PALs / LoRA adapter of the task it first ran with
+        # (private transformers API, pinned in tests/trainer/test_transformers_surface.py)
+        if gradient_checkpointing_func is None:
+            from torch.utils.checkpoint import checkpoint as gradient_checkpointing_func
+        super()._set_gradient_checkpointing(enable=enable, gradient_checkpointing_func=with_route(gradient_checkpointing_func), **kwargs)
 
     def encode_pair(self, a: dict[str, torch.Tensor | None], b: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """The pooled vectors ``(u, v)`` of both sides of a siamese pair (``a``, ``b``: dicts of
@@ -419,19 +462,11 @@ class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
                 is then ``(batch, choices, length)``).
         """
         spec = self.get_task(task)
-        self._pal_router.task = task
-        if self._lora_layers and self.config.lora["per_task"]:
-            from .lora import activate
-
-            activate(self._lora_layers, task)
-        try:
-            inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
-                      "input_ids_b": input_ids_b, "attention_mask_b": attention_mask_b, "token_type_ids_b": token_type_ids_b,
-                      "choice_mask": choice_mask}  # fmt: skip
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+                  "input_ids_b": input_ids_b, "attention_mask_b": attention_mask_b, "token_type_ids_b": token_type_ids_b,
+                  "choice_mask": choice_mask}  # fmt: skip
+        with routed(self, task):  # the task's PALs / LoRA adapter run in this call's encoder passes only
             logits = spec.task_type.logits(self, spec, inputs)
-        finally:
-            self._pal_router.task = None
-            self._pal_router.attention_mask = None
         loss = None
         if labels is not None:
             loss = self.compute_task_loss(spec, logits, labels)

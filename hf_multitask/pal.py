@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .task_routing import current_route
+
 SUPPORTED_PAL_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
 PAL_INITS = ("zero", "xavier")
 
@@ -93,38 +95,32 @@ class PALAdapter(nn.Module):
         return projections * 2 * hidden * rank + layers * 3 * (rank * rank + rank)
 
 
-class PALRouter:
-    """Holds the task and attention mask of the running forward pass for the hooks."""
+def attach_pal_hook(site: nn.Module, layer: int) -> Any:
+    """Register the PAL pre-hook on one attention-output module (``layer``: its layer index).
 
-    def __init__(self) -> None:
-        self.task: str | None = None
-        self.attention_mask: torch.Tensor | None = None
-
-
-def attach_pal_hook(site: nn.Module, layer: int, owner: nn.Module) -> Any:
-    """Register the PAL pre-hook on one attention-output module.
-
-    The hook finds its layer index and the owning model through attributes of ``site``
-    (kept out of ``_modules``), not through a closure, so ``copy.deepcopy`` of the model
-    (EMA teachers, ensembles, two-step copies) gives hooks that route through the *copy's* PALs.
+    The hook reads the task from the route of the encoder call it runs in
+    ([`hf_multitask.task_routing`][hf_multitask.task_routing]) and takes that task's PAL from the
+    route's model, so a deep copy of the model (EMA teachers, ensembles, two-step copies), a
+    replica, two threads at once and a checkpointed recomputation each run the right PALs.
     """
     object.__setattr__(site, "_pal_layer", layer)
-    object.__setattr__(site, "_pal_owner", owner)
     return site.register_forward_pre_hook(_pal_pre_hook, with_kwargs=True)
 
 
 def _pal_pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]):
-    owner = module._pal_owner
-    router, adapters, layer = owner._pal_router, owner.pals, module._pal_layer
-    task = router.task
-    if task is None or task not in adapters:
+    route = current_route()
+    if route is None or route.task is None:
         return None
+    adapters = getattr(route.owner, "pals", None)
+    if adapters is None or route.task not in adapters:
+        return None
+    adapter, layer, mask = adapters[route.task], module._pal_layer, route.attention_mask
     if len(args) >= 2:
         h = args[1]
-        return (args[0], h + adapters[task](layer, h, router.attention_mask), *args[2:]), kwargs
+        return (args[0], h + adapter(layer, h, mask), *args[2:]), kwargs
     if "input_tensor" in kwargs:
         h = kwargs["input_tensor"]
-        return args, {**kwargs, "input_tensor": h + adapters[task](layer, h, router.attention_mask)}
+        return args, {**kwargs, "input_tensor": h + adapter(layer, h, mask)}
     raise RuntimeError("PAL hook could not find the residual input of the attention output module")
 
 

@@ -13,13 +13,21 @@ that moves one fails CI loudly instead of mis-resuming silently.
 | ``Trainer._get_output_dir``, ``Trainer._save_checkpoint`` | write the surgery state first and the completion marker last, rotation after it | checkpoint writing has no hook between files |
 | ``transformers.trainer_utils.rotate_checkpoints`` | rotate only after the marker is written | not exported at the top level |
 | ``Trainer.current_gradient_accumulation_steps`` | the accumulation window of the current step | set by the training loop, not an argument |
+| ``PreTrainedModel._set_gradient_checkpointing`` | ``MultitaskModel`` wraps the checkpoint function it hands the layers, so a recomputed layer runs its task's PALs / LoRA | the checkpoint function is chosen inside ``activation_checkpointing_enable`` |
 """
 
 from __future__ import annotations
 
 from transformers.trainer_utils import rotate_checkpoints
 
-__all__ = ["INITIAL_TRAINING_VALUES", "PRIVATE_TRAINER_ATTRIBUTES", "PRIVATE_TRAINER_METHODS", "initial_value", "rotate_checkpoints"]
+__all__ = [
+    "INITIAL_TRAINING_VALUES",
+    "PRIVATE_MODEL_METHODS",
+    "PRIVATE_TRAINER_ATTRIBUTES",
+    "PRIVATE_TRAINER_METHODS",
+    "initial_value",
+    "rotate_checkpoints",
+]
 
 # the tuple Trainer.set_initial_training_values returns, in its order
 INITIAL_TRAINING_VALUES = ("num_train_epochs", "num_update_steps_per_epoch", "num_examples", "num_train_samples", "total_train_batch_size",
@@ -34,6 +42,8 @@ PRIVATE_TRAINER_METHODS = {
     "_save_checkpoint": ("self", "model", "trial"),
 }
 PRIVATE_TRAINER_ATTRIBUTES = ("current_gradient_accumulation_steps",)
+# private methods of PreTrainedModel that MultitaskModel overrides: name -> parameter names
+PRIVATE_MODEL_METHODS = {"_set_gradient_checkpointing": ("self", "enable", "gradient_checkpointing_func", "every_n_layers")}
 
 
 def initial_value(name: str) -> int:

@@ -5,9 +5,14 @@ import inspect
 
 import pytest
 import torch
-from transformers import Trainer, TrainingArguments, trainer_utils
+from transformers import PreTrainedModel, Trainer, TrainingArguments, trainer_utils
 
-from hf_multitask.transformers_private import INITIAL_TRAINING_VALUES, PRIVATE_TRAINER_ATTRIBUTES, PRIVATE_TRAINER_METHODS
+from hf_multitask.transformers_private import (
+    INITIAL_TRAINING_VALUES,
+    PRIVATE_MODEL_METHODS,
+    PRIVATE_TRAINER_ATTRIBUTES,
+    PRIVATE_TRAINER_METHODS,
+)
 
 
 @pytest.mark.parametrize("name", sorted(PRIVATE_TRAINER_METHODS))
@@ -46,3 +51,12 @@ def test_set_initial_training_values_returns_the_tuple_in_the_order_we_edit(tmp_
 def test_rotate_checkpoints_keeps_the_keywords_we_pass():
     params = inspect.signature(trainer_utils.rotate_checkpoints).parameters
     assert {"save_total_limit", "best_model_checkpoint", "use_mtime"} <= set(params)
+
+
+@pytest.mark.parametrize("name", sorted(PRIVATE_MODEL_METHODS))
+def test_private_model_methods_keep_their_signatures_and_are_called(name):
+    assert hasattr(PreTrainedModel, name), f"transformers.PreTrainedModel.{name} is gone"
+    assert tuple(inspect.signature(getattr(PreTrainedModel, name)).parameters) == PRIVATE_MODEL_METHODS[name]
+    # activation checkpointing reaches it (what MultitaskModel's override relies on to route recomputed layers)
+    entry = getattr(PreTrainedModel, "_activation_checkpointing_enable", PreTrainedModel.gradient_checkpointing_enable)
+    assert f"self.{name}(" in inspect.getsource(entry)
