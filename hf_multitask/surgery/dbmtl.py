@@ -35,7 +35,7 @@ class DBMTL(Aggregator):
     The averages are full gradient vectors (a ``(T, P)`` state, saved with checkpoints), so
     DB-MTL declares ``needs_full_vectors``: the sharded engines (FSDP2, DDP reduce-scatter)
     refuse it. Schedule loss weights have no effect under the log transform. A task whose
-    average is zero gets weight 0. Defaults: ``beta = 0.9``, ``sigma = 0``.
+    average is zero gets weight 0; when every task's is (no shared parameter trains), every weight is 1. Defaults: ``beta = 0.9``, ``sigma = 0``.
     """
 
     name = "db_mtl"
@@ -103,6 +103,10 @@ class DBMTL(Aggregator):
 
     def weights(self, gram: torch.Tensor, counts: torch.Tensor | None, tasks: Sequence[str]) -> torch.Tensor:
         norms = gram.diagonal().clamp_min(0).sqrt()
+        if not bool((norms > 0).any()):
+            # no shared gradient to balance (no shared parameter trains: `--trainable heads`, LP-FT's
+            # head-only phase, PALs and heads): every task keeps its own log-loss gradient
+            return torch.ones_like(norms)
         top = norms.max()
         w = torch.zeros_like(norms)
         nonzero = norms > 0

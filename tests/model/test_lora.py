@@ -83,3 +83,53 @@ def test_lora_only_training_changes_only_lora_and_heads(tmp_path, tokenizer):
         if name in frozen:
             assert torch.equal(frozen[name], p), name
     assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if ".lora_B.sts." in n)
+
+
+@pytest.mark.parametrize("per_task", [False, True])
+def test_a_lora_model_and_its_reloaded_copy_train_the_same_parameters(tmp_path, per_task):
+    # issue 54: peft's injection froze the encoder of the model built with add_lora, the reload did not
+    model = deterministic_model()
+    model.add_lora(r=4, per_task=per_task)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    trains = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trains == {n for n, p in loaded.named_parameters() if p.requires_grad}
+    assert trains == {n for n, _ in model.named_parameters()}, "adding adapters leaves every parameter trainable"
+    frozen = deterministic_model()
+    frozen.set_trainable("heads")
+    frozen.add_lora(r=4, per_task=per_task)  # what was frozen before stays frozen; the new adapters train
+    assert {n for n, p in frozen.named_parameters() if p.requires_grad} == {
+        n for n, _ in frozen.named_parameters() if n.startswith("heads.") or ".lora_" in n
+    }
+    counts = loaded.set_trainable("lora_and_heads")
+    assert counts["trainable"] == counts["lora"] + counts["heads"]
+
+
+def test_per_task_lora_on_some_tasks_leaves_the_others_on_the_shared_encoder(tokenizer):
+    from conftest import toy_encoded
+
+    import hf_multitask as hm
+
+    model = deterministic_model()
+    plain = deterministic_model()
+    model.add_lora(r=4, per_task=True, tasks=["sst"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.3)
+    assert model.routed_tasks == ["sst"] and all(".lora_" not in n or ".sst." in n for n, _ in model.named_parameters())
+    data = toy_encoded(tokenizer, model, n=8)
+    collate = hm.MultitaskCollator(tokenizer.pad_token_id)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        for task in ("sst", "quora", "sts"):
+            batch = collate([data[task][i] for i in range(8)])
+            ours, theirs = model(task=task, **batch).logits, plain(task=task, **batch).logits
+            if task == "sst":
+                assert (ours - theirs).abs().max() > 1e-3
+            else:
+                assert_same_outputs(ours, theirs, task)
+    with pytest.raises(ValueError, match="nope"):
+        deterministic_model().add_lora(per_task=True, tasks=["nope"])
+    with pytest.raises(ValueError, match="per_task"):
+        deterministic_model().add_lora(tasks=["sst"])

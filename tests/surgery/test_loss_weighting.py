@@ -298,3 +298,20 @@ def test_sharded_engines_refuse_dbmtl():
 
     with pytest.raises(ValueError, match="db_mtl"):
         _refuse_full_vectors(DBMTL(), "FSDP2")
+
+
+def test_dbmtl_trains_the_heads_when_no_shared_parameter_trains(tmp_path, tokenizer):
+    # issue 54: with an empty shared Gram every weight was 0 and the heads' gradients were multiplied by it
+    trainer = _trainer(tmp_path, tokenizer, aggregator="db_mtl")
+    trainer.model.set_trainable("heads")
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.training_step(trainer.model, {t: dict(b) for t, b in batch.items()})
+    reference = deterministic_model()
+    for task, b in batch.items():
+        head = list(reference.heads[task].parameters())
+        want = torch.autograd.grad(torch.log(reference(task=task, **b).loss), head)  # weight 1 on the gradient of log L
+        got = [p.grad for p in trainer.model.heads[task].parameters()]
+        assert all(g is not None and float(g.abs().max()) > 0 for g in got), task
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
+    assert DBMTL().weights(torch.zeros(2, 2), None, ["a", "b"]).tolist() == [1.0, 1.0]
