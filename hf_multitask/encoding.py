@@ -6,7 +6,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import datasets
+try:  # only to encode datasets: a saved model loads and runs without it (remote code, see hf_multitask.hub)
+    import datasets
+except ImportError:  # pragma: no cover - a dependency of the package
+    datasets = None  # type: ignore[assignment]
 import numpy as np
 import torch
 
@@ -95,6 +98,29 @@ def pad_float_arrays(values: Sequence[Any]) -> torch.Tensor:
     for i, a in enumerate(arrays):
         out[(i, *(slice(0, n) for n in a.shape))] = a
     return torch.from_numpy(out)
+
+
+def _pad_right(x: torch.Tensor, length: int, value: int) -> torch.Tensor:
+    if x.shape[1] == length:
+        return x
+    pad = x.new_full((x.shape[0], length - x.shape[1]), value)
+    return torch.cat([x, pad], dim=1)
+
+
+def stack_pair_sides(a: dict[str, Any], b: dict[str, Any], pad_token_id: int) -> dict[str, torch.Tensor | None]:
+    """Both sides of a siamese pair (dicts of ``input_ids`` / ``attention_mask`` / ``token_type_ids``)
+    as one batch, ``a``'s rows first, padded on the right to the longer side: one encoder call
+    encodes both. A missing attention mask is all ones; a missing ``token_type_ids`` stays None."""
+    length = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+    merged: dict[str, torch.Tensor | None] = {}
+    for key, fill in (("input_ids", pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
+        xa, xb = a.get(key), b.get(key)
+        if xa is None and key == "attention_mask":
+            xa = torch.ones_like(a["input_ids"])
+        if xb is None and key == "attention_mask":
+            xb = torch.ones_like(b["input_ids"])
+        merged[key] = None if xa is None or xb is None else torch.cat([_pad_right(xa, length, fill), _pad_right(xb, length, fill)])
+    return merged
 
 
 class MultitaskCollator:

@@ -69,8 +69,11 @@ def inject_lora(encoder: nn.Module, settings: dict[str, Any], adapters: list[str
     ``settings["per_task"]`` the adapters are tasks' and each layer runs the one of the task of
     the call it runs in; otherwise the one adapter always runs. Which of the encoder's own
     parameters train is left as it was."""
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    try:  # only LoRA checkpoints need peft (transformers' remote-code check skips imports in a try)
+        from peft import LoraConfig, inject_adapter_in_model
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError as err:
+        raise ImportError("this model has LoRA adapters, which need the peft package: pip install peft") from err
 
     config = LoraConfig(
         r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"], target_modules=settings["target_modules"]
@@ -97,3 +100,38 @@ def inject_lora(encoder: nn.Module, settings: dict[str, Any], adapters: list[str
         if ".lora_" not in name:
             p.requires_grad = trainable.get(name.replace(".base_layer", ""), trainable.get(name, True))
     return layers
+
+
+def merged_layers(layers: list[nn.Module]) -> list[nn.Module]:
+    """The LoRA layers whose adapters were merged into their base weights (peft's ``layer.merge()``)."""
+    return [layer for layer in layers if getattr(layer, "merged", False)]
+
+
+def refuse_merged(layers: list[nn.Module], settings: dict[str, Any] | None, doing: str) -> None:
+    """Raise if adapters were merged by hand: a merged per-task layer runs no task switch, and a saved
+    merged model would apply its adapters a second time when loaded (its config re-injects them)."""
+    if not merged_layers(layers):
+        return
+    if settings and settings.get("per_task"):
+        raise ValueError(f"cannot {doing}: the per-task LoRA adapters were merged into the encoder's weights (peft's merge()), so "
+                         "no task switch is left; unmerge them (layer.unmerge()); per-task adapters cannot be merged into one encoder")  # fmt: skip
+    if doing.startswith("save"):
+        raise ValueError("cannot save: the LoRA adapter was merged into the encoder's weights by hand, and loading the folder would "
+                         "apply it again; unmerge it (layer.unmerge()), or call model.merge_lora(), which removes the adapter once merged")  # fmt: skip
+
+
+def merge_shared_lora(encoder: nn.Module, layers: list[nn.Module], settings: dict[str, Any]) -> None:
+    """Fold a shared LoRA adapter into the encoder's weights and put the plain layers back."""
+    if settings.get("per_task"):
+        raise ValueError("per-task LoRA adapters cannot be merged into one encoder (each task's would need its own copy): "
+                         "serve the model with its adapters")  # fmt: skip
+    for layer in layers:
+        if not getattr(layer, "merged", False):
+            layer.merge(safe_merge=True, adapter_names=[SHARED_ADAPTER])
+    for name, module in list(encoder.named_modules()):
+        if module in layers:
+            parent_name, _, child = name.rpartition(".")
+            parent = encoder.get_submodule(parent_name) if parent_name else encoder
+            setattr(parent, child, module.get_base_layer())
+    for key in [k for k in vars(encoder) if k == "peft_config"]:
+        delattr(encoder, key)

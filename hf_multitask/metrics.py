@@ -44,7 +44,10 @@ def _class_f1(predictions: Sequence[int] | np.ndarray, labels: Sequence[int] | n
     """(classes, F1 of each) over the classes that occur in the gold labels or the predictions,
     from scikit-learn (the library of TweetEval's official script); a class never predicted
     and never gold has no F1, one with no true positive scores 0."""
-    from sklearn.metrics import f1_score
+    try:  # not needed to load or run a saved model (transformers' remote-code check skips imports in a try)
+        from sklearn.metrics import f1_score
+    except ImportError as err:  # pragma: no cover - a dependency of the package
+        raise ImportError("F1 scores need scikit-learn: pip install scikit-learn") from err
 
     p, y = _arrays(predictions, labels)
     p, y = p.astype(np.int64), y.astype(np.int64)

@@ -44,13 +44,6 @@ class MultitaskOutput(ModelOutput):
 TASK_OWNED_MODULES = ("heads", "pals", "adjustments")
 
 
-def _pad_right(x: torch.Tensor, length: int, value: int) -> torch.Tensor:
-    if x.shape[1] == length:
-        return x
-    pad = x.new_full((x.shape[0], length - x.shape[1]), value)
-    return torch.cat([x, pad], dim=1)
-
-
 class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
     """A shared encoder with one head per task.
 
@@ -218,6 +211,24 @@ class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
         self._inject_lora(settings)
         self.to(next(self.heads.parameters()).device)
         self.config.lora = settings
+
+    def merge_lora(self) -> None:
+        """Fold a shared LoRA adapter into the encoder's weights: the model becomes a plain one (no
+        ``config.lora``), with the same outputs and one matrix product less per adapted layer.
+        Per-task adapters cannot be merged into one encoder and are refused. (A merge done by hand
+        through peft is refused when the model is saved or, for per-task adapters, run.)"""
+        from .lora import merge_shared_lora
+
+        if not self._lora_layers:
+            raise ValueError("This model has no LoRA adapters to merge")
+        merge_shared_lora(self.encoder, self._lora_layers, self.config.lora)
+        self._lora_layers, self.config.lora = [], None
+
+    def save_pretrained(self, *args: Any, **kwargs: Any) -> Any:
+        from .lora import refuse_merged
+
+        refuse_merged(self._lora_layers, self.config.lora, "save")
+        return super().save_pretrained(*args, **kwargs)
 
     def set_trainable(self, mode: str) -> dict[str, int]:
         """Choose what trains: ``"all"``, ``"heads"`` (LP / linear probing), ``"pal"`` (PALs
@@ -416,18 +427,11 @@ class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
     def encode_pair(self, a: dict[str, torch.Tensor | None], b: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """The pooled vectors ``(u, v)`` of both sides of a siamese pair (``a``, ``b``: dicts of
         ``input_ids`` / ``attention_mask`` / ``token_type_ids``), in one encoder call."""
-        length = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
-        pad_id = int(getattr(self.config.encoder_config, "pad_token_id", 0) or 0)
-        batch = a["input_ids"].shape[0]
-        merged: dict[str, torch.Tensor | None] = {}
-        for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
-            xa, xb = a.get(key), b.get(key)
-            if xa is None and key == "attention_mask":
-                xa = torch.ones_like(a["input_ids"])
-            if xb is None and key == "attention_mask":
-                xb = torch.ones_like(b["input_ids"])
-            merged[key] = None if xa is None or xb is None else torch.cat([_pad_right(xa, length, fill), _pad_right(xb, length, fill)])
+        from .encoding import stack_pair_sides
+
+        merged = stack_pair_sides(a, b, int(getattr(self.config.encoder_config, "pad_token_id", 0) or 0))
         pooled = self.encode(merged["input_ids"], merged["attention_mask"], merged["token_type_ids"])
+        batch = a["input_ids"].shape[0]
         return pooled[:batch], pooled[batch:]
 
     def forward(
@@ -462,6 +466,10 @@ class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
                 is then ``(batch, choices, length)``).
         """
         spec = self.get_task(task)
+        if self._lora_layers and self.config.lora["per_task"]:
+            from .lora import refuse_merged
+
+            refuse_merged(self._lora_layers, self.config.lora, f"run task {task!r}")
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
                   "input_ids_b": input_ids_b, "attention_mask_b": attention_mask_b, "token_type_ids_b": token_type_ids_b,
                   "choice_mask": choice_mask}  # fmt: skip

@@ -68,7 +68,10 @@ class LowRankSelfAttention(nn.Module):
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
         mask = None
         if attention_mask is not None:
-            mask = attention_mask[:, None, None, :].to(torch.bool)
+            mask = attention_mask.to(torch.bool)
+            # a row with no token to attend to (a padding choice of a multiple-choice batch) attends to all
+            # of them instead: a fully masked softmax is NaN on some GPU kernels, and the row is ignored anyway
+            mask = (mask | ~mask.any(-1, keepdim=True))[:, None, None, :]
         out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return out.transpose(1, 2).reshape(b, n, r)
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import datasets
+try:  # only to encode datasets: a saved model loads and runs without it (remote code, see hf_multitask.hub)
+    import datasets
+except ImportError:  # pragma: no cover - a dependency of the package
+    datasets = None  # type: ignore[assignment]
 
 from .reading import DataError
 

@@ -26,7 +26,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import datasets
+try:  # only to encode datasets: a saved model loads and runs without it (remote code, see hf_multitask.hub)
+    import datasets
+except ImportError:  # pragma: no cover - a dependency of the package
+    datasets = None  # type: ignore[assignment]
 import numpy as np
 import torch
 from torch import nn

@@ -133,3 +133,52 @@ def test_per_task_lora_on_some_tasks_leaves_the_others_on_the_shared_encoder(tok
         deterministic_model().add_lora(per_task=True, tasks=["nope"])
     with pytest.raises(ValueError, match="per_task"):
         deterministic_model().add_lora(tasks=["sst"])
+
+
+def test_merge_lora_folds_a_shared_adapter_into_a_plain_model(tmp_path, tokenizer):
+    # issue 54 (suspected): there was no merge API, and a merge by hand then a save applied LoRA twice on load
+    from conftest import toy_encoded
+
+    import hf_multitask as hm
+
+    model = deterministic_model()
+    model.add_lora(r=4, alpha=8)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.05)
+    data = toy_encoded(tokenizer, model, n=8)
+    batch = hm.MultitaskCollator(tokenizer.pad_token_id)([data["sst"][i] for i in range(8)])
+    model.eval()
+    with torch.no_grad():
+        before = model(task="sst", **batch).logits
+    for layer in model._lora_layers:  # a merge by hand, through peft
+        layer.merge()
+    with pytest.raises(ValueError, match="merge_lora"):
+        model.save_pretrained(tmp_path / "by_hand")
+    model.merge_lora()
+    assert model.config.lora is None and not any(".lora_" in n or "base_layer" in n for n, _ in model.named_parameters())
+    model.save_pretrained(tmp_path / "merged")
+    loaded = AutoModel.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        assert_same_outputs(model(task="sst", **batch).logits, before, "merged in memory")
+        assert_same_outputs(loaded(task="sst", **batch).logits, before, "merged, saved and loaded")
+
+
+def test_per_task_lora_cannot_be_merged(tokenizer):
+    from conftest import toy_encoded
+
+    import hf_multitask as hm
+
+    model = deterministic_model()
+    model.add_lora(r=4, per_task=True)
+    with pytest.raises(ValueError, match="per-task"):
+        model.merge_lora()
+    for layer in model._lora_layers:
+        layer.merge(adapter_names=["sst"])
+    data = toy_encoded(tokenizer, model, n=4)
+    batch = hm.MultitaskCollator(tokenizer.pad_token_id)([data["quora"][i] for i in range(4)])
+    with pytest.raises(ValueError, match="no task switch"):
+        model(task="quora", **batch)
+    with pytest.raises(ValueError, match="no task switch"):
+        model.save_pretrained("unused")

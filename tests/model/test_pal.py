@@ -143,3 +143,27 @@ def test_deepcopy_routes_through_the_copys_own_pals():
             p.mul_(3.0)
     assert not torch.allclose(model(task="sst", **x).logits, twin(task="sst", **x).logits), "the copy uses its own PALs"
     assert_same_outputs(model(task="sst", **x).logits, copy.deepcopy(model)(task="sst", **x).logits)
+
+
+def test_a_row_with_no_token_never_reaches_attention_fully_masked(monkeypatch):
+    # issue 54 (suspected): an all-zero mask row (a padding choice) gives NaN on some GPU attention kernels;
+    # on the CPU it is finite, so the test checks the mask the PAL attention hands the kernel
+    from hf_multitask.pal import LowRankSelfAttention
+
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        seen.append(attn_mask)
+        return real(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    attention = LowRankSelfAttention(rank=8, heads=2)
+    x = torch.randn(3, 4, 8)
+    mask = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    out = attention(x, mask)
+    assert torch.isfinite(out).all() and len(seen) == 1
+    assert bool(seen[0].any(-1).all()), "every row attends to at least one token"
+    reference = attention(x[[0, 2]], mask[[0, 2]])  # rows with tokens: unchanged
+    torch.testing.assert_close(out[[0, 2]], reference)
+    assert seen[1][:, 0, 0].tolist() == [[True, True, False, False], [True, True, True, True]]
