@@ -79,12 +79,8 @@ def _read_inputs(path: Path) -> Iterator[tuple[str, Any]]:
 def _predict(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
-    import hf_multitask as hm
-
     inputs = list(read_inputs(args.input))  # read (and check) the whole file before loading the model
-    model, tokenizer = _load_model(args.model)
-    if not isinstance(model, hm.MultitaskModel):
-        raise InputError(f"--model {args.model}: a {type(model).__name__}, not a MultitaskModel (the pipeline needs one)")
+    model, tokenizer = _load_model(args.model)  # a MultitaskModel or a RoutedMultitaskModel: both serve through the pipeline
     pipe = model.pipeline(tokenizer, device=args.device)
     extra = {"tasks": args.tasks} if args.tasks else {}
     if args.dtype is not None:

@@ -242,11 +242,31 @@ class SpecialiseArguments:
     specialise_keep: str = field(
         default="all",
         metadata={
-            "help": "Two-step specialisation: which experts the routed model keeps: 'all', or 'better' (a task keeps its expert only "
-            "where the expert's validation score beats the multitask model's on that task; a metric group decides together)",
-            "choices": ["all", "better"],
+            "help": "Two-step specialisation: which experts the served model keeps: 'all'; 'better' (a task keeps its expert only "
+            "where the expert's validation score beats the multitask model's on that task; a metric group decides together; chosen "
+            "on the validation set it is scored on, so its score leans high); or the tasks to keep, comma-separated (chosen on other "
+            "data, e.g. a tuning split's 'better'). Every expert is trained and scored either way (experts_eval_*)"
         },
     )
+    specialise_form: str = field(
+        default="encoder",
+        metadata={
+            "help": "Two-step specialisation: what each task's expert changes: 'encoder' (a whole fine-tuned copy per task, served "
+            "routed: one encoder per kept expert), 'pal' or 'lora' (only its own zero-initialised PALs or LoRA adapter and its head: "
+            "one backbone in memory; PAL heads/projections from --pal_heads/--pal_shared_projections, LoRA alpha/targets from "
+            "--lora_alpha/--lora_targets)",
+            "choices": ["encoder", "pal", "lora"],
+        },
+    )
+    specialise_rank: int = field(
+        default=0, metadata={"help": "Two-step specialisation, forms pal and lora: the PAL rank or LoRA r (0: --pal_rank, or r 8)"}
+    )
+
+    def keep_mode(self) -> str | list[str]:
+        """``"all"``, ``"better"``, or the list of tasks to keep."""
+        if self.specialise_keep in ("all", "better"):
+            return self.specialise_keep
+        return [t.strip() for t in self.specialise_keep.split(",") if t.strip()]
 
 
 @dataclass

@@ -198,3 +198,17 @@ def check_task_names(arguments: Any, names: list[str]) -> None:
         unknown = [t for t in values if t not in names]
         if unknown:
             raise RecipeError(f"{flag} names unknown task(s) {unknown}; the run's tasks are {names}")
+    special, model = arguments.specialise, arguments.model
+    keep = special.keep_mode()
+    if isinstance(keep, list):
+        specialised = special.specialise_tasks or names
+        unknown = [t for t in keep if t not in specialised]
+        if unknown or not keep:
+            raise RecipeError(f"--specialise_keep {special.specialise_keep!r}: 'all', 'better', or comma-separated tasks that are "
+                              f"specialised ({', '.join(specialised)}); unknown: {unknown}")  # fmt: skip
+    if special.specialise_steps > 0 and special.specialise_form == "pal" and model.pal_tasks:
+        raise RecipeError("--specialise_form pal adds each task's own PALs after multitask training: the model has PALs already "
+                          "(--pal_tasks); use --specialise_form encoder or lora")  # fmt: skip
+    if special.specialise_steps > 0 and special.specialise_form == "lora" and model.lora_r > 0:
+        raise RecipeError("--specialise_form lora adds each task's own LoRA adapter after multitask training: the model has LoRA "
+                          "already (--lora_r); use --specialise_form encoder or pal")  # fmt: skip

@@ -195,6 +195,9 @@ class MultitaskPhase(Phase):
             ctx.phase_metrics.update(stats)
         trainer = MultitaskTrainer(model=ctx.model, args=args, train_dataset=train, eval_dataset=ctx.validation,
                                    processing_class=ctx.tokenizer, loss_hook=loss_hook)  # fmt: skip
+        # what trained, for the model card (a model saved after training is all trainable again once loaded)
+        counts = ctx.model.parameter_counts()
+        trained = f"`--trainable {ctx.arguments.model.trainable}`: {counts['trainable']:,} of {counts['total']:,} parameters trained"
         start = time.perf_counter()
         trainer.train(resume_from_checkpoint=ctx.resume)
         train_seconds = time.perf_counter() - start
@@ -213,7 +216,8 @@ class MultitaskPhase(Phase):
         }
         ctx.trainer = trainer
         ctx.final_model, ctx.predictions = trainer.gathered_model(), trainer.last_predictions  # full weights under FSDP2 (all ranks gather)
-        ctx.training_note = f"Trained with `recipes/train_pcgrad.py`: aggregator `{args.aggregator}`, schedule `{args.schedule}`."
+        ctx.training_note = (f"Trained with `recipes/train_pcgrad.py`: aggregator `{args.aggregator}`, schedule `{args.schedule}`; "
+                             f"{trained}.")  # fmt: skip
         if teachers:
             schedule = ("teacher annealing (the gold weight rising from 0 to 1)" if args.distillation_gold_weight is None
                         else f"gold weight {args.distillation_gold_weight}")  # fmt: skip
@@ -224,17 +228,19 @@ class MultitaskPhase(Phase):
 
 
 class SpecialisationPhase(Phase):
-    """Two-step specialisation of the trained multitask model: one fine-tuned copy per task,
-    routed; the routed model's scores become the run's ``eval_*`` metrics (the multitask model's
-    stay as ``multitask_eval_*``).
+    """Two-step specialisation of the trained multitask model
+    ([`specialise_experts()`][hf_multitask.schemes.specialise.specialise_experts]), in the form
+    ``--specialise_form`` gives: a whole copy per task (served routed) or the task's own PALs or
+    LoRA adapter (one backbone). The served model's scores become the run's ``eval_*`` metrics
+    (the multitask model's stay as ``multitask_eval_*``).
 
-    With ``--specialise_keep better`` a task keeps its expert only where the expert's
-    validation score beats the multitask model's on that task (the members of a metric group,
-    e.g. stance's targets, decide together on the group's pooled score); the others route to
-    the multitask model. The run records ``specialise_kept`` (how many experts were kept),
-    ``serving_parameters`` (the routed model's parameter count) and ``experts_eval_*``, the
-    scores with every expert kept: the kept model's validation scores are chosen on the
-    validation set (each task takes the better of two), so only held-out data judges them."""
+    Every expert is trained and scored on validation: ``experts_eval_*`` are the scores with every
+    expert kept. ``--specialise_keep`` then chooses what is served: ``all``; ``better`` (a task
+    keeps its expert only where it beats the multitask model on that task, a metric group
+    deciding together: chosen on the validation set it is scored on, so those ``eval_*`` lean
+    high); or a list of tasks chosen on other data. The run records ``specialise_kept`` (how
+    many), ``specialise_kept_{task}`` (1 kept, 0 not), ``serving_parameters`` and
+    ``serving_encoders`` (encoders in memory)."""
 
     name = "specialise"
 
@@ -243,34 +249,38 @@ class SpecialisationPhase(Phase):
 
     def run(self, ctx):
         from ..predict import evaluate, metrics_from_predictions
-        from ..schemes.specialise import route, specialise
+        from ..schemes.specialise import better_experts, specialise_experts
 
-        args, special = ctx.args, ctx.arguments.specialise
+        args, special, model_args = ctx.args, ctx.arguments.specialise, ctx.arguments.model
         tasks = special.specialise_tasks or list(ctx.train)
+        keep = special.keep_mode()  # its tasks were checked before training (recipe.data.check_task_names)
         special_args = phase_args(args, self.name, special.specialise_steps, special.specialise_learning_rate, **SINGLE_TASK)
         start = time.perf_counter()
         multitask = ctx.trainer.model
-        specialised = specialise(multitask, ctx.train, special_args, tasks=tasks, fresh_heads=special.specialise_fresh_heads,
-                                 processing_class=ctx.tokenizer)  # fmt: skip
-        every_expert = route(specialised, multitask)
+        result = specialise_experts(multitask, ctx.train, special_args, form=special.specialise_form, tasks=tasks,
+                                    fresh_heads=special.specialise_fresh_heads, rank=special.specialise_rank or None,
+                                    pal_heads=model_args.pal_heads, pal_shared_projections=model_args.pal_shared_projections,
+                                    lora_alpha=model_args.lora_alpha, lora_targets=model_args.lora_targets,
+                                    processing_class=ctx.tokenizer)  # fmt: skip
+        every_expert = result.pack(result.tasks)
         expert_predictions: dict = {}
-        evaluate(every_expert, {t: ctx.validation[t] for t in specialised}, pad_token_id=ctx.tokenizer.pad_token_id,
+        evaluate(every_expert, {t: ctx.validation[t] for t in result.tasks}, pad_token_id=ctx.tokenizer.pad_token_id,
                  batch_size=args.per_device_eval_batch_size, progress=not args.disable_tqdm, predictions=expert_predictions)  # fmt: skip
-        kept = list(specialised)
-        if special.specialise_keep == "better":
-            kept = _better_experts(multitask, specialised, expert_predictions, ctx.predictions)
-            logger.info("two-step specialisation keeps the experts of %s (of %s)", kept, list(specialised))
+        kept = list(result.tasks) if keep == "all" else keep if isinstance(keep, list) else None
+        if kept is None:
+            kept = better_experts(multitask, result.tasks, expert_predictions, ctx.predictions)
+        kept = [t for t in result.tasks if t in kept]
+        logger.info("two-step specialisation (%s) keeps the experts of %s (of %s)", result.form, kept, result.tasks)
 
         def scored(model: Any, experts: list[str]) -> tuple[dict, dict[str, float]]:
             """The validation predictions and metrics of ``model``, whose experts are ``experts``."""
             chosen = {t: expert_predictions[t] if t in experts else ctx.predictions[t] for t in ctx.validation}
             return chosen, prefixed_metrics(metrics_from_predictions(model, chosen), args.primary_tasks)
 
-        routed = every_expert if kept == list(specialised) else route({t: specialised[t] for t in kept}, multitask)
-        predictions, metrics = scored(routed, kept)
-        # every expert's scores, before any is dropped: the kept model's validation scores are chosen on
-        # that validation set (a task takes the better of two), these are not
-        experts = metrics if routed is every_expert else scored(every_expert, list(specialised))[1]
+        served = every_expert if kept == list(result.tasks) else result.pack(kept)
+        predictions, metrics = scored(served, kept)
+        # every expert's scores, before any is dropped: chosen on nothing, they do not lean
+        experts = metrics if served is every_expert else scored(every_expert, list(result.tasks))[1]
         metrics["specialise_seconds"] = time.perf_counter() - start
         sizes = args.task_batch_sizes or {}
         metrics["specialise_examples"] = sum(
@@ -278,37 +288,27 @@ class SpecialisationPhase(Phase):
         )
         metrics.update({f"experts_{k}": v for k, v in experts.items() if k.startswith("eval_")})
         metrics["specialise_kept"] = len(kept)
-        metrics["serving_parameters"] = sum(p.numel() for p in routed.parameters())
+        metrics.update({f"specialise_kept_{t}": int(t in kept) for t in result.tasks})  # numeric, like every metric
+        metrics["serving_parameters"] = sum(p.numel() for p in served.parameters())
+        metrics["serving_encoders"] = len(getattr(served, "experts", None) or [served])
         ctx.metrics = {**{f"multitask_{k}": v for k, v in ctx.metrics.items() if k.startswith("eval_")}, **ctx.metrics, **metrics}
-        ctx.final_model, ctx.predictions = routed, predictions
-        ctx.training_note += f" Then two-step specialisation: {special.specialise_steps} single-task steps per task"
-        if special.specialise_keep == "better":
+        ctx.final_model, ctx.predictions = served, predictions
+        what = {"encoder": "a whole copy of the model", "pal": "its own PALs and head", "lora": "its own LoRA adapter and head"}
+        ctx.training_note += (f" Then two-step specialisation: {special.specialise_steps} single-task steps per task, each training "
+                              f"{what[result.form]}")  # fmt: skip
+        if keep == "better":
             ctx.training_note += f"; a task keeps its expert only where it beat the multitask model on validation (kept: {kept})"
+        elif isinstance(keep, list):
+            ctx.training_note += f"; kept the experts of {kept}, chosen beforehand"
         ctx.training_note += "."
         logger.info("two-step specialisation: overall %.4f -> %.4f", ctx.metrics["multitask_eval_overall"], ctx.metrics["eval_overall"])
         if ctx.trainer.is_world_process_zero():
-            for task, model in specialised.items():
-                model.save_pretrained(ctx.out / "specialised" / task)
-
-
-def _better_experts(multitask: Any, specialised: dict, expert_predictions: dict, multitask_predictions: dict) -> list[str]:
-    """The specialised tasks whose expert scores higher on validation than the multitask model.
-    The members of a metric group are kept or dropped together, on the group's pooled score, and
-    only when every member was specialised."""
-    from ..predict import metrics_from_predictions
-    from ..tasks import metric_groups
-
-    units = metric_groups([multitask.get_task(t) for t in multitask_predictions])
-    grouped = {m for members in units.values() for m in members}
-    units.update({t: [t] for t in specialised if t not in grouped})
-    kept: set[str] = set()
-    for name, members in units.items():
-        if all(m in specialised for m in members):
-            expert = metrics_from_predictions(multitask, {m: expert_predictions[m] for m in members})[f"{name}_score"]
-            shared = metrics_from_predictions(multitask, {m: multitask_predictions[m] for m in members})[f"{name}_score"]
-            if expert > shared:
-                kept.update(members)
-    return [t for t in specialised if t in kept]
+            # every expert, whatever is served: a teacher for distillation (teachers_from), or a later choice
+            if result.form == "encoder":
+                for task, model in result.experts.items():
+                    model.save_pretrained(ctx.out / "specialised" / task)
+            else:
+                every_expert.save_pretrained(ctx.out / "specialised" / "experts")
 
 
 TRAINING_PHASES: tuple[Phase, ...] = (SimCSEPhase(), HeadPretrainingPhase(), IntermediatePhase(), LinearProbePhase(), MultitaskPhase(),
