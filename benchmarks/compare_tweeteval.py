@@ -44,6 +44,21 @@ TEMPERATURE_2 = ["--schedule", "temperature", "--schedule_kwargs", '{"temperatur
 PRIMARIES = ("irony", "emotion", "stance")  # the three smallest tasks, each the primary in turn (issue 25)
 SPECIALISE = ["--specialise_steps", "125", "--specialise_learning_rate", "5e-5", "--specialise_keep", "better"]
 SUM_SOURCE = "emotion"  # whose `sum` tuning run the others re-score (the first run that recorded its evaluations)
+# issue 49, one backbone in memory: after sum_annealed's multitask phase, each task trains only its own zero-initialised
+# PALs (rank 96: 0.24 M parameters a task) or LoRA adapter (r 8 on every linear layer: 0.33 M a task) and its head, for
+# the steps the whole-encoder specialisation takes; every adapter kept (nothing is chosen, so nothing leans). The
+# adapters' learning rate (5e-4, 10x the whole encoder's) is not tuned: the budget went to the PAL arm's tuning
+ONE_BACKBONE = ["--specialise_steps", "125", "--specialise_learning_rate", "5e-4", "--specialise_keep", "all"]
+SPECIALISE_PAL = [*ONE_BACKBONE, "--specialise_form", "pal", "--specialise_rank", "96", "--pal_heads", "12"]
+SPECIALISE_LORA = [*ONE_BACKBONE, "--specialise_form", "lora", "--specialise_rank", "8", "--lora_alpha", "16",
+                   "--lora_targets", "query", "key", "value", "dense"]  # fmt: skip
+# PALs for every task from the first step, trained jointly (Stickland & Murray 2019): the rank and the schedule chosen
+# on the tuning split, as sum_tuned was (rank 96: 6 x 0.24 M = 1.06x one encoder; rank 48: 1.03x)
+PAL_CANDIDATES = {
+    "annealed_r96": [*ANNEALED, "--pal_rank", "96"],
+    "annealed_r48": [*ANNEALED, "--pal_rank", "48"],
+    "temperature_2_r96": [*TEMPERATURE_2, "--pal_rank", "96"],
+}
 
 
 # the tuned summed loss (issue 24): its budget, one run each on the tuning split (a seeded 10 % of train, never val)
@@ -75,6 +90,10 @@ GRID = {
         ["specialised", "sum_annealed"],
         ["bam", "separate"],
         ["bam", "sum_annealed"],
+        # issue 49: the one-backbone arms against the six models and against their own multitask phase
+        *([arm, "separate"] for arm in ("pal", "specialised_pal", "specialised_lora", "bam_specialised")),
+        *([arm, "sum_annealed"] for arm in ("specialised_pal", "specialised_lora", "bam_specialised")),
+        ["bam_specialised", "bam"],
         # the gradient methods need every task in every step (under the annealed schedule a step has one task,
         # and PCGrad is the summed loss): each against the summed loss on the same round-robin batches
         ["pcgrad", "sum_round_robin"],
@@ -103,6 +122,13 @@ GRID = {
         # issue 42, BAM!: sum_annealed's training, each task distilled from the same seed's `separate` model with teacher
         # annealing (the gold weight rising from 0 to 1); the cell retrains the six teachers and commits their outputs
         "bam": {"args": ["--aggregator", "sum", *ANNEALED], "teachers_from": "separate"},
+        # issue 49: one backbone in memory. PALs for every task, jointly (tuned); the multitask phase, then each task's own
+        # PALs or LoRA adapter; BAM! whose teachers are the same seed's specialised experts (the teacher run is the
+        # `specialised` arm's exact command, so it also re-checks that arm's cell; every expert teaches, kept or not)
+        "pal": {"args": ["--aggregator", "sum", "--pal_tasks", "all", "--pal_heads", "12"], "candidates": PAL_CANDIDATES},
+        "specialised_pal": {"args": ["--aggregator", "sum", *ANNEALED, *SPECIALISE_PAL]},
+        "specialised_lora": {"args": ["--aggregator", "sum", *ANNEALED, *SPECIALISE_LORA]},
+        "bam_specialised": {"args": ["--aggregator", "sum", *ANNEALED], "teachers_from": "specialised"},
         "pcgrad": {"args": ["--aggregator", "pcgrad", *ROUND_ROBIN]},
         "upgrad": {"args": ["--aggregator", "upgrad", *ROUND_ROBIN]},
         "famo": {"args": ["--aggregator", "famo", *ROUND_ROBIN]},

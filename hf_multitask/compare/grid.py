@@ -41,12 +41,16 @@ class Arm:
     the plain summed loss among primary-task methods, which ``--primary_tasks`` changes only in
     the checkpoint it keeps): that candidate's tuning run is the other arm's re-scored when it can be.
 
-    ``teachers_from``: a single-task arm whose models teach this arm's student (BAM!'s distillation,
-    [`hf_multitask.distillation`][hf_multitask.distillation]): each cell first trains that arm's model of every task for
-    the same seed and split (under ``teachers/{task}/``, its ``result.json`` beside the run, so the
-    retrained teachers can be checked against that arm's cells), then runs with ``--teachers`` and
-    ``--teacher_cache teacher_outputs/`` in the cell. The cached outputs are small and committed; a
-    task whose cache is there needs no teacher trained again."""
+    ``teachers_from``: another arm whose models teach this arm's student (BAM!'s distillation,
+    [`hf_multitask.distillation`][hf_multitask.distillation]): each cell first trains that arm's
+    cell again, by its exact command, for the same seed and split (its ``result.json`` beside the
+    run, so the retrained teachers can be checked against that arm's cells), then runs with
+    ``--teachers`` and ``--teacher_cache teacher_outputs/`` in the cell. A single-task arm's model
+    of each task teaches that task (under ``teachers/{task}/``); a multitask arm's one run teaches
+    every task (under ``teachers/{arm}/``): with two-step specialisation, each task's own expert
+    (every expert is saved, whichever the run keeps), otherwise its ``best/`` model. A tuned teacher
+    arm (``candidates`` or ``choice_of``) teaches with its chosen flags. The cached outputs are
+    small and committed; a task whose cache is there needs no teacher trained again."""
 
     name: str
     args: list[str] = field(default_factory=list)
@@ -57,7 +61,7 @@ class Arm:
     primary: list[str] | None = None  # the tasks it serves, passed as --primary_tasks (None: all tasks, symmetric)
     same_training_as: str | None = None  # an arm with the same flags whose run this arm re-scores when it can
     candidates_same_training_as: dict[str, str] = field(default_factory=dict)  # candidate -> tuned arm re-scored likewise
-    teachers_from: str | None = None  # a single-task arm whose models (same seed and split) teach this arm
+    teachers_from: str | None = None  # an arm whose models (same seed and split) teach this arm
 
 
 @dataclass
@@ -112,10 +116,12 @@ class Grid:
                 raise GridError(f"arm {arm.name!r}: 'choice_of' {arm.choice_of!r} chose its candidate for the primary tasks "
                                 f"{self.arm(arm.choice_of).primary}; give this arm the same 'primary' (it has {arm.primary})")  # fmt: skip
         for arm in self.arms:
-            if arm.teachers_from is not None and (arm.teachers_from not in names or not self.arm(arm.teachers_from).single_task
+            if arm.teachers_from is not None and (arm.teachers_from not in names or arm.teachers_from == arm.name
+                                                  or self.arm(arm.teachers_from).teachers_from or self.arm(arm.teachers_from).primary
                                                   or arm.single_task or arm.candidates):  # fmt: skip
-                raise GridError(f"arm {arm.name!r}: 'teachers_from' must name a single_task arm of {names} and the arm itself must be "
-                                f"one untuned run (no candidates), got {arm.teachers_from!r}")  # fmt: skip
+                raise GridError(f"arm {arm.name!r}: 'teachers_from' must name another arm of {names} that is not distilled itself and "
+                                f"has no primary tasks, and the arm itself must be one untuned run (no candidates), got "
+                                f"{arm.teachers_from!r}")  # fmt: skip
             if arm.same_training_as is not None:
                 self._check_same_training(arm, names)
             for candidate, source in arm.candidates_same_training_as.items():

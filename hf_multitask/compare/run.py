@@ -184,7 +184,8 @@ def same_run(grid: Grid, out: Path, arm: Arm, args: list[str], seed: int, split:
 
 def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folder: Path, say: Any,
              gather: Path | None = None, source: tuple[dict[str, Any], Path | None] | None = None,
-             candidate: str | None = None, same: tuple[dict[str, Any], Path | None] | None = None) -> dict[str, Any]:  # fmt: skip
+             candidate: str | None = None, same: tuple[dict[str, Any], Path | None] | None = None,
+             teacher_args: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """One (arm, seed, split) cell: resumable; single-task arms run once per task and combine.
     ``gather``: where the cell's test prediction files go once it has run. ``source``: for an arm
     with ``same_training_as`` (or a candidate in ``candidates_same_training_as``), that arm's
@@ -192,7 +193,7 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
     re-scores when it can ([`derive.derived_cell()`][hf_multitask.compare.derive.derived_cell]) instead of training. ``candidate``: the
     tuning candidate this run is, recorded in its result. ``same``: another arm's finished cell
     with this cell's very flags ([`same_run()`][hf_multitask.compare.run.same_run]) and its gathered test files, which this cell
-    takes instead of training."""
+    takes instead of training. ``teacher_args``: a ``teachers_from`` arm's flags, when it is tuned."""
     tasks = list(arm.tasks or grid.tasks)
     identity = _identity(grid, args, tasks, arm.primary, arm.teachers_from)
     done = _finished(folder / RESULT, identity)
@@ -244,8 +245,8 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
             result["resumed_from"] = resumed
         runs = [folder / task / "run" for task in tasks]
     else:
-        teachers, cmd = cell_plan(grid, args, arm, tasks, seed, split, folder)
-        _train_teachers(grid, arm, seed, split, teachers, say)
+        teachers, cmd = cell_plan(grid, args, arm, tasks, seed, split, folder, teacher_args)
+        _train_teachers(grid, arm, seed, split, teachers, say, teacher_args)
         say(f"{arm.name}: seed {seed}, split {split}")
         result = _run_one(cmd, folder / "run", folder / "log.txt")
         runs = [folder / "run"]
@@ -258,48 +259,78 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
 
 
 def teacher_plan(
-    grid: Grid, arm: Arm, tasks: list[str], seed: int, split: int, folder: Path
+    grid: Grid, arm: Arm, tasks: list[str], seed: int, split: int, folder: Path, source_args: list[str] | None = None
 ) -> tuple[list[tuple[str, Path, list[str]]], list[str]]:
-    """A ``teachers_from`` cell's teachers still to train, as ``(task, folder, command)`` (the
-    teacher arm's run of each task, same seed and split, no test files, under
-    ``folder/teachers/{task}``, for each task whose cached outputs are not in
-    ``folder/teacher_outputs`` and whose teacher has not run), and the student's
-    ``--teachers`` / ``--teacher_cache`` flags. Paths are relative to the working directory, so
-    the committed cache names no machine's folders. Nothing is run."""
+    """A ``teachers_from`` cell's teachers still to train, as ``(name, folder, command)``, and the
+    student's ``--teachers`` / ``--teacher_cache`` flags. The teacher arm's runs for the same seed
+    and split, by its own command (``source_args``: its flags, its chosen candidate's included when
+    it is tuned; default its own), with no test files: a single-task arm's run of each task whose
+    cached outputs are not in ``folder/teacher_outputs`` and whose teacher has not run (under
+    ``folder/teachers/{task}``); a multitask arm's one run (under ``folder/teachers/{arm}``), whose
+    specialised experts teach their tasks if it specialises, else its ``best/`` model. Paths are
+    relative to the working directory, so the committed cache names no machine's folders. Nothing
+    is run."""
     source = grid.arm(arm.teachers_from)  # type: ignore[arg-type]
+    source_args = list(source.args) if source_args is None else list(source_args)
     cache = folder / "teacher_outputs"
     todo, teachers = [], {}
-    for task in tasks:
-        sub = folder / "teachers" / task
-        if not (cache / f"{task}.npz").is_file() and not (sub / "run" / "best").is_dir():
-            todo.append(
-                (task, sub, [*_recipe_cmd(grid, list(source.args), [task], seed, split, sub / "run"), "--test_predictions", "false"])
-            )
-        teachers[task] = os.path.relpath(sub / "run" / "best")
+    needed = [t for t in tasks if not (cache / f"{t}.npz").is_file()]
+    if source.single_task:
+        for task in tasks:
+            sub = folder / "teachers" / task
+            if task in needed and not (sub / "run" / "best").is_dir():
+                todo.append((task, sub, [*_recipe_cmd(grid, source_args, [task], seed, split, sub / "run"), "--test_predictions", "false"]))
+            teachers[task] = os.path.relpath(sub / "run" / "best")
+    else:
+        sub = folder / "teachers" / source.name
+        if needed and not (sub / "run" / "best").is_dir():
+            source_tasks = list(source.tasks or grid.tasks)
+            todo.append((source.name, sub, [*_recipe_cmd(grid, source_args, source_tasks, seed, split, sub / "run"),
+                                             "--test_predictions", "false"]))  # fmt: skip
+        teachers = {task: os.path.relpath(sub / "run" / teacher_model(source_args, task)) for task in tasks}
     return todo, ["--teachers", json.dumps(teachers), "--teacher_cache", os.path.relpath(cache)]
 
 
+def _flag(args: list[str], flag: str, default: str) -> str:
+    """The value the last ``flag`` in ``args`` is given (``default`` when it is not there)."""
+    values = [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag]
+    return values[-1] if values else default
+
+
+def teacher_model(args: list[str], task: str) -> str:
+    """Where in a multitask teacher run's folder ``task``'s teacher is: with two-step specialisation
+    its expert (``specialised/{task}``, or ``specialised/experts`` for the PAL and LoRA forms, which
+    hold every task's module in one model), otherwise ``best``."""
+    if int(_flag(args, "--specialise_steps", "0")) <= 0:
+        return "best"
+    return f"specialised/{task}" if _flag(args, "--specialise_form", "encoder") == "encoder" else "specialised/experts"
+
+
 def cell_plan(
-    grid: Grid, args: list[str], arm: Arm, tasks: list[str], seed: int, split: int, folder: Path
+    grid: Grid, args: list[str], arm: Arm, tasks: list[str], seed: int, split: int, folder: Path, teacher_args: list[str] | None = None
 ) -> tuple[list[tuple[str, Path, list[str]]], list[str]]:
     """A cell's runs: the teachers it still has to train ([`teacher_plan()`][hf_multitask.compare.run.teacher_plan]; none unless the
-    arm has ``teachers_from``), then its own command, with the teachers' flags. For a single-task
-    arm, one task's run: ``tasks`` is that task and ``folder`` its sub-folder (such an arm has no
-    teachers and no primary tasks, [`grid.Grid`][hf_multitask.compare.grid.Grid] refuses them). The one place a cell's
-    command is built, for ``run`` and ``status`` alike (a resumable run is recognised by its
-    command). Nothing is run."""
-    teachers, flags = teacher_plan(grid, arm, tasks, seed, split, folder) if arm.teachers_from else ([], [])
+    arm has ``teachers_from``; ``teacher_args``: the teacher arm's flags when it is tuned), then its
+    own command, with the teachers' flags. For a single-task arm, one task's run: ``tasks`` is that
+    task and ``folder`` its sub-folder (such an arm has no teachers and no primary tasks,
+    [`grid.Grid`][hf_multitask.compare.grid.Grid] refuses them). The one place a cell's command is
+    built, for ``run`` and ``status`` alike (a resumable run is recognised by its command). Nothing
+    is run."""
+    teachers, flags = teacher_plan(grid, arm, tasks, seed, split, folder, teacher_args) if arm.teachers_from else ([], [])
     return teachers, [*_recipe_cmd(grid, args, tasks, seed, split, folder / "run", arm.primary), *flags]
 
 
-def _train_teachers(grid: Grid, arm: Arm, seed: int, split: int, teachers: list[tuple[str, Path, list[str]]], say: Any) -> None:
+def _train_teachers(grid: Grid, arm: Arm, seed: int, split: int, teachers: list[tuple[str, Path, list[str]]], say: Any,
+                    teacher_args: list[str] | None = None) -> None:  # fmt: skip
     """Train ``teachers`` (from [`cell_plan()`][hf_multitask.compare.run.cell_plan]), each run's result beside it."""
     if not teachers:
         return
     source = grid.arm(arm.teachers_from)  # type: ignore[arg-type]
-    for task, sub, cmd in teachers:
-        say(f"{arm.name}: seed {seed}, split {split}: teacher {task} ({source.name}'s run)")
-        result = {**_run_one(cmd, sub / "run", sub / "log.txt"), **_identity(grid, list(source.args), [task])}
+    source_args = list(source.args) if teacher_args is None else list(teacher_args)
+    for name, sub, cmd in teachers:
+        say(f"{arm.name}: seed {seed}, split {split}: teacher {name} ({source.name}'s run)")
+        tasks = [name] if source.single_task else list(source.tasks or grid.tasks)
+        result = {**_run_one(cmd, sub / "run", sub / "log.txt"), **_identity(grid, source_args, tasks)}
         (sub / RESULT).write_text(json.dumps(result, indent=2))
 
 
@@ -392,6 +423,7 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, arms: Sequence[str] | None 
     results = []
     for arm in chosen:
         args = tuned_args(grid, arm, out, say)
+        teacher_args = tuned_args(grid, grid.arm(arm.teachers_from), out, say) if arm.teachers_from else None
         for split in grid.splits:
             for seed in run_seeds:
                 source = None
@@ -404,7 +436,7 @@ def run_grid(grid: Grid, out_dir: str | os.PathLike, arms: Sequence[str] | None 
                 # a finished cell is read by _execute, so only an unfinished one looks for its twin
                 same = same_run(grid, out, arm, args, seed, split) if source is None and not (folder / RESULT).is_file() else None
                 results.append(_execute(grid, args, arm, seed, split, folder, say, gathered(grid, out, arm, seed, split), source,
-                                        same=same))  # fmt: skip
+                                        same=same, teacher_args=teacher_args))  # fmt: skip
     return results
 
 

@@ -26,7 +26,8 @@ from .run import (
 )
 
 
-def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, folder: Path, gathering: bool) -> dict[str, Any]:
+def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, folder: Path, gathering: bool,
+          teacher_args: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """One cell: ``done`` (its result) or None, ``left`` (its runs still to go: one, or one per
     unfinished task of a single-task arm), ``resumable`` (how many of those can continue from a
     checkpoint), ``waiting`` (its flags are not known until its arm's tuning is done),
@@ -52,7 +53,8 @@ def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, f
         for where, run_tasks in parts:
             if arm.single_task and finished_part(grid, args, run_tasks[0], where, gathering):
                 continue  # this task of a single-task arm has run (and its test files are there if gathered)
-            teachers, cmd = cell_plan(grid, args, arm, run_tasks, seed, split, where)  # teachers: a teachers_from arm's, still to train
+            # teachers: a teachers_from arm's, still to train
+            teachers, cmd = cell_plan(grid, args, arm, run_tasks, seed, split, where, teacher_args)
             row["runs"] += len(teachers)
             row["left"] += len(teachers) + 1
             row["resumable"] += sum(_resumable(sub / "run", sub_cmd) is not None for _, sub, sub_cmd in teachers)
@@ -88,10 +90,13 @@ def status(grid: Grid, out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     cells: dict[tuple[str, int, int], dict[str, Any]] = {}
     for arm in grid.arms:
         args = reported_args(grid, arm, chosen)
+        teacher_args = reported_args(grid, grid.arm(arm.teachers_from), chosen) if arm.teachers_from else None
+        if arm.teachers_from and teacher_args is None:
+            args = None  # the teachers' flags wait for their arm's tuning
         for split in grid.splits:
             for seed in grid.seeds:
                 cells[arm.name, seed, split] = _runs(
-                    grid, args, arm, seed, split, cell_folder(out, arm, seed, split), bool(grid.test_predictions)
+                    grid, args, arm, seed, split, cell_folder(out, arm, seed, split), bool(grid.test_predictions), teacher_args
                 )
     for (name, seed, split), row in cells.items():  # `run` runs a source's cell first, then re-scores it if it can
         arm = grid.arm(name)

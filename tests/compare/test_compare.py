@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -478,6 +479,41 @@ def test_a_teachers_from_arm_trains_the_teacher_arms_runs_then_distils_and_keeps
     again = run_grid(grid, out, arms=["bam"], seeds=[0], say=said.append)[0]
     assert said == ["bam: seed 0, split 1"] and again["metrics"]["teacher_seconds_sst"] == 0.0
     assert again["metrics"]["eval_overall"] == bam["metrics"]["eval_overall"]
-    with pytest.raises(GridError, match="'teachers_from' must name a single_task arm"):
-        _grid(tiny_backbone, tiny_data, arms={"sum": {"args": []}, "bam": {"args": [], "teachers_from": "sum"}}, baseline=None,
+    with pytest.raises(GridError, match="'teachers_from' must name another arm"):
+        _grid(tiny_backbone, tiny_data, arms={"sum": {"args": []}, "bam": {"args": [], "teachers_from": "bam"}}, baseline=None,
               reference=None, tuning_split=None)  # fmt: skip
+    with pytest.raises(GridError, match="not distilled itself"):
+        _grid(tiny_backbone, tiny_data, arms={"sum": {"args": []}, "a": {"args": [], "teachers_from": "sum"},
+                                               "b": {"args": [], "teachers_from": "a"}},
+              baseline=None, reference=None, tuning_split=None)  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["encoder", "pal"])
+def test_a_specialised_teacher_arm_teaches_with_its_experts_trained_by_its_exact_command(form, tiny_backbone, tiny_data, tmp_path):
+    """issue 49, bam_specialised: the teacher arm is a multitask arm with two-step specialisation; one
+    run of it, by its own command, teaches every task with that task's expert."""
+    from hf_multitask.compare.run import cell_folder, cell_plan
+
+    special = ["--aggregator", "sum", "--specialise_steps", "2", "--specialise_keep", "better", "--specialise_form", form,
+               "--specialise_rank", "4", "--pal_heads", "2"]  # fmt: skip
+    grid = _grid(tiny_backbone, tiny_data, arms={"separate": {"single_task": True, "args": ["--aggregator", "sum"]},
+                                                 "specialised": {"args": special},
+                                                 "bam_specialised": {"args": ["--aggregator", "sum"], "teachers_from": "specialised"}},
+                 baseline=None, tuning_split=None)  # fmt: skip
+    out, said = tmp_path / "cmp", []
+    arm = grid.arm("bam_specialised")
+    folder = cell_folder(out, arm, 0, 1)
+    teachers, cmd = cell_plan(grid, list(arm.args), arm, ["sst", "sts"], 0, 1, folder)
+    own = cell_plan(grid, special, grid.arm("specialised"), ["sst", "sts"], 0, 1, folder / "teachers" / "specialised")[1]
+    assert [(name, sub) for name, sub, _ in teachers] == [("specialised", folder / "teachers" / "specialised")]
+    assert teachers[0][2] == [*own, "--test_predictions", "false"], "the teacher run is the specialised arm's own command"
+    flags = json.loads(cmd[cmd.index("--teachers") + 1])
+    where = {"encoder": "specialised/{}", "pal": "specialised/experts"}[form]
+    assert flags == {t: os.path.relpath(folder / "teachers" / "specialised" / "run" / where.format(t)) for t in ("sst", "sts")}
+    bam = run_grid(grid, out, arms=["bam_specialised"], seeds=[0], say=said.append)[0]
+    assert [m for m in said if "teacher" in m] == ["bam_specialised: seed 0, split 1: teacher specialised (specialised's run)"]
+    teacher = json.loads((folder / "teachers" / "specialised" / "result.json").read_text())
+    reference = run_grid(grid, out, arms=["specialised"], seeds=[0], say=lambda m: None)[0]
+    for key in ("eval_overall", "experts_eval_overall", "multitask_eval_overall"):
+        assert teacher["metrics"][key] == reference["metrics"][key], f"the teacher run reproduces the specialised cell ({key})"
+    assert bam["metrics"]["teacher_seconds"] > 0 and teacher["args"] == special
