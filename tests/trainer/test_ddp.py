@@ -67,6 +67,21 @@ def test_tasks_missing_on_a_rank_and_unequal_counts_give_the_pooled_gradient(tmp
         torch.testing.assert_close(got["grads"][name], expected, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_the_one_backward_sum_step_pools_a_missing_task_and_unequal_counts_by_their_counts(tmp_path, tokenizer):
+    """Issue 51: the default sum step (no telemetry: one backward of the summed loss, no per-task
+    rows) under DDP weights each task's loss by its share of the task's examples on all ranks, so
+    DDP's mean over ranks is the pooled gradient, as on the per-task path. Unweighted, the tasks
+    held by one rank only (sst, sts) got half their gradient, and quora (4 and 2 examples) the
+    mean of the ranks' means instead of the mean over its 6 examples."""
+    vocab = Path(tokenizer.vocab_file)
+    got = _run(2, tmp_path / "missing.pt", vocab, 4, "sum", {"telemetry_steps": 0}, mode="missing")
+    assert got["world"] == 2 and not got["per_task_path"], "the step must take the one-backward path"
+    assert got["grads"].keys() == got["expected"].keys()
+    for name, expected in got["expected"].items():
+        torch.testing.assert_close(got["grads"][name], expected, atol=1e-6, rtol=1e-5, msg=name)
+    assert got["examples_seen"] == {"sst": 4, "quora": 6, "sts": 3}, "the step's counts are the examples on all ranks"
+
+
 def test_fsdp_that_accelerate_leaves_off_on_cpu_is_refused(tmp_path, tokenizer):
     """Two CPU processes with --fsdp: transformers keeps FSDP off without a word (the run would be
     plain DDP); the trainer refuses at construction instead."""
