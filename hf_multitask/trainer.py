@@ -312,10 +312,13 @@ class MultitaskTrainer(_LossWeightingMixin, _ScheduleMixin, _EvaluationMixin, _C
     def gold_weight(self) -> float:
         """Distillation's gold weight lambda for the current optimizer step: the fixed
         ``distillation_gold_weight``, or teacher annealing (Clark et al. 2019, BAM!), lambda =
-        t / (T - 1) at step t of T (0 at the first step, 1 at the last)."""
+        t / (T - 1) at step t of T (0 at the first step, 1 at the last; a run of one step is
+        its last: 1)."""
         if self.args.distillation_gold_weight is not None:
             return float(self.args.distillation_gold_weight)
-        return min(1.0, self.state.global_step / max(1, self.state.max_steps - 1))
+        if self.state.max_steps <= 1:
+            return 1.0
+        return min(1.0, self.state.global_step / (self.state.max_steps - 1))
 
     def _check_finite_losses(self) -> dict[str, torch.Tensor]:
         losses = {t: self._step_losses[t] / self._step_loss_batches[t] for t in self._step_losses}
