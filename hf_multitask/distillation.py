@@ -7,7 +7,7 @@ the student's target is
     lambda * gold + (1 - lambda) * teacher_tau(x),      lambda = t / (T - 1) at optimizer step t of T,
 
 so the student starts by imitating its teachers and ends on the gold labels (*teacher
-annealing*; lambda is 0 at the first step and 1 at the last). Each task type owns what its
+annealing*; lambda is 0 at the first step and 1 at the last, 1 for a run of one step). Each task type owns what its
 target is ([`distillation_loss()`][hf_multitask.task_types.TaskType.distillation_loss]): class distributions for
 classification, the teacher's value for regression, per-token distributions for tagging,
 choice distributions for multiple choice. A task without a teacher trains on its gold labels.
@@ -18,7 +18,8 @@ rides through every schedule and the length-bucketed batching like the labels do
 [`MultitaskTrainer`][hf_multitask.trainer.MultitaskTrainer] reads it (``distillation_gold_weight``,
 ``distillation_temperature``). With ``cache_dir`` the outputs are kept as ``{task}.npz`` (plus a
 readable ``{task}.json``), keyed by fingerprints of the encoded training data and of the teacher's
-files: a cache made from other data or another teacher is refused by name, never reused.
+files: a cache made from other data or another teacher, or written in another format, is refused
+by name, never reused. The teachers run on ``device`` (the recipe's training device).
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ def teacher_fingerprint(folder: str | os.PathLike[str]) -> str:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def _holds_model_files(folder: Path) -> bool:
+    return folder.is_dir() and any(f.is_file() for pattern in _WEIGHT_FILES for f in folder.glob(pattern))
 
 
 def _expert_config(model: Any) -> Any:
@@ -156,6 +161,11 @@ def _load_cache(path: Path) -> tuple[list[np.ndarray], dict[str, Any]]:
         size = int(np.prod(shape)) if shape else 1
         outputs.append(values[start : start + size].reshape(shape))
         start += size
+    if meta.get("format") != CACHE_FORMAT:
+        raise DistillationError(
+            f"teacher cache {path} has format {meta.get('format')!r}; this version of hf-multitask reads format {CACHE_FORMAT}: "
+            "delete it, or pass another cache folder, to compute it again"
+        )
     if start != values.size or len(outputs) != meta.get("examples"):
         raise DistillationError(f"teacher cache {path} is inconsistent (its arrays do not add up); delete it to compute it again")
     return outputs, meta
@@ -170,6 +180,7 @@ def attach_teachers(
     pad_token_id: int = 0,
     batch_size: int = 64,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> tuple[dict[str, datasets.Dataset], dict[str, float]]:
     """The training data with each taught task's teacher outputs as its ``teacher`` column.
 
@@ -179,11 +190,14 @@ def attach_teachers(
         student: The model to be trained (its task specs are what the teachers must match).
         cache_dir: Keep and reuse the outputs as ``cache_dir/{task}.npz``. A cache made from
             other training data, or by a teacher whose files differ, is refused with a
-            [`DistillationError`][hf_multitask.distillation.DistillationError] naming it; a cache whose teacher folder is not there any
-            more is used (its outputs stand in for the teacher), and the log says so.
+            [`DistillationError`][hf_multitask.distillation.DistillationError] naming it, as is one in another format; a cache whose
+            teacher is gone (no folder, or no model files in it) is used (its outputs stand in
+            for the teacher), and the log says so.
         pad_token_id: The tokenizer's padding id (the teachers' pass).
         batch_size: Batch size of the teachers' pass.
         progress: Show a progress bar per teacher.
+        device: Where the teachers run (the recipe passes the training device); default the
+            machine's accelerator if it has one, else the CPU.
 
     Returns ``(train, stats)``: ``stats`` has ``teacher_seconds`` (the whole pass) and
     ``teacher_seconds_{task}``, 0 for a task read from the cache.
@@ -191,13 +205,17 @@ def attach_teachers(
     unknown = [t for t in teachers if t not in train]
     if unknown:
         raise DistillationError(f"teachers named for task(s) {unknown} with no training data; the training tasks are {list(train)}")
+    if device is None:
+        accelerator = getattr(torch, "accelerator", None)
+        device = accelerator.current_accelerator() if accelerator is not None and accelerator.is_available() else "cpu"
     out, stats, start = dict(train), {}, time.perf_counter()
     for task, folder in teachers.items():
         folder, began = Path(folder), time.perf_counter()
         dataset = train[task].remove_columns([TEACHER_COLUMN]) if TEACHER_COLUMN in train[task].column_names else train[task]
         data_key = data_fingerprint(dataset)
         cache = Path(cache_dir) / f"{task}.npz" if cache_dir is not None else None
-        teacher_key = teacher_fingerprint(folder) if folder.is_dir() else None  # None: gone (a cache stands in, or loading says so)
+        # None: the teacher is gone (no folder, or no model files left in it): a cache stands in, or loading says so
+        teacher_key = teacher_fingerprint(folder) if _holds_model_files(folder) else None
         outputs = None
         if cache is not None and cache.is_file():
             outputs, meta = _load_cache(cache)
@@ -212,11 +230,12 @@ def attach_teachers(
                     "delete it, or pass another cache folder, to compute it again"
                 )
             if teacher_key is None:
-                logger.warning("task %s: teacher folder %s is not there; using its cached outputs %s", task, folder, cache)
+                gone = "holds no model files" if folder.is_dir() else "is not there"
+                logger.warning("task %s: teacher folder %s %s; using its cached outputs %s", task, folder, gone, cache)
             else:
                 logger.info("task %s: teacher outputs read from %s", task, cache)
         if outputs is None:
-            teacher = load_teacher(folder, task, student)
+            teacher = load_teacher(folder, task, student).to(device)
             outputs = teacher_outputs(teacher, dataset, task, pad_token_id=pad_token_id, batch_size=batch_size, progress=progress)
             del teacher
             if cache is not None:

@@ -101,9 +101,12 @@ class CheckedFolderLoading:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
-        """``PreTrainedModel.from_pretrained``; a local folder is checked first, so a damaged one
-        (weights cut short, a config that is not JSON, a missing shard) is one
+        """``PreTrainedModel.from_pretrained``; a local folder is checked first (with
+        ``subfolder=``, that folder inside it), so a damaged one (weights cut short, a config that
+        is not JSON, a missing shard) is one
         [`ModelFolderError`][hf_multitask.model_folders.ModelFolderError] naming it."""
         if is_local_folder(pretrained_model_name_or_path):
-            check_model_folder(pretrained_model_name_or_path)
+            # with subfolder= the model (config and weights) lives in that folder inside the given one
+            subfolder = kwargs.get("subfolder") or ""
+            check_model_folder(Path(pretrained_model_name_or_path) / subfolder)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ALLOW_SLOW_BF16", "autocast", "check_cpu_bf16", "cpu_has_native_bf16", "parse_dtype"]
+__all__ = ["ALLOW_SLOW_BF16", "autocast", "check_bf16_flag", "check_cpu_bf16", "cpu_has_native_bf16", "gpu_without_bf16", "parse_dtype"]
 
 ALLOW_SLOW_BF16 = "HF_MULTITASK_ALLOW_SLOW_BF16"
 _X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -51,6 +51,40 @@ def check_cpu_bf16(what: str, cpuinfo: str | None = None) -> None:
         "times slower than fp32 (a MiniLM training step 26x, inference 7x on an AVX2 CPU). Drop it and run in fp32; set "
         f"{ALLOW_SLOW_BF16}=1 to run it anyway (e.g. to check the numerics)"
     )
+
+
+def gpu_without_bf16() -> str | None:
+    """The accelerator this machine would train on, named, when it lacks bf16 (a V100 or a T4,
+    say); None when there is no accelerator or it has bf16."""
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    accelerator = getattr(torch, "accelerator", None)
+    present = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+    if not present or is_torch_bf16_gpu_available():
+        return None
+    if torch.cuda.is_available():
+        return f"this GPU ({torch.cuda.get_device_name()})"
+    return f"this {accelerator.current_accelerator().type.upper()} device" if accelerator is not None else "this GPU"
+
+
+def check_bf16_flag(what: str, use_cpu: bool) -> bool:
+    """Where ``--bf16`` (named ``what``) runs: True for the CPU (asked for with ``use_cpu``, or
+    no accelerator on the machine; refused on a CPU without bf16 instructions, see
+    [`check_cpu_bf16()`][hf_multitask.precision.check_cpu_bf16]), False for an accelerator with bf16. An accelerator without bf16
+    is refused with a message naming it and suggesting ``--fp16``: the run is never moved to
+    the CPU unasked."""
+    if not use_cpu:
+        device = gpu_without_bf16()
+        if device is not None:
+            raise ValueError(
+                f"{what}: {device} has no bf16 support. Use --fp16 for mixed precision on it (or neither, for fp32); "
+                "add --use_cpu only if you mean to train on the CPU instead"
+            )
+        accelerator = getattr(torch, "accelerator", None)
+        if accelerator.is_available() if accelerator is not None else torch.cuda.is_available():
+            return False
+    check_cpu_bf16(what)  # emulated bf16 is many times slower than fp32: refused, with why
+    return True
 
 
 def parse_dtype(name: str | None, flag: str = "--dtype") -> torch.dtype | None:

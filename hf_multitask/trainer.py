@@ -132,9 +132,11 @@ class MultitaskTrainer(_LossWeightingMixin, _ScheduleMixin, _EvaluationMixin, _C
                 "Leave use_reentrant out (the default is False: same memory saving, same update)"
             )
         # sum and mean need no per-task gradient: one backward of the summed loss, except on telemetry steps (one
-        # process, or DDP for sum; the sharded engine's FSDP2 path keeps the per-task step)
-        self._summed = (SummedLoss(0) if isinstance(self.aggregator, (Sum, Mean)) and not self._fsdp2()
-                        and not (isinstance(self.aggregator, Mean) and args.world_size > 1) else None)  # fmt: skip
+        # process, or DDP for sum; the sharded engine's FSDP2 path keeps the per-task step). Chosen by the exact class:
+        # a subclass may weight the rows its own way, which only the per-task path applies
+        kind = type(self.aggregator)
+        self._summed = (SummedLoss(0) if kind in (Sum, Mean) and not self._fsdp2()
+                        and not (kind is Mean and args.world_size > 1) else None)  # fmt: skip
         self.telemetry: ConflictTelemetryCallback | None = None
         if args.telemetry_steps > 0:
             self.telemetry = ConflictTelemetryCallback(args.telemetry_steps)
@@ -214,7 +216,8 @@ class MultitaskTrainer(_LossWeightingMixin, _ScheduleMixin, _EvaluationMixin, _C
         self._step_losses: dict[str, torch.Tensor] = {}
         self._step_loss_batches: dict[str, int] = {}
         self._lw_weights: dict[str, float] | None = None  # loss-weighting methods: this step's weights
-        self._lw_counts: dict[str, int] = {}
+        self._lw_counts: dict[str, int] = {}  # examples per task in the step, all ranks
+        self._lw_local: dict[str, int] = {}  # the same on this rank
 
     # ------------------------------------------------------------------ data
     def _pad_token_id(self) -> int:
@@ -309,10 +312,13 @@ class MultitaskTrainer(_LossWeightingMixin, _ScheduleMixin, _EvaluationMixin, _C
     def gold_weight(self) -> float:
         """Distillation's gold weight lambda for the current optimizer step: the fixed
         ``distillation_gold_weight``, or teacher annealing (Clark et al. 2019, BAM!), lambda =
-        t / (T - 1) at step t of T (0 at the first step, 1 at the last)."""
+        t / (T - 1) at step t of T (0 at the first step, 1 at the last; a run of one step is
+        its last: 1)."""
         if self.args.distillation_gold_weight is not None:
             return float(self.args.distillation_gold_weight)
-        return min(1.0, self.state.global_step / max(1, self.state.max_steps - 1))
+        if self.state.max_steps <= 1:
+            return 1.0
+        return min(1.0, self.state.global_step / (self.state.max_steps - 1))
 
     def _check_finite_losses(self) -> dict[str, torch.Tensor]:
         losses = {t: self._step_losses[t] / self._step_loss_batches[t] for t in self._step_losses}
@@ -391,7 +397,8 @@ class MultitaskTrainer(_LossWeightingMixin, _ScheduleMixin, _EvaluationMixin, _C
             names = [t for t in engine.tasks if t in losses]
             values = torch.stack([losses[t].double() for t in names]) if names else torch.zeros(0, dtype=torch.float64)
             counts = torch.tensor([engine.host_counts[engine.index[t]] for t in names], dtype=torch.float64)
-            values = self._mean_over_ranks(self._train_tasks(), names, values, counts)
+            if self.args.world_size > 1:
+                values = self._pool_over_ranks(self._train_tasks(), names, values, counts)[0]
             self.aggregator.set_step_losses(names, values.tolist())
         step = engine.finish(self.aggregator, scaler_active=scaler is not None)
         if not step.finite and scaler is None:

@@ -34,6 +34,23 @@ def weights_key(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def evaluation_key(core: torch.nn.Module, data: dict[str, Any], prefix: str, primary: Any, batch_size: int, pad: int) -> tuple | None:
+    """What an evaluation's result depends on: the weights ([`weights_key()`][hf_multitask.trainer_evaluation.weights_key]), the evaluation
+    sets (each task's dataset fingerprint and length, in order), the model's config (the tasks'
+    metric settings and metric groups), the primary tasks, the metric prefix, the batch size and
+    the padding id. ``None`` (never reused) when a set has no fingerprint to tell it by."""
+    sets = []
+    for task, ds in data.items():
+        fingerprint = getattr(ds, "_fingerprint", None)  # datasets' content identity: a new one for every change
+        if not isinstance(fingerprint, str):
+            return None
+        sets.append((task, fingerprint, len(ds)))
+    config = getattr(core, "config", None)
+    settings = config.to_json_string(use_diff=False) if hasattr(config, "to_json_string") else repr(config)
+    return (weights_key(core), prefix, tuple(sets), hashlib.blake2b(settings.encode(), digest_size=20).hexdigest(),
+            tuple(primary) if primary else None, batch_size, pad)  # fmt: skip
+
+
 class _EvaluationMixin(Trainer):
     """Per-task evaluation and prediction; token and FLOP accounting of nested batches."""
 
@@ -77,9 +94,10 @@ class _EvaluationMixin(Trainer):
         per-task mean losses) on the evaluation sets, as ``{metric_key_prefix}_...``.
 
         The predictions behind them stay in ``self.last_predictions`` (``{task: TaskPredictions}``).
-        Weights already scored on the trainer's own evaluation sets (by their digest,
-        [`weights_key()`][hf_multitask.trainer_evaluation.weights_key]) are not scored again: that evaluation's metrics and predictions are
-        returned (and logged) again.
+        Weights already scored on the trainer's own evaluation sets are not scored again when
+        nothing else that decides the result changed either (the sets, the tasks' metric settings,
+        the primary tasks, the prefix: [`evaluation_key`][hf_multitask.trainer_evaluation.evaluation_key]):
+        that evaluation's metrics and predictions are returned (and logged) again.
         """
         data = eval_dataset if eval_dataset is not None else self.eval_dataset
         if not data:
@@ -90,8 +108,12 @@ class _EvaluationMixin(Trainer):
             self.optimizer.eval()  # schedule-free optimizers evaluate at their averaged weights
         core = self.accelerator.unwrap_model(self.model)
         # the trainer's own evaluation sets, one process: weights it has scored before are not scored again (the recipe's
-        # evaluation after training scores the checkpoint it kept, which an evaluation during training already scored)
-        key = (weights_key(core), metric_key_prefix) if eval_dataset is None and self.args.world_size == 1 else None
+        # evaluation after training scores the checkpoint it kept, which an evaluation during training already scored),
+        # as long as everything else the result depends on is the same too (evaluation_key)
+        key = None
+        if eval_dataset is None and self.args.world_size == 1:
+            key = evaluation_key(core, data, metric_key_prefix, self.args.primary_tasks, self.args.per_device_eval_batch_size,
+                                 self._pad_token_id())  # fmt: skip
         seen = self._evaluations.get(key) if key is not None else None
         if seen is not None:
             metrics, self.last_predictions = dict(seen[0]), dict(seen[1])

@@ -31,7 +31,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .mixing import SCHEDULES
-from .precision import check_cpu_bf16
+from .precision import check_bf16_flag
 from .surgery import get_aggregator, method_class, method_names
 
 __all__ = ["MultitaskTrainingArguments", "aggregator_kwargs"]
@@ -125,12 +125,11 @@ class MultitaskTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        from transformers.utils import is_torch_bf16_gpu_available
-
-        on_cpu = self.use_cpu or not is_torch_bf16_gpu_available()
-        if (self.bf16 or self.bf16_full_eval) and on_cpu:
-            check_cpu_bf16("--bf16")  # emulated bf16 is many times slower than fp32: refused, with why
-            self.use_cpu = True  # what --bf16 means on a machine without a bf16 GPU: CPU autocast
+        if self.bf16 or self.bf16_full_eval:
+            # on a machine without an accelerator --bf16 means CPU autocast (transformers would stop with "Your setup
+            # doesn't support bf16/gpu"); a GPU without bf16 is refused by name, never left for the CPU
+            if check_bf16_flag("--bf16" if self.bf16 else "--bf16_full_eval", self.use_cpu):
+                self.use_cpu = True
         super().__post_init__()
         if self.distillation_gold_weight is not None and not 0.0 <= self.distillation_gold_weight <= 1.0:
             raise ValueError(f"--distillation_gold_weight must be in [0, 1], got {self.distillation_gold_weight}")

@@ -191,7 +191,8 @@ class MultitaskPhase(Phase):
 
             cache = ctx.arguments.distillation.teacher_cache or ctx.out / "teacher_outputs"
             train, stats = attach_teachers(train, teachers, ctx.model, cache_dir=cache, pad_token_id=ctx.tokenizer.pad_token_id,
-                                           batch_size=args.per_device_eval_batch_size, progress=not args.disable_tqdm)  # fmt: skip
+                                           batch_size=args.per_device_eval_batch_size, progress=not args.disable_tqdm,
+                                           device=args.device)  # fmt: skip
             ctx.phase_metrics.update(stats)
         trainer = MultitaskTrainer(model=ctx.model, args=args, train_dataset=train, eval_dataset=ctx.validation,
                                    processing_class=ctx.tokenizer, loss_hook=loss_hook)  # fmt: skip

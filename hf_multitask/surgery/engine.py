@@ -108,7 +108,7 @@ class GradientEngine:
         gradient, times its loss weight, into the head's (``head_flat`` / ``update_views`` /
         ``head_views`` are the subclass's buffers); clear them all for a non-finite step
         without a GradScaler."""
-        finite = bool(torch.isfinite(aggregator.last_info["gram"]).all())
+        finite = bool(torch.isfinite(aggregator.last_info["gram"]).all()) and self._heads_finite(names)
         loss_weights = aggregator.loss_weights(aggregator.last_info["weights"]).tolist()
         if not finite and not scaler_active:
             for p in self.shared + [p for ps in self.heads.values() for p in ps]:
@@ -122,6 +122,13 @@ class GradientEngine:
                 for p, view in zip(self.heads[t], self.head_views[t]):
                     p.grad = _like(p, view.clone())
         return EngineStep(names, [], loss_weights, finite, dict(aggregator.last_info))
+
+    def _heads_finite(self, names: list[str]) -> bool:
+        """Whether the active tasks' head gradients are finite (the Gram matrix holds only the
+        shared rows: a head's gradient can be NaN while it is finite). Here the head sections
+        are the same on every rank (reduced already), so every rank decides alike."""
+        flags = [torch.isfinite(self.head_flat[t]).all() for t in names if self.head_flat[t].numel()]
+        return bool(torch.stack(flags).all()) if flags else True
 
     def _write_rows(self, targets: list[torch.Tensor], grads: list[torch.Tensor | None], row: int) -> None:
         pairs = [(v, g.float() if g.dtype != torch.float32 else g) for v, g in zip(targets, grads) if g is not None]
@@ -329,6 +336,17 @@ class ShardedEngine(GradientEngine):
     def nbytes(self) -> int:
         return (self.matrix.numel() + self.update.numel() + sum(b.numel() for b in self.head_flat.values())) * 4
 
+    def _heads_finite(self, names: list[str]) -> bool:
+        return True  # each rank holds its own shard of the heads: finish() folds them into the Gram matrix instead
+
+    def _fold_heads(self, gram: torch.Tensor, names: list[str]) -> None:
+        """Make this rank's partial Gram matrix non-finite if one of its head shards is: after
+        the all-reduce every rank sees it and skips the step alike, with no extra collective
+        (a finite step adds an exact 0)."""
+        flags = [torch.isfinite(self.head_flat[t]).all() for t in names if self.head_flat[t].numel()]
+        if flags:
+            gram[0, 0] += torch.where(torch.stack(flags).all(), 0.0, float("nan")).to(gram)
+
     def add(self, task: str, scaled_loss: torch.Tensor, samples: int) -> None:
         params = self.shared + self.heads[task]
         for p in params:
@@ -359,6 +377,7 @@ class ShardedEngine(GradientEngine):
         names = [self.tasks[i] for i in active]
         rows = self.matrix[active]
         gram = self.partial_gram(rows)
+        self._fold_heads(gram, names)
         self.all_reduce(gram)  # the one extra collective: T x T numbers
         w = aggregator.weights_from_gram(gram, torch.tensor([counts[i] for i in active], dtype=torch.float64), names,
                                          eps=accumulation_eps(rows))  # fmt: skip

@@ -108,3 +108,19 @@ def test_the_recipe_backbone_and_a_teacher_name_the_damaged_folder(saved, tiny_d
         run(flags)
     with pytest.raises(DistillationError, match=f"teacher of task 'sst': model folder {saved}: model.safetensors is damaged"):
         load_teacher(saved, "sst", deterministic_model())
+
+
+def test_a_model_in_a_subfolder_loads_and_a_damaged_one_is_named(tmp_path):
+    """Issue 51: from_pretrained(folder, subfolder=...) checked the root folder, which holds no
+    config.json, and refused a healthy model; the check now looks where the model is."""
+    root = tmp_path / "repo"
+    model = deterministic_model()
+    model.save_pretrained(root / "student")
+    (root / "README.md").write_text("a repository with the model in a subfolder\n")
+    loaded = hm.MultitaskModel.from_pretrained(root, subfolder="student")
+    assert loaded.task_names == model.task_names
+    for (name, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters()):
+        assert p.equal(q), name
+    _cut(root / "student" / "model.safetensors")
+    with pytest.raises(ModelFolderError, match=r"student: model\.safetensors is damaged"):
+        hm.MultitaskModel.from_pretrained(root, subfolder="student")

@@ -40,6 +40,29 @@ def test_bf16_without_use_cpu_means_cpu_autocast_on_a_machine_without_a_gpu(monk
         assert args.use_cpu and args.bf16 and args.device.type == "cpu"
 
 
+@pytest.mark.parametrize("cpu_bf16", [True, False])
+def test_bf16_on_a_gpu_without_bf16_is_refused_naming_the_gpu_and_never_moves_to_the_cpu(monkeypatch, tmp_path, cpu_bf16):
+    """Issue 51: on a machine whose CUDA GPU lacks bf16 (V100, T4), --bf16 silently set use_cpu=True
+    when the CPU had bf16, and otherwise refused with a message about the CPU. It names the GPU and
+    suggests --fp16; --use_cpu, asked for, still means CPU autocast."""
+    import transformers.utils
+
+    monkeypatch.delenv(precision.ALLOW_SLOW_BF16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100-SXM2-16GB")
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(transformers.utils, "is_torch_bf16_gpu_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda cpuinfo=None: cpu_bf16)
+    for flag, value in (("--bf16", {"bf16": True}), ("--bf16_full_eval", {"bf16_full_eval": True})):
+        with pytest.raises(ValueError, match=rf"^{flag}: this GPU \(Tesla V100-SXM2-16GB\) has no bf16 support\. Use --fp16"):
+            train_args(tmp_path, use_cpu=False, **value)
+    if cpu_bf16:
+        assert train_args(tmp_path, bf16=True, use_cpu=True).use_cpu
+    else:
+        with pytest.raises(ValueError, match="--bf16 on this CPU"):
+            train_args(tmp_path, bf16=True, use_cpu=True)
+
+
 def test_bf16_surgery_on_the_cpu_matches_fp32_surgery(tmp_path, tokenizer):
     """PCGrad under CPU bf16 autocast: the per-task rows and the Gram stay fp32 (the weights are fp32,
     so are their gradients), and the 4-step change of the weights matches the fp32 run's to within 10 %

@@ -67,6 +67,42 @@ def test_tasks_missing_on_a_rank_and_unequal_counts_give_the_pooled_gradient(tmp
         torch.testing.assert_close(got["grads"][name], expected, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_the_one_backward_sum_step_pools_a_missing_task_and_unequal_counts_by_their_counts(tmp_path, tokenizer):
+    """Issue 51: the default sum step (no telemetry: one backward of the summed loss, no per-task
+    rows) under DDP weights each task's loss by its share of the task's examples on all ranks, so
+    DDP's mean over ranks is the pooled gradient, as on the per-task path. Unweighted, the tasks
+    held by one rank only (sst, sts) got half their gradient, and quora (4 and 2 examples) the
+    mean of the ranks' means instead of the mean over its 6 examples."""
+    vocab = Path(tokenizer.vocab_file)
+    got = _run(2, tmp_path / "missing.pt", vocab, 4, "sum", {"telemetry_steps": 0}, mode="missing")
+    assert got["world"] == 2 and not got["per_task_path"], "the step must take the one-backward path"
+    assert got["grads"].keys() == got["expected"].keys()
+    for name, expected in got["expected"].items():
+        torch.testing.assert_close(got["grads"][name], expected, atol=1e-6, rtol=1e-5, msg=name)
+    assert got["examples_seen"] == {"sst": 4, "quora": 6, "sts": 3}, "the step's counts are the examples on all ranks"
+
+
+def test_the_one_backward_sum_step_under_ddp_with_accumulation_ends_where_the_per_task_path_ends(tmp_path, tokenizer):
+    """Issue 51: two processes on the default sum step (one backward, no telemetry), with gradient
+    accumulation and unequal per-task batch sizes, end with the weights of one process taking the
+    per-task path on the combined batch (SGD, no clipping: a wrong scale of any task shows)."""
+    vocab = Path(tokenizer.vocab_file)
+    common = {"optim": "sgd", "max_grad_norm": 0.0, "gradient_accumulation_steps": 2, "learning_rate": 0.05, "length_grouping": False}
+    two = _run(
+        2, tmp_path / "two.pt", vocab, 2, "sum", {**common, "telemetry_steps": 0, "task_batch_sizes": {"sst": 2, "quora": 3, "sts": 1}}
+    )
+    one = _run(
+        1, tmp_path / "one.pt", vocab, 4, "sum", {**common, "telemetry_steps": 1, "task_batch_sizes": {"sst": 4, "quora": 6, "sts": 2}}
+    )
+    assert two["world"] == 2 and one["world"] == 1 and not two["history"] and one["history"], "one-backward against per-task"
+    init = dict(__import__("conftest").deterministic_model().named_parameters())
+    moved = 0
+    for name, p in one["params"].items():
+        torch.testing.assert_close(two["params"][name], p, atol=1e-6, rtol=1e-5, msg=name)
+        moved += int(not torch.allclose(p, init[name]))
+    assert moved > 10
+
+
 def test_fsdp_that_accelerate_leaves_off_on_cpu_is_refused(tmp_path, tokenizer):
     """Two CPU processes with --fsdp: transformers keeps FSDP off without a word (the run would be
     plain DDP); the trainer refuses at construction instead."""

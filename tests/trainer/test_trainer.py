@@ -314,3 +314,28 @@ def test_the_evaluation_after_training_reuses_the_kept_checkpoints_and_rescores_
     assert len(calls) == 4, "changed weights are scored afresh"
     assert fresh["eval_sst_loss"] != final["eval_sst_loss"]
     assert trainer.evaluate({"sst": trainer.eval_dataset["sst"]}) and len(calls) == 5, "other evaluation sets are always scored"
+
+
+def test_an_evaluation_is_reused_only_for_the_same_sets_and_metric_settings(tmp_path, tokenizer, monkeypatch):
+    """Issue 51: reuse keyed on the weights alone returned the old sets' metrics after
+    ``trainer.eval_dataset`` was reassigned, and a stale ``overall`` after the primary tasks changed."""
+    from hf_multitask import trainer_evaluation
+
+    calls = []
+    real = trainer_evaluation.evaluate_tasks
+    monkeypatch.setattr(trainer_evaluation, "evaluate_tasks", lambda *a, **k: calls.append(sorted(a[1])) or real(*a, **k))
+    trainer = make_trainer(tmp_path, tokenizer, aggregator="sum")
+    first = trainer.evaluate()
+    assert trainer.evaluate() == first and len(calls) == 1, "the same weights on the same sets: reused"
+    trainer.eval_dataset = {"sst": trainer.eval_dataset["sst"].select(range(8))}
+    small = trainer.evaluate()
+    assert calls[-1] == ["sst"] and len(calls) == 2, "other evaluation sets are scored"
+    assert not any(k.startswith(("eval_quora", "eval_sts")) for k in small)
+    assert small["eval_sst_loss"] != first["eval_sst_loss"]
+    trainer.eval_dataset = {"sst": trainer.eval_dataset["sst"], "sts": make_trainer(tmp_path, tokenizer).eval_dataset["sts"]}
+    both = trainer.evaluate()
+    assert len(calls) == 3 and both["eval_overall"] != small["eval_overall"]
+    trainer.args.primary_tasks = ["sts"]
+    primary = trainer.evaluate()
+    assert len(calls) == 4, "other primary tasks: scored again"
+    assert primary["eval_overall"] == pytest.approx(both["eval_sts_score"]) and primary["eval_overall"] != both["eval_overall"]

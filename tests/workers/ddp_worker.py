@@ -84,7 +84,16 @@ def missing_step(out: str, tokenizer, batch: int, aggregator: str, overrides: di
         total = sum(reference(task=t, **collate([data[t][i] for i in idx])).loss for t, idx in pooled.items())
         total.backward()
         expected = {n: p.grad.detach().clone() for n, p in reference.named_parameters() if p.grad is not None}
-        torch.save({"world": trainer.args.world_size, "grads": grads, "expected": expected}, out)
+        torch.save(
+            {
+                "world": trainer.args.world_size,
+                "grads": grads,
+                "expected": expected,
+                "per_task_path": trainer._engine is not None,
+                "examples_seen": trainer._pending_step,
+            },
+            out,
+        )
 
 
 def slow_rank_checkpoint(out: str, tokenizer, batch: int, aggregator: str, overrides: dict) -> None:
