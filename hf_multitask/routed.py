@@ -126,7 +126,7 @@ class RoutedMultitaskModel(CheckedFolderLoading, PreTrainedModel):
     """Per-task experts (each a [`MultitaskModel`][hf_multitask.modeling.MultitaskModel]) behind one ``forward(task=...)``.
 
     Build one with [`from_models()`][hf_multitask.routed.RoutedMultitaskModel.from_models] from the models
-    [`specialise()`][hf_multitask.schemes.specialise.specialise] returns; the shared multitask model is only
+    `hf_multitask.schemes.specialise()` returns; the shared multitask model is only
     needed (and only stored) when some task has no specialised model. It serves like a
     [`MultitaskModel`][hf_multitask.modeling.MultitaskModel]: the pipeline (``model.pipeline(tokenizer)``,
     or ``pipeline(model=folder, trust_remote_code=True)``), ``hf-multitask predict`` and
