@@ -47,6 +47,11 @@ class MultitaskPipeline(Pipeline):
     ``device=`` places the model; ``autocast_dtype="bfloat16"`` runs it under bf16 autocast (on a CPU
     this pays only with bf16 instructions, see [`hf_multitask.precision`][hf_multitask.precision]). Sentence tasks that read the same single-sentence input with
     the same encoding share one encoder pass ([`MultitaskModel.forward_all()`][hf_multitask.modeling.MultitaskModel.forward_all]).
+
+    ``backend="onnx"``: the model is an export (``hf-multitask export``) served by ONNX Runtime on
+    the CPU ([`OnnxMultitaskModel`][hf_multitask.onnx_backend.OnnxMultitaskModel]);
+    ``pipeline("multitask-text", model=EXPORT_DIR, backend="onnx")`` loads one. The answers are
+    the same as the PyTorch model's (fp32: logits within 1e-4).
     """
 
     _load_tokenizer = True
@@ -54,7 +59,17 @@ class MultitaskPipeline(Pipeline):
     _load_feature_extractor = False
     _load_image_processor = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, backend: str | None = None, **kwargs: Any) -> None:
+        model = kwargs.get("model", args[0] if args else None)
+        onnx = bool(getattr(model, "is_onnx", False))
+        if backend not in (None, "torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        if backend is not None and (backend == "onnx") != onnx:
+            raise ValueError(f"backend={backend!r}, but the model is {'an ONNX export' if onnx else 'a PyTorch model'}: "
+                             + ("pass a folder written by `hf-multitask export MODEL_DIR OUT_DIR`" if backend == "onnx" else
+                                "pass the PyTorch model folder, or backend='onnx'"))  # fmt: skip
+        if onnx:
+            kwargs["device"] = -1  # ONNX Runtime's CPU provider: the model's own device
         super().__init__(*args, **kwargs)
         # transformers' pipeline() replaces the class names in config.custom_pipelines by the
         # classes themselves when it loads a remote pipeline; put the names back so the config
@@ -169,10 +184,14 @@ class MultitaskPipeline(Pipeline):
         return {cols[0]: value}
 
 
-def register_multitask_pipeline() -> None:
-    """Register [`MultitaskPipeline`][hf_multitask.pipeline.MultitaskPipeline] as ``"multitask-text"`` with transformers."""
+def register_multitask_pipeline(*loaders: type) -> None:
+    """Register [`MultitaskPipeline`][hf_multitask.pipeline.MultitaskPipeline] as ``"multitask-text"`` with transformers.
+
+    ``pipeline("multitask-text", model=folder)`` loads the folder with ``AutoModel``, then with
+    each of ``loaders`` (classes with ``from_pretrained``) when that fails: the package passes
+    [`OnnxMultitaskModel`][hf_multitask.onnx_backend.OnnxMultitaskModel], so an ONNX export loads too."""
     from transformers import AutoModel
     from transformers.pipelines import PIPELINE_REGISTRY
 
     if PIPELINE_TASK not in PIPELINE_REGISTRY.supported_tasks:
-        PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=MultitaskPipeline, pt_model=AutoModel, type="text")
+        PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=MultitaskPipeline, pt_model=(AutoModel, *loaders), type="text")
