@@ -72,8 +72,18 @@ batch = tokenizer(["a gripping, funny film"], return_tensors="pt")
 logits = model(task="{{ first_task }}", **batch).logits
 ```
 
-Without the package installed, `AutoModel.from_pretrained("{{ repo_id }}", trust_remote_code=True)`
-loads the model code shipped in this repository (only `torch` and `transformers` needed).
+Without the package installed (only `torch` and `transformers` needed), the model code shipped in
+this repository loads the model. Pass `trust_remote_code=True` to the tokenizer too: it reads the
+same config, whose model type is this repository's code.
+
+```python
+from transformers import AutoModel, AutoTokenizer
+
+model = AutoModel.from_pretrained("{{ repo_id }}", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("{{ repo_id }}", trust_remote_code=True)
+batch = tokenizer(["a gripping, funny film"], return_tensors="pt")
+logits = model(task="{{ first_task }}", **batch).logits
+```
 """
 
 
