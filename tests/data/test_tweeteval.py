@@ -341,11 +341,11 @@ def test_tweeteval_test_backend_onnx_writes_the_torch_backends_files(tokenizer, 
         capsys.readouterr()
         runs = {"torch": tmp_path / name, "fp32": tmp_path / f"{name}-onnx" / "model.onnx", "int8": tmp_path / f"{name}-onnx"}
         files = {}
-        for run, folder in runs.items():
-            backend = "torch" if run == "torch" else "onnx"
-            main(["tweeteval-test", "--model", str(folder), "--data-dir", str(tweeteval_dir), "--output-dir", str(tmp_path / name / run),
+        for kind, folder in runs.items():
+            backend = "torch" if kind == "torch" else "onnx"
+            main(["tweeteval-test", "--model", str(folder), "--data-dir", str(tweeteval_dir), "--output-dir", str(tmp_path / name / kind),
                   "--backend", backend, "--batch_size", "4", "--quiet"])  # fmt: skip
-            files[run] = {p.relative_to(tmp_path / name / run).as_posix(): p.read_text() for p in (tmp_path / name / run).rglob("*.txt")}
+            files[kind] = {p.relative_to(tmp_path / name / kind).as_posix(): p.read_text() for p in (tmp_path / name / kind).rglob("*.txt")}
         assert sorted(files["torch"]) == sorted(["irony.txt", "emoji.txt", *(f"stance/{t}.txt" for t in te.STANCE_TARGETS)])
         assert files["fp32"] == files["torch"], name
         same = [a == b for f in files["torch"] for a, b in zip(files["torch"][f].split(), files["int8"][f].split(), strict=True)]

@@ -290,9 +290,9 @@ def test_a_damaged_onnx_file_is_one_line_naming_it(exported, tmp_path, capsys):
         OnnxMultitaskModel.from_pretrained(folder / "nope.onnx")
 
 
-def test_the_export_command_writes_a_self_describing_folder(exported, tmp_path):
-    proc = _cli("export", exported / "torch", tmp_path / "x", "--quiet")
-    assert proc.returncode == 0, proc.stderr
+def test_the_export_command_writes_a_self_describing_folder(exported, tmp_path, capsys):
+    status, err = _cli_in_process(capsys, "export", exported / "torch", tmp_path / "x", "--quiet")
+    assert status == 0, err
     names = {p.name for p in (tmp_path / "x").iterdir()}
     assert {"model.onnx", "model.mc.onnx", "config.json", "onnx_manifest.json", "tokenizer.json"} <= names
     assert not {n for n in names if n.endswith((".py", ".safetensors", ".unfused"))}, "no PyTorch code or weights in an export"
