@@ -262,14 +262,17 @@ class OnnxMultitaskModel:
         return self
 
     def eval(self) -> OnnxMultitaskModel:
+        """The model itself: a graph is always in inference mode (no dropout)."""
         return self
 
     def train(self, mode: bool = True) -> OnnxMultitaskModel:
+        """``train(False)`` is [`eval()`][hf_multitask.onnx_backend.OnnxMultitaskModel.eval]; ``train(True)`` is refused: a graph does not train."""
         if mode:
             raise OnnxBackendError("an ONNX model cannot train; train the PyTorch model and export it again")
         return self
 
     def can_generate(self) -> bool:
+        """False: a multitask encoder does not generate (what transformers' pipelines ask)."""
         return False
 
     def forward_all(self, batches: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
