@@ -20,6 +20,11 @@ __all__ = ["PIPELINE_TASK", "MultitaskPipeline", "register_multitask_pipeline"]
 PIPELINE_TASK = "multitask-text"
 
 
+def _frozen(value: Any) -> Any:
+    """``value`` with its lists as tuples: a dictionary key."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def _applies(spec: Any, item: Any) -> bool:
     """Whether an undirected input (a string or a pair) fits the task (its type decides)."""
     return bool(spec.task_type.accepts(spec, item))
@@ -112,13 +117,19 @@ class MultitaskPipeline(Pipeline):
                     raise ValueError(f"tasks {missing} cannot answer {item!r}: give them their input as a dict {{task: input}}")
         if not chosen:
             raise ValueError(f"no task of this model takes {item!r}; tasks: {model.task_names} (pass a dict {{task: input}})")
-        encoded, raw = {}, {}
+        encoded, raw, done = {}, {}, {}
         for task, value in chosen.items():
             spec = model.get_task(task)
             row = self._row(spec, value)
-            enc = spec.task_type.encode_batch(spec, {c: [row[c]] for c in spec.text_columns}, self.tokenizer,
-                                              model.config.task_pair_encoding(spec), max_length)  # fmt: skip
-            encoded[task] = {k: v[0] for k, v in enc.items()}
+            encoding = model.config.task_pair_encoding(spec)
+            # tasks whose type encodes the same texts the same way share one tokenisation (e.g. six
+            # sentence heads given one tweet); the shared dict also lets _forward_many collate once
+            key = (type(spec.task_type).encode_batch, len(spec.text_columns), _frozen([row[c] for c in spec.text_columns]), encoding,
+                   spec.subword_labels)  # fmt: skip
+            if key not in done:
+                enc = spec.task_type.encode_batch(spec, {c: [row[c]] for c in spec.text_columns}, self.tokenizer, encoding, max_length)
+                done[key] = {k: v[0] for k, v in enc.items()}
+            encoded[task] = done[key]
             raw[task] = row
         return {"encoded": encoded, "raw": raw}
 
@@ -151,7 +162,14 @@ class MultitaskPipeline(Pipeline):
         for i, p in enumerate(prepared):
             for task in p["encoded"]:
                 by_task.setdefault(task, []).append(i)
-        batches = {t: collate([prepared[i]["encoded"][t] for i in idx]) for t, idx in by_task.items()}
+        batches: dict[str, Any] = {}
+        collated: dict[tuple[int, ...], Any] = {}  # tasks holding the very same encoded examples share one batch
+        for t, idx in by_task.items():
+            features = [prepared[i]["encoded"][t] for i in idx]
+            key = tuple(id(f) for f in features)
+            if key not in collated:
+                collated[key] = collate(features)
+            batches[t] = collated[key]
         with autocast(self.device, dtype):
             logits = model.forward_all({t: {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
                                         for t, b in batches.items()})  # fmt: skip
