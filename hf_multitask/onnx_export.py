@@ -93,14 +93,12 @@ class GraphPlan:
 
 def _dummy_batch(model: MultitaskModel, task: str, tokenizer: Any, texts: list[str]) -> dict[str, Any]:
     """A collated batch of made-up examples of ``task`` (one per text), as the data path encodes them."""
-    import datasets
-
     spec = model.get_task(task)
     rows: dict[str, list[Any]] = {}
     for k, column in enumerate(spec.text_columns):
         feature = spec.task_type.text_feature(spec, column)
         shifted = texts[k:] + texts[:k]  # the second text of a pair differs from the first
-        if isinstance(feature, datasets.Sequence):  # words (tagging) or choices (multiple choice)
+        if type(feature).__name__ in ("Sequence", "List", "LargeList"):  # words (tagging) or choices (multiple choice)
             rows[column] = [(t.split() * 2)[: max(2, min(len(t.split()), spec.num_labels))] for t in shifted]
         else:
             rows[column] = shifted
