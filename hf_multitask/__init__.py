@@ -9,6 +9,8 @@ from .data import DataError, DataWarning, load_task_data, load_text_label_files,
 from .encoding import MultitaskCollator, encode_task
 from .metrics import accuracy, compute_task_metrics, overall_score, pearson
 from .modeling import MultitaskModel, MultitaskOutput
+from .onnx_backend import OnnxMultitaskModel
+from .onnx_export import export_onnx
 from .pipeline import MultitaskPipeline, register_multitask_pipeline
 from .predict import TaskPredictions, evaluate, predict, write_predictions
 from .routed import RoutedMultitaskConfig, RoutedMultitaskModel
@@ -25,10 +27,13 @@ AutoModel.register(MultitaskConfig, MultitaskModel, exist_ok=True)
 AutoConfig.register(RoutedMultitaskConfig.model_type, RoutedMultitaskConfig, exist_ok=True)
 AutoModel.register(RoutedMultitaskConfig, RoutedMultitaskModel, exist_ok=True)
 
-register_multitask_pipeline()  # pipeline("multitask-text", model=...) with the package imported
+# pipeline("multitask-text", model=...) with the package imported; a folder written by `hf-multitask export` loads on ONNX Runtime
+register_multitask_pipeline(OnnxMultitaskModel)
 
 __all__ = [
     "MultitaskPipeline",
+    "OnnxMultitaskModel",
+    "export_onnx",
     "partial_label_tasks",
     "TaskType",
     "upos_task",

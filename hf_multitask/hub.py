@@ -76,7 +76,8 @@ logits = model(task="{{ first_task }}", **batch).logits
 ```
 
 Without the package, the model code shipped in this repository loads it; it needs only
-{{ requirements_text }} (`pip install {{ requirements | join(" ") }}`):
+{{ requirements_text }} (`pip install {{ requirements | join(" ") }}`). Pass `trust_remote_code=True`
+to the tokenizer too: it reads the same config, whose model type is this repository's code.
 
 ```python
 from transformers import AutoModel, AutoTokenizer

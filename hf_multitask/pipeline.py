@@ -20,6 +20,11 @@ __all__ = ["PIPELINE_TASK", "MultitaskPipeline", "register_multitask_pipeline"]
 PIPELINE_TASK = "multitask-text"
 
 
+def _frozen(value: Any) -> Any:
+    """``value`` with its lists as tuples: a dictionary key."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def _applies(spec: Any, item: Any) -> bool:
     """Whether an undirected input (a string or a pair) fits the task (its type decides)."""
     return bool(spec.task_type.accepts(spec, item))
@@ -47,6 +52,11 @@ class MultitaskPipeline(Pipeline):
     ``device=`` places the model; ``autocast_dtype="bfloat16"`` runs it under bf16 autocast (on a CPU
     this pays only with bf16 instructions, see [`hf_multitask.precision`][hf_multitask.precision]). Sentence tasks that read the same single-sentence input with
     the same encoding share one encoder pass ([`MultitaskModel.forward_all()`][hf_multitask.modeling.MultitaskModel.forward_all]).
+
+    ``backend="onnx"``: the model is an export (``hf-multitask export``) served by ONNX Runtime on
+    the CPU ([`OnnxMultitaskModel`][hf_multitask.onnx_backend.OnnxMultitaskModel]);
+    ``pipeline("multitask-text", model=EXPORT_DIR, backend="onnx")`` loads one. The answers are
+    the same as the PyTorch model's (fp32: logits within 1e-4).
     """
 
     _load_tokenizer = True
@@ -54,7 +64,17 @@ class MultitaskPipeline(Pipeline):
     _load_feature_extractor = False
     _load_image_processor = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, backend: str | None = None, **kwargs: Any) -> None:
+        model = kwargs.get("model", args[0] if args else None)
+        onnx = bool(getattr(model, "is_onnx", False))
+        if backend not in (None, "torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        if backend is not None and (backend == "onnx") != onnx:
+            raise ValueError(f"backend={backend!r}, but the model is {'an ONNX export' if onnx else 'a PyTorch model'}: "
+                             + ("pass a folder written by `hf-multitask export MODEL_DIR OUT_DIR`" if backend == "onnx" else
+                                "pass the PyTorch model folder, or backend='onnx'"))  # fmt: skip
+        if onnx:
+            kwargs["device"] = -1  # ONNX Runtime's CPU provider: the model's own device
         super().__init__(*args, **kwargs)
         # transformers' pipeline() replaces the class names in config.custom_pipelines by the
         # classes themselves when it loads a remote pipeline; put the names back so the config
@@ -97,13 +117,19 @@ class MultitaskPipeline(Pipeline):
                     raise ValueError(f"tasks {missing} cannot answer {item!r}: give them their input as a dict {{task: input}}")
         if not chosen:
             raise ValueError(f"no task of this model takes {item!r}; tasks: {model.task_names} (pass a dict {{task: input}})")
-        encoded, raw = {}, {}
+        encoded, raw, done = {}, {}, {}
         for task, value in chosen.items():
             spec = model.get_task(task)
             row = self._row(spec, value)
-            enc = spec.task_type.encode_batch(spec, {c: [row[c]] for c in spec.text_columns}, self.tokenizer,
-                                              model.config.task_pair_encoding(spec), max_length)  # fmt: skip
-            encoded[task] = {k: v[0] for k, v in enc.items()}
+            encoding = model.config.task_pair_encoding(spec)
+            # tasks whose type encodes the same texts the same way share one tokenisation (e.g. six
+            # sentence heads given one tweet); the shared dict also lets _forward_many collate once
+            key = (type(spec.task_type).encode_batch, len(spec.text_columns), _frozen([row[c] for c in spec.text_columns]), encoding,
+                   spec.subword_labels)  # fmt: skip
+            if key not in done:
+                enc = spec.task_type.encode_batch(spec, {c: [row[c]] for c in spec.text_columns}, self.tokenizer, encoding, max_length)
+                done[key] = {k: v[0] for k, v in enc.items()}
+            encoded[task] = done[key]
             raw[task] = row
         return {"encoded": encoded, "raw": raw}
 
@@ -136,7 +162,14 @@ class MultitaskPipeline(Pipeline):
         for i, p in enumerate(prepared):
             for task in p["encoded"]:
                 by_task.setdefault(task, []).append(i)
-        batches = {t: collate([prepared[i]["encoded"][t] for i in idx]) for t, idx in by_task.items()}
+        batches: dict[str, Any] = {}
+        collated: dict[tuple[int, ...], Any] = {}  # tasks holding the very same encoded examples share one batch
+        for t, idx in by_task.items():
+            features = [prepared[i]["encoded"][t] for i in idx]
+            key = tuple(id(f) for f in features)
+            if key not in collated:
+                collated[key] = collate(features)
+            batches[t] = collated[key]
         with autocast(self.device, dtype):
             logits = model.forward_all({t: {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
                                         for t, b in batches.items()})  # fmt: skip
@@ -169,10 +202,14 @@ class MultitaskPipeline(Pipeline):
         return {cols[0]: value}
 
 
-def register_multitask_pipeline() -> None:
-    """Register [`MultitaskPipeline`][hf_multitask.pipeline.MultitaskPipeline] as ``"multitask-text"`` with transformers."""
+def register_multitask_pipeline(*loaders: type) -> None:
+    """Register [`MultitaskPipeline`][hf_multitask.pipeline.MultitaskPipeline] as ``"multitask-text"`` with transformers.
+
+    ``pipeline("multitask-text", model=folder)`` loads the folder with ``AutoModel``, then with
+    each of ``loaders`` (classes with ``from_pretrained``) when that fails: the package passes
+    [`OnnxMultitaskModel`][hf_multitask.onnx_backend.OnnxMultitaskModel], so an ONNX export loads too."""
     from transformers import AutoModel
     from transformers.pipelines import PIPELINE_REGISTRY
 
     if PIPELINE_TASK not in PIPELINE_REGISTRY.supported_tasks:
-        PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=MultitaskPipeline, pt_model=AutoModel, type="text")
+        PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=MultitaskPipeline, pt_model=(AutoModel, *loaders), type="text")

@@ -59,6 +59,9 @@ def predict(
 ) -> TaskPredictions:
     """Run ``model`` on an encoded dataset (see [`encode_task()`][hf_multitask.encoding.encode_task]).
 
+    ``model``: a [`MultitaskModel`][hf_multitask.modeling.MultitaskModel], a routed one, or an export on ONNX Runtime
+    ([`OnnxMultitaskModel`][hf_multitask.onnx_backend.OnnxMultitaskModel]).
+
     With ``by_length`` (the default) the examples are batched in order of token count, so a
     batch pads little (on TweetEval's validation files, 1.8x fewer padded token slots than
     in file order); the returned ids, predictions and labels are in the dataset's order
@@ -74,7 +77,7 @@ def predict(
     order = length_order(spec, dataset) if sortable else None
     collate = MultitaskCollator(pad_token_id, task=task, keep_ids=True)
     loader = DataLoader(dataset if order is None else dataset.select(order), batch_size=batch_size, shuffle=False, collate_fn=collate)
-    device = next(model.parameters()).device
+    device = model.device if hasattr(model, "device") else next(model.parameters()).device  # an ONNX model has no parameters
     ids: list[str] = []
     preds: list[np.ndarray] = []
     labels: list[np.ndarray] = []

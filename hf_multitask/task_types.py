@@ -104,7 +104,11 @@ class TaskType:
 
     def encode_batch(self, spec: TaskSpec, batch: dict[str, list[Any]], tokenizer: Any, pair_encoding: str | None,
                      max_length: int | None) -> dict[str, list[Any]]:  # fmt: skip
-        """Tokenise a batch of rows (``batch`` holds the text columns and maybe ``label``)."""
+        """Tokenise a batch of rows (``batch`` holds the text columns and maybe ``label``).
+
+        The pipeline tokenises an input once for the tasks whose type shares this method and that
+        read it the same way (text columns, pair encoding, ``subword_labels``), so the result
+        must depend on the spec through those alone."""
         raise NotImplementedError
 
     def lengths(self, encoded: datasets.Dataset) -> list[int]:

@@ -6,7 +6,7 @@ Each fenced block is preceded by a marker comment:
 - ``<!-- docs-test: run by PATH::TEST -->`` (or ``run by .ci/run``): run by that test, which must
   exist (or by CI's script, which must contain the block's command);
 - ``<!-- docs-test: flags -->``: a shell block whose commands' flags are checked against the
-  parsers (the recipe's, ``hf-multitask predict`` / ``tweeteval-test``'s) and whose config files exist;
+  parsers (the recipe's, ``hf-multitask predict`` / ``tweeteval-test`` / ``export``'s) and whose config files exist;
 - ``<!-- docs-test: not run (REASON) -->``: not run, and why.
 
 Whatever the marker, every Python block must compile and every name it takes from
@@ -29,6 +29,7 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 MARKER = re.compile(r"<!-- docs-test: (run|flags|run by (\S+)|not run \((.+)\)) -->")
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 RECIPE_COMMANDS = ("hf-multitask train", "accelerate launch recipes/train_pcgrad.py", "python recipes/train_pcgrad.py")
+HF_MULTITASK_COMMANDS = ("hf-multitask predict", "hf-multitask tweeteval-test", "hf-multitask export")
 
 
 def blocks() -> list[tuple[str, int, str, str, str | None]]:
@@ -121,7 +122,7 @@ def _check_command(tokens: list[str], where: str) -> None:
         for i, token in enumerate(args[:-1]):
             if token == "--config":
                 assert (REPO / args[i + 1]).is_file(), f"{where}: no config file {args[i + 1]}"
-    elif text.startswith(("hf-multitask predict", "hf-multitask tweeteval-test")):
+    elif text.startswith(HF_MULTITASK_COMMANDS):
         try:
             build_parser().parse_args(tokens[1:])
         except SystemExit:
@@ -135,7 +136,7 @@ SHELL = [b for b in BLOCKS if b[2] in ("bash", "sh", "shell")]
 def test_every_shell_command_takes_the_flags_it_shows(block):
     page, line, _, code, marker = block
     commands = _commands(code)
-    checked = [c for c in commands if " ".join(c).startswith((*RECIPE_COMMANDS, "hf-multitask predict", "hf-multitask tweeteval-test"))]
+    checked = [c for c in commands if " ".join(c).startswith((*RECIPE_COMMANDS, *HF_MULTITASK_COMMANDS))]
     if marker == "flags":
         assert checked, f"{page}:{line}: marked 'flags' but holds no hf-multitask or recipe command"
     for tokens in checked:
@@ -147,6 +148,8 @@ def test_the_flag_check_catches_a_renamed_flag():
         _check_command(shlex.split("hf-multitask train --aggregater pcgrad --max-steps 3"), "here")
     with pytest.raises(pytest.fail.Exception, match="hf-multitask does not take"):
         _check_command(shlex.split("hf-multitask predict --model m --input i --output o --batchsize 2"), "here")
+    with pytest.raises(pytest.fail.Exception, match="hf-multitask does not take"):
+        _check_command(shlex.split("hf-multitask export m o --quantise int8"), "here")
     tree = ast.parse("import hf_multitask as hm\nhm.MultitaskTrainr\n")
     assert ("hf_multitask", "MultitaskTrainr") in _hf_multitask_names(tree)
     assert not hasattr(importlib.import_module("hf_multitask"), "MultitaskTrainr")

@@ -323,6 +323,35 @@ def test_cli_writes_the_test_files_of_a_saved_model_and_names_a_bad_folder(token
     assert "no TweetEval task ['hate']" in capsys.readouterr().err
 
 
+def test_tweeteval_test_backend_onnx_writes_the_torch_backends_files(tokenizer, tweeteval_dir, tmp_path, capsys):
+    """Issue 52: the same files from an ONNX export (fp32 and int8) as from the PyTorch model, for a
+    plain and a routed (specialised) model; labels of a random tiny model are close calls, so fp32
+    must match exactly and int8 on most lines."""
+    pytest.importorskip("onnxruntime", reason="the ONNX backend needs the 'onnx' extra; CI installs it")
+    pytest.importorskip("onnx", reason="the ONNX export needs the 'onnx' extra; CI installs it")
+    from hf_multitask.cli import main
+
+    tasks = hm.tweeteval_tasks(tweeteval_dir, ["irony", "emoji", "stance"])
+    plain = tiny_model(tasks)
+    routed = hm.RoutedMultitaskModel.from_models({"emoji": tiny_model(tasks, seed=1)}, multitask=plain)
+    for name, model in (("plain", plain), ("routed", routed)):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+        assert main(["export", str(tmp_path / name), str(tmp_path / f"{name}-onnx"), "--quantize", "int8", "--quiet"]) is None
+        capsys.readouterr()
+        runs = {"torch": tmp_path / name, "fp32": tmp_path / f"{name}-onnx" / "model.onnx", "int8": tmp_path / f"{name}-onnx"}
+        files = {}
+        for kind, folder in runs.items():
+            backend = "torch" if kind == "torch" else "onnx"
+            main(["tweeteval-test", "--model", str(folder), "--data-dir", str(tweeteval_dir), "--output-dir", str(tmp_path / name / kind),
+                  "--backend", backend, "--batch_size", "4", "--quiet"])  # fmt: skip
+            files[kind] = {p.relative_to(tmp_path / name / kind).as_posix(): p.read_text() for p in (tmp_path / name / kind).rglob("*.txt")}
+        assert sorted(files["torch"]) == sorted(["irony.txt", "emoji.txt", *(f"stance/{t}.txt" for t in te.STANCE_TARGETS)])
+        assert files["fp32"] == files["torch"], name
+        same = [a == b for f in files["torch"] for a, b in zip(files["torch"][f].split(), files["int8"][f].split(), strict=True)]
+        assert np.mean(same) >= 0.8, (name, np.mean(same))
+
+
 def test_recipe_with_two_step_specialisation_writes_the_routed_models_test_files(tiny_backbone, tweeteval_dir, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -115,7 +115,7 @@ def test_a_task_that_cannot_answer_is_an_error_naming_the_examples(folder, tmp_p
     tsv = tmp_path / "in.tsv"
     tsv.write_text("id\ttext\nx\thello\n")
     status, err = _cli_in_process(capsys, "predict", "--model", folder, "--input", tsv, "--output", tmp_path / "o.jsonl", "--tasks", "para")
-    assert status == 2 and "examples x..x" in err and "cannot answer" in err
+    assert status == 2 and "example x:" in err and "cannot answer" in err
     assert not list(tmp_path.glob("o.jsonl*")), "a run stopped half-way leaves no partial output"
 
 

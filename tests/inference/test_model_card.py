@@ -111,8 +111,12 @@ def test_the_card_loads_the_checkpoint_without_the_package_as_written(build, tmp
         )
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0 and "CARD-OK" in proc.stdout, proc.stderr[-3000:]
+    # no standard input: in a notebook, transformers' "run the custom code? [y/N]" is an input box that waits
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+                          stdin=subprocess.DEVNULL)  # fmt: skip
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "CARD-OK" in proc.stdout, said[-3000:]
+    assert "Do you wish to run the custom code" not in said and "You are using a model of type" not in said, said[-3000:]
 
 
 def test_the_card_describes_the_architecture_and_what_trained(tmp_path, tokenizer):

@@ -225,3 +225,18 @@ def test_the_pipeline_takes_transformers_text_and_text_pair_convention(saved, to
                                                  tasks=[hm.TaskSpec("text", "classification", num_labels=2, text_columns=("t",))]))  # fmt: skip
     answer = named.pipeline(tokenizer)({"text": "the cat runs"})
     assert set(answer) == {"text"}
+
+
+def test_one_tokenisation_and_one_batch_for_heads_that_read_the_same_text(saved, tokenizer, monkeypatch):
+    """Issue 52: a text sent to the sentence heads is tokenised once (not once per head) and
+    collated once; the answers are those of per-task encoding (the other tests)."""
+    model, _ = saved
+    pipe = model.pipeline(tokenizer)
+    calls = []
+    real = type(tokenizer).__call__
+    monkeypatch.setattr(type(tokenizer), "__call__", lambda self, *a, **k: calls.append(a) or real(self, *a, **k))
+    pipe(SENTENCES, batch_size=3, tasks=["senti", "score"])
+    assert len(calls) == len(SENTENCES), "senti and score (classification, regression) share the tokenisation"
+    calls.clear()
+    pipe(SENTENCES, batch_size=3)
+    assert len(calls) == 2 * len(SENTENCES), "the tagger reads words: one more tokenisation per sentence"
