@@ -78,8 +78,9 @@ def specialise(
     **trainer_kwargs: Any,
 ) -> dict[str, Any]:
     """Two-step specialisation: after multitask training, one copy of the model per task
-    fine-tuned on that task alone (whole encoder, its head kept or, with ``fresh_heads``,
-    re-initialised). ``model`` itself is not changed.
+    fine-tuned on that task alone (its head kept or, with ``fresh_heads``, re-initialised).
+    Each copy trains the parameters ``model`` trains: the whole model, or only what
+    ``set_trainable`` chose (LoRA, PALs, heads). ``model`` itself is not changed.
 
     Returns ``{task: specialised model}``. With ``save_dir``, each is saved to
     ``save_dir/{task}``, and all of them together as one
@@ -93,8 +94,7 @@ def specialise(
         raise KeyError(f"specialise: no training data for task(s) {unknown}; have {list(train)}")
     out = {}
     for task in names:
-        special = copy.deepcopy(model)
-        special.set_trainable("all")
+        special = copy.deepcopy(model)  # requires_grad comes along: a LoRA, PAL or heads-only run stays one
         if fresh_heads:
             reset_head(special.heads[task])
         task_args = replace(args, output_dir=str(Path(args.output_dir) / f"specialise-{task}"))
