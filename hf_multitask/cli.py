@@ -190,7 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--output", required=True, help="where to write the JSON-lines answers")
     pred.add_argument("--tasks", nargs="+", help="answer only these tasks")
     pred.add_argument("--batch_size", type=int, default=32)
-    pred.add_argument("--max_length", type=int, default=None)
+    pred.add_argument(
+        "--max_length",
+        type=int,
+        default=None,
+        help="cut inputs to this many tokens (default: the length the model was trained with; 512 if it does not say)",
+    )
     pred.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
     pred.add_argument("--dtype", default="float32", help=DTYPE_HELP)
@@ -201,7 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where {task}.txt and stance/{target}.txt go")  # fmt: skip
     tweet.add_argument("--tasks", nargs="+", help="only these tasks (default: every TweetEval task the model has)")
     tweet.add_argument("--batch_size", type=int, default=64)
-    tweet.add_argument("--max_length", type=int, default=64)
+    tweet.add_argument(
+        "--max_length",
+        type=int,
+        default=None,
+        help="cut tweets to this many tokens (default: the length the model was trained with; 64 if it does not say)",
+    )
     tweet.add_argument("--quiet", action="store_true", help="no progress bar")
     tweet.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     return parser

@@ -122,6 +122,8 @@ def load_model(model_args: ModelArguments, specs: list[TaskSpec], max_length: in
         model.add_lora(
             r=model_args.lora_r, alpha=model_args.lora_alpha, target_modules=model_args.lora_targets, per_task=model_args.lora_per_task
         )
+    if max_length is not None:  # what the pipeline, `predict` and `tweeteval-test` cut inputs to by default
+        model.config.train_max_length = int(max_length)
     counts = model.set_trainable(model_args.trainable)
     logger.info("parameters: %s", counts)
     return model, tokenizer
