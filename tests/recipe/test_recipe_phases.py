@@ -1,6 +1,8 @@
 """What the recipe's phases take from the run's flags: a phase never undoes ``--trainable``,
 and each phase's warm-up and learning rates are its own (issue 53)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import recipe_flags
@@ -47,3 +49,43 @@ def test_linear_probe_gives_back_each_parameters_requires_grad(tokenizer, tmp_pa
     before = {n: p.requires_grad for n, p in model.named_parameters()}
     linear_probe(model, toy_encoded(tokenizer, model, n=16), train_args(tmp_path, max_steps=1))
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+
+
+def _phase_arguments(monkeypatch) -> dict:
+    """{phase folder name: its MultitaskTrainingArguments}, spied from every trainer a run builds."""
+    seen = {}
+    original = hm.MultitaskTrainer.__init__
+
+    def spy(self, *args, **kwargs):
+        arguments = kwargs["args"]
+        seen[Path(arguments.output_dir).name] = arguments
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(hm.MultitaskTrainer, "__init__", spy)
+    return seen
+
+
+EVERY_PHASE = ["--head_pretrain_steps", "2", "--head_pretrain_eval_steps", "1", "--intermediate_steps", "6", "--primary_tasks", "sts",
+               "--lp_steps", "2", "--specialise_steps", "2", "--head_learning_rate", "0.5"]  # fmt: skip
+
+
+def test_an_absolute_warm_up_is_the_multitask_phases_and_each_phase_trains_at_its_own_rate(tiny_backbone, tiny_data, tmp_path, monkeypatch):
+    """--warmup_steps 5: LP and head pretraining (heads alone) take no warm-up, the 6-step
+    intermediate phase takes the 5 steps, specialisation (2 steps) takes none; it used to warm up
+    for 5 steps in every phase, and a 2-step phase never reached its learning rate. A heads-only
+    phase's learning rate is its own flag's, not --head_learning_rate's."""
+    seen = _phase_arguments(monkeypatch)
+    run([*recipe_flags(tiny_backbone, tiny_data, tmp_path / "out"), "--warmup_steps", "5", *EVERY_PHASE])
+    warmups = {name: a.get_warmup_steps(a.max_steps) for name, a in seen.items()}
+    assert warmups == {"heads-sst": 0, "heads-quora": 0, "heads-sts": 0, "intermediate": 5, "lp": 0, "out": 5, "specialise-sts": 0}
+    for name in ("heads-sst", "lp"):
+        assert seen[name].head_learning_rate is None and seen[name].layer_lr_decay == 1.0, name
+    assert seen["lp"].learning_rate == 1e-3 and seen["heads-sst"].learning_rate == 1e-3
+    assert seen["intermediate"].head_learning_rate == seen["out"].head_learning_rate == 0.5
+
+
+def test_a_warm_up_ratio_reaches_every_phase_as_it_did(tiny_backbone, tiny_data, tmp_path, monkeypatch):
+    """--warmup_steps 0.1 (the TweetEval protocol): every phase warms up over a tenth of its own steps, as before."""
+    seen = _phase_arguments(monkeypatch)
+    run([*recipe_flags(tiny_backbone, tiny_data, tmp_path / "out"), "--warmup_steps", "0.1", *EVERY_PHASE])
+    assert {name: a.warmup_steps for name, a in seen.items()} == dict.fromkeys(seen, 0.1) and len(seen) == 7
