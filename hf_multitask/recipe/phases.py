@@ -233,6 +233,8 @@ class MultitaskPhase(Phase):
         ctx.trainer = trainer
         ctx.final_model, ctx.predictions = trainer.gathered_model(), trainer.last_predictions  # full weights under FSDP2 (all ranks gather)
         ctx.training_note = f"Trained with `recipes/train_pcgrad.py`: aggregator `{args.aggregator}`, schedule `{args.schedule}`."
+        if trainer.schedule_note:  # e.g. `annealed` in one epoch: the card says what the batches were
+            ctx.training_note += f" In this run {trainer.schedule_note}."
         if teachers:
             schedule = ("teacher annealing (the gold weight rising from 0 to 1)" if args.distillation_gold_weight is None
                         else f"gold weight {args.distillation_gold_weight}")  # fmt: skip
