@@ -9,6 +9,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from ..configuration import trained_max_length
 from ..hub import save_for_hub, upload_folder
 from ..metrics import prefixed_metrics
 from ..predict import write_predictions
@@ -91,8 +92,20 @@ def run_ensemble(arguments: RecipeArguments) -> dict[str, float]:
     missing = [p for p in ensemble_args.ensemble if not Path(p).is_dir()]
     if missing:
         raise RecipeError(f"--ensemble: no such checkpoint folder(s) {missing}")
-    ensemble = EnsembleModel.from_pretrained(ensemble_args.ensemble, vote=ensemble_args.ensemble_vote).eval()
+    try:
+        ensemble = EnsembleModel.from_pretrained(ensemble_args.ensemble, vote=ensemble_args.ensemble_vote).eval()
+    except ValueError as err:
+        raise RecipeError(f"--ensemble: {err}") from None
     tokenizer = AutoTokenizer.from_pretrained(ensemble_args.ensemble[0])
+    # the inputs are tokenised once, with the first member's tokenizer: every member must read the same token ids
+    for folder in ensemble_args.ensemble[1:]:
+        if AutoTokenizer.from_pretrained(folder).get_vocab() != tokenizer.get_vocab():
+            raise RecipeError(f"--ensemble: {folder} has another tokenizer than {ensemble_args.ensemble[0]}; the inputs are encoded "
+                              "once, so every member must share one")  # fmt: skip
+    trained = {trained_max_length(m.config) for m in ensemble.members} - {None, data.max_length}
+    if trained:
+        logger.warning("--ensemble: members were trained at max_length %s; the ensemble is evaluated at --max_length %d",
+                       sorted(trained), data.max_length)  # fmt: skip
     tasks = build_tasks(data)
     check_task_names(arguments, [s.name for s, _, _ in tasks])
     raw = load_raw_data(data, tasks)

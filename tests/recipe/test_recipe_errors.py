@@ -190,3 +190,25 @@ def test_hf_multitask_train_is_the_recipe_and_its_help_lists_every_flag(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli(["train", "--aggregator", "nope"])
     assert exit_info.value.code == 2 and "unknown aggregator" in capsys.readouterr().err
+
+
+def test_an_ensemble_whose_members_read_their_inputs_differently_is_refused(tiny_data, tokenizer, tmp_path):
+    """The ensemble encodes the inputs once, with the first member's tokenizer and pair encoding:
+    members that tokenise or encode pairs otherwise would score other inputs than they were given."""
+    from conftest import VOCAB, tiny_model
+    from transformers import BertTokenizerFast
+
+    from hf_multitask.recipe import RecipeError
+
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB[:5] + VOCAB[5:][::-1]) + "\n")  # the same tokens, other ids
+    shuffled = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"), do_lower_case=True)
+    members = {"a": (tiny_model(), tokenizer), "bi": (tiny_model(seed=1, pair_encoding="bi"), tokenizer),
+               "other_ids": (tiny_model(seed=2), shuffled)}  # fmt: skip
+    for name, (model, tok) in members.items():
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    flags = ["--data-dir", str(tiny_data), "--output-dir", str(tmp_path / "out"), "--disable_tqdm", "true"]
+    with pytest.raises(RecipeError, match=r"--ensemble: .*encode task 'quora'.s pairs differently"):
+        run(["--ensemble", str(tmp_path / "a"), str(tmp_path / "bi"), *flags])
+    with pytest.raises(RecipeError, match=r"--ensemble: .*other_ids has another tokenizer"):
+        run(["--ensemble", str(tmp_path / "a"), str(tmp_path / "other_ids"), *flags])
