@@ -7,7 +7,8 @@ dataclass per optional phase), ``--config``, ``--demo`` and ``--traceback``; a Y
 the same keys and command-line flags override it.
 
 The modules, in the order a run uses them: :mod:`.arguments` and :mod:`.parser` (what was
-asked), :mod:`.data` (tasks and their rows), :mod:`.model` (backbone, heads),
+asked), :mod:`.data` (tasks and their rows), :mod:`.model` (backbone, heads;
+``.continuation`` when the backbone is an earlier run's saved model),
 :mod:`.phases` (SimCSE, head pretraining, intermediate-task transfer, LP, multitask training,
 specialisation, each saying whether it runs), :mod:`.outputs` (``best/``, metrics,
 predictions, Hub push; the ensemble mode) and :mod:`.run` (``run`` and ``main``).
