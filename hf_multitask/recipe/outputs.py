@@ -33,9 +33,11 @@ def write_prediction_files(out: Path, tasks: list, predictions: dict, raw: dict 
         write_predictions(out / "predictions" / f"{spec.name}-dev-output.csv", spec, predictions[spec.name])
         if spec.task_type.sequence_labels and raw is not None and raw.get(spec.name) is not None:
             validation = raw[spec.name][1]
-            by_id = dict(zip(validation["id"], validation[spec.text_columns[0]]))
-            words = [by_id[i] for i in predictions[spec.name].ids]
-            write_conll(out / "predictions" / f"{spec.name}-dev-output.conll", spec, predictions[spec.name], words)
+            # the predictions are in the validation rows' order: sentences go by position (two sentences may share an id)
+            if list(validation["id"]) != list(predictions[spec.name].ids):
+                raise ValueError(f"Task {spec.name!r}: the predictions are not in the order of the validation rows")
+            write_conll(out / "predictions" / f"{spec.name}-dev-output.conll", spec, predictions[spec.name],
+                        list(validation[spec.text_columns[0]]))  # fmt: skip
 
 
 class OutputsPhase(Phase):
