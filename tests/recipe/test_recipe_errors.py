@@ -212,3 +212,33 @@ def test_an_ensemble_whose_members_read_their_inputs_differently_is_refused(tiny
         run(["--ensemble", str(tmp_path / "a"), str(tmp_path / "bi"), *flags])
     with pytest.raises(RecipeError, match=r"--ensemble: .*other_ids has another tokenizer"):
         run(["--ensemble", str(tmp_path / "a"), str(tmp_path / "other_ids"), *flags])
+
+
+def test_demo_in_a_config_sizes_the_run_as_the_demo_flag_does(tmp_path):
+    """`demo: true` in YAML loaded the demo data but kept the full-run sizes (output folder, epochs,
+    batch size, validation fraction) that --demo sets; the config's own values and flags still win."""
+    from hf_multitask.recipe import DEMO_DEFAULTS
+
+    config = tmp_path / "c.yaml"
+    config.write_text("demo: true\n")
+    by_config, by_flag = parse_args(["--config", str(config)]), parse_args(["--demo"])
+    for key, value in DEMO_DEFAULTS.items():
+        where = by_config.data if key == "validation_fraction" else by_config.training
+        assert getattr(where, key) == value == getattr(by_flag.data if key == "validation_fraction" else by_flag.training, key), key
+    config.write_text("demo: true\nnum_train_epochs: 1\n")
+    assert parse_args(["--config", str(config), "--per_device_train_batch_size", "2"]).training.num_train_epochs == 1.0
+    assert parse_args(["--config", str(config), "--demo", "false"]).training.output_dir == "outputs/run", "the flag beats the config"
+
+
+def test_a_reused_parser_forgets_the_last_parses_config_and_demo(tmp_path):
+    from hf_multitask.recipe import RecipeParser
+
+    config = tmp_path / "c.yaml"
+    config.write_text("learning_rate: 0.5\naggregator: gradvac\n")
+    parser = RecipeParser()
+    fresh = parser.parse([])[0]
+    assert parser.parse(["--config", str(config)])[0].training.learning_rate == 0.5
+    assert parser.parse(["--demo"])[0].training.output_dir == "outputs/demo"
+    again = parser.parse([])[0]
+    assert (again.training.learning_rate, again.training.aggregator, again.training.output_dir) == (1e-4, "pcgrad", "outputs/run")
+    assert again == fresh and again.training.length_grouping is True and again.training.load_best_model_at_end is True
