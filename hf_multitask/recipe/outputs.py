@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 from ..configuration import trained_max_length
 from ..hub import save_for_hub, upload_folder
 from ..metrics import prefixed_metrics
+from ..precision import eval_dtype
 from ..predict import write_predictions
 from ..tasks import member_tasks
 from .arguments import RecipeArguments, RecipeError
@@ -114,7 +115,7 @@ def run_ensemble(arguments: RecipeArguments) -> dict[str, float]:
     _, validation, _ = encode_data(data, tasks, raw, ensemble.members[0], tokenizer)
     predictions: dict = {}
     scores = evaluate(ensemble, validation, pad_token_id=tokenizer.pad_token_id, batch_size=args.per_device_eval_batch_size,
-                      progress=not args.disable_tqdm, predictions=predictions)  # fmt: skip
+                      progress=not args.disable_tqdm, predictions=predictions, dtype=eval_dtype(args))  # fmt: skip
     metrics = prefixed_metrics(scores, args.primary_tasks)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

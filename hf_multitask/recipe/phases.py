@@ -24,6 +24,7 @@ from typing import Any
 
 from ..metrics import prefixed_metrics
 from ..modeling import MultitaskModel
+from ..precision import eval_dtype
 from ..tasks import member_tasks
 from ..trainer import MultitaskTrainer
 from .arguments import RecipeArguments, RecipeError, RecipeTrainingArguments
@@ -276,7 +277,8 @@ class SpecialisationPhase(Phase):
         every_expert = route(specialised, multitask)
         expert_predictions: dict = {}
         evaluate(every_expert, {t: ctx.validation[t] for t in specialised}, pad_token_id=ctx.tokenizer.pad_token_id,
-                 batch_size=args.per_device_eval_batch_size, progress=not args.disable_tqdm, predictions=expert_predictions)  # fmt: skip
+                 batch_size=args.per_device_eval_batch_size, progress=not args.disable_tqdm, predictions=expert_predictions,
+                 dtype=eval_dtype(args))  # fmt: skip
         kept = list(specialised)
         if special.specialise_keep == "better":
             kept = _better_experts(multitask, specialised, expert_predictions, ctx.predictions)
