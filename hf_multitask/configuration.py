@@ -27,7 +27,8 @@ class MultitaskConfig(PretrainedConfig):
             in one sequence), ``"bi"`` (siamese, features ``[u, v, |u-v|, u*v]``) or
             ``"cosine"`` (siamese, cosine similarity scaled into the label range).
         head_type: ``"linear"``, ``"mlp"`` or ``"lstm"`` (a BiLSTM over the token states plus
-            [CLS]; siamese ``"bi"`` pairs keep an MLP head).
+            [CLS]; a siamese ``"bi"`` pair has no one sequence of token states, so its task takes
+            a linear head over ``[u, v, |u-v|, u*v]``, and the recipe's log names such tasks).
         head_hidden_sizes: Hidden layer sizes of the MLP head.
         head_dropout: Dropout before every head layer.
         pooling: Sentence representation: ``"cls"`` (first token) or ``"mean"`` (masked mean).

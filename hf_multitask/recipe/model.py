@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from ..backbone import default_backbone
 from ..configuration import MultitaskConfig
+from ..heads import MLPHead
 from ..model_folders import ModelFolderError, check_model_folder, is_local_folder
 from ..modeling import MultitaskModel
 from ..tasks import TaskSpec
@@ -96,6 +97,11 @@ def load_model(model_args: ModelArguments, specs: list[TaskSpec], max_length: in
         model.add_lora(
             r=model_args.lora_r, alpha=model_args.lora_alpha, target_modules=model_args.lora_targets, per_task=model_args.lora_per_task
         )
+    if model.config.head_type == "lstm":  # a siamese pair gives no one sequence of token states: say which tasks take another head
+        other = [t for t in model.task_names if isinstance(model.heads[t], MLPHead)]
+        if other:
+            logger.warning("--head_type lstm: task(s) %s take a linear head (over [u, v, |u-v|, u*v] for a bi-encoded pair): an "
+                           "LSTM reads one sequence of token states, which their encoding does not give", other)  # fmt: skip
     if max_length is not None:  # what the pipeline, `predict` and `tweeteval-test` cut inputs to by default
         model.config.train_max_length = int(max_length)
     counts = model.set_trainable(model_args.trainable)

@@ -1,5 +1,6 @@
-"""``--backbone`` an earlier run's saved model: the model flags apply where the trained weights
-allow, are refused where they cannot, and a flag left out keeps the checkpoint's setting."""
+"""The recipe's model flags. With ``--backbone`` an earlier run's saved model they apply where the
+trained weights allow, are refused where they cannot, and a flag left out keeps the checkpoint's
+setting; flags that name tasks must name the run's; a head type some tasks cannot take is said."""
 
 import pytest
 import torch
@@ -54,3 +55,19 @@ def test_a_misspelled_task_in_task_pair_encodings_is_an_error(tiny_backbone, tin
         run([*recipe_flags(tiny_backbone, tiny_data, tmp_path / "out"), "--task_pair_encodings", '{"stss": "cosine"}'])
     with pytest.raises(RecipeError, match=r"--task_pair_encodings: expected a mapping \{task: one of \['cross', 'bi', 'cosine'\]\}"):
         run([*recipe_flags(tiny_backbone, tiny_data, tmp_path / "out"), "--task_pair_encodings", '{"sts": "cosin"}'])
+
+
+def test_lstm_heads_say_which_tasks_take_a_linear_head(tiny_backbone, caplog):
+    """--head_type lstm with bi-encoded pairs: the pair tasks take a linear head over [u, v, |u-v|, u*v]
+    (the docs said an MLP head); the run says so instead of leaving it to be found."""
+    import logging
+
+    from hf_multitask.heads import LSTMHead, MLPHead
+
+    with caplog.at_level(logging.WARNING, logger="hf_multitask.recipe"):
+        model, _ = load_model(ModelArguments(backbone=str(tiny_backbone), head_type="lstm", pair_encoding="bi", head_hidden_sizes=[8, 4]),
+                              hm.reference_tasks())  # fmt: skip
+    assert isinstance(model.heads["sst"], LSTMHead) and isinstance(model.heads["quora"], MLPHead)
+    assert len([m for m in model.heads["quora"].modules() if isinstance(m, torch.nn.Linear)]) == 1, "linear"
+    said = [r.getMessage() for r in caplog.records if "--head_type lstm" in r.getMessage()]
+    assert len(said) == 1 and "['quora', 'sts'] take a linear head" in said[0]
