@@ -5,7 +5,8 @@
     hf-multitask tweeteval-test --model DIR --data-dir tweeteval/ --output-dir test/ [--dtype bfloat16]
 
 The input is a TSV/CSV file with a header holding ``text`` (and ``text_b`` for sentence pairs;
-an ``id`` column is kept), or a JSON-lines file whose lines are ``{"id": ..., "text": ...,
+a row whose ``text_b`` is empty is a single text, and the command notes how many there are in a
+file that mixes both; an ``id`` column is kept), or a JSON-lines file whose lines are ``{"id": ..., "text": ...,
 "text_b": ...}`` or ``{"id": ..., "inputs": <any pipeline input>}`` (e.g. ``{"mc": {"context":
 ..., "choices": [...]}}``). Every line of the output holds ``{"id", "input", "answers"}``,
 the answers being the ``multitask-text`` pipeline's (one per task that takes the input).
@@ -82,6 +83,10 @@ def _predict(args: argparse.Namespace) -> None:
     import hf_multitask as hm
 
     inputs = list(read_inputs(args.input))  # read (and check) the whole file before loading the model
+    singles, pairs = sum(isinstance(x, str) for _, x in inputs), sum(isinstance(x, tuple) for _, x in inputs)
+    if singles and pairs:  # a row whose text_b is empty is a single text: a file may mix both, but say so
+        print(f"hf-multitask: note: {singles} of {len(inputs)} examples of {args.input} have no text_b: they are single texts, "
+              "answered by the single-text tasks (--tasks names the tasks that must answer every example)", file=sys.stderr)  # fmt: skip
     model, tokenizer = _load_model(args.model)
     if not isinstance(model, hm.MultitaskModel):
         raise InputError(f"--model {args.model}: a {type(model).__name__}, not a MultitaskModel (the pipeline needs one)")
