@@ -168,7 +168,7 @@ class RecipeTrainingArguments(MultitaskTrainingArguments):
     test_predictions: bool = field(
         default=True,
         metadata={"help": "With --benchmark and --data-dir: write the official test prediction files of the best model to "
-                  "predictions/test/ ({task}.txt, stance/{target}.txt)"},
+                  "predictions/test/ ({task}.txt, stance/{target}.txt); with --primary_tasks, the primary tasks' only"},
     )  # fmt: skip
     plot_telemetry: bool = True
     overwrite_output_dir: bool = field(
