@@ -27,6 +27,7 @@ PROTOCOL = ["--train_limits", '{"quora": 8000}', "--max_length", "64", "--per_de
             "--write_predictions", "false", "--logging_steps", "20"]  # fmt: skip
 
 ROUND_ROBIN = ["--schedule_kwargs", '{"steps_per_epoch": 220}']  # 220 steps x 3 tasks x 32 = one pass
+# one epoch: `annealed` keeps alpha at 1 (it moves from epoch to epoch), so this is the proportional schedule (issue 53)
 ANNEALED = ["--aggregator", "pcgrad", "--schedule", "annealed", "--gradient_accumulation_steps", "3"]
 LP_FT = ["--lp_steps", "100", "--lp_learning_rate", "1e-3"]
 

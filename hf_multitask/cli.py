@@ -6,7 +6,8 @@
     hf-multitask export MODEL_DIR OUT_DIR [--quantize int8]      (ONNX; then --backend onnx --model OUT_DIR)
 
 The input is a TSV/CSV file with a header holding ``text`` (and ``text_b`` for sentence pairs;
-an ``id`` column is kept), a JSON-lines file whose lines are ``{"id": ..., "text": ...,
+a row whose ``text_b`` is empty is a single text, and the command notes how many there are in a
+file that mixes both; an ``id`` column is kept), or a JSON-lines file whose lines are ``{"id": ..., "text": ...,
 "text_b": ...}`` or ``{"id": ..., "inputs": <any pipeline input>}`` (e.g. ``{"mc": {"context":
 ..., "choices": [...]}}``), or a ``.txt`` file: one text per line, as it is (no header, no
 quoting; an empty line is an empty text, so the n-th answer is line n's, with id n). Every
@@ -132,6 +133,10 @@ def _predict(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     inputs = list(read_inputs(args.input))  # read (and check) the whole file before loading the model
+    singles, pairs = sum(isinstance(x, str) for _, x in inputs), sum(isinstance(x, tuple) for _, x in inputs)
+    if singles and pairs:  # a row whose text_b is empty is a single text: a file may mix both, but say so
+        print(f"hf-multitask: note: {singles} of {len(inputs)} examples of {args.input} have no text_b: they are single texts, "
+              "answered by the single-text tasks (--tasks names the tasks that must answer every example)", file=sys.stderr)  # fmt: skip
     model, tokenizer = _load_model(args.model, args.backend)  # a MultitaskModel, a RoutedMultitaskModel or an ONNX export
     if Path(args.input).suffix.lower() == ".txt":
         _check_txt_tasks(model, args)
@@ -279,7 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--output", required=True, help="where to write the JSON-lines answers")
     pred.add_argument("--tasks", nargs="+", help="answer only these tasks")
     pred.add_argument("--batch_size", type=int, default=32)
-    pred.add_argument("--max_length", type=int, default=None)
+    pred.add_argument(
+        "--max_length",
+        type=int,
+        default=None,
+        help="cut inputs to this many tokens (default: the length the model was trained with; 512 if it does not say)",
+    )
     pred.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
     pred.add_argument("--dtype", default="float32", help=DTYPE_HELP)
@@ -291,7 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where {task}.txt and stance/{target}.txt go")  # fmt: skip
     tweet.add_argument("--tasks", nargs="+", help="only these tasks (default: every TweetEval task the model has)")
     tweet.add_argument("--batch_size", type=int, default=64)
-    tweet.add_argument("--max_length", type=int, default=64)
+    tweet.add_argument(
+        "--max_length",
+        type=int,
+        default=None,
+        help="cut tweets to this many tokens (default: the length the model was trained with; 64 if it does not say)",
+    )
     tweet.add_argument("--quiet", action="store_true", help="no progress bar")
     tweet.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     tweet.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)

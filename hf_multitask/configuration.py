@@ -27,7 +27,8 @@ class MultitaskConfig(PretrainedConfig):
             in one sequence), ``"bi"`` (siamese, features ``[u, v, |u-v|, u*v]``) or
             ``"cosine"`` (siamese, cosine similarity scaled into the label range).
         head_type: ``"linear"``, ``"mlp"`` or ``"lstm"`` (a BiLSTM over the token states plus
-            [CLS]; siamese ``"bi"`` pairs keep an MLP head).
+            [CLS]; a siamese ``"bi"`` pair has no one sequence of token states, so its task takes
+            a linear head over ``[u, v, |u-v|, u*v]``, and the recipe's log names such tasks).
         head_hidden_sizes: Hidden layer sizes of the MLP head.
         head_dropout: Dropout before every head layer.
         pooling: Sentence representation: ``"cls"`` (first token) or ``"mean"`` (masked mean).
@@ -41,6 +42,13 @@ class MultitaskConfig(PretrainedConfig):
         adjustment_tasks: Classification tasks whose output probabilities go through a learned
             C x C adjustment matrix (initialised to the identity), as for SST in the published work.
         lora: LoRA settings written by [`MultitaskModel.add_lora()`][hf_multitask.modeling.MultitaskModel.add_lora] (re-injected on load).
+        train_max_length: The ``max_length`` (special tokens included) the model's inputs were cut
+            to in training, which every serving path (the pipeline, ``hf-multitask predict``,
+            ``tweeteval-test``) takes by default
+            ([`serving_max_length`][hf_multitask.configuration.serving_max_length]). The recipe records
+            it; None (checkpoints saved before it was recorded): each path keeps its own default.
+            Not called ``max_length``: transformers takes that name for a generation setting and
+            refuses to save a model config holding one.
     """
 
     model_type = "hf_multitask"
@@ -62,6 +70,7 @@ class MultitaskConfig(PretrainedConfig):
         pal_init: str = "zero",
         lora: dict[str, Any] | None = None,
         adjustment_tasks: list[str] | tuple[str, ...] | None = None,
+        train_max_length: int | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(encoder_config, dict):
@@ -114,6 +123,9 @@ class MultitaskConfig(PretrainedConfig):
             if spec is None or not spec.task_type.label_classes:
                 raise ValueError(f"adjustment_tasks: {t!r} is not a classification task of this model")
         self.adjustment_tasks = adjustment_tasks
+        if train_max_length is not None and (isinstance(train_max_length, bool) or int(train_max_length) < 1):
+            raise ValueError(f"train_max_length must be a positive number of tokens or None, got {train_max_length!r}")
+        self.train_max_length = None if train_max_length is None else int(train_max_length)
         for spec in specs:
             spec.task_type.validate_model(spec, self)
         # the encoder's special tokens, so the Trainer finds the model already aligned with its
@@ -149,3 +161,26 @@ class MultitaskConfig(PretrainedConfig):
         if not spec.is_pair:
             return None
         return spec.pair_encoding or self.pair_encoding
+
+
+def trained_max_length(config: Any) -> int | None:
+    """The ``train_max_length`` of a [`MultitaskConfig`][hf_multitask.MultitaskConfig], or of the one
+    a config nests as ``expert_config`` (a [`RoutedMultitaskConfig`][hf_multitask.RoutedMultitaskConfig]);
+    None when it is unknown."""
+    for candidate in (config, getattr(config, "expert_config", None)):
+        value = getattr(candidate, "train_max_length", None)
+        if value is not None:
+            return int(value)
+    return None
+
+
+def serving_max_length(config: Any, asked: int | None = None, fallback: int | None = None) -> int | None:
+    """The ``max_length`` a serving path cuts its inputs to: ``asked`` when given, else the length
+    the model was trained with
+    ([`trained_max_length`][hf_multitask.configuration.trained_max_length]), else ``fallback``
+    (the path's own default, for checkpoints that do not record it). Every serving path asks
+    this one function."""
+    if asked is not None:
+        return int(asked)
+    trained = trained_max_length(config)
+    return trained if trained is not None else fallback

@@ -84,9 +84,45 @@ def _load_hub(source: str, split: str, subset: str | None) -> datasets.Dataset:
     return loaded
 
 
-def _records_from_dataset(ds: datasets.Dataset, first_line: int) -> tuple[list[str], Iterator[tuple[int, dict[str, Any]]]]:
+def _class_names(feature: Any) -> list[str] | None:
+    """The class names of a ``ClassLabel`` feature, or of the ``ClassLabel`` inside a list of them (tags)."""
+    inner = getattr(feature, "feature", None)
+    feature = inner if isinstance(inner, datasets.ClassLabel) else feature
+    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+
+
+def _label_remap(spec: TaskSpec, ds: datasets.Dataset, origin: str) -> dict[int, int] | None:
+    """``{dataset class index: task class index}`` when the label column is a ``ClassLabel`` whose
+    names the task's ``label_names`` hold in another order (None when both agree or either has no
+    names: the integers are then class indices). A ``ClassLabel`` name the task does not have
+    cannot be mapped: a [`DataError`][hf_multitask.reading.DataError] names both lists."""
+    names = _class_names(ds.features.get(spec.label_column)) if spec.label_column in ds.column_names else None
+    if names is None or spec.label_names is None or tuple(names) == tuple(spec.label_names):
+        return None
+    unknown = [n for n in names if n not in spec.label_names]
+    if unknown:
+        raise DataError(
+            f"{origin}: column {spec.label_column!r} is a ClassLabel with names {names}, but task {spec.name!r} has label_names "
+            f"{list(spec.label_names)} (no {unknown}): its integer labels cannot be mapped by name. Make the names agree, or "
+            "leave label_names out to read the integers as class indices"
+        )
+    return {i: spec.label_names.index(n) for i, n in enumerate(names)}
+
+
+def _records_from_dataset(
+    ds: datasets.Dataset, first_line: int, spec: TaskSpec, origin: str
+) -> tuple[list[str], Iterator[tuple[int, dict[str, Any]]]]:
+    remap = _label_remap(spec, ds, origin)
+
+    def relabel(value: Any) -> Any:  # a class index, or a list of them (tags); -1 (no label) and others stay as they are
+        if isinstance(value, (list, tuple)):
+            return [relabel(v) for v in value]
+        return remap.get(value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     def rows() -> Iterator[tuple[int, dict[str, Any]]]:
         for i, row in enumerate(ds):
+            if remap is not None:
+                row = {**row, spec.label_column: relabel(row[spec.label_column])}
             yield first_line + i, row
 
     return list(ds.column_names), rows()
@@ -223,6 +259,10 @@ def load_task_data(
             * a Hub dataset id (``"glue"`` with ``subset="stsb"``, ...), read with
               ``datasets.load_dataset`` (needs the network or a warm cache);
             * a ``datasets.Dataset`` already in memory.
+
+            A ``ClassLabel`` label column (or a list of them, for tags) of a ``datasets`` source is read by its
+            names when ``spec.label_names`` is given, whatever their order; a name the task does not
+            have is a [`DataError`][hf_multitask.reading.DataError].
         split: Split of a Hub dataset.
         subset: Configuration name of a Hub dataset.
         delimiter: Force the delimiter of a CSV/TSV file.
@@ -245,15 +285,16 @@ def load_task_data(
     """
     kwargs = {"strict": strict, "max_bad_fraction": max_bad_fraction, "limit": limit, "missing_labels": missing_labels}
     if isinstance(source, datasets.Dataset):
-        columns, rows = _records_from_dataset(source, first_line=0)
-        return _validate(spec, f"Dataset(task={spec.name!r})", columns, rows, **kwargs)
+        origin = f"Dataset(task={spec.name!r})"
+        columns, rows = _records_from_dataset(source, 0, spec, origin)
+        return _validate(spec, origin, columns, rows, **kwargs)
     source = os.fspath(source)
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
     if not path.exists():
         if _is_hub_id(source):
             ds = _load_hub(source, split, subset)
-            columns, rows = _records_from_dataset(ds, first_line=0)
+            columns, rows = _records_from_dataset(ds, 0, spec, f"{source}[{split}]")
             return _validate(spec, f"{source}[{split}]", columns, rows, **kwargs)
         raise FileNotFoundError(f"No such data file: {source} (task {spec.name!r})")
     if path.is_dir():

@@ -12,12 +12,14 @@ from typing import Any
 import torch
 from transformers import Pipeline
 
+from .configuration import serving_max_length
 from .encoding import MultitaskCollator
 from .precision import autocast, parse_dtype
 
 __all__ = ["PIPELINE_TASK", "MultitaskPipeline", "register_multitask_pipeline"]
 
 PIPELINE_TASK = "multitask-text"
+DEFAULT_MAX_LENGTH = 512  # inputs are cut to this many tokens when the checkpoint does not record its training length
 
 
 def _frozen(value: Any) -> Any:
@@ -48,7 +50,9 @@ class MultitaskPipeline(Pipeline):
     (classification; the label name when the task has ``label_names``), ``{"value"}``
     (regression), ``[{"word", "tag", "score"}, ...]`` (token classification) and
     ``{"choice", "text", "score"}`` (multiple choice). ``tasks=[...]`` restricts the heads;
-    ``batch_size`` (default 8), ``max_length`` and ``truncation`` follow pipeline conventions;
+    ``batch_size`` (default 8), ``max_length`` and ``truncation`` follow pipeline conventions
+    (``max_length`` defaults to the length the model was trained with, ``config.train_max_length``,
+    or 512 for a checkpoint that does not record it);
     ``device=`` places the model; ``autocast_dtype="bfloat16"`` runs it under bf16 autocast (on a CPU
     this pays only with bf16 instructions, see [`hf_multitask.precision`][hf_multitask.precision]). Sentence tasks that read the same single-sentence input with
     the same encoding share one encoder pass ([`MultitaskModel.forward_all()`][hf_multitask.modeling.MultitaskModel.forward_all]).
@@ -96,8 +100,10 @@ class MultitaskPipeline(Pipeline):
         return pre, forward, {}
 
     # --- the three pipeline stages, for one input -------------------------------------------
-    def preprocess(self, item: Any, tasks: Sequence[str] | None = None, max_length: int | None = 512) -> dict[str, Any]:
+    def preprocess(self, item: Any, tasks: Sequence[str] | None = None, max_length: int | None | str = "trained") -> dict[str, Any]:
         model = self.model
+        if max_length == "trained":  # not asked for: the length the model was trained with
+            max_length = serving_max_length(model.config, fallback=DEFAULT_MAX_LENGTH)
         names = list(tasks) if tasks is not None else list(model.task_names)
         for t in names:
             model.get_task(t)

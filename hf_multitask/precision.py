@@ -19,7 +19,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ALLOW_SLOW_BF16", "autocast", "check_bf16_flag", "check_cpu_bf16", "cpu_has_native_bf16", "gpu_without_bf16", "parse_dtype"]
+__all__ = [
+    "ALLOW_SLOW_BF16",
+    "autocast",
+    "check_bf16_flag",
+    "check_cpu_bf16",
+    "cpu_has_native_bf16",
+    "eval_dtype",
+    "gpu_without_bf16",
+    "parse_dtype",
+]
 
 ALLOW_SLOW_BF16 = "HF_MULTITASK_ALLOW_SLOW_BF16"
 _X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -108,3 +117,14 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
         return
     with torch.autocast(device.type, dtype=dtype):
         yield
+
+
+def eval_dtype(args: object) -> torch.dtype | None:
+    """The autocast dtype evaluation runs in under training arguments ``args``: bf16 with
+    ``bf16_full_eval``, fp16 with ``fp16_full_eval``, else None (fp32). The weights stay fp32:
+    evaluation is faster and its metrics may move a little, as with the Trainer's own flags."""
+    if getattr(args, "bf16_full_eval", False):
+        return torch.bfloat16
+    if getattr(args, "fp16_full_eval", False):
+        return torch.float16
+    return None

@@ -174,7 +174,9 @@ def write_predictions(path: str | os.PathLike[str], spec: TaskSpec, predictions:
     """Write predictions in the CS224N output format.
 
     The first line is ``id \\t Predicted_<label_column>``, then one ``<id> , <prediction>``
-    line per example, as the CS224N default project's scripts write and read them.
+    line per example, as the CS224N default project's scripts write and read them. Each
+    prediction is written by its task type (``format_prediction``): a class's name when the task
+    has ``label_names``, else its index.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

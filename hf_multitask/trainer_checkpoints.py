@@ -3,6 +3,7 @@ rotation after it; resume only from a complete, intact checkpoint (a mixin of [`
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -37,7 +38,41 @@ class _CheckpointMixin(Trainer):
             "examples_seen": dict(self.examples_seen),
             "skipped_steps": self.skipped_steps,
             "loss_hook": self.loss_hook.state_dict() if hasattr(self.loss_hook, "state_dict") else None,
+            "plan": json.dumps(self._plan_fingerprint()),
         }
+
+    def _plan_fingerprint(self) -> dict[str, Any]:
+        """What decides which examples each step holds: the tasks' training sizes and batch sizes,
+        the schedule and its settings, accumulation, the number of ranks, the data seed and
+        length grouping. A resumed run must have the same, or it would continue another plan.
+        (The number of epochs may change: a resumed run may train longer.)"""
+        args, data = self.args, self.train_dataset or {}
+        sizes = (args.task_batch_sizes or {}) if isinstance(data, dict) else {}
+        return {
+            "task_sizes": {t: len(d) for t, d in data.items()} if isinstance(data, dict) else None,
+            "batch_sizes": {t: int(sizes.get(t, args.per_device_train_batch_size)) for t in data} if isinstance(data, dict) else None,
+            "schedule": args.schedule,
+            "schedule_kwargs": args.schedule_kwargs,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "world_size": args.world_size,
+            "data_seed": args.data_seed if args.data_seed is not None else args.seed,
+            "length_grouping": args.length_grouping,
+        }
+
+    def _check_plan(self, checkpoint: str, state: dict[str, Any]) -> None:
+        """Refuse to resume a checkpoint whose run planned its steps otherwise (checkpoints written
+        before the plan was recorded are taken as they are, with a log line)."""
+        if "plan" not in state:
+            logger.warning("%s does not record its run's data and schedule: they are assumed unchanged", checkpoint)
+            return
+        saved, now = json.loads(state["plan"]), self._plan_fingerprint()
+        changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in now.items() if saved.get(key) != value]
+        if changed:
+            raise CheckpointError(
+                f"{checkpoint} was written by a run with other data or schedule ({'; '.join(changed)}): resuming would "
+                "continue another run's plan. Resume with the same data and settings, or start afresh (another output "
+                "folder, or --overwrite_output_dir true)"
+            )
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """Write the checkpoint so that a kill at any moment leaves a complete one on disk.
@@ -101,6 +136,7 @@ class _CheckpointMixin(Trainer):
             if state is None:
                 logger.warning("%s has no %s: the surgery state and task counters start fresh (as asked)", checkpoint, SURGERY_STATE_NAME)
             else:
+                self._check_plan(checkpoint, state)
                 self.aggregator.load_state_dict(state["aggregator"])
                 self.task_steps = dict(state["task_steps"])
                 self.examples_seen = dict(state["examples_seen"])

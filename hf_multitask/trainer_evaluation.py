@@ -13,6 +13,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PredictionOutput
 
 from .metrics import prefixed_metrics
+from .precision import eval_dtype
 from .predict import evaluate as evaluate_tasks
 from .predict import metrics_from_predictions
 from .predict import predict as predict_task
@@ -127,6 +128,7 @@ class _EvaluationMixin(Trainer):
                 batch_size=self.args.per_device_eval_batch_size,
                 progress=not self.args.disable_tqdm,
                 predictions=self.last_predictions,
+                dtype=eval_dtype(self.args),  # --bf16_full_eval / --fp16_full_eval
             )
             metrics = prefixed_metrics(results, self.args.primary_tasks, metric_key_prefix)
             if key is not None:
@@ -154,6 +156,7 @@ class _EvaluationMixin(Trainer):
                 pad_token_id=self._pad_token_id(),
                 batch_size=self.args.per_device_eval_batch_size,
                 progress=not self.args.disable_tqdm,
+                dtype=eval_dtype(self.args),
             )  # fmt: skip
             for t, ds in test_dataset.items()
         }

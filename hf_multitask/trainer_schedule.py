@@ -20,6 +20,9 @@ logger = logging.getLogger("hf_multitask.trainer")
 class _ScheduleMixin(Trainer):
     """The train dataloader from the task schedule; exact epochs and resume position."""
 
+    # what the schedule's name promises and the last training run did not get (Schedule.static_note), or None
+    schedule_note: str | None = None
+
     def get_train_dataloader(self):
         if self.train_dataset is None:
             raise ValueError("MultitaskTrainer: training requires train_dataset={task: dataset}")
@@ -56,6 +59,14 @@ class _ScheduleMixin(Trainer):
             if self.args.max_steps > 0:
                 sampler = build(sampler.epochs_for_updates(self.args.max_steps))
         self._train_sampler = sampler
+        # annealing in a one-epoch run, say: said, never silent
+        self.schedule_note = sampler.schedule.static_note(sampler.num_epochs)
+        if self.schedule_note is not None:
+            logger.warning(
+                "--schedule %s over %d epoch(s): %s. Train more epochs (--num_train_epochs or --schedule_epochs)%s, or name the "
+                "schedule you get", self.args.schedule, sampler.num_epochs, self.schedule_note,
+                ", or anneal over the steps with --schedule_kwargs '{\"anneal\": \"steps\"}'" if self.args.schedule == "annealed" else "",
+            )  # fmt: skip
         args = self.args
         return make_train_dataloader(
             self.train_dataset,

@@ -20,6 +20,11 @@ checked against their registries (`hf_multitask.surgery.AGGREGATORS` and
 | ``head_learning_rate``, ``layer_lr_decay`` | learning rates of the task-owned parameters and of the encoder's layers |
 | ``primary_tasks`` | the tasks whose score is ``overall``; the primary-aware aggregators serve them |
 | ``distillation_gold_weight``, ``distillation_temperature`` | distillation from teachers: the gold label's share of the target (teacher annealing by default) and the teacher's softmax temperature |
+
+Evaluation honours ``bf16_full_eval`` and ``fp16_full_eval`` (it runs under bf16 / fp16 autocast;
+the weights stay fp32) and ``per_device_eval_batch_size``. ``eval_accumulation_steps`` needs no
+work of its own: every evaluation batch's outputs move to the CPU as soon as it is done (the
+tightest setting), whatever its value.
 """
 
 from __future__ import annotations

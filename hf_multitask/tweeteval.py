@@ -213,21 +213,26 @@ def write_test_predictions(
     output_dir: str | os.PathLike[str],
     *,
     tasks: list[str] | None = None,
-    max_length: int = 64,
+    max_length: int | None = None,
     batch_size: int = 64,
     progress: bool = True,
     dtype: Any = None,
 ) -> dict[str, Path]:
     """Predict the test text of every TweetEval task the model has (or ``tasks``) and write the
     official files into ``output_dir``: ``{task}.txt`` and ``stance/{target}.txt``, one label
-    index per line in ``test_text.txt`` order. Returns ``{file stem: path}``. ``dtype``:
-    ``torch.bfloat16`` predicts under bf16 autocast ([`predict()`][hf_multitask.predict.predict]).
+    index per line in ``test_text.txt`` order. Returns ``{file stem: path}``. ``max_length``:
+    the tokens each tweet is cut to (default: the length the model was trained with,
+    [`serving_max_length`][hf_multitask.configuration.serving_max_length], or 64 for a checkpoint
+    that does not record it). ``dtype``: ``torch.bfloat16`` predicts under bf16 autocast
+    ([`predict()`][hf_multitask.predict.predict]).
 
     Each file is written whole to a temporary name, then renamed, so no half-written file is
     ever left behind."""
+    from .configuration import serving_max_length
     from .encoding import encode_task
     from .predict import predict
 
+    max_length = serving_max_length(model.config, max_length, fallback=64)
     known = model.config.task_names
     official = (*TWEETEVAL_TASKS, *STANCE_TARGET_TASKS)
     names = tasks or [t for t in known if t in official]

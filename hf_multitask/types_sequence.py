@@ -192,7 +192,10 @@ class ClassificationType(SequenceTaskType):
         return logits.reshape(len(logits), -1).argmax(-1)
 
     def format_prediction(self, spec, prediction):
-        return str(int(prediction))
+        """The class name when the task has ``label_names`` (as the pipeline answers and a tagger's
+        files hold), else the class index. (TweetEval's official test files keep indices: their
+        writer is the benchmark's own.)"""
+        return spec.label_names[int(prediction)] if spec.label_names else str(int(prediction))
 
     def pipeline_output(self, spec, logits, batch, raw):
         probs = softmax(np.asarray(logits).reshape(1, -1))[0]

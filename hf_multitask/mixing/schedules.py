@@ -136,6 +136,12 @@ class Schedule:
         """How many epochs to plan to find the longest one (1 unless epochs differ)."""
         return max(1, num_epochs)
 
+    def static_note(self, num_epochs: int) -> str | None:
+        """What the schedule does not do in a run of ``num_epochs`` epochs that its name says it
+        does (an annealed schedule whose exponent moves from epoch to epoch, in a one-epoch run),
+        or None. The trainer logs it as a warning and the model card says it."""
+        return None
+
     def max_steps_per_epoch(self, num_epochs: int, sizes: Mapping[str, int], batch_sizes: Mapping[str, int], world_size: int = 1) -> int:
         """Longest epoch (the Trainer sizes its epoch loop with it)."""
         gen = torch.Generator().manual_seed(0)
@@ -187,15 +193,34 @@ class Sampled(Schedule):
     ``kind`` is ``proportional``, ``annealed`` (the PAL schedule), ``temperature`` or
     ``uniform``. An epoch has ``sum_i ceil(N_i / (B_i W))`` steps (W ranks) (as many batches as the data
     holds), or ``sum_i ceil(samples_per_task / (B_i W))``, capped by ``steps_per_epoch``.
+
+    ``annealed`` moves its exponent alpha from epoch to epoch, as the PAL paper's formula does
+    (``anneal="epochs"``, the default): in a one-epoch run alpha stays 1, which is the
+    ``proportional`` schedule (`static_note()` says so). ``anneal="steps"`` moves alpha
+    from 1 to 0.2 over the steps of all the run's epochs instead, ``alpha = 1 - 0.8 s / (S - 1)``
+    at step ``s`` of ``S``, so a one-epoch run anneals too.
     """
 
     def __init__(
-        self, kind: str, temperature: float = 2.0, steps_per_epoch: int | None = None, samples_per_task: int | None = None
+        self,
+        kind: str,
+        temperature: float = 2.0,
+        steps_per_epoch: int | None = None,
+        samples_per_task: int | None = None,
+        anneal: str = "epochs",
     ) -> None:
         task_probabilities({"a": 1}, kind, temperature=temperature)  # validates kind / temperature
-        self.kind, self.temperature = kind, float(temperature)
+        if anneal not in ("epochs", "steps") or (anneal == "steps" and kind != "annealed"):
+            raise ValueError(f"anneal must be 'epochs' or 'steps' (the latter for the annealed schedule only), got {anneal!r} for {kind!r}")
+        self.kind, self.temperature, self.anneal = kind, float(temperature), anneal
         self.steps_per_epoch, self.samples_per_task = steps_per_epoch, samples_per_task
         self.name = kind
+
+    def static_note(self, num_epochs):
+        if self.kind == "annealed" and self.anneal == "epochs" and num_epochs <= 1:
+            return ("the annealed schedule moves alpha from epoch to epoch (1 in the first, 0.2 in the last); in one epoch alpha "
+                    "stays 1, so every step is drawn as by the proportional schedule")  # fmt: skip
+        return None
 
     def steps(self, sizes, batch_sizes, world_size: int = 1) -> int:
         """Steps per epoch: one batch per draw, as many as one pass over every task's data takes (``samples_per_task`` examples of each task when given), capped by ``steps_per_epoch``."""
@@ -206,10 +231,16 @@ class Sampled(Schedule):
         return _capped(steps, self.steps_per_epoch)
 
     def plan(self, epoch, num_epochs, sizes, batch_sizes, generator, world_size=1):
-        probs = task_probabilities(sizes, self.kind, epoch=epoch, num_epochs=num_epochs, temperature=self.temperature)
         tasks = list(sizes)
-        weights = torch.tensor([probs[t] for t in tasks], dtype=torch.float64)
         n = self.steps(sizes, batch_sizes, world_size)
+        if self.anneal == "steps":  # alpha from 1 to 0.2 over all the run's steps: one row of weights per step
+            total = n * max(1, num_epochs)
+            alphas = [1.0 - 0.8 * min(1.0, (epoch * n + i) / (total - 1)) if total > 1 else 1.0 for i in range(n)]
+            weights = torch.tensor([[float(sizes[t]) ** a for t in tasks] for a in alphas], dtype=torch.float64)
+            draws = torch.multinomial(weights, 1, generator=generator).view(-1).tolist()
+            return [[Slot(tasks[i], batch_sizes[tasks[i]])] for i in draws]
+        probs = task_probabilities(sizes, self.kind, epoch=epoch, num_epochs=num_epochs, temperature=self.temperature)
+        weights = torch.tensor([probs[t] for t in tasks], dtype=torch.float64)
         draws = torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
         return [[Slot(tasks[i], batch_sizes[tasks[i]])] for i in draws]
 
@@ -232,6 +263,12 @@ class GradientCompromise(Schedule):
         if batches_per_step is not None and batches_per_step <= 0:
             raise ValueError(f"batches_per_step must be positive, got {batches_per_step}")
         self.batches_per_step, self.normalize, self.steps_per_epoch = batches_per_step, normalize, steps_per_epoch
+
+    def static_note(self, num_epochs):
+        if num_epochs <= 1:
+            return ("gradient_compromise moves alpha and beta from epoch to epoch; in one epoch alpha stays 1 and beta 0.2 "
+                    "(batches drawn as by the proportional schedule, losses scaled by N_i^-0.2)")  # fmt: skip
+        return None
 
     def loss_weights(self, sizes: Mapping[str, int], epoch: int, num_epochs: int) -> dict[str, float]:
         """Each task's loss weight in ``epoch`` (normalised to mean 1 over the tasks when ``normalize``)."""
@@ -307,6 +344,11 @@ class Staggered(Schedule):
 
     def epochs_to_size(self, num_epochs: int) -> int:
         return max(num_epochs, sum(e for _, e, _ in self.stages))
+
+    def static_note(self, num_epochs):
+        notes = [f"stage {i} ({epochs} epoch): {note}" for i, (schedule, epochs, _) in enumerate(self.stages)
+                 if (note := schedule.static_note(epochs)) is not None]  # fmt: skip
+        return "; ".join(notes) or None
 
 
 def _sampled(kind: str):

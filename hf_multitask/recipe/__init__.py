@@ -7,10 +7,11 @@ dataclass per optional phase), ``--config``, ``--demo`` and ``--traceback``; a Y
 the same keys and command-line flags override it.
 
 The modules, in the order a run uses them: `arguments` and `parser` (what was
-asked), `data` (tasks and their rows), `model` (backbone, heads),
-`phases` (SimCSE, head pretraining, intermediate-task transfer, LP, multitask training,
-specialisation, each saying whether it runs), `outputs` (``best/``, metrics,
-predictions, Hub push; the ensemble mode) and `run` (``run`` and ``main``).
+asked), `data` (tasks and their rows), `model` (backbone, heads; `continuation` when the
+backbone is an earlier run's saved model), `phases` (SimCSE, head pretraining,
+intermediate-task transfer, LP, multitask training, specialisation, each saying whether it
+runs), `outputs` (``best/``, metrics, predictions, Hub push; the ensemble mode) and `run`
+(``run`` and ``main``).
 """
 
 from .arguments import (

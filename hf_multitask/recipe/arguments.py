@@ -38,12 +38,13 @@ class ModelArguments:
     """The model: backbone, pair encoding and heads."""
 
     backbone: str = field(default="packaged", metadata={"help": "'packaged' (the offline MiniLM), a local model folder or a Hub id"})
-    pair_encoding: str = field(default="cross", metadata={"help": "cross, bi or cosine"})
+    # None: not given (the default below, or what a --backbone multitask checkpoint has, see recipe.model.load_model)
+    pair_encoding: str | None = field(default=None, metadata={"help": "cross (default), bi or cosine"})
     task_pair_encodings: dict | str | None = field(default=None, metadata={"help": 'Per-task pair encoding, e.g. {"sts": "cosine"}'})
-    head_type: str = field(default="linear", metadata={"help": "linear, mlp or lstm (an LSTM over token states plus [CLS])"})
-    head_hidden_sizes: list[int] = field(default_factory=list, metadata={"help": "Hidden sizes of the MLP heads"})
-    head_dropout: float = 0.1
-    pooling: str = field(default="cls", metadata={"help": "cls or mean"})
+    head_type: str | None = field(default=None, metadata={"help": "linear (default), mlp or lstm (an LSTM over token states plus [CLS])"})
+    head_hidden_sizes: list[int] | None = field(default=None, metadata={"help": "Hidden sizes of the MLP heads (default none)"})
+    head_dropout: float | None = field(default=None, metadata={"help": "Dropout before every head layer (default 0.1)"})
+    pooling: str | None = field(default=None, metadata={"help": "cls (default) or mean"})
     adjustment_tasks: list[str] = field(
         default_factory=list, metadata={"help": "Classification tasks that get a learned KxK adjustment matrix on their probabilities"}
     )
@@ -59,7 +60,12 @@ class ModelArguments:
     trainable: str = field(default="all", metadata={"help": "all, heads, pal, pal_and_heads, lora, lora_and_heads"})
 
     def __post_init__(self) -> None:
+        from ..tasks import PAIR_ENCODINGS
+
         self.task_pair_encodings = _json_arg(self.task_pair_encodings, "task_pair_encodings")
+        encodings = self.task_pair_encodings
+        if encodings is not None and not (isinstance(encodings, dict) and all(v in PAIR_ENCODINGS for v in encodings.values())):
+            raise RecipeError(f"--task_pair_encodings: expected a mapping {{task: one of {list(PAIR_ENCODINGS)}}}, got {encodings!r}")
 
 
 @dataclass
@@ -162,7 +168,7 @@ class RecipeTrainingArguments(MultitaskTrainingArguments):
     test_predictions: bool = field(
         default=True,
         metadata={"help": "With --benchmark and --data-dir: write the official test prediction files of the best model to "
-                  "predictions/test/ ({task}.txt, stance/{target}.txt)"},
+                  "predictions/test/ ({task}.txt, stance/{target}.txt); with --primary_tasks, the primary tasks' only"},
     )  # fmt: skip
     plot_telemetry: bool = True
     overwrite_output_dir: bool = field(

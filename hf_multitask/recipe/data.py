@@ -194,6 +194,7 @@ def check_task_names(arguments: Any, names: list[str]) -> None:
     """Flags that name tasks must name tasks of the run."""
     for flag, values in (("--eda_tasks", arguments.data.eda_tasks), ("--specialise_tasks", arguments.specialise.specialise_tasks),
                          ("--adjustment_tasks", arguments.model.adjustment_tasks),
+                         ("--task_pair_encodings", list(arguments.model.task_pair_encodings or {})),
                          ("--teachers", list(arguments.distillation.teachers or {}))):  # fmt: skip
         unknown = [t for t in values if t not in names]
         if unknown:

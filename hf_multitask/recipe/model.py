@@ -6,15 +6,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from ..backbone import default_backbone
 from ..configuration import MultitaskConfig
+from ..heads import MLPHead
 from ..model_folders import ModelFolderError, check_model_folder, is_local_folder
 from ..modeling import MultitaskModel
 from ..tasks import TaskSpec
 from .arguments import ModelArguments, RecipeError
+from .continuation import continue_from
 
 __all__ = ["resolve_backbone", "check_max_length", "load_model"]
 
@@ -54,34 +55,11 @@ def check_max_length(max_length: int, encoder_config) -> None:
         )
 
 
-def _from_own_checkpoint(backbone: str, config: MultitaskConfig, specs: list[TaskSpec]) -> MultitaskModel:
-    """Continue from a saved multitask model: its trained encoder and heads, fresh heads for new tasks."""
-    have = {s.name: s for s in config.task_specs}
-    for spec in specs:
-        if spec.name in have and have[spec.name] != spec:
-            raise RecipeError(
-                f"--backbone {backbone}: its task {spec.name!r} is {have[spec.name]}, but this run defines it as {spec}; "
-                "rename the task or make the definitions agree"
-            )
-    trained = MultitaskModel.from_pretrained(backbone, dtype=torch.float32)
-    new = [s for s in specs if s.name not in have]
-    if not new:
-        return trained
-    config = MultitaskConfig.from_dict({**config.to_dict(), "tasks": [*config.tasks, *[s.to_dict() for s in new]]})
-    model = MultitaskModel(config)
-    missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
-    fresh = {k.split(".")[1] for k in missing}
-    if unexpected or not fresh <= {s.name for s in new}:
-        raise RecipeError(
-            f"--backbone {backbone}: could not add tasks {[s.name for s in new]} (missing {missing}, unexpected {unexpected})"
-        )
-    logger.info("continuing from %s: tasks %s keep their trained heads, %s get new ones", backbone, sorted(have), [s.name for s in new])
-    return model
-
-
 def load_model(model_args: ModelArguments, specs: list[TaskSpec], max_length: int | None = None) -> tuple[MultitaskModel, Any]:
     """The model and tokenizer of the run. ``--backbone`` is an encoder (fresh heads) or a saved
-    multitask model (``out/best`` of an earlier run: its heads are kept, new tasks get heads)."""
+    multitask model (``out/best`` of an earlier run: its heads are kept, new tasks get heads, and
+    the model flags apply where the trained weights allow: see
+    ``hf_multitask.recipe.continuation``)."""
     backbone = resolve_backbone(model_args.backbone)
     if is_local_folder(backbone):
         try:
@@ -99,16 +77,13 @@ def load_model(model_args: ModelArguments, specs: list[TaskSpec], max_length: in
     try:
         tokenizer = AutoTokenizer.from_pretrained(backbone)
         if own:
-            model = _from_own_checkpoint(backbone, config, specs)
+            model = continue_from(backbone, config, specs, model_args)
         else:
+            given = {k: getattr(model_args, k) for k in ("pair_encoding", "head_type", "head_hidden_sizes", "head_dropout", "pooling")}
             model = MultitaskModel.from_encoder(
                 backbone,
                 tasks=specs,
-                pair_encoding=model_args.pair_encoding,
-                head_type=model_args.head_type,
-                head_hidden_sizes=model_args.head_hidden_sizes,
-                head_dropout=model_args.head_dropout,
-                pooling=model_args.pooling,
+                **{k: v for k, v in given.items() if v is not None},  # the rest: MultitaskConfig's defaults
                 pal_tasks=model_args.pal_tasks,
                 pal_rank=model_args.pal_rank,
                 pal_heads=model_args.pal_heads,
@@ -122,6 +97,13 @@ def load_model(model_args: ModelArguments, specs: list[TaskSpec], max_length: in
         model.add_lora(
             r=model_args.lora_r, alpha=model_args.lora_alpha, target_modules=model_args.lora_targets, per_task=model_args.lora_per_task
         )
+    if model.config.head_type == "lstm":  # a siamese pair gives no one sequence of token states: say which tasks take another head
+        other = [t for t in model.task_names if isinstance(model.heads[t], MLPHead)]
+        if other:
+            logger.warning("--head_type lstm: task(s) %s take a linear head (over [u, v, |u-v|, u*v] for a bi-encoded pair): an "
+                           "LSTM reads one sequence of token states, which their encoding does not give", other)  # fmt: skip
+    if max_length is not None:  # what the pipeline, `predict` and `tweeteval-test` cut inputs to by default
+        model.config.train_max_length = int(max_length)
     counts = model.set_trainable(model_args.trainable)
     logger.info("parameters: %s", counts)
     return model, tokenizer

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from ..configuration import trained_max_length
 from ..hub import save_for_hub, upload_folder
 from ..metrics import prefixed_metrics
+from ..precision import eval_dtype
 from ..predict import write_predictions
 from ..tasks import member_tasks
 from .arguments import RecipeArguments, RecipeError
@@ -32,9 +34,11 @@ def write_prediction_files(out: Path, tasks: list, predictions: dict, raw: dict 
         write_predictions(out / "predictions" / f"{spec.name}-dev-output.csv", spec, predictions[spec.name])
         if spec.task_type.sequence_labels and raw is not None and raw.get(spec.name) is not None:
             validation = raw[spec.name][1]
-            by_id = dict(zip(validation["id"], validation[spec.text_columns[0]]))
-            words = [by_id[i] for i in predictions[spec.name].ids]
-            write_conll(out / "predictions" / f"{spec.name}-dev-output.conll", spec, predictions[spec.name], words)
+            # the predictions are in the validation rows' order: sentences go by position (two sentences may share an id)
+            if list(validation["id"]) != list(predictions[spec.name].ids):
+                raise ValueError(f"Task {spec.name!r}: the predictions are not in the order of the validation rows")
+            write_conll(out / "predictions" / f"{spec.name}-dev-output.conll", spec, predictions[spec.name],
+                        list(validation[spec.text_columns[0]]))  # fmt: skip
 
 
 class OutputsPhase(Phase):
@@ -91,15 +95,27 @@ def run_ensemble(arguments: RecipeArguments) -> dict[str, float]:
     missing = [p for p in ensemble_args.ensemble if not Path(p).is_dir()]
     if missing:
         raise RecipeError(f"--ensemble: no such checkpoint folder(s) {missing}")
-    ensemble = EnsembleModel.from_pretrained(ensemble_args.ensemble, vote=ensemble_args.ensemble_vote).eval()
+    try:
+        ensemble = EnsembleModel.from_pretrained(ensemble_args.ensemble, vote=ensemble_args.ensemble_vote).eval()
+    except ValueError as err:
+        raise RecipeError(f"--ensemble: {err}") from None
     tokenizer = AutoTokenizer.from_pretrained(ensemble_args.ensemble[0])
+    # the inputs are tokenised once, with the first member's tokenizer: every member must read the same token ids
+    for folder in ensemble_args.ensemble[1:]:
+        if AutoTokenizer.from_pretrained(folder).get_vocab() != tokenizer.get_vocab():
+            raise RecipeError(f"--ensemble: {folder} has another tokenizer than {ensemble_args.ensemble[0]}; the inputs are encoded "
+                              "once, so every member must share one")  # fmt: skip
+    trained = {trained_max_length(m.config) for m in ensemble.members} - {None, data.max_length}
+    if trained:
+        logger.warning("--ensemble: members were trained at max_length %s; the ensemble is evaluated at --max_length %d",
+                       sorted(trained), data.max_length)  # fmt: skip
     tasks = build_tasks(data)
     check_task_names(arguments, [s.name for s, _, _ in tasks])
     raw = load_raw_data(data, tasks)
     _, validation, _ = encode_data(data, tasks, raw, ensemble.members[0], tokenizer)
     predictions: dict = {}
     scores = evaluate(ensemble, validation, pad_token_id=tokenizer.pad_token_id, batch_size=args.per_device_eval_batch_size,
-                      progress=not args.disable_tqdm, predictions=predictions)  # fmt: skip
+                      progress=not args.disable_tqdm, predictions=predictions, dtype=eval_dtype(args))  # fmt: skip
     metrics = prefixed_metrics(scores, args.primary_tasks)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,10 @@
 
 ``--config file.yaml`` (or ``--config=file.yaml``) gives defaults and every other flag overrides
 them: config values become the parser's defaults, so any value YAML can hold works, including
-empty lists (``tasks: []`` for a run of custom tasks only) and nested mappings. ``--demo`` sizes
-the run for the built-in examples (flags and the config override that too). ``--traceback``
+empty lists (``tasks: []`` for a run of custom tasks only) and nested mappings. ``--demo`` (or
+``demo: true`` in the config) sizes the run for the built-in examples (flags and the config
+override that too). Every parse starts from the parser's own defaults, so one parser can parse
+several command lines. ``--traceback``
 (or a bare ``--debug``, which TrainingArguments' own ``--debug <option>`` never is) shows an
 error's full traceback instead of one line.
 """
@@ -64,6 +66,9 @@ class RecipeParser(HfArgumentParser):
         super().__init__(ARGUMENT_CLASSES, prog="hf-multitask train", allow_abbrev=False)
         self.add_argument("--config", default=None, help="A YAML file of settings (any flag's name as a key); flags given here override it")
         self.add_argument("--traceback", action="store_true", help="Show the full traceback of an error instead of one line")
+        # each parse starts from these: a --config's or --demo's defaults must not outlive the parse that set them
+        # (per action: a flag and its --no_ twin share a name but not a default)
+        self._own_defaults = ([(action, action.default) for action in self._actions], dict(self._defaults))
 
     def parse(self, argv: list[str]) -> tuple[RecipeArguments, bool]:
         """``argv`` as a [`RecipeArguments`][hf_multitask.recipe.arguments.RecipeArguments] (a ``--config`` file's keys first, the flags over them) and whether to show tracebacks."""
@@ -77,10 +82,16 @@ class RecipeParser(HfArgumentParser):
             raise RecipeError("--config needs a YAML file") from None
         if known.config is not None and (not known.config or known.config.startswith("--")):
             raise RecipeError("--config needs a YAML file")
-        if known.demo is not None and known.demo.lower() in _TRUE:
+        actions, parser_defaults = self._own_defaults
+        for action, default in actions:
+            action.default = default
+        self._defaults = dict(parser_defaults)
+        settings = load_config(Path(known.config)) if known.config is not None else {}
+        # --demo on the command line, else the config's `demo:`, sizes the run for the demo data (the config and flags override)
+        demo = known.demo.lower() in _TRUE if known.demo is not None else str(settings.get("demo", "")).lower() in _TRUE
+        if demo:
             self.set_defaults(**DEMO_DEFAULTS)
-        if known.config is not None:
-            self.set_defaults(**load_config(Path(known.config)))
+        self.set_defaults(**settings)
         *parsed, extra = self.parse_args_into_dataclasses(args=argv)
         return RecipeArguments(*parsed), debug or bool(extra.traceback)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..metrics import prefixed_metrics
 from ..modeling import MultitaskModel
+from ..precision import eval_dtype
 from ..tasks import member_tasks
 from ..trainer import MultitaskTrainer
 from .arguments import RecipeArguments, RecipeError, RecipeTrainingArguments
@@ -77,11 +78,30 @@ class Phase:
         raise NotImplementedError
 
 
-def phase_args(args: RecipeTrainingArguments, phase: str, steps: int, learning_rate: float, **overrides: Any) -> RecipeTrainingArguments:
+def phase_args(
+    args: RecipeTrainingArguments, phase: str, steps: int, learning_rate: float, *, heads_only: bool = False, **overrides: Any
+) -> RecipeTrainingArguments:
     """Training arguments of a phase around the main run: ``steps`` steps at ``learning_rate``
-    into ``output_dir/phase``, no evaluation or saving unless ``overrides`` say otherwise."""
+    into ``output_dir/phase``, no evaluation, saving or Hub push unless ``overrides`` say otherwise.
+
+    The rest comes from the main run's arguments, except what does not fit a phase (the table in
+    the recipe guide says what each phase takes): a warm-up ratio (``--warmup_steps`` below 1)
+    is a ratio of the phase's own steps, as it is of the main run's. An absolute warm-up counts
+    the multitask phase's steps: a phase that trains the heads alone (``heads_only``: head
+    pretraining, LP) takes none of it, another phase takes it only when it is shorter than the
+    phase (else the phase would never reach its learning rate: it runs without warm-up, and the
+    log says so). A heads-only phase trains at its own ``learning_rate``: the main run's
+    ``--head_learning_rate`` and ``--layer_lr_decay`` would replace it."""
     settings = {"max_steps": steps, "learning_rate": learning_rate, "eval_strategy": "no", "save_strategy": "no",
-                "load_best_model_at_end": False, "output_dir": str(Path(args.output_dir) / phase)}  # fmt: skip
+                "load_best_model_at_end": False, "output_dir": str(Path(args.output_dir) / phase), "push_to_hub": False}  # fmt: skip
+    warmup = args.warmup_steps
+    if warmup >= 1 and (heads_only or warmup >= steps):
+        if not heads_only:
+            logger.warning("--warmup_steps %g counts the multitask phase's steps; the %s phase has %d, so it runs without warm-up "
+                           "(a ratio, e.g. --warmup_steps 0.1, warms every phase up over its own steps)", warmup, phase, steps)  # fmt: skip
+        settings["warmup_steps"] = 0
+    if heads_only:
+        settings.update(head_learning_rate=None, layer_lr_decay=1.0)
     return replace(args, **{**settings, **overrides})
 
 
@@ -117,8 +137,8 @@ class HeadPretrainingPhase(Phase):
 
         heads = ctx.arguments.head_pretrain
         every = heads.head_pretrain_eval_steps or max(1, heads.head_pretrain_steps // 4)
-        head_args = phase_args(ctx.args, self.name, heads.head_pretrain_steps, heads.head_pretrain_learning_rate, eval_strategy="steps",
-                               eval_steps=every, save_strategy="steps", save_steps=every, **SINGLE_TASK)  # fmt: skip
+        head_args = phase_args(ctx.args, self.name, heads.head_pretrain_steps, heads.head_pretrain_learning_rate, heads_only=True,
+                               eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every, **SINGLE_TASK)  # fmt: skip
         best = pretrain_heads(ctx.model, ctx.train, ctx.validation, head_args, processing_class=ctx.tokenizer)
         logger.info("per-task head pretraining: best scores %s", best)
 
@@ -164,7 +184,7 @@ class LinearProbePhase(Phase):
         from ..schemes.lpft import linear_probe
 
         lpft = ctx.arguments.lpft
-        linear_probe(ctx.model, ctx.train, phase_args(ctx.args, self.name, lpft.lp_steps, lpft.lp_learning_rate),
+        linear_probe(ctx.model, ctx.train, phase_args(ctx.args, self.name, lpft.lp_steps, lpft.lp_learning_rate, heads_only=True),
                      processing_class=ctx.tokenizer)  # fmt: skip
 
 
@@ -219,6 +239,8 @@ class MultitaskPhase(Phase):
         ctx.final_model, ctx.predictions = trainer.gathered_model(), trainer.last_predictions  # full weights under FSDP2 (all ranks gather)
         ctx.training_note = (f"Trained with `recipes/train_pcgrad.py`: aggregator `{args.aggregator}`, schedule `{args.schedule}`; "
                              f"{trained}.")  # fmt: skip
+        if trainer.schedule_note:  # e.g. `annealed` in one epoch: the card says what the batches were
+            ctx.training_note += f" In this run {trainer.schedule_note}."
         if teachers:
             schedule = ("teacher annealing (the gold weight rising from 0 to 1)" if args.distillation_gold_weight is None
                         else f"gold weight {args.distillation_gold_weight}")  # fmt: skip
@@ -266,7 +288,8 @@ class SpecialisationPhase(Phase):
         every_expert = result.pack(result.tasks)
         expert_predictions: dict = {}
         evaluate(every_expert, {t: ctx.validation[t] for t in result.tasks}, pad_token_id=ctx.tokenizer.pad_token_id,
-                 batch_size=args.per_device_eval_batch_size, progress=not args.disable_tqdm, predictions=expert_predictions)  # fmt: skip
+                 batch_size=args.per_device_eval_batch_size, progress=not args.disable_tqdm, predictions=expert_predictions,
+                 dtype=eval_dtype(args))  # fmt: skip
         kept = list(result.tasks) if keep == "all" else keep if isinstance(keep, list) else None
         if kept is None:
             kept = better_experts(multitask, result.tasks, expert_predictions, ctx.predictions)

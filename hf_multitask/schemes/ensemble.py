@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,6 +20,11 @@ class EnsembleModel(nn.Module):
     (``vote="majority"``, ties to the lowest class); the returned ``logits`` are log
     probabilities (or vote shares), so ``argmax`` gives the ensemble's class. Regression: the
     mean prediction. Works with [`hf_multitask.predict()`][hf_multitask.predict.predict] / [`hf_multitask.evaluate()`][hf_multitask.predict.evaluate].
+
+    Every member gets the same inputs, so the members must encode every task alike: a task's
+    pair encoding (cross, bi, cosine) must be the same in every member, else a ``ValueError``
+    names the task (a cross-encoding member fed a bi-encoded pair would score the first
+    sentence alone).
     """
 
     def __init__(self, models: list[MultitaskModel], vote: str = "mean") -> None:
@@ -28,9 +34,16 @@ class EnsembleModel(nn.Module):
         if vote not in ("mean", "majority"):
             raise ValueError(f"vote must be 'mean' or 'majority', got {vote!r}")
         first = models[0].config.task_specs
-        for m in models[1:]:
-            if m.config.task_specs != first:
+        for m in models[1:]:  # the same tasks; how each encodes its pairs is checked next, by name
+            if [replace(s, pair_encoding=None) for s in m.config.task_specs] != [replace(s, pair_encoding=None) for s in first]:
                 raise ValueError("Every ensemble member must have the same tasks (names, kinds, labels)")
+        for spec in first:
+            encodings = [m.config.task_pair_encoding(m.config.get_task(spec.name)) for m in models]
+            if len(set(encodings)) > 1:
+                raise ValueError(
+                    f"Ensemble members encode task {spec.name!r}'s pairs differently ({encodings}, by member): the inputs are "
+                    "encoded once for every member, so they must agree (--pair_encoding / --task_pair_encodings)"
+                )
         self.members = nn.ModuleList(models)
         self.vote = vote
 

@@ -16,9 +16,12 @@ def linear_probe(
     model: Any, train_dataset: dict[str, datasets.Dataset], args: MultitaskTrainingArguments, **trainer_kwargs: Any
 ) -> dict[str, int]:
     """Phase one of LP-FT: train only the task heads (the encoder is frozen) with ``args``
-    (its own learning rate and length, e.g. lr 1e-3), then unfreeze everything so phase two
-    — ordinary fine-tuning — can start. Tasks whose heads have no parameters (the cosine pair
-    head) are left out of the probe. Returns the parameter counts of the probing phase."""
+    (its own learning rate and length, e.g. lr 1e-3), then give every parameter back the
+    ``requires_grad`` it had before, so phase two — fine-tuning — trains what the model trained
+    before the probe (everything, or only what ``set_trainable`` chose: LoRA, PALs, heads).
+    Tasks whose heads have no parameters (the cosine pair head) are left out of the probe.
+    Returns the parameter counts of the probing phase."""
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
     counts = model.set_trainable("heads")
     try:
         # a task whose head has no parameters (the cosine pair head) has nothing to probe
@@ -29,5 +32,6 @@ def linear_probe(
         if probed:
             MultitaskTrainer(model=model, args=args, train_dataset=probed, **trainer_kwargs).train()
     finally:
-        model.set_trainable("all")
+        for name, p in model.named_parameters():
+            p.requires_grad = before[name]
     return counts

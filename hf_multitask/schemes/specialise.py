@@ -156,7 +156,7 @@ def specialise_experts(
     multitask ``model``, which is not changed.
 
     ``form="encoder"``: a copy of the whole model per task (its head kept or, with
-    ``fresh_heads``, re-initialised). ``form="pal"`` / ``"lora"``: one copy of the model gets
+    ``fresh_heads``, re-initialised), training what ``model`` trains. ``form="pal"`` / ``"lora"``: one copy of the model gets
     zero-initialised PALs (``rank``, ``pal_heads``, ``pal_shared_projections``) or per-task LoRA
     adapters (r ``rank``, ``lora_alpha``, ``lora_targets``) for the tasks, then each task trains
     only its own module and head, every other parameter frozen, so one task's training leaves
@@ -182,10 +182,10 @@ def specialise_experts(
             result.modules.add_lora(r=rank or 8, alpha=lora_alpha or 2 * (rank or 8), target_modules=tuple(lora_targets), per_task=True,
                                     tasks=names)  # fmt: skip
     for task in names:
+        # the encoder form: a copy trains what the model trains (requires_grad comes along: a LoRA, PAL or heads-only run
+        # stays one); the PAL and LoRA forms: the task's own module and head (and adjustment) only
         special = copy.deepcopy(model) if form == "encoder" else result.modules
-        if form == "encoder":
-            special.set_trainable("all")
-        else:  # the task's own module and head (and adjustment) only
+        if form != "encoder":
             for name, p in special.named_parameters():
                 p.requires_grad = special._owner(name) == task
         if fresh_heads:
@@ -194,8 +194,10 @@ def specialise_experts(
         MultitaskTrainer(model=special, args=task_args, train_dataset={task: train[task]}, **trainer_kwargs).train()
         if form == "encoder":
             result.experts[task] = special
-    if result.modules is not None:
-        result.modules.set_trainable("all")
+    if result.modules is not None:  # what trains in the model with the modules: what trained in the model, and the modules
+        trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+        for name, p in result.modules.named_parameters():
+            p.requires_grad = trainable.get(name.replace(".base_layer", ""), True)
     return result
 
 
@@ -211,8 +213,10 @@ def specialise(
 ) -> dict[str, Any]:
     """Two-step specialisation of the whole encoder: after multitask training, one copy of the
     model per task fine-tuned on that task alone (its head kept or, with ``fresh_heads``,
-    re-initialised). ``model`` itself is not changed. (The PAL and LoRA forms, and the choice
-    of experts: [`specialise_experts()`][hf_multitask.schemes.specialise.specialise_experts].)
+    re-initialised). Each copy trains the parameters ``model`` trains: the whole model, or only
+    what ``set_trainable`` chose (LoRA, PALs, heads). ``model`` itself is not changed. (The PAL
+    and LoRA forms, and the choice of experts:
+    [`specialise_experts()`][hf_multitask.schemes.specialise.specialise_experts].)
 
     Returns ``{task: specialised model}``. With ``save_dir``, each is saved to
     ``save_dir/{task}``, and all of them together as one

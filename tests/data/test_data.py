@@ -1,5 +1,6 @@
 import json
 import warnings
+from dataclasses import replace
 
 import datasets
 import pytest
@@ -252,3 +253,27 @@ def test_shared_sst_and_sts_files_load_every_row_without_a_warning(name, rows, s
     spec = hm.sst_task() if name.startswith("ids-sst") else hm.sts_task()
     ds, messages = _caught(lambda: load_task_data(spec, shared_data / name))
     assert messages == [] and len(ds) == rows
+
+
+def test_classlabel_integers_are_read_by_name_not_position():
+    """A ClassLabel column whose names the task lists in another order: each integer means its
+    class name (it was taken as a position in the task's label_names, flipping every label)."""
+    spec = hm.TaskSpec(name="senti", kind="classification", num_labels=2, text_columns=("text",), label_names=("pos", "neg"))
+    rows = {"id": ["a", "b", "c"], "text": ["great", "awful", "fine"]}
+    features = datasets.Features({"id": datasets.Value("string"), "text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})  # fmt: skip
+    ints = datasets.Dataset.from_dict({**rows, "label": [1, 0, 1]}, features=features)
+    names = datasets.Dataset.from_dict({**rows, "label": ["pos", "neg", "pos"]})
+    assert hm.load_task_data(spec, ints)["label"] == hm.load_task_data(spec, names)["label"] == [0, 1, 0]
+    # tags: a list of ClassLabel read by name too
+    tagger = hm.TaskSpec(
+        name="pos", kind="token_classification", num_labels=3, text_columns=("tokens",), label_names=("NOUN", "VERB", "DET")
+    )
+    tag_features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                      "tags": datasets.Sequence(datasets.ClassLabel(names=["DET", "NOUN", "VERB"]))})  # fmt: skip
+    tagged = datasets.Dataset.from_dict({"tokens": [["the", "dog", "runs"]], "tags": [[0, 1, 2]]}, features=tag_features)
+    assert hm.load_task_data(replace(tagger, label_column="tags"), tagged)["label"] == [[2, 0, 1]]
+    # a name the task does not have cannot be mapped: refused, naming both lists
+    other = replace(spec, label_names=("positive", "negative"))
+    with pytest.raises(DataError, match=r"ClassLabel with names \['neg', 'pos'\].*label_names \['positive', 'negative'\]"):
+        hm.load_task_data(other, ints)

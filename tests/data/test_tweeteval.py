@@ -399,3 +399,22 @@ def test_recipe_with_a_primary_task_writes_only_the_primarys_test_file(tiny_back
         )
     assert [p.name for p in (tmp_path / "out" / "predictions" / "test").iterdir()] == ["irony.txt"]
     assert metrics["eval_overall"] == pytest.approx(metrics["eval_irony_positive_f1"])
+
+
+@pytest.mark.parametrize("routed", [False, True], ids=["multitask", "routed"])
+def test_test_files_use_the_length_the_model_was_trained_with(routed, tokenizer, tmp_path, monkeypatch):
+    import hf_multitask.encoding as encoding
+
+    data = tmp_path / "te"
+    data.mkdir()
+    write_tweeteval(data)
+    model = tiny_model(hm.tweeteval_tasks(data, ["irony"]))
+    model.config.train_max_length = 128
+    if routed:
+        model = hm.schemes.route({"irony": model})
+    lengths = []
+    original = encoding.encode_task
+    monkeypatch.setattr(encoding, "encode_task", lambda *a, **k: lengths.append(k["max_length"]) or original(*a, **k))
+    hm.tweeteval.write_test_predictions(model, tokenizer, data, tmp_path / "out", progress=False)
+    hm.tweeteval.write_test_predictions(model, tokenizer, data, tmp_path / "out", max_length=20, progress=False)
+    assert lengths == [128, 20], "the trained length (it was 64 whatever the model was trained with), or as asked"

@@ -164,3 +164,17 @@ def test_predict_and_evaluate_take_a_dtype(folder, tokenizer):
     bf16 = hm.predict(model, data, "senti", progress=False, dtype=torch.bfloat16)
     assert fp32.ids == bf16.ids and len(bf16.predictions) == 2
     assert next(model.parameters()).dtype == torch.float32, "the weights stay fp32"
+
+
+def test_a_row_without_text_b_is_a_single_text_and_the_command_says_so(folder, tmp_path, capsys):
+    """A pair file whose row lost its second text: that row is a single text, answered by the
+    single-text tasks. The command notes how many such rows a mixed file has (it said nothing),
+    and --tasks naming the pair tasks makes such a row an error naming it."""
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("id\ttext\ttext_b\np0\tthe cat runs\ta cat runs\np1\tdogs see\t\n")
+    status, err = _cli_in_process(capsys, "predict", "--model", folder, "--input", tsv, "--output", tmp_path / "o.jsonl", "--quiet")
+    assert status == 0 and "1 of 2 examples" in err and "have no text_b: they are single texts" in err
+    answers = [json.loads(line)["answers"] for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert set(answers[0]) == {"para"} and set(answers[1]) == {"senti", "score", "pos"}
+    status, err = _cli_in_process(capsys, "predict", "--model", folder, "--input", tsv, "--output", tmp_path / "p.jsonl", "--tasks", "para")
+    assert status == 2 and "examples p0..p1" in err and "tasks ['para'] cannot answer 'dogs see'" in err

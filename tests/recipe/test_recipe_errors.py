@@ -190,3 +190,55 @@ def test_hf_multitask_train_is_the_recipe_and_its_help_lists_every_flag(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli(["train", "--aggregator", "nope"])
     assert exit_info.value.code == 2 and "unknown aggregator" in capsys.readouterr().err
+
+
+def test_an_ensemble_whose_members_read_their_inputs_differently_is_refused(tiny_data, tokenizer, tmp_path):
+    """The ensemble encodes the inputs once, with the first member's tokenizer and pair encoding:
+    members that tokenise or encode pairs otherwise would score other inputs than they were given."""
+    from conftest import VOCAB, tiny_model
+    from transformers import BertTokenizerFast
+
+    from hf_multitask.recipe import RecipeError
+
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB[:5] + VOCAB[5:][::-1]) + "\n")  # the same tokens, other ids
+    shuffled = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"), do_lower_case=True)
+    members = {"a": (tiny_model(), tokenizer), "bi": (tiny_model(seed=1, pair_encoding="bi"), tokenizer),
+               "other_ids": (tiny_model(seed=2), shuffled)}  # fmt: skip
+    for name, (model, tok) in members.items():
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    flags = ["--data-dir", str(tiny_data), "--output-dir", str(tmp_path / "out"), "--disable_tqdm", "true"]
+    with pytest.raises(RecipeError, match=r"--ensemble: .*encode task 'quora'.s pairs differently"):
+        run(["--ensemble", str(tmp_path / "a"), str(tmp_path / "bi"), *flags])
+    with pytest.raises(RecipeError, match=r"--ensemble: .*other_ids has another tokenizer"):
+        run(["--ensemble", str(tmp_path / "a"), str(tmp_path / "other_ids"), *flags])
+
+
+def test_demo_in_a_config_sizes_the_run_as_the_demo_flag_does(tmp_path):
+    """`demo: true` in YAML loaded the demo data but kept the full-run sizes (output folder, epochs,
+    batch size, validation fraction) that --demo sets; the config's own values and flags still win."""
+    from hf_multitask.recipe import DEMO_DEFAULTS
+
+    config = tmp_path / "c.yaml"
+    config.write_text("demo: true\n")
+    by_config, by_flag = parse_args(["--config", str(config)]), parse_args(["--demo"])
+    for key, value in DEMO_DEFAULTS.items():
+        where = by_config.data if key == "validation_fraction" else by_config.training
+        assert getattr(where, key) == value == getattr(by_flag.data if key == "validation_fraction" else by_flag.training, key), key
+    config.write_text("demo: true\nnum_train_epochs: 1\n")
+    assert parse_args(["--config", str(config), "--per_device_train_batch_size", "2"]).training.num_train_epochs == 1.0
+    assert parse_args(["--config", str(config), "--demo", "false"]).training.output_dir == "outputs/run", "the flag beats the config"
+
+
+def test_a_reused_parser_forgets_the_last_parses_config_and_demo(tmp_path):
+    from hf_multitask.recipe import RecipeParser
+
+    config = tmp_path / "c.yaml"
+    config.write_text("learning_rate: 0.5\naggregator: gradvac\n")
+    parser = RecipeParser()
+    fresh = parser.parse([])[0]
+    assert parser.parse(["--config", str(config)])[0].training.learning_rate == 0.5
+    assert parser.parse(["--demo"])[0].training.output_dir == "outputs/demo"
+    again = parser.parse([])[0]
+    assert (again.training.learning_rate, again.training.aggregator, again.training.output_dir) == (1e-4, "pcgrad", "outputs/run")
+    assert again == fresh and again.training.length_grouping is True and again.training.load_best_model_at_end is True

@@ -1,6 +1,7 @@
 """Ensembles, EDA, SimCSE and LP-FT."""
 
 from collections import Counter
+from dataclasses import replace
 
 import datasets
 import numpy as np
@@ -63,6 +64,17 @@ def test_ensemble_rejects_mismatched_members():
         EnsembleModel([tiny_model(), tiny_model(tasks=[hm.sst_task()])])
     with pytest.raises(ValueError, match="vote"):
         EnsembleModel([tiny_model()], vote="max")
+
+
+def test_ensemble_refuses_members_that_encode_pairs_differently():
+    """The inputs are encoded once for every member: a cross-encoding member fed a bi-encoded pair
+    would score the first sentence alone (the ensemble took member 0's encoding, silently)."""
+    with pytest.raises(ValueError, match=r"encode task 'quora'.s pairs differently \(\['cross', 'bi'\]"):
+        EnsembleModel([tiny_model(), tiny_model(pair_encoding="bi")])
+    sts_cosine = [replace(s, pair_encoding="cosine") if s.name == "sts" else s for s in hm.reference_tasks()]
+    with pytest.raises(ValueError, match=r"task 'sts'.s pairs differently \(\['cosine', 'cross'\]"):
+        EnsembleModel([tiny_model(tasks=sts_cosine), tiny_model()])
+    assert len(EnsembleModel([tiny_model(pair_encoding="bi"), tiny_model(pair_encoding="bi", seed=1)]).members) == 2
 
 
 def test_eda_operations_keep_labels_respect_rates_and_are_seeded():

@@ -1,3 +1,4 @@
+import datasets
 import numpy as np
 import pytest
 import scipy.stats
@@ -92,3 +93,36 @@ def test_prediction_batches_by_length_and_returns_the_datasets_order(tokenizer):
     as_rows, rows_widths = run("sst", [data["sst"][i] for i in range(len(data["sst"]))])
     assert rows_widths == plain_widths and as_rows.ids == plain.ids
     np.testing.assert_array_equal(as_rows.predictions, plain.predictions)
+
+
+def test_classification_prediction_files_hold_class_names_where_the_task_has_them(tmp_path):
+    """As tasks.md and TaskSpec promise (and as tagger files and the pipeline already did): names
+    when the task has label_names, indices otherwise."""
+    from dataclasses import replace
+
+    from hf_multitask.predict import TaskPredictions
+
+    named = hm.TaskSpec("senti", "classification", num_labels=3, text_columns=("text",), label_names=("neg", "neu", "pos"))
+    predictions = TaskPredictions("senti", ["a", "b", "c"], np.array([2, 0, 1]), None)
+    assert hm.write_predictions(tmp_path / "n.csv", named, predictions).read_text().splitlines()[1:] == ["a , pos ", "b , neg ", "c , neu "]
+    plain = replace(named, label_names=None)
+    assert hm.write_predictions(tmp_path / "i.csv", plain, predictions).read_text().splitlines()[1:] == ["a , 2 ", "b , 0 ", "c , 1 "]
+
+
+def test_conll_file_gives_each_sentence_its_own_words_when_ids_repeat(tmp_path):
+    """Two validation sentences with one id: each line of the .conll file is its own sentence's
+    (sentences were looked up by id, so both got the second one's words)."""
+    from hf_multitask.predict import TaskPredictions
+    from hf_multitask.recipe.outputs import write_prediction_files
+
+    spec = hm.TaskSpec("pos", "token_classification", num_labels=2, text_columns=("tokens",), label_names=("N", "V"))
+    validation = datasets.Dataset.from_dict(
+        {"id": ["s1", "s1"], "tokens": [["dogs", "run"], ["cats", "sleep", "well"]], "label": [[0, 1], [0, 1, 1]]}
+    )
+    tags = np.empty(2, dtype=object)
+    tags[0], tags[1] = np.array([0, 1]), np.array([0, 1, 1])
+    write_prediction_files(
+        tmp_path, [(spec, None, None)], {"pos": TaskPredictions("pos", ["s1", "s1"], tags, None)}, {"pos": (None, validation)}
+    )
+    blocks = (tmp_path / "predictions" / "pos-dev-output.conll").read_text().strip().split("\n\n")
+    assert [[line.split("\t")[0] for line in block.splitlines()[1:]] for block in blocks] == [["dogs", "run"], ["cats", "sleep", "well"]]

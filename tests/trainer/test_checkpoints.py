@@ -185,3 +185,30 @@ def test_sigkill_while_a_checkpoint_is_written_resumes_from_the_last_complete_on
     resumed = _recipe([*_flags(tiny_backbone, tiny_data, out), "--resume_from_checkpoint", "true"])
     assert "checkpoint-4, the newest complete checkpoint; incomplete folders skipped: ['checkpoint-6']" in resumed.stderr
     _assert_same_run(_result(out), uninterrupted)
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [({"per_device_train_batch_size": 4}, "batch_sizes"), ({"schedule": "proportional"}, "schedule 'round_robin' -> 'proportional'"),
+     ({"gradient_accumulation_steps": 2}, "gradient_accumulation_steps 1 -> 2"), ({"data_seed": 5}, "data_seed 0 -> 5")],
+)  # fmt: skip
+def test_resume_refuses_a_run_whose_data_or_schedule_changed(change, named, tmp_path, tokenizer):
+    """The checkpoint records what decides each step's examples; a resume with other batch sizes,
+    schedule, accumulation or data seed continued a different plan from the saved step, silently."""
+    _trainer(tmp_path / "out", tokenizer, max_steps=2).train()
+    with pytest.raises(CheckpointError, match=rf"other data or schedule \(.*{named}"):
+        _trainer(tmp_path / "out", tokenizer, **change).train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    trainer = _trainer(tmp_path / "out", tokenizer, max_steps=4)  # the same plan, trained longer: resumes
+    trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    assert trainer.state.global_step == 4
+
+
+def test_resume_refuses_other_training_data(tmp_path, tokenizer):
+    _trainer(tmp_path / "out", tokenizer, max_steps=2).train()
+    model = deterministic_model()
+    data = toy_encoded(tokenizer, model, n=32)
+    data["sst"] = data["sst"].select(range(20))  # a changed --train_limits, say
+    args = train_args(tmp_path / "out", aggregator="gradvac", max_steps=6, save_strategy="steps", save_steps=2)
+    trainer = hm.MultitaskTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    with pytest.raises(CheckpointError, match=r"task_sizes \{'sst': 32, 'quora': 32, 'sts': 32\} -> \{'sst': 20"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))

@@ -1,0 +1,52 @@
+"""The training ``max_length`` travels with the model: the recipe records it in the config and
+every serving path (the pipeline, ``hf-multitask predict``, ``tweeteval-test``) cuts inputs to
+it unless told otherwise; checkpoints that do not record it keep each path's old default."""
+
+import pytest
+from test_pipeline import _model
+from transformers import AutoModel, pipeline
+
+import hf_multitask as hm
+
+LONG = " ".join(["word"] * 24)  # 98 tokens of the test vocabulary (4 a word): far more than 12, within the tiny encoder's 128
+
+
+def _saved(tmp_path, tokenizer, train_max_length):
+    model = _model(train_max_length=train_max_length)
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    return tmp_path / "m"
+
+
+def test_the_recipe_records_its_max_length_and_it_survives_saving(tiny_backbone, tmp_path):
+    from hf_multitask.configuration import serving_max_length
+    from hf_multitask.recipe import ModelArguments, load_model
+
+    model, _ = load_model(ModelArguments(backbone=str(tiny_backbone)), hm.reference_tasks(), max_length=12)
+    model.save_pretrained(tmp_path / "m")
+    assert AutoModel.from_pretrained(tmp_path / "m").config.train_max_length == 12
+    routed = hm.schemes.route({"sst": model}, model)
+    routed.save_pretrained(tmp_path / "r")
+    assert serving_max_length(AutoModel.from_pretrained(tmp_path / "r").config) == 12, "a routed model's expert config carries it"
+
+
+def test_the_pipeline_cuts_inputs_to_the_trained_length(tokenizer, tmp_path):
+    pipe = pipeline("multitask-text", model=str(_saved(tmp_path, tokenizer, 12)))
+    assert len(pipe.preprocess(LONG)["encoded"]["senti"]["input_ids"]) == 12, "the training length, not 512"
+    assert len(pipe.preprocess(LONG, max_length=40)["encoded"]["senti"]["input_ids"]) == 40, "asked for: as asked"
+    old = pipeline("multitask-text", model=str(_saved(tmp_path / "old", tokenizer, None)))
+    assert len(old.preprocess(LONG)["encoded"]["senti"]["input_ids"]) == len(tokenizer(LONG)["input_ids"]) == 98, "none recorded: 512"
+
+
+def test_predict_command_answers_as_the_pipeline_at_the_trained_length(tokenizer, tmp_path):
+    from hf_multitask.cli import main
+
+    folder = _saved(tmp_path, tokenizer, 12)
+    (tmp_path / "in.tsv").write_text(f"id\ttext\nx\t{LONG}\n")
+    main(["predict", "--model", str(folder), "--input", str(tmp_path / "in.tsv"), "--output", str(tmp_path / "out.jsonl"), "--quiet"])
+    import json
+
+    answer = json.loads((tmp_path / "out.jsonl").read_text())["answers"]["score"]["value"]
+    pipe = pipeline("multitask-text", model=str(folder))
+    assert answer == pytest.approx(pipe(LONG, max_length=12)["score"]["value"], rel=1e-5)
+    assert answer != pytest.approx(pipe(LONG, max_length=512)["score"]["value"], rel=1e-5)
