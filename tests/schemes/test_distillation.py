@@ -48,8 +48,11 @@ def test_classification_at_gold_weight_one_is_the_plain_loss_and_at_zero_ignores
     """At lambda = 1 the loss is the plain cross-entropy to the gold class, computed here by hand, and
     the mixed target approaches it continuously (lambda just below 1 takes the soft-target path, not
     the lambda >= 1 shortcut); at lambda = 0 the gold labels play no part."""
-    logits, teacher = torch.randn(4, 5, generator=torch.Generator().manual_seed(0)), torch.randn(4, 5)
+    logits = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 2, 3])
+    # a teacher sure of another class than the gold one: at lambda < 1 the target must move (no draw of the global
+    # generator, whose state depends on the tests that ran before)
+    teacher = 10.0 * torch.nn.functional.one_hot((labels + 1) % 5, 5).float()
     ct = SPEC.task_type
     by_hand = -np.mean([_log_softmax(logits[i].numpy())[int(labels[i])] for i in range(4)])
     at_one = ct.distillation_loss(SPEC, logits, labels, teacher, 1.0)
