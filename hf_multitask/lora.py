@@ -120,6 +120,14 @@ def refuse_merged(layers: list[nn.Module], settings: dict[str, Any] | None, doin
                          "apply it again; unmerge it (layer.unmerge()), or call model.merge_lora(), which removes the adapter once merged")  # fmt: skip
 
 
+def refuse_rerouted(layers: list[nn.Module]) -> None:
+    """Raise if peft's own ``set_adapter`` replaced a per-task layer's routing: every task would then
+    run that one adapter, silently."""
+    if any(not isinstance(getattr(layer, "_active_adapter", None), TaskAdapters) for layer in layers):
+        raise ValueError("a per-task LoRA layer's adapter was switched through peft (set_adapter): every task would run that one "
+                         "adapter; the task of each call chooses it here, so do not call set_adapter on this model")  # fmt: skip
+
+
 def merge_shared_lora(encoder: nn.Module, layers: list[nn.Module], settings: dict[str, Any]) -> None:
     """Fold a shared LoRA adapter into the encoder's weights and put the plain layers back."""
     if settings.get("per_task"):

@@ -467,9 +467,10 @@ class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
         """
         spec = self.get_task(task)
         if self._lora_layers and self.config.lora["per_task"]:
-            from .lora import refuse_merged
+            from .lora import refuse_merged, refuse_rerouted
 
             refuse_merged(self._lora_layers, self.config.lora, f"run task {task!r}")
+            refuse_rerouted(self._lora_layers)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
                   "input_ids_b": input_ids_b, "attention_mask_b": attention_mask_b, "token_type_ids_b": token_type_ids_b,
                   "choice_mask": choice_mask}  # fmt: skip

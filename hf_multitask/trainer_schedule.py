@@ -58,6 +58,8 @@ class _ScheduleMixin(Trainer):
             sampler = build(max(1, math.ceil(self.args.num_train_epochs)))
             if self.args.max_steps > 0:
                 sampler = build(sampler.epochs_for_updates(self.args.max_steps))
+                if hasattr(sampler.schedule, "total_draws"):  # annealing over the steps ends where the run ends
+                    sampler.schedule.total_draws = self.args.max_steps * self.args.gradient_accumulation_steps
         self._train_sampler = sampler
         # annealing in a one-epoch run, say: said, never silent
         self.schedule_note = sampler.schedule.static_note(sampler.num_epochs)

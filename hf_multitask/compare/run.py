@@ -114,12 +114,13 @@ def _recipe_cmd(grid: Grid, args: list[str], tasks: list[str], seed: int, split:
 
 
 def _identity(grid: Grid, args: list[str], tasks: list[str], primary: list[str] | None = None,
-              teachers_from: str | None = None) -> dict[str, Any]:  # fmt: skip
+              teachers_from: str | None = None, teacher_args: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """What makes a finished cell's result valid for the grid as it is now: the run's flags (and
-    its primary tasks and teacher arm, recorded only when it has them, so older cells keep their
-    identity)."""
+    its primary tasks, teacher arm and that arm's flags, recorded only when it has them, so older
+    cells keep their identity)."""
     found = {"args": args, "tasks": tasks, "protocol": grid.protocol, "train_limits": _limits(grid, tasks)}
-    return {**found, **({"primary": primary} if primary else {}), **({"teachers_from": teachers_from} if teachers_from else {})}
+    return {**found, **({"primary": primary} if primary else {}), **({"teachers_from": teachers_from} if teachers_from else {}),
+            **({"teacher_args": teacher_args} if teachers_from and teacher_args is not None else {})}  # fmt: skip
 
 
 def _finished(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -195,7 +196,9 @@ def _execute(grid: Grid, args: list[str], arm: Arm, seed: int, split: int, folde
     with this cell's very flags ([`same_run()`][hf_multitask.compare.run.same_run]) and its gathered test files, which this cell
     takes instead of training. ``teacher_args``: a ``teachers_from`` arm's flags, when it is tuned."""
     tasks = list(arm.tasks or grid.tasks)
-    identity = _identity(grid, args, tasks, arm.primary, arm.teachers_from)
+    if arm.teachers_from and teacher_args is None:
+        teacher_args = list(grid.arm(arm.teachers_from).args)
+    identity = _identity(grid, args, tasks, arm.primary, arm.teachers_from, teacher_args)
     done = _finished(folder / RESULT, identity)
     if done is not None:
         return done
@@ -275,16 +278,22 @@ def teacher_plan(
     cache = folder / "teacher_outputs"
     todo, teachers = [], {}
     needed = [t for t in tasks if not (cache / f"{t}.npz").is_file()]
+
+    def trained(sub: Path, run_tasks: list[str]) -> bool:
+        # a teacher run that finished by the teacher arm's flags as they are now (one run with other flags, the grid
+        # edited since, is refused by name rather than distilled from)
+        return (sub / "run" / "best").is_dir() and _finished(sub / RESULT, _identity(grid, source_args, run_tasks)) is not None
+
     if source.single_task:
         for task in tasks:
             sub = folder / "teachers" / task
-            if task in needed and not (sub / "run" / "best").is_dir():
+            if task in needed and not trained(sub, [task]):
                 todo.append((task, sub, [*_recipe_cmd(grid, source_args, [task], seed, split, sub / "run"), "--test_predictions", "false"]))
             teachers[task] = os.path.relpath(sub / "run" / "best")
     else:
         sub = folder / "teachers" / source.name
-        if needed and not (sub / "run" / "best").is_dir():
-            source_tasks = list(source.tasks or grid.tasks)
+        source_tasks = list(source.tasks or grid.tasks)
+        if needed and not trained(sub, source_tasks):
             todo.append((source.name, sub, [*_recipe_cmd(grid, source_args, source_tasks, seed, split, sub / "run"),
                                              "--test_predictions", "false"]))  # fmt: skip
         teachers = {task: os.path.relpath(sub / "run" / teacher_model(source_args, task)) for task in tasks}

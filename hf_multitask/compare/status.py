@@ -43,7 +43,10 @@ def _runs(grid: Grid, args: list[str] | None, arm: Arm, seed: int, split: int, f
                            "copied": False, "edited": False}  # fmt: skip
     try:
         # flags not known until the tuning is done: a result is taken as done, its flags checked once they are known
-        row["done"] = _finished(folder / RESULT, {} if args is None else _identity(grid, args, tasks, arm.primary, arm.teachers_from))
+        identity = {} if args is None else _identity(grid, args, tasks, arm.primary, arm.teachers_from,
+                                                     teacher_args if teacher_args is not None or not arm.teachers_from
+                                                     else list(grid.arm(arm.teachers_from).args))  # fmt: skip
+        row["done"] = _finished(folder / RESULT, identity)
         if row["done"] is not None:
             return row
         if args is None:

@@ -215,6 +215,9 @@ class Sampled(Schedule):
         self.kind, self.temperature, self.anneal = kind, float(temperature), anneal
         self.steps_per_epoch, self.samples_per_task = steps_per_epoch, samples_per_task
         self.name = kind
+        # anneal="steps": the draws the run makes when --max_steps stops it inside its last planned epoch (the trainer
+        # sets it), so alpha still reaches 0.2 at the last step; None: every planned epoch runs whole
+        self.total_draws: int | None = None
 
     def static_note(self, num_epochs):
         if self.kind == "annealed" and self.anneal == "epochs" and num_epochs <= 1:
@@ -235,6 +238,8 @@ class Sampled(Schedule):
         n = self.steps(sizes, batch_sizes, world_size)
         if self.anneal == "steps":  # alpha from 1 to 0.2 over all the run's steps: one row of weights per step
             total = n * max(1, num_epochs)
+            if self.total_draws is not None:  # --max_steps ends the run inside its last planned epoch
+                total = min(total, self.total_draws)
             alphas = [1.0 - 0.8 * min(1.0, (epoch * n + i) / (total - 1)) if total > 1 else 1.0 for i in range(n)]
             weights = torch.tensor([[float(sizes[t]) ** a for t in tasks] for a in alphas], dtype=torch.float64)
             draws = torch.multinomial(weights, 1, generator=generator).view(-1).tolist()

@@ -277,7 +277,10 @@ class SpecialisationPhase(Phase):
         args, special, model_args = ctx.args, ctx.arguments.specialise, ctx.arguments.model
         tasks = special.specialise_tasks or list(ctx.train)
         keep = special.keep_mode()  # its tasks were checked before training (recipe.data.check_task_names)
-        special_args = phase_args(args, self.name, special.specialise_steps, special.specialise_learning_rate, **SINGLE_TASK)
+        # the PAL and LoRA forms train task-owned parameters only: --head_learning_rate (the rate of task-owned parameters)
+        # and --layer_lr_decay would replace --specialise_learning_rate, so they do not reach the phase
+        adapters = {"head_learning_rate": None, "layer_lr_decay": 1.0} if special.specialise_form != "encoder" else {}
+        special_args = phase_args(args, self.name, special.specialise_steps, special.specialise_learning_rate, **SINGLE_TASK, **adapters)
         start = time.perf_counter()
         multitask = ctx.trainer.model
         result = specialise_experts(multitask, ctx.train, special_args, form=special.specialise_form, tasks=tasks,

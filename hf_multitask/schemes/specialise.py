@@ -176,11 +176,15 @@ def specialise_experts(
         raise ValueError("specialisation form 'lora' adds per-task LoRA adapters, but the model has LoRA adapters already")
     if form != "encoder":
         result.modules = copy.deepcopy(model)
-        if form == "pal":
-            result.modules.add_pal(names, rank=rank, heads=pal_heads, shared_projections=pal_shared_projections, init="zero")
-        else:
-            result.modules.add_lora(r=rank or 8, alpha=lora_alpha or 2 * (rank or 8), target_modules=tuple(lora_targets), per_task=True,
-                                    tasks=names)  # fmt: skip
+        # the new modules' random part (PAL V_E and attention, LoRA A) is drawn from the run's seed, not from whatever the
+        # process did before: a run resumed from a checkpoint must build the same experts as one that never stopped
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            if form == "pal":
+                result.modules.add_pal(names, rank=rank, heads=pal_heads, shared_projections=pal_shared_projections, init="zero")
+            else:
+                result.modules.add_lora(r=rank or 8, alpha=lora_alpha or 2 * (rank or 8), target_modules=tuple(lora_targets),
+                                        per_task=True, tasks=names)  # fmt: skip
     for task in names:
         # the encoder form: a copy trains what the model trains (requires_grad comes along: a LoRA, PAL or heads-only run
         # stays one); the PAL and LoRA forms: the task's own module and head (and adjustment) only

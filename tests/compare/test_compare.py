@@ -517,3 +517,24 @@ def test_a_specialised_teacher_arm_teaches_with_its_experts_trained_by_its_exact
     for key in ("eval_overall", "experts_eval_overall", "multitask_eval_overall"):
         assert teacher["metrics"][key] == reference["metrics"][key], f"the teacher run reproduces the specialised cell ({key})"
     assert bam["metrics"]["teacher_seconds"] > 0 and teacher["args"] == special
+
+
+def test_a_teacher_run_trained_by_other_flags_is_refused_not_distilled_from(tiny_backbone, tiny_data, tmp_path):
+    # review: a teachers_from cell reused any teacher run with a best/ folder, whatever flags trained it
+    from hf_multitask.compare.run import cell_folder, teacher_plan
+
+    grid = _grid(tiny_backbone, tiny_data, arms={"separate": {"single_task": True, "args": ["--aggregator", "sum"]},
+                                                 "specialised": {"args": ["--aggregator", "sum", "--specialise_steps", "2"]},
+                                                 "bam_specialised": {"args": ["--aggregator", "sum"], "teachers_from": "specialised"}},
+                 baseline=None, tuning_split=None)  # fmt: skip
+    arm = grid.arm("bam_specialised")
+    folder = cell_folder(tmp_path, arm, 0, 1)
+    sub = folder / "teachers" / "specialised"
+    (sub / "run" / "best").mkdir(parents=True)
+    (sub / "result.json").write_text(json.dumps({"args": ["--aggregator", "sum", "--specialise_steps", "3"], "tasks": ["sst", "sts"]}))
+    with pytest.raises(GridError, match="specialise_steps"):
+        teacher_plan(grid, arm, ["sst", "sts"], 0, 1, folder)
+    (sub / "result.json").write_text(json.dumps({"args": ["--aggregator", "sum", "--specialise_steps", "2"], "tasks": ["sst", "sts"]}))
+    assert teacher_plan(grid, arm, ["sst", "sts"], 0, 1, folder)[0] == [], "the same flags: the teacher is reused"
+    (sub / "result.json").unlink()
+    assert [name for name, _, _ in teacher_plan(grid, arm, ["sst", "sts"], 0, 1, folder)[0]] == ["specialised"], "no result: trained"

@@ -69,3 +69,30 @@ def test_no_config_claims_an_annealing_it_does_not_do():
             epochs = float(settings.get("num_train_epochs", 1.0))
             by_steps = (settings.get("schedule_kwargs") or {}).get("anneal") == "steps"
             assert settings.get("schedule") == "annealed" and (epochs > 1 or by_steps), path.name
+
+
+def test_anneal_over_steps_ends_where_max_steps_ends_the_run(tokenizer, tmp_path, monkeypatch):
+    # review: with --max_steps inside the last planned epoch, alpha stopped short of 0.2 (0.48 at the last step)
+    import math
+
+    import torch
+
+    model = deterministic_model()
+    data = toy_encoded(tokenizer, model, n=64)
+    args = train_args(tmp_path, max_steps=20, per_device_train_batch_size=8, schedule="annealed", schedule_kwargs={"anneal": "steps"})
+    trainer = hm.MultitaskTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer.get_train_dataloader()
+    sampler = trainer._train_sampler
+    steps_per_epoch = len(sampler.plan(0))
+    assert sampler.num_epochs * steps_per_epoch > 20, "the run stops inside its last planned epoch"
+    rows = []
+    real = torch.multinomial
+
+    def spy(weights, *a, **k):
+        rows.append(weights.clone())
+        return real(weights, *a, **k)
+
+    monkeypatch.setattr(torch, "multinomial", spy)
+    sampler.plan(20 // steps_per_epoch)
+    last = rows[-1][(20 - 1) % steps_per_epoch]  # the weights of the run's 20th (last) draw: 64 ** alpha for each task
+    assert math.log(float(last[0])) / math.log(64) == pytest.approx(0.2, abs=1e-9)

@@ -182,3 +182,18 @@ def test_per_task_lora_cannot_be_merged(tokenizer):
         model(task="quora", **batch)
     with pytest.raises(ValueError, match="no task switch"):
         model.save_pretrained("unused")
+
+
+def test_a_per_task_adapter_switched_through_peft_is_refused(tokenizer):
+    # review: peft's layer.set_adapter replaced the per-call routing, so every task ran that one adapter
+    from conftest import toy_encoded
+
+    import hf_multitask as hm
+
+    model = deterministic_model()
+    model.add_lora(r=4, per_task=True)
+    for layer in model._lora_layers:
+        layer.set_adapter("sst")
+    batch = hm.MultitaskCollator(tokenizer.pad_token_id)([toy_encoded(tokenizer, model, n=4)["quora"][i] for i in range(4)])
+    with pytest.raises(ValueError, match="set_adapter"):
+        model(task="quora", **batch)

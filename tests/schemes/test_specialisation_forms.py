@@ -3,6 +3,8 @@ the kept experts into the served model (issue 49)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import assert_same_outputs, deterministic_model, toy_encoded, train_args
@@ -141,3 +143,32 @@ def test_better_experts_decides_a_metric_group_together():
     assert better_experts(model, ["a", "b", "c"], expert, shared) == ["a"]
     assert better_experts(model, ["a", "c"], expert, shared) == ["a"], "a group is kept only when every member has an expert"
     assert isinstance(Specialisation(form="encoder", multitask=model, tasks=[]), Specialisation)
+
+
+@pytest.mark.parametrize("form", ["pal", "lora"])
+def test_the_new_modules_do_not_depend_on_what_the_process_drew_before(form, tokenizer, tmp_path):
+    # review: a run resumed from a checkpoint reaches the specialisation with another global random state than one
+    # that never stopped; the experts' random initialisation must come from the run's seed alone
+    model, data, args = _setup(tokenizer, tmp_path)
+    built = []
+    for draw in (1, 7):
+        torch.manual_seed(draw)
+        torch.rand(draw)
+        result = specialise_experts(model, data, replace(args, max_steps=1), form=form, tasks=["sst"], rank=8, pal_heads=2)
+        built.append(result.modules.state_dict())
+    assert built[0].keys() == built[1].keys()
+    for name in built[0]:
+        assert torch.equal(built[0][name], built[1][name]), name
+
+
+def test_adapter_forms_train_at_the_specialisation_rate_not_the_head_rate(tiny_backbone, tiny_data, tmp_path):
+    # review: --head_learning_rate (the rate of task-owned parameters) replaced --specialise_learning_rate in the PAL form
+    from conftest import recipe_flags
+
+    from hf_multitask.recipe import run
+
+    out = tmp_path / "out"
+    run([*recipe_flags(tiny_backbone, tiny_data, out), "--specialise_steps", "2", "--specialise_form", "pal", "--specialise_rank", "8",
+         "--pal_heads", "2", "--specialise_learning_rate", "0", "--head_learning_rate", "0.5"])  # fmt: skip
+    served = AutoModel.from_pretrained(out / "best")
+    assert all(not p.abs().sum() for n, p in served.named_parameters() if ".up." in n), "PALs at rate 0 stay at their zero V_D"
