@@ -41,6 +41,15 @@ TEMPERATURE = ["--schedule", "temperature", "--schedule_kwargs", '{"temperature"
 # the published batch ratio of sample-weighted PCGrad, SST:QQP:STS = 0:3:1 (SST sits out), for as many steps as ROUND_ROBIN
 RATIO_031 = ["--schedule_kwargs", '{"steps_per_epoch": 220, "ratios": "0:3:1"}']
 
+# issue 49: two-step specialisation after the tuned summed loss's multitask pass (150 single-task steps of 32 per task, about
+# two thirds of a pass over each task), every expert kept (nothing chosen, nothing leans): the whole encoder per task, or
+# only each task's own zero-initialised PALs (rank 96) or LoRA adapter (r 8 on every linear layer) and head, one backbone
+SPECIALISE = ["--specialise_steps", "150", "--specialise_learning_rate", "5e-5", "--specialise_keep", "all"]
+ONE_BACKBONE = ["--specialise_steps", "150", "--specialise_learning_rate", "5e-4", "--specialise_keep", "all"]
+SPECIALISE_PAL = [*ONE_BACKBONE, "--specialise_form", "pal", "--specialise_rank", "96", "--pal_heads", "12"]
+SPECIALISE_LORA = [*ONE_BACKBONE, "--specialise_form", "lora", "--specialise_rank", "8", "--lora_alpha", "16",
+                   "--lora_targets", "query", "key", "value", "dense"]  # fmt: skip
+
 # The tuning candidates (one run each on the tuning split, the best kept) shared by the tuned arms
 TUNING = {
     "round_robin": ROUND_ROBIN,
@@ -52,6 +61,13 @@ TUNING = {
     "annealed_lpft_mean_pooling": [*ANNEALED, *LP_FT, *MEAN_POOLING],
     "annealed_lpft_sts_cosine": [*ANNEALED, *LP_FT, *STS_COSINE],
     "annealed_lpft_llrd": [*ANNEALED, *LP_FT, *LLRD],
+}
+
+# issue 49: PALs for every task from the first step, trained jointly: the rank and the schedule chosen on the tuning split
+PAL_CANDIDATES = {
+    "annealed_lpft_warmup_r96": [*ANNEALED, *LP_FT, *WARMUP, "--pal_rank", "96"],
+    "annealed_lpft_warmup_r48": [*ANNEALED, *LP_FT, *WARMUP, "--pal_rank", "48"],
+    "round_robin_warmup_r96": [*ROUND_ROBIN, *WARMUP, "--pal_rank", "96"],
 }
 
 GRID = {
@@ -79,6 +95,10 @@ GRID = {
         ["primary_sts", "separate"],
         ["bam", "separate"],
         ["bam", "sum_tuned"],
+        # issue 49: the full-capacity reference and the one-backbone arms, against the three models and the tuned summed loss
+        *([arm, "separate"] for arm in ("specialised", "pal", "specialised_pal", "specialised_lora", "bam_specialised")),
+        *([arm, "sum_tuned"] for arm in ("specialised", "pal", "specialised_pal", "specialised_lora", "bam_specialised")),
+        ["bam_specialised", "bam"],
     ],  # fmt: skip
     "arms": {
         # three single-task models, each one pass over its data (10 % warm-up, as the stock-Trainer baseline had)
@@ -109,6 +129,13 @@ GRID = {
         # issue 42, BAM!: the tuned summed loss's recipe, each task distilled from the same seed's `separate` model with
         # teacher annealing (the cell retrains the three teachers and commits their outputs)
         "bam": {"args": ["--aggregator", "sum"], "choice_of": "sum_tuned", "teachers_from": "separate"},
+        # issue 49: multitask-then-specialise (the full-capacity reference), PALs jointly, the one-backbone specialisations, and
+        # BAM! from the specialised experts (the teacher run is the `specialised` arm's exact command), all on the tuned pass
+        "specialised": {"args": ["--aggregator", "sum", *SPECIALISE], "choice_of": "sum_tuned"},
+        "pal": {"args": ["--aggregator", "sum", "--pal_tasks", "all", "--pal_heads", "12"], "candidates": PAL_CANDIDATES},
+        "specialised_pal": {"args": ["--aggregator", "sum", *SPECIALISE_PAL], "choice_of": "sum_tuned"},
+        "specialised_lora": {"args": ["--aggregator", "sum", *SPECIALISE_LORA], "choice_of": "sum_tuned"},
+        "bam_specialised": {"args": ["--aggregator", "sum"], "choice_of": "sum_tuned", "teachers_from": "specialised"},
     },
     "protocol": PROTOCOL,
 }
