@@ -246,8 +246,8 @@ def write_test_predictions(
     for name in names:
         spec = model.get_task(name)
         inputs, files = test_inputs(spec, data_dir)
-        config = model.expert(name).config if hasattr(model, "expert") else model.config  # a routed two-step model: its expert's
-        encoded = encode_task(inputs, spec, tokenizer, pair_encoding=config.task_pair_encoding(spec), max_length=max_length)
+        # every kind of model answers it per task: a routed one (PyTorch or ONNX) as the task's expert encodes pairs
+        encoded = encode_task(inputs, spec, tokenizer, pair_encoding=model.config.task_pair_encoding(spec), max_length=max_length)
         labels = predict(model, encoded, name, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, progress=progress,
                          dtype=dtype).predictions  # fmt: skip
         start = 0

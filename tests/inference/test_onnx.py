@@ -88,9 +88,9 @@ def _batches(model, spec, tokenizer, n: int, batch_size: int, seed: int = 0):
     """Collated batches of ``_rows`` encoded as the data path encodes them (the task type's
     ``encode_batch``, which ``encode_task`` maps over a dataset)."""
     rows = _rows(spec, n, seed)
-    config = getattr(model.config, "expert_config", model.config)  # a routed model's experts share one config
+    # a routed model's config answers each task's pair encoding as the task's expert encodes pairs
     enc = spec.task_type.encode_batch(spec, {c: [r[c] for r in rows] for c in spec.text_columns}, tokenizer,
-                                      config.task_pair_encoding(spec), None)  # fmt: skip
+                                      model.config.task_pair_encoding(spec), None)  # fmt: skip
     features = [{k: v[i] for k, v in enc.items()} for i in range(n)]
     collate = hm.MultitaskCollator(tokenizer.pad_token_id)
     return [collate(features[s : s + batch_size]) for s in range(0, n, batch_size)]

@@ -1,0 +1,78 @@
+"""What an ONNX export serves beyond plain parity: a routed export encodes each task's pairs as the
+task's expert does, graphs are planned per adapter task and never collide with a task's name,
+``fp32_heads`` keeps the heads fp32 (and without it they are quantised, as the docs say), and
+what one backend refuses the other refuses the same way."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="the ONNX backend needs the 'onnx' extra (pip install 'hf-multitask[onnx]'); CI installs it")
+pytest.importorskip("onnx", reason="the ONNX export needs the 'onnx' extra (pip install 'hf-multitask[onnx]'); CI installs it")
+
+from test_cli import _cli_in_process  # noqa: E402
+from test_onnx import ATOL, _model  # noqa: E402
+from tweeteval_fixtures import tweet, write_tweeteval  # noqa: E402
+
+import hf_multitask as hm  # noqa: E402
+from hf_multitask import tweeteval as te  # noqa: E402
+from hf_multitask.onnx_backend import OnnxMultitaskModel  # noqa: E402
+from hf_multitask.onnx_export import export_onnx  # noqa: E402
+
+
+def _centre_head(model: hm.MultitaskModel, task: str, run) -> None:
+    """Scale ``task``'s last head layer and centre its logits on what ``run()`` feeds it: its labels
+    then follow small changes of the pooled vectors (a random head gives every input one label,
+    which a wrong encoding would 'agree' with)."""
+    layer = model.heads[task].net[-1]
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda module, args, out: seen.append(args[0].detach()))
+    run()
+    handle.remove()
+    with torch.no_grad():
+        layer.weight.mul_(30.0)
+        layer.bias.copy_(-(torch.cat(seen) @ layer.weight.T).mean(0))
+
+
+@pytest.fixture(scope="module")
+def tweeteval_dir(tmp_path_factory):
+    return write_tweeteval(tmp_path_factory.mktemp("tweeteval"))
+
+
+@pytest.mark.parametrize("shared_encoding, own_encoding", [("bi", "cross"), ("cross", "bi")])
+def test_a_routed_export_encodes_each_tasks_pairs_as_its_expert_does(shared_encoding, own_encoding, tokenizer, tweeteval_dir, tmp_path,
+                                                                   capsys):  # fmt: skip
+    """The shared expert encodes pairs one way, the specialised stance expert the other: the
+    export answers stance from the stance expert's encoding through the pipeline and
+    ``tweeteval-test --backend onnx``, as PyTorch does (the shared expert's encoding made the
+    ONNX answer ignore the tweet, or asked the graph for inputs it does not have)."""
+    data = tweeteval_dir
+    tasks = [te.tweeteval_task(t, data) for t in ("irony", "stance")]
+    shared = _model(tasks=tasks, seed=1, pair_encoding=shared_encoding)
+    own = _model(tasks=tasks, seed=2, pair_encoding=own_encoding)
+    spec = own.get_task("stance")
+    _centre_head(own, "stance", lambda: own.pipeline(tokenizer)([(r["target"], r["text"]) for r in te.test_inputs(spec, data)[0]]))
+    routed = hm.RoutedMultitaskModel.from_models({"stance": own}, multitask=shared).eval()
+    routed.save_pretrained(tmp_path / "torch")
+    tokenizer.save_pretrained(tmp_path / "torch")
+    export_onnx(routed, tokenizer, tmp_path / "onnx", progress=False)
+    served = OnnxMultitaskModel.from_pretrained(tmp_path / "onnx")
+    assert served.config.task_pair_encoding(served.get_task("stance")) == own_encoding
+    inputs = [("Atheism", tweet(i)) for i in range(4)] + [("Atheism", "x"), tweet(5)]
+    want, got = routed.pipeline(tokenizer)(inputs), served.pipeline()(inputs)
+    scores = {round(a["stance"]["score"], 4) for a in want if "stance" in a}
+    assert len(scores) > 1, "the stance answer depends on the tweet, not only on the target"
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        for task in w:
+            assert g[task]["label"] == w[task]["label"] and g[task]["score"] == pytest.approx(w[task]["score"], abs=ATOL), task
+    for backend in ("torch", "onnx"):
+        status, err = _cli_in_process(capsys, "tweeteval-test", "--model", tmp_path / backend, "--data-dir", data, "--output-dir",
+                                      tmp_path / f"test_{backend}", "--tasks", "irony", "stance", "--backend", backend, "--quiet")  # fmt: skip
+        assert status == 0, err
+    files = sorted(p.relative_to(tmp_path / "test_torch") for p in (tmp_path / "test_torch").rglob("*.txt"))
+    assert len(files) == 6  # irony and the five stance targets
+    assert len({line for p in files if p.parts[0] == "stance" for line in (tmp_path / "test_torch" / p).read_text().split()}) > 1
+    for path in files:
+        assert (tmp_path / "test_onnx" / path).read_text() == (tmp_path / "test_torch" / path).read_text(), path
