@@ -5,6 +5,9 @@ what one backend refuses the other refuses the same way."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +16,7 @@ pytest.importorskip("onnx", reason="the ONNX export needs the 'onnx' extra (pip 
 
 from test_cli import _cli_in_process  # noqa: E402
 from test_onnx import ATOL, _model  # noqa: E402
+from test_pipeline import MC, POS, SCORE, SENTI  # noqa: E402
 from tweeteval_fixtures import tweet, write_tweeteval  # noqa: E402
 
 import hf_multitask as hm  # noqa: E402
@@ -76,3 +80,40 @@ def test_a_routed_export_encodes_each_tasks_pairs_as_its_expert_does(shared_enco
     assert len({line for p in files if p.parts[0] == "stance" for line in (tmp_path / "test_torch" / p).read_text().split()}) > 1
     for path in files:
         assert (tmp_path / "test_onnx" / path).read_text() == (tmp_path / "test_torch" / path).read_text(), path
+
+
+def _fp32_arrays(path) -> list[np.ndarray]:
+    """The float initializers of an ONNX file (what it computes with in fp32)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    return [numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+
+
+def _kept(weight: torch.Tensor, arrays: list[np.ndarray]) -> bool:
+    """Whether ``arrays`` hold ``weight`` as it is, or transposed (as the tracer folds it for a MatMul)."""
+    w = weight.detach().numpy()
+    return any(a.shape == v.shape and np.array_equal(a, v) for a in arrays for v in (w, w.T))
+
+
+@pytest.mark.parametrize("fp32_heads", [False, True])
+def test_fp32_heads_keeps_every_heads_weights_fp32_and_nothing_else(fp32_heads, tokenizer, tmp_path):
+    """With ``fp32_heads`` every head's (and adjustment's) weights stay fp32 in every int8 graph,
+    sentence heads included (the quantiser renames their Gemm, which the exclusion missed), and
+    a task called ``encoder`` leaves the encoder quantised; without it, the heads are int8 too,
+    as the inference guide says."""
+    enc = hm.TaskSpec("encoder", "classification", num_labels=2, text_columns=("text",))
+    near = hm.TaskSpec("near", "regression", num_labels=1, text_columns=("a", "b"), pair_encoding="bi")
+    model = _model(tasks=[SENTI, SCORE, POS, enc, near, MC], head_type="mlp", head_hidden_sizes=[8], adjustment_tasks=["senti"])
+    export_onnx(model, tokenizer, tmp_path / "x", quantize="int8", fp32_heads=fp32_heads, progress=False)
+    manifest = json.loads((tmp_path / "x" / "onnx_manifest.json").read_text())
+    assert manifest["variants"]["int8"]["quantization"]["fp32_heads"] is fp32_heads
+    encoder = [w for layer in model.encoder.encoder.layer for w in (layer.intermediate.dense.weight, layer.output.dense.weight)]
+    for graph in manifest["graphs"]:
+        arrays = _fp32_arrays(tmp_path / "x" / graph["files"]["int8"])
+        for task in graph["outputs"]:
+            modules = [model.heads[task], *([model.adjustments[task]] if task in model.adjustments else [])]
+            weights = [p for m in modules for p in m.parameters() if p.dim() == 2]
+            assert len(weights) >= 2 and [_kept(w, arrays) for w in weights] == [fp32_heads] * len(weights), (graph["name"], task)
+        assert not any(_kept(w, arrays) for w in encoder), f"graph {graph['name']}: the encoder's matrix products are int8"
