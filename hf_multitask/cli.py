@@ -6,8 +6,8 @@
     hf-multitask export MODEL_DIR OUT_DIR [--quantize int8]      (ONNX; then --backend onnx --model OUT_DIR)
 
 The input is a TSV/CSV file with a header holding ``text`` (and ``text_b`` for sentence pairs;
-a row whose ``text_b`` is empty is a single text, and the command notes how many there are in a
-file that mixes both; an ``id`` column is kept), or a JSON-lines file whose lines are ``{"id": ..., "text": ...,
+a row whose ``text_b`` is empty or only spaces is a single text, and the command notes how many
+there are in a file that mixes both; an ``id`` column is kept), or a JSON-lines file whose lines are ``{"id": ..., "text": ...,
 "text_b": ...}`` or ``{"id": ..., "inputs": <any pipeline input>}`` (e.g. ``{"mc": {"context":
 ..., "choices": [...]}}``), or a ``.txt`` file: one text per line, as it is (no header, no
 quoting; an empty line is an empty text, so the n-th answer is line n's, with id n). Every
@@ -42,7 +42,7 @@ def _row_input(path: Path, line: int, row: dict[str, Any]) -> Any:
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"{path}: line {line}: no text (the 'text' field is empty or missing)")
     second = row.get("text_b")
-    if second is None or second == "":
+    if second is None or (isinstance(second, str) and not second.strip()):  # empty, or only spaces: a single text
         return text
     if not isinstance(second, str):
         raise InputError(f"{path}: line {line}: 'text_b' must be text, got {second!r}")

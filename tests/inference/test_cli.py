@@ -178,3 +178,13 @@ def test_a_row_without_text_b_is_a_single_text_and_the_command_says_so(folder, t
     assert set(answers[0]) == {"para"} and set(answers[1]) == {"senti", "score", "pos"}
     status, err = _cli_in_process(capsys, "predict", "--model", folder, "--input", tsv, "--output", tmp_path / "p.jsonl", "--tasks", "para")
     assert status == 2 and "examples p0..p1" in err and "tasks ['para'] cannot answer 'dogs see'" in err
+
+
+@pytest.mark.parametrize("sep, suffix", [("\t", ".tsv"), (",", ".csv")])
+def test_a_text_b_of_spaces_is_an_empty_one(sep, suffix, tmp_path):
+    """A row whose text_b holds only spaces is a single text, as one whose text_b is empty (it
+    was a pair with a blank second text)."""
+    path = tmp_path / f"in{suffix}"
+    path.write_text(sep.join(["id", "text", "text_b"]) + "\n" + "".join(sep.join(r) + "\n" for r in
+                    [["p0", "the cat", "a cat"], ["s0", "the cat", "   "], ["s1", "the cat", ""], ["s2", "dogs see", " "]]))  # fmt: skip
+    assert list(read_inputs(path)) == [("p0", ("the cat", "a cat")), ("s0", "the cat"), ("s1", "the cat"), ("s2", "dogs see")]
