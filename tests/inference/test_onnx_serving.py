@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime", reason="the ONNX backend needs the 'onnx' ext
 pytest.importorskip("onnx", reason="the ONNX export needs the 'onnx' extra (pip install 'hf-multitask[onnx]'); CI installs it")
 
 from test_cli import _cli_in_process  # noqa: E402
-from test_onnx import ATOL, _model  # noqa: E402
+from test_onnx import ATOL, _error_line, _model  # noqa: E402
 from test_pipeline import MC, POS, SCORE, SENTI  # noqa: E402
 from tweeteval_fixtures import tweet, write_tweeteval  # noqa: E402
 
@@ -117,3 +117,24 @@ def test_fp32_heads_keeps_every_heads_weights_fp32_and_nothing_else(fp32_heads, 
             weights = [p for m in modules for p in m.parameters() if p.dim() == 2]
             assert len(weights) >= 2 and [_kept(w, arrays) for w in weights] == [fp32_heads] * len(weights), (graph["name"], task)
         assert not any(_kept(w, arrays) for w in encoder), f"graph {graph['name']}: the encoder's matrix products are int8"
+
+
+def test_more_choices_than_the_task_takes_are_refused_by_both_backends(tokenizer, tmp_path, capsys):
+    """Four choices for a task of at most three: PyTorch answered a choice past the task's
+    columns and ONNX Runtime raised its own error (a traceback from predict). Both refuse it,
+    naming the task; predict says so in one line naming the example."""
+    model = _model(tasks=[SENTI, MC])
+    model.save_pretrained(tmp_path / "torch")
+    tokenizer.save_pretrained(tmp_path / "torch")
+    export_onnx(model, tokenizer, tmp_path / "onnx", progress=False)
+    four = {"mc": {"context": "the cat", "choices": ["runs", "eats", "sees", "sleeps"]}}
+    three = {"mc": {"context": "the cat", "choices": ["runs", "eats", "sees"]}}
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "inputs": x}) + "\n" for i, x in (("ok", three), ("q", four))))
+    for backend, pipe in (("torch", model.pipeline(tokenizer)), ("onnx", OnnxMultitaskModel.from_pretrained(tmp_path / "onnx").pipeline())):
+        with pytest.raises(ValueError, match=r"task 'mc': 4 choices, but it takes at most 3"):
+            pipe(four)
+        assert pipe(three)["mc"]["choice"] in (0, 1, 2)
+        status, err = _cli_in_process(capsys, "predict", "--model", tmp_path / backend, "--input", source, "--output",
+                                      tmp_path / f"{backend}.jsonl", "--backend", backend, "--quiet")  # fmt: skip
+        assert status == 2 and "in.jsonl: example q: task 'mc': 4 choices" in _error_line(err), backend
