@@ -117,15 +117,8 @@ def _layout(batch: dict[str, Any]) -> str:
     return "pair" if "input_ids_b" in batch else "tokens"
 
 
-def _routed_tasks(model: MultitaskModel) -> set[str]:
-    """Tasks whose encoder differs from the shared one (PALs, per-task LoRA): a graph each."""
-    config = model.config
-    per_task_lora = bool(config.lora and config.lora.get("per_task"))
-    return set(config.pal_tasks or []) | (set(model.task_names) if per_task_lora else set())
-
-
 def _plan_model(model: MultitaskModel, tasks: list[str], tokenizer: Any, expert: str | None) -> list[GraphPlan]:
-    routed = _routed_tasks(model)
+    routed = set(model.routed_tasks)  # their encoder differs from the shared one (their own PALs or LoRA adapter): a graph each
     shared: list[str] = []
     own: list[GraphPlan] = []
     for task in tasks:

@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime", reason="the ONNX backend needs the 'onnx' ext
 pytest.importorskip("onnx", reason="the ONNX export needs the 'onnx' extra (pip install 'hf-multitask[onnx]'); CI installs it")
 
 from test_cli import _cli_in_process  # noqa: E402
-from test_onnx import ATOL, _error_line, _model  # noqa: E402
+from test_onnx import ATOL, _assert_parity, _error_line, _model  # noqa: E402
 from test_pipeline import MC, POS, SCORE, SENTI  # noqa: E402
 from tweeteval_fixtures import tweet, write_tweeteval  # noqa: E402
 
@@ -138,3 +138,24 @@ def test_more_choices_than_the_task_takes_are_refused_by_both_backends(tokenizer
         status, err = _cli_in_process(capsys, "predict", "--model", tmp_path / backend, "--input", source, "--output",
                                       tmp_path / f"{backend}.jsonl", "--backend", backend, "--quiet")  # fmt: skip
         assert status == 2 and "in.jsonl: example q: task 'mc': 4 choices" in _error_line(err), backend
+
+
+def test_per_task_lora_on_some_tasks_gives_only_those_tasks_a_graph(tokenizer, tmp_path):
+    """LoRA adapters for two of five tasks: those two get graphs of their own (their encoder
+    differs); the others, which run the encoder alone, share the one graph (each had a graph,
+    and a copy of the encoder, of its own)."""
+    model = _model()
+    model.add_lora(r=4, per_task=True, tasks=["senti", "para"])
+    with torch.no_grad():  # B starts at zero: give the adapters a visible effect
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    model.eval()
+    assert model.routed_tasks == ["senti", "para"]
+    export_onnx(model, tokenizer, tmp_path / "x", progress=False)
+    manifest = json.loads((tmp_path / "x" / "onnx_manifest.json").read_text())
+    graphs = {t: e["graph"] for t, e in manifest["tasks"].items()}
+    assert graphs["senti"] == "senti" and graphs["para"] == "para" and graphs["mc"] == "mc"
+    assert graphs["score"] == graphs["pos"] and graphs["score"] not in model.task_names, "one shared graph for the tasks without adapters"
+    assert len(manifest["graphs"]) == 4
+    _assert_parity(model, OnnxMultitaskModel.from_pretrained(tmp_path / "x"), tokenizer)
