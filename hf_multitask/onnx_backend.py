@@ -206,6 +206,8 @@ class OnnxMultitaskModel:
             file = graph["files"].get(variant)
             if file is None:
                 raise OnnxBackendError(f"{self.folder}: graph {graph['name']!r} has no {variant} file in {MANIFEST_NAME}")
+            if graph["name"] in self._graphs:  # written before graph names were kept apart from task names (a task called 'shared')
+                raise OnnxBackendError(f"{self.folder}: {MANIFEST_NAME} names the graph {graph['name']!r} twice; export the model again")
             self._graphs[graph["name"]] = graph
             self._sessions[graph["name"]] = _session(self.folder / file, threads)
         self._task_graph = {task: entry["graph"] for task, entry in manifest["tasks"].items()}

@@ -14,7 +14,9 @@ of its outputs:
 - a task whose encoder differs (PALs, per-task LoRA) gets a graph of its own, and a routed
   (``specialised``) model gets its experts' graphs, each expert's tasks planned as above.
 
-``onnx_manifest.json`` says which graph and output answer which task; the model's
+Graphs are named after their task, or ``_shared`` for the shared one (no task can have that
+name), and a routed model's after their expert (``<expert>.<graph>`` when an expert has
+several). ``onnx_manifest.json`` says which graph and output answer which task; the model's
 ``config.json`` (its tasks and label names) and its tokenizer go beside the graphs, so the
 folder describes itself. [`OnnxMultitaskModel`][hf_multitask.onnx_backend.OnnxMultitaskModel] serves it.
 
@@ -60,7 +62,7 @@ from .modeling import MultitaskModel
 from .onnx_backend import MANIFEST_FORMAT, MANIFEST_NAME, graph_feeds, require_onnx_extra
 from .routed import RoutedMultitaskModel
 
-__all__ = ["OPSET", "OnnxExportError", "GraphPlan", "plan_graphs", "export_onnx"]
+__all__ = ["OPSET", "SHARED_GRAPH", "OnnxExportError", "GraphPlan", "plan_graphs", "export_onnx"]
 
 OPSET = 17
 PARITY_ATOL = PARITY_RTOL = 1e-4
@@ -69,6 +71,7 @@ LAYOUT_INPUTS = {
     "pair": ["input_ids", "attention_mask", "token_type_ids", "input_ids_b", "attention_mask_b", "token_type_ids_b"],
     "choices": ["input_ids", "attention_mask", "token_type_ids", "choice_mask"],
 }
+SHARED_GRAPH = "_shared"  # the graph of the tasks that share one encoder pass; no task has this name (task names start with a letter)
 _TRACE_TEXTS = ["the cat sat on the mat today", "a dog", "we walked home in the rain and talked"]
 _PROBE_TEXTS = ["good", "my friend sings very well in the big old hall at night", "one two three", "it is fine", "no"]
 
@@ -132,7 +135,7 @@ def _plan_model(model: MultitaskModel, tasks: list[str], tokenizer: Any, expert:
             shared.append(task)
         else:
             own.append(GraphPlan(task, model, [task], layout, expert, spec.num_labels if layout == "choices" else None))
-    plans = ([GraphPlan("shared", model, shared, "tokens", expert)] if shared else []) + own
+    plans = ([GraphPlan(SHARED_GRAPH, model, shared, "tokens", expert)] if shared else []) + own
     if expert is not None:  # a routed model's experts: their graphs are named after them
         for plan in plans:
             plan.name = expert if len(plans) == 1 else f"{expert}.{plan.name}"

@@ -21,7 +21,7 @@ from tweeteval_fixtures import tweet, write_tweeteval  # noqa: E402
 
 import hf_multitask as hm  # noqa: E402
 from hf_multitask import tweeteval as te  # noqa: E402
-from hf_multitask.onnx_backend import OnnxMultitaskModel  # noqa: E402
+from hf_multitask.onnx_backend import OnnxBackendError, OnnxMultitaskModel  # noqa: E402
 from hf_multitask.onnx_export import export_onnx  # noqa: E402
 
 
@@ -159,3 +159,23 @@ def test_per_task_lora_on_some_tasks_gives_only_those_tasks_a_graph(tokenizer, t
     assert graphs["score"] == graphs["pos"] and graphs["score"] not in model.task_names, "one shared graph for the tasks without adapters"
     assert len(manifest["graphs"]) == 4
     _assert_parity(model, OnnxMultitaskModel.from_pretrained(tmp_path / "x"), tokenizer)
+
+
+def test_a_task_called_shared_keeps_its_graph_apart_from_the_shared_one(tokenizer, tmp_path):
+    """The shared graph's name is one no task can have: a task called ``shared`` that needs a
+    graph of its own (a siamese pair) no longer takes the shared graph's place in the manifest
+    (the single-text tasks were then asked for the pair's inputs)."""
+    pair = hm.TaskSpec("shared", "classification", num_labels=2, text_columns=("a", "b"), pair_encoding="bi")
+    model = _model(tasks=[SENTI, SCORE, pair])
+    export_onnx(model, tokenizer, tmp_path / "x", progress=False)
+    manifest = json.loads((tmp_path / "x" / "onnx_manifest.json").read_text())
+    names = [g["name"] for g in manifest["graphs"]]
+    assert len(set(names)) == len(names) == 2 and manifest["tasks"]["shared"]["graph"] == "shared"
+    assert manifest["tasks"]["senti"]["graph"] == manifest["tasks"]["score"]["graph"] != "shared"
+    served = OnnxMultitaskModel.from_pretrained(tmp_path / "x")
+    assert served.graph_of("senti") != served.graph_of("shared")
+    _assert_parity(model, served, tokenizer)
+    manifest["graphs"][1]["name"] = manifest["graphs"][0]["name"]  # what the collision wrote: refused, not served wrongly
+    (tmp_path / "x" / "onnx_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(OnnxBackendError, match="names the graph '_shared' twice; export the model again"):
+        OnnxMultitaskModel.from_pretrained(tmp_path / "x")
