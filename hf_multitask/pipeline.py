@@ -52,7 +52,7 @@ class MultitaskPipeline(Pipeline):
     ``{"choice", "text", "score"}`` (multiple choice). ``tasks=[...]`` restricts the heads;
     ``batch_size`` (default 8), ``max_length`` and ``truncation`` follow pipeline conventions
     (``max_length`` defaults to the length the model was trained with, ``config.train_max_length``,
-    or 512 for a checkpoint that does not record it);
+    or for a checkpoint that does not record it 512, or fewer if the encoder takes fewer);
     ``device=`` places the model; ``autocast_dtype="bfloat16"`` runs it under bf16 autocast (on a CPU
     this pays only with bf16 instructions, see [`hf_multitask.precision`][hf_multitask.precision]). Sentence tasks that read the same single-sentence input with
     the same encoding share one encoder pass ([`MultitaskModel.forward_all()`][hf_multitask.modeling.MultitaskModel.forward_all]).
@@ -103,7 +103,7 @@ class MultitaskPipeline(Pipeline):
     def preprocess(self, item: Any, tasks: Sequence[str] | None = None, max_length: int | None | str = "trained") -> dict[str, Any]:
         model = self.model
         if max_length == "trained":  # not asked for: the length the model was trained with
-            max_length = serving_max_length(model.config, fallback=DEFAULT_MAX_LENGTH)
+            max_length = serving_max_length(model.config, fallback=DEFAULT_MAX_LENGTH, tokenizer=self.tokenizer)
         names = list(tasks) if tasks is not None else list(model.task_names)
         for t in names:
             model.get_task(t)
