@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -179,3 +180,23 @@ def test_a_task_called_shared_keeps_its_graph_apart_from_the_shared_one(tokenize
     (tmp_path / "x" / "onnx_manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(OnnxBackendError, match="names the graph '_shared' twice; export the model again"):
         OnnxMultitaskModel.from_pretrained(tmp_path / "x")
+
+
+def test_bf16_autocast_is_refused_for_an_export_as_the_command_refuses_it(tokenizer, tmp_path):
+    """``autocast_dtype="bfloat16"`` (and ``predict(dtype=...)``) with an ONNX export was taken
+    and ignored: ONNX Runtime runs the graph as exported. Refused, as ``--dtype bfloat16
+    --backend onnx`` is; float32 is what the export runs anyway."""
+    from transformers import pipeline
+
+    export_onnx(_model(tasks=[SENTI, SCORE]), tokenizer, tmp_path / "x", progress=False)
+    served = OnnxMultitaskModel.from_pretrained(tmp_path / "x")
+    pipe = served.pipeline()
+    refused = "autocast_dtype=.* is for the PyTorch backend: an ONNX export runs in fp32"
+    with pytest.raises(ValueError, match=refused):
+        pipe("the cat", autocast_dtype="bfloat16")
+    with pytest.raises(ValueError, match=refused):
+        pipeline("multitask-text", model=str(tmp_path / "x"), backend="onnx", autocast_dtype=torch.bfloat16)
+    assert pipe("the cat", autocast_dtype="float32") == pipe("the cat")
+    encoded = hm.encode_task(datasets.Dataset.from_dict({"id": ["a"], "text": ["the cat"]}), SCORE, tokenizer)
+    with pytest.raises(ValueError, match="is for a PyTorch model: an ONNX export runs in fp32"):
+        hm.predict(served, encoded, "score", dtype=torch.bfloat16, progress=False)

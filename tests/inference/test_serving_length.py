@@ -72,6 +72,8 @@ def test_the_default_length_is_cut_to_what_the_encoder_takes(arch, limit, tokeni
     pipe = pipeline("multitask-text", model=str(tmp_path / "m"))
     assert len(pipe.preprocess(LONGER)["encoded"]["score"]["input_ids"]) == limit
     assert pipe(LONGER)["score"]["value"] == pytest.approx(pipe(LONGER, max_length=limit)["score"]["value"], rel=1e-6)
+    with pytest.raises(ValueError, match="max_length must be at least 1 token, got 0"):
+        pipe(LONGER, max_length=0)
     (tmp_path / "in.tsv").write_text(f"id\ttext\nx\t{LONGER}\n")
     main(["predict", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "in.tsv"), "--output", str(tmp_path / "o.jsonl"), "--quiet"])
     assert "value" in json.loads((tmp_path / "o.jsonl").read_text())["answers"]["score"]
