@@ -6,8 +6,8 @@
     hf-multitask export MODEL_DIR OUT_DIR [--quantize int8]      (ONNX; then --backend onnx --model OUT_DIR)
 
 The input is a TSV/CSV file with a header holding ``text`` (and ``text_b`` for sentence pairs;
-a row whose ``text_b`` is empty is a single text, and the command notes how many there are in a
-file that mixes both; an ``id`` column is kept), or a JSON-lines file whose lines are ``{"id": ..., "text": ...,
+a row whose ``text_b`` is empty or only spaces is a single text, and the command notes how many
+there are in a file that mixes both; an ``id`` column is kept), or a JSON-lines file whose lines are ``{"id": ..., "text": ...,
 "text_b": ...}`` or ``{"id": ..., "inputs": <any pipeline input>}`` (e.g. ``{"mc": {"context":
 ..., "choices": [...]}}``), or a ``.txt`` file: one text per line, as it is (no header, no
 quoting; an empty line is an empty text, so the n-th answer is line n's, with id n). Every
@@ -42,7 +42,7 @@ def _row_input(path: Path, line: int, row: dict[str, Any]) -> Any:
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"{path}: line {line}: no text (the 'text' field is empty or missing)")
     second = row.get("text_b")
-    if second is None or second == "":
+    if second is None or (isinstance(second, str) and not second.strip()):  # empty, or only spaces: a single text
         return text
     if not isinstance(second, str):
         raise InputError(f"{path}: line {line}: 'text_b' must be text, got {second!r}")
@@ -144,7 +144,7 @@ def _predict(args: argparse.Namespace) -> None:
     extra = {"tasks": args.tasks} if args.tasks else {}
     if args.dtype is not None:
         extra["autocast_dtype"] = args.dtype
-    if args.max_length:
+    if args.max_length is not None:
         extra["max_length"] = args.max_length
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -273,6 +273,18 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
 
 
+def _tokens(value: str) -> int:
+    """``--max_length``: a number of tokens, at least 1 (0 read as 'the default' and a negative one
+    failed deep in the tokenizer)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of tokens, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 token, got {number}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``predict``, ``tweeteval-test`` and ``export`` commands' parser (``train`` hands its flags to the recipe's)."""
     parser = argparse.ArgumentParser(prog="hf-multitask", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -286,9 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--batch_size", type=int, default=32)
     pred.add_argument(
         "--max_length",
-        type=int,
+        type=_tokens,
         default=None,
-        help="cut inputs to this many tokens (default: the length the model was trained with; 512 if it does not say)",
+        help="cut inputs to this many tokens (default: the length the model was trained with; if it does not say, 512 or the encoder's limit)",
     )
     pred.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -303,9 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     tweet.add_argument("--batch_size", type=int, default=64)
     tweet.add_argument(
         "--max_length",
-        type=int,
+        type=_tokens,
         default=None,
-        help="cut tweets to this many tokens (default: the length the model was trained with; 64 if it does not say)",
+        help="cut tweets to this many tokens (default: the length the model was trained with; if it does not say, 64 or the encoder's limit)",
     )
     tweet.add_argument("--quiet", action="store_true", help="no progress bar")
     tweet.add_argument("--dtype", default="float32", help=DTYPE_HELP)

@@ -174,13 +174,41 @@ def trained_max_length(config: Any) -> int | None:
     return None
 
 
-def serving_max_length(config: Any, asked: int | None = None, fallback: int | None = None) -> int | None:
+# encoders whose position ids start after the padding index (RoBERTa's scheme): pad_token_id + 1 positions are never a token's
+_PADDING_OFFSET_ENCODERS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "ibert", "longformer", "luke",
+                                      "markuplm", "mpnet", "roberta-prelayernorm", "xmod", "lilt", "layoutlmv3"})  # fmt: skip
+_NO_LIMIT = 1_000_000  # a tokenizer that states no model_max_length says 1e30
+
+
+def encoder_max_length(config: Any, tokenizer: Any = None) -> int | None:
+    """The most tokens (special tokens included) the encoder of ``config`` (a
+    [`MultitaskConfig`][hf_multitask.configuration.MultitaskConfig] or a routed model's config) can
+    take: its ``max_position_embeddings``, less the positions a RoBERTa-like encoder reserves
+    (``pad_token_id + 1``), or the ``tokenizer``'s ``model_max_length`` when it states a smaller
+    one; None when neither says."""
+    encoder = getattr(config, "encoder_config", None)
+    positions = getattr(encoder, "max_position_embeddings", None)
+    limit = None
+    if isinstance(positions, int) and positions > 0:
+        offset = int(getattr(encoder, "pad_token_id", None) or 0) + 1 if encoder.model_type in _PADDING_OFFSET_ENCODERS else 0
+        limit = positions - offset
+    stated = getattr(tokenizer, "model_max_length", None)
+    if isinstance(stated, int) and 0 < stated < _NO_LIMIT:
+        limit = stated if limit is None else min(limit, stated)
+    return limit
+
+
+def serving_max_length(config: Any, asked: int | None = None, fallback: int | None = None, tokenizer: Any = None) -> int | None:
     """The ``max_length`` a serving path cuts its inputs to: ``asked`` when given, else the length
     the model was trained with
     ([`trained_max_length`][hf_multitask.configuration.trained_max_length]), else ``fallback``
-    (the path's own default, for checkpoints that do not record it). Every serving path asks
-    this one function."""
+    (the path's own default, for checkpoints that do not record it), cut to what the encoder can
+    take ([`encoder_max_length`][hf_multitask.configuration.encoder_max_length]: a 512 default is
+    past the end of a 128-position encoder). Every serving path asks this one function."""
     if asked is not None:
         return int(asked)
     trained = trained_max_length(config)
-    return trained if trained is not None else fallback
+    if trained is not None:
+        return trained
+    limit = encoder_max_length(config, tokenizer)
+    return fallback if fallback is None or limit is None else min(int(fallback), limit)

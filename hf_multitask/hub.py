@@ -155,11 +155,12 @@ def describe_architecture(config: Any, parameters: dict[str, int] | None = None)
         own = "runs a specialised copy of its own" if len(special) == 1 else "each run a specialised copy of their own"
         lines = [f"{len(experts)} encoders in memory (routed experts): {_tasks(special)} {own}"
                  + ("; the other tasks run the shared multitask model" if "multitask" in experts else "")]  # fmt: skip
+        # the shared expert always (its settings are said nowhere else), the others when they differ from it
         for name, own_config in experts.items():
             extra = _modules(own_config)
-            if extra or own_config.pooling != base.pooling or own_config.head_type != base.head_type:
-                lines.append(f"Expert `{name}`: `{own_config.head_type}` heads, `{own_config.pooling}` pooling"
-                             + (f"; {'; '.join(extra)}" if extra else ""))  # fmt: skip
+            if name == "multitask" or extra or own_config.pooling != base.pooling or own_config.head_type != base.head_type:
+                lines.append(f"Expert `{name}`{' (the shared multitask model)' if name == 'multitask' else ''}: `{own_config.head_type}` heads, "
+                             f"`{own_config.pooling}` pooling" + (f"; {'; '.join(extra)}" if extra else ""))  # fmt: skip
         passes = "a request for one task runs one encoder pass (its expert's); a batch that mixes tasks runs one pass per expert it needs"
     lines.append(f"Encoder passes: {passes}")
     if parameters:

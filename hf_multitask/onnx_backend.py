@@ -26,6 +26,7 @@ import torch
 
 from .configuration import MultitaskConfig
 from .modeling import MultitaskModel, MultitaskOutput
+from .routed import RoutedMultitaskConfig
 from .tasks import TaskSpec
 
 __all__ = [
@@ -157,10 +158,11 @@ def _session(path: Path, threads: int | None) -> Any:
         raise OnnxBackendError(f"ONNX file {path} is damaged or not an ONNX graph ({reason[:200]}); export the model again") from None
 
 
-def _load_config(folder: Path) -> MultitaskConfig:
-    """The tasks' config from the export's ``config.json`` (a routed model's: its experts' config)."""
-    from .routed import RoutedMultitaskConfig
-
+def _load_config(folder: Path) -> MultitaskConfig | RoutedMultitaskConfig:
+    """The model's config from the export's ``config.json``: a routed model's is its
+    [`RoutedMultitaskConfig`][hf_multitask.routed.RoutedMultitaskConfig], which answers each task's
+    pair encoding from the expert that runs it (the shared expert's would encode a specialised
+    task's pairs with another expert's settings)."""
     path = folder / "config.json"
     try:
         model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
@@ -170,7 +172,7 @@ def _load_config(folder: Path) -> MultitaskConfig:
         raise OnnxBackendError(
             f"{path}: not an hf-multitask model config ({' '.join(str(err).split())[:200]}); export the model again"
         ) from None
-    return config.expert_config if isinstance(config, RoutedMultitaskConfig) else config
+    return config
 
 
 class OnnxMultitaskModel:
@@ -179,15 +181,18 @@ class OnnxMultitaskModel:
 
     Load it with [`from_pretrained()`][hf_multitask.onnx_backend.OnnxMultitaskModel.from_pretrained]. A routed (specialised)
     export answers each task from its expert's graph, as the routed PyTorch model does.
-    ``config`` is the [`MultitaskConfig`][hf_multitask.configuration.MultitaskConfig] the tasks and their pair
-    encodings come from (a routed export's expert config). Inference only: no gradients, CPU only.
+    ``config`` is the exported model's config, the tasks and their pair encodings come from: a
+    [`MultitaskConfig`][hf_multitask.configuration.MultitaskConfig], or a routed export's
+    [`RoutedMultitaskConfig`][hf_multitask.routed.RoutedMultitaskConfig] (each task's pairs encoded as its
+    expert encodes them). Inference only: no gradients, CPU only.
     """
 
     is_onnx = True
     training = False
     dtype = torch.float32
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], config: MultitaskConfig, variant: str, threads: int | None = None) -> None:
+    def __init__(self, folder: Path, manifest: dict[str, Any], config: MultitaskConfig | RoutedMultitaskConfig, variant: str,
+                 threads: int | None = None) -> None:  # fmt: skip
         self.folder = Path(folder)
         self.manifest = manifest
         self.config = config
@@ -201,6 +206,8 @@ class OnnxMultitaskModel:
             file = graph["files"].get(variant)
             if file is None:
                 raise OnnxBackendError(f"{self.folder}: graph {graph['name']!r} has no {variant} file in {MANIFEST_NAME}")
+            if graph["name"] in self._graphs:  # written before graph names were kept apart from task names (a task called 'shared')
+                raise OnnxBackendError(f"{self.folder}: {MANIFEST_NAME} names the graph {graph['name']!r} twice; export the model again")
             self._graphs[graph["name"]] = graph
             self._sessions[graph["name"]] = _session(self.folder / file, threads)
         self._task_graph = {task: entry["graph"] for task, entry in manifest["tasks"].items()}

@@ -14,7 +14,9 @@ of its outputs:
 - a task whose encoder differs (PALs, per-task LoRA) gets a graph of its own, and a routed
   (``specialised``) model gets its experts' graphs, each expert's tasks planned as above.
 
-``onnx_manifest.json`` says which graph and output answer which task; the model's
+Graphs are named after their task, or ``_shared`` for the shared one (no task can have that
+name), and a routed model's after their expert (``<expert>.<graph>`` when an expert has
+several). ``onnx_manifest.json`` says which graph and output answer which task; the model's
 ``config.json`` (its tasks and label names) and its tokenizer go beside the graphs, so the
 folder describes itself. [`OnnxMultitaskModel`][hf_multitask.onnx_backend.OnnxMultitaskModel] serves it.
 
@@ -34,8 +36,8 @@ and other lengths than the one traced: fp32 logits must equal PyTorch's within 1
 export is refused.
 
 ``quantize="int8"``: ONNX Runtime's dynamic quantisation (``quantize_dynamic``: int8 weights,
-activations quantised per batch) of the matrix products and fused attention; the embeddings
-stay fp32, and ``fp32_heads=True`` keeps the task heads fp32 too.
+activations quantised per batch) of the matrix products and fused attention, the task heads'
+included; the embeddings stay fp32, and ``fp32_heads=True`` keeps the task heads fp32 too.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from .modeling import MultitaskModel
 from .onnx_backend import MANIFEST_FORMAT, MANIFEST_NAME, graph_feeds, require_onnx_extra
 from .routed import RoutedMultitaskModel
 
-__all__ = ["OPSET", "OnnxExportError", "GraphPlan", "plan_graphs", "export_onnx"]
+__all__ = ["OPSET", "SHARED_GRAPH", "OnnxExportError", "GraphPlan", "plan_graphs", "export_onnx"]
 
 OPSET = 17
 PARITY_ATOL = PARITY_RTOL = 1e-4
@@ -69,6 +71,7 @@ LAYOUT_INPUTS = {
     "pair": ["input_ids", "attention_mask", "token_type_ids", "input_ids_b", "attention_mask_b", "token_type_ids_b"],
     "choices": ["input_ids", "attention_mask", "token_type_ids", "choice_mask"],
 }
+SHARED_GRAPH = "_shared"  # the graph of the tasks that share one encoder pass; no task has this name (task names start with a letter)
 _TRACE_TEXTS = ["the cat sat on the mat today", "a dog", "we walked home in the rain and talked"]
 _PROBE_TEXTS = ["good", "my friend sings very well in the big old hall at night", "one two three", "it is fine", "no"]
 
@@ -117,15 +120,8 @@ def _layout(batch: dict[str, Any]) -> str:
     return "pair" if "input_ids_b" in batch else "tokens"
 
 
-def _routed_tasks(model: MultitaskModel) -> set[str]:
-    """Tasks whose encoder differs from the shared one (PALs, per-task LoRA): a graph each."""
-    config = model.config
-    per_task_lora = bool(config.lora and config.lora.get("per_task"))
-    return set(config.pal_tasks or []) | (set(model.task_names) if per_task_lora else set())
-
-
 def _plan_model(model: MultitaskModel, tasks: list[str], tokenizer: Any, expert: str | None) -> list[GraphPlan]:
-    routed = _routed_tasks(model)
+    routed = set(model.routed_tasks)  # their encoder differs from the shared one (their own PALs or LoRA adapter): a graph each
     shared: list[str] = []
     own: list[GraphPlan] = []
     for task in tasks:
@@ -139,7 +135,7 @@ def _plan_model(model: MultitaskModel, tasks: list[str], tokenizer: Any, expert:
             shared.append(task)
         else:
             own.append(GraphPlan(task, model, [task], layout, expert, spec.num_labels if layout == "choices" else None))
-    plans = ([GraphPlan("shared", model, shared, "tokens", expert)] if shared else []) + own
+    plans = ([GraphPlan(SHARED_GRAPH, model, shared, "tokens", expert)] if shared else []) + own
     if expert is not None:  # a routed model's experts: their graphs are named after them
         for plan in plans:
             plan.name = expert if len(plans) == 1 else f"{expert}.{plan.name}"
@@ -158,11 +154,26 @@ def plan_graphs(model: MultitaskModel | RoutedMultitaskModel, tokenizer: Any) ->
     raise OnnxExportError(f"a {type(model).__name__} cannot be exported: the export takes a MultitaskModel or a RoutedMultitaskModel")
 
 
+def _head_scopes(model: MultitaskModel, tasks: list[str]) -> dict[str, nn.Module]:
+    """The modules of the tasks' heads (and adjustment matrices), each under a name no other
+    module and no task can have (task names hold no ``:``)."""
+    scopes = {f"head:{t}": model.heads[t] for t in tasks}
+    scopes.update({f"adjustment:{t}": model.adjustments[t] for t in tasks if t in model.adjustments})
+    return scopes
+
+
 class _Graph(nn.Module):
-    """What is traced: ``forward_all`` of the plan's tasks, all reading the same inputs."""
+    """What is traced: ``forward_all`` of the plan's tasks, all reading the same inputs.
+
+    The tracer names a node after the modules it runs in, each module by the first name it has
+    under the traced one, and without its parents' names: a head is ``/<task>/``, which a task
+    called ``encoder`` shares with the encoder. So the heads are registered here first, under
+    [`_head_scopes()`][hf_multitask.onnx_export._head_scopes]' names: every node of a head has a
+    ``head:<task>`` (or ``adjustment:<task>``) part in its name, and nothing else does."""
 
     def __init__(self, model: MultitaskModel, tasks: list[str], inputs: list[str]) -> None:
         super().__init__()
+        self.scopes = nn.ModuleDict(_head_scopes(model, tasks))  # before the model: the names the tracer gives the heads
         self.model, self.tasks, self.inputs = model, list(tasks), list(inputs)
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -296,11 +307,10 @@ def _quantize(src: Path, dst: Path, tasks: list[str], per_channel: bool, fp32_he
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     exclude = []
-    if fp32_heads:  # a head's nodes are named after its module path: /<task>/... (or /heads.<task>/, /adjustments.<task>/)
+    if fp32_heads:  # a head's nodes have its scope in their names (_Graph); the quantiser rewrites a Gemm as "<name>_MatMul"
+        scopes = {*(f"head:{t}" for t in tasks), *(f"adjustment:{t}" for t in tasks)}
         nodes = onnx.load(str(src), load_external_data=False).graph.node
-        exclude = [
-            n.name for n in nodes if n.name.startswith("/") and n.name.split("/")[1].split(".")[0] in {*tasks, "heads", "adjustments"}
-        ]
+        exclude = [name for n in nodes if scopes & set(n.name.split("/")) for name in (n.name, f"{n.name}_MatMul")]
     with _quiet():
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel, op_types_to_quantize=["MatMul", "Attention"],
                          nodes_to_exclude=exclude, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fmt: skip
@@ -413,7 +423,10 @@ def _write_folder(model: Any, tokenizer: Any, out: Path, graphs: list[dict[str, 
     if quantize == "int8":
         variants["int8"] = {"quantization": {"method": "dynamic (onnxruntime.quantization.quantize_dynamic)", "weights": "int8 (QInt8)",
                                              "ops": ["MatMul", "Attention"], "per_channel": per_channel, "fp32_heads": fp32_heads,
-                                             "fp32": "embeddings, layer norms" + (", task heads" if fp32_heads else "")}}  # fmt: skip
+                                             "int8": "the encoder's matrix products and attention" + ("" if fp32_heads else
+                                                     ", the task heads' matrix products (adjustment matrices included)"),
+                                             "fp32": "embeddings, layer norms" + (", task heads (adjustment matrices included)"
+                                                                                  if fp32_heads else "")}}  # fmt: skip
     manifest = {
         "format": MANIFEST_FORMAT,
         "exporter": f"torch.onnx.export (TorchScript tracer, dynamo=False), opset {opset}",

@@ -52,9 +52,10 @@ class MultitaskPipeline(Pipeline):
     ``{"choice", "text", "score"}`` (multiple choice). ``tasks=[...]`` restricts the heads;
     ``batch_size`` (default 8), ``max_length`` and ``truncation`` follow pipeline conventions
     (``max_length`` defaults to the length the model was trained with, ``config.train_max_length``,
-    or 512 for a checkpoint that does not record it);
+    or for a checkpoint that does not record it 512, or fewer if the encoder takes fewer);
     ``device=`` places the model; ``autocast_dtype="bfloat16"`` runs it under bf16 autocast (on a CPU
-    this pays only with bf16 instructions, see [`hf_multitask.precision`][hf_multitask.precision]). Sentence tasks that read the same single-sentence input with
+    this pays only with bf16 instructions, see [`hf_multitask.precision`][hf_multitask.precision];
+    refused with ``backend="onnx"``, whose graphs run as exported). Sentence tasks that read the same single-sentence input with
     the same encoding share one encoder pass ([`MultitaskModel.forward_all()`][hf_multitask.modeling.MultitaskModel.forward_all]).
 
     ``backend="onnx"``: the model is an export (``hf-multitask export``) served by ONNX Runtime on
@@ -92,18 +93,24 @@ class MultitaskPipeline(Pipeline):
         if tasks is not None:
             pre["tasks"] = list(tasks)
         if max_length is not None:
+            if isinstance(max_length, bool) or int(max_length) < 1:
+                raise ValueError(f"max_length must be at least 1 token, got {max_length!r} (truncation=False: no cut)")
             pre["max_length"] = int(max_length)
         if truncation is False:
             pre["max_length"] = None
         if autocast_dtype is not None:
-            forward["autocast_dtype"] = parse_dtype(autocast_dtype, "autocast_dtype") if isinstance(autocast_dtype, str) else autocast_dtype
+            dtype = parse_dtype(autocast_dtype, "autocast_dtype") if isinstance(autocast_dtype, str) else autocast_dtype
+            if dtype is not None and getattr(self.model, "is_onnx", False):  # it would be ignored: ONNX Runtime runs the graph as exported
+                raise ValueError(f"autocast_dtype={autocast_dtype!r} is for the PyTorch backend: an ONNX export runs in fp32, or in int8 "
+                                 "if exported with --quantize int8")  # fmt: skip
+            forward["autocast_dtype"] = dtype
         return pre, forward, {}
 
     # --- the three pipeline stages, for one input -------------------------------------------
     def preprocess(self, item: Any, tasks: Sequence[str] | None = None, max_length: int | None | str = "trained") -> dict[str, Any]:
         model = self.model
         if max_length == "trained":  # not asked for: the length the model was trained with
-            max_length = serving_max_length(model.config, fallback=DEFAULT_MAX_LENGTH)
+            max_length = serving_max_length(model.config, fallback=DEFAULT_MAX_LENGTH, tokenizer=self.tokenizer)
         names = list(tasks) if tasks is not None else list(model.task_names)
         for t in names:
             model.get_task(t)

@@ -68,9 +68,12 @@ def predict(
     either way. A prediction can differ from the file-order one only in float rounding.
     Data that is not a `datasets.Dataset` (a list of encoded rows) is batched as given.
     ``dtype=torch.bfloat16`` runs the model under bf16 autocast (its weights stay as they are;
-    on a CPU it pays only with bf16 instructions, see [`hf_multitask.precision`][hf_multitask.precision]).
+    on a CPU it pays only with bf16 instructions, see [`hf_multitask.precision`][hf_multitask.precision]);
+    an ONNX export refuses it.
     """
     spec: TaskSpec = model.get_task(task)
+    if dtype is not None and getattr(model, "is_onnx", False):  # ONNX Runtime would run the graph as exported, saying nothing
+        raise ValueError(f"dtype={dtype} is for a PyTorch model: an ONNX export runs in fp32, or in int8 if exported with --quantize int8")
     was_training = model.training
     model.eval()
     sortable = by_length and isinstance(dataset, datasets.Dataset) and len(dataset) > batch_size  # else: as given

@@ -223,7 +223,7 @@ def write_test_predictions(
     index per line in ``test_text.txt`` order. Returns ``{file stem: path}``. ``max_length``:
     the tokens each tweet is cut to (default: the length the model was trained with,
     [`serving_max_length`][hf_multitask.configuration.serving_max_length], or 64 for a checkpoint
-    that does not record it). ``dtype``: ``torch.bfloat16`` predicts under bf16 autocast
+    that does not record it, fewer if its encoder takes fewer). ``dtype``: ``torch.bfloat16`` predicts under bf16 autocast
     ([`predict()`][hf_multitask.predict.predict]).
 
     Each file is written whole to a temporary name, then renamed, so no half-written file is
@@ -232,7 +232,7 @@ def write_test_predictions(
     from .encoding import encode_task
     from .predict import predict
 
-    max_length = serving_max_length(model.config, max_length, fallback=64)
+    max_length = serving_max_length(model.config, max_length, fallback=64, tokenizer=tokenizer)
     known = model.config.task_names
     official = (*TWEETEVAL_TASKS, *STANCE_TARGET_TASKS)
     names = tasks or [t for t in known if t in official]
@@ -246,8 +246,8 @@ def write_test_predictions(
     for name in names:
         spec = model.get_task(name)
         inputs, files = test_inputs(spec, data_dir)
-        config = model.expert(name).config if hasattr(model, "expert") else model.config  # a routed two-step model: its expert's
-        encoded = encode_task(inputs, spec, tokenizer, pair_encoding=config.task_pair_encoding(spec), max_length=max_length)
+        # every kind of model answers it per task: a routed one (PyTorch or ONNX) as the task's expert encodes pairs
+        encoded = encode_task(inputs, spec, tokenizer, pair_encoding=model.config.task_pair_encoding(spec), max_length=max_length)
         labels = predict(model, encoded, name, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, progress=progress,
                          dtype=dtype).predictions  # fmt: skip
         start = 0

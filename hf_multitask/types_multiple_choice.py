@@ -34,7 +34,9 @@ class MultipleChoiceType(TaskType):
     - **Data**: ``text_columns = (context, choices)``; the choices column holds a list of
       strings (in a TSV/CSV file, one field with the choices separated by ``|||``), the label
       is the index of the right one. Rows may have fewer choices than ``num_labels``: the
-      missing ones are padding, masked out of the softmax (``choice_mask``).
+      missing ones are padding, masked out of the softmax (``choice_mask``). More are refused:
+      a data file's row as a bad row, with its reason; an input to encode (the pipeline's,
+      ``predict``'s) as a ``ValueError`` naming the task.
     - **Encoding**: every (context, choice) pair is one cross-encoded sequence, so an example
       is an ``(N, length)`` block of token ids.
     - **Model**: the shared encoder scores each pair through a linear / MLP head with one
@@ -89,6 +91,8 @@ class MultipleChoiceType(TaskType):
         with_types = None
         for text, options in zip(batch[context], batch[choices]):
             options = _choices(options)
+            if len(options) > spec.num_labels:  # the model scores num_labels columns: no answer for a choice past them
+                raise ValueError(f"task {spec.name!r}: {len(options)} choices, but it takes at most {spec.num_labels} (its num_labels)")
             enc = tokenizer([text] * len(options), options, truncation=max_length is not None, max_length=max_length, padding=False)
             out["input_ids"].append(enc["input_ids"])
             out["attention_mask"].append(enc["attention_mask"])

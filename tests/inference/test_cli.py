@@ -178,3 +178,29 @@ def test_a_row_without_text_b_is_a_single_text_and_the_command_says_so(folder, t
     assert set(answers[0]) == {"para"} and set(answers[1]) == {"senti", "score", "pos"}
     status, err = _cli_in_process(capsys, "predict", "--model", folder, "--input", tsv, "--output", tmp_path / "p.jsonl", "--tasks", "para")
     assert status == 2 and "examples p0..p1" in err and "tasks ['para'] cannot answer 'dogs see'" in err
+
+
+@pytest.mark.parametrize("sep, suffix", [("\t", ".tsv"), (",", ".csv")])
+def test_a_text_b_of_spaces_is_an_empty_one(sep, suffix, tmp_path):
+    """A row whose text_b holds only spaces is a single text, as one whose text_b is empty (it
+    was a pair with a blank second text)."""
+    path = tmp_path / f"in{suffix}"
+    path.write_text(sep.join(["id", "text", "text_b"]) + "\n" + "".join(sep.join(r) + "\n" for r in
+                    [["p0", "the cat", "a cat"], ["s0", "the cat", "   "], ["s1", "the cat", ""], ["s2", "dogs see", " "]]))  # fmt: skip
+    assert list(read_inputs(path)) == [("p0", ("the cat", "a cat")), ("s0", "the cat"), ("s1", "the cat"), ("s2", "dogs see")]
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+@pytest.mark.parametrize("command", ["predict", "tweeteval-test"])
+def test_max_length_below_one_is_a_parser_error_naming_the_flag(command, value, folder, tmp_path, capsys):
+    """0 was taken as 'the training length' and -3 ended in a raw OverflowError from the tokenizer."""
+    tsv = tmp_path / "in.tsv"
+    tsv.write_text("id\ttext\nx\thello\n")
+    where = (
+        ["--input", tsv, "--output", tmp_path / "o.jsonl"]
+        if command == "predict"
+        else ["--data-dir", tmp_path, "--output-dir", tmp_path / "o"]
+    )
+    status, err = _cli_in_process(capsys, command, "--model", folder, *where, "--max_length", value)
+    assert status == 2 and f"argument --max_length: must be at least 1 token, got {int(value)}" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("o*")), "nothing ran"

@@ -136,6 +136,7 @@ def test_the_card_describes_the_architecture_and_what_trained(tmp_path, tokenize
     text = str(make_model_card(routed.config, "me/routed", parameters=routed.parameter_counts()))
     assert "3 encoders in memory (routed experts)" in text and "the other tasks run the shared multitask model" in text
     assert "Expert `sst`" in text and "alpha 32" in text and "Expert `quora`: `linear` heads, `mean` pooling" in text
+    assert "Expert `multitask` (the shared multitask model): `linear` heads, `cls` pooling" in text, "the shared expert's settings too"
     assert "one shared `bert` encoder" not in text
 
 

@@ -88,9 +88,9 @@ def _batches(model, spec, tokenizer, n: int, batch_size: int, seed: int = 0):
     """Collated batches of ``_rows`` encoded as the data path encodes them (the task type's
     ``encode_batch``, which ``encode_task`` maps over a dataset)."""
     rows = _rows(spec, n, seed)
-    config = getattr(model.config, "expert_config", model.config)  # a routed model's experts share one config
+    # a routed model's config answers each task's pair encoding as the task's expert encodes pairs
     enc = spec.task_type.encode_batch(spec, {c: [r[c] for r in rows] for c in spec.text_columns}, tokenizer,
-                                      config.task_pair_encoding(spec), None)  # fmt: skip
+                                      model.config.task_pair_encoding(spec), None)  # fmt: skip
     features = [{k: v[i] for k, v in enc.items()} for i in range(n)]
     collate = hm.MultitaskCollator(tokenizer.pad_token_id)
     return [collate(features[s : s + batch_size]) for s in range(0, n, batch_size)]
@@ -121,10 +121,10 @@ def test_fp32_export_answers_every_task_like_pytorch(name, tokenizer, tmp_path):
     graphs = {g["name"]: g for g in manifest["graphs"]}
     assert set(manifest["tasks"]) == set(model.task_names)
     if name == "cross pairs":  # one encoder pass for every head that reads one sequence; multiple choice on its own
-        assert graphs["shared"]["files"]["fp32"] == "model.onnx"
-        assert graphs["shared"]["outputs"].keys() == {"senti", "score", "pos", "para"} and set(graphs) == {"shared", "mc"}
+        assert graphs["_shared"]["files"]["fp32"] == "model.onnx"
+        assert graphs["_shared"]["outputs"].keys() == {"senti", "score", "pos", "para"} and set(graphs) == {"_shared", "mc"}
     if name == "PAL":  # a PAL task's encoder differs: a graph of its own
-        assert manifest["tasks"]["senti"]["graph"] == "senti" and manifest["tasks"]["score"]["graph"] == "shared"
+        assert manifest["tasks"]["senti"]["graph"] == "senti" and manifest["tasks"]["score"]["graph"] == "_shared"
     _assert_parity(model, OnnxMultitaskModel.from_pretrained(tmp_path / "x"), tokenizer, sizes=(1, 3, 8) if name == "cross pairs" else (3,))
 
 
@@ -134,7 +134,7 @@ def test_routed_model_answers_each_task_from_its_experts_graph(tokenizer, tmp_pa
     export_onnx(routed, tokenizer, tmp_path / "x", progress=False)
     manifest = json.loads((tmp_path / "x" / "onnx_manifest.json").read_text())
     assert {t: e["graph"] for t, e in manifest["tasks"].items()} == {
-        "senti": "senti", "para": "para", "score": "multitask.shared", "pos": "multitask.shared", "mc": "multitask.mc"}  # fmt: skip
+        "senti": "senti", "para": "para", "score": "multitask._shared", "pos": "multitask._shared", "mc": "multitask.mc"}  # fmt: skip
     _assert_parity(routed, OnnxMultitaskModel.from_pretrained(tmp_path / "x"), tokenizer)
 
 

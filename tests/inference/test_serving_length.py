@@ -2,8 +2,12 @@
 every serving path (the pipeline, ``hf-multitask predict``, ``tweeteval-test``) cuts inputs to
 it unless told otherwise; checkpoints that do not record it keep each path's old default."""
 
+import json
+
 import pytest
-from test_pipeline import _model
+import torch
+from conftest import tiny_encoder_config
+from test_pipeline import SCORE, SENTI, _model
 from transformers import AutoModel, pipeline
 
 import hf_multitask as hm
@@ -44,9 +48,32 @@ def test_predict_command_answers_as_the_pipeline_at_the_trained_length(tokenizer
     folder = _saved(tmp_path, tokenizer, 12)
     (tmp_path / "in.tsv").write_text(f"id\ttext\nx\t{LONG}\n")
     main(["predict", "--model", str(folder), "--input", str(tmp_path / "in.tsv"), "--output", str(tmp_path / "out.jsonl"), "--quiet"])
-    import json
-
     answer = json.loads((tmp_path / "out.jsonl").read_text())["answers"]["score"]["value"]
     pipe = pipeline("multitask-text", model=str(folder))
     assert answer == pytest.approx(pipe(LONG, max_length=12)["score"]["value"], rel=1e-5)
     assert answer != pytest.approx(pipe(LONG, max_length=512)["score"]["value"], rel=1e-5)
+
+
+LONGER = " ".join(["word"] * 40)  # 162 tokens: past the tiny encoders' 128 positions
+
+
+@pytest.mark.parametrize(("arch", "limit"), [("bert", 128), ("roberta", 127)])  # RoBERTa's positions start after pad_token_id (0)
+def test_the_default_length_is_cut_to_what_the_encoder_takes(arch, limit, tokenizer, tmp_path):
+    """A checkpoint that does not record its training length, on a 128-position encoder: the
+    512-token default is cut to the encoder's limit (the pipeline failed on a long input with an
+    index past the position embeddings)."""
+    from hf_multitask.cli import main
+
+    torch.manual_seed(0)
+    model = hm.MultitaskModel(hm.MultitaskConfig(encoder_config=tiny_encoder_config(arch), tasks=[SENTI, SCORE])).eval()
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    assert len(tokenizer(LONGER)["input_ids"]) > 128
+    pipe = pipeline("multitask-text", model=str(tmp_path / "m"))
+    assert len(pipe.preprocess(LONGER)["encoded"]["score"]["input_ids"]) == limit
+    assert pipe(LONGER)["score"]["value"] == pytest.approx(pipe(LONGER, max_length=limit)["score"]["value"], rel=1e-6)
+    with pytest.raises(ValueError, match="max_length must be at least 1 token, got 0"):
+        pipe(LONGER, max_length=0)
+    (tmp_path / "in.tsv").write_text(f"id\ttext\nx\t{LONGER}\n")
+    main(["predict", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "in.tsv"), "--output", str(tmp_path / "o.jsonl"), "--quiet"])
+    assert "value" in json.loads((tmp_path / "o.jsonl").read_text())["answers"]["score"]
