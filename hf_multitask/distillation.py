@@ -85,10 +85,6 @@ def _holds_model_files(folder: Path) -> bool:
     return folder.is_dir() and any(f.is_file() for pattern in _WEIGHT_FILES for f in folder.glob(pattern))
 
 
-def _expert_config(model: Any) -> Any:
-    return getattr(model.config, "expert_config", model.config)  # a RoutedMultitaskModel's experts share one config
-
-
 def load_teacher(folder: str | os.PathLike[str], task: str, student: Any) -> Any:
     """A saved [`MultitaskModel`][hf_multitask.modeling.MultitaskModel] or [`RoutedMultitaskModel`][hf_multitask.routed.RoutedMultitaskModel]
     that holds ``task`` as the ``student`` defines it (same kind, number of labels, pair encoding
@@ -102,14 +98,14 @@ def load_teacher(folder: str | os.PathLike[str], task: str, student: Any) -> Any
     except ModelFolderError as err:
         raise DistillationError(f"teacher of task {task!r}: {err}") from None
     teacher = AutoModel.from_pretrained(folder, dtype=torch.float32)
-    if not hasattr(teacher, "get_task") or task not in _expert_config(teacher).task_names:
-        have = _expert_config(teacher).task_names if hasattr(teacher, "get_task") else type(teacher).__name__
+    if not hasattr(teacher, "get_task") or task not in teacher.config.task_names:
+        have = teacher.config.task_names if hasattr(teacher, "get_task") else type(teacher).__name__
         raise DistillationError(f"teacher of task {task!r}: {folder} has no task {task!r} (it has {have})")
     mine, theirs = student.get_task(task), teacher.get_task(task)
     for what, a, b in (("kind", mine.kind, theirs.kind), ("num_labels", mine.num_labels, theirs.num_labels),
-                       ("pair encoding", _expert_config(student).task_pair_encoding(mine), _expert_config(teacher).task_pair_encoding(theirs)),
-                       ("vocabulary size", _expert_config(student).encoder_config.vocab_size,
-                        _expert_config(teacher).encoder_config.vocab_size)):  # fmt: skip
+                       ("pair encoding", student.config.task_pair_encoding(mine), teacher.config.task_pair_encoding(theirs)),
+                       ("vocabulary size", student.config.encoder_config.vocab_size,
+                        teacher.config.encoder_config.vocab_size)):  # fmt: skip
         if a != b:
             raise DistillationError(f"teacher of task {task!r}: {folder} has {what} {b!r} where the student has {a!r}")
     return teacher.eval()

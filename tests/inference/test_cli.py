@@ -177,7 +177,7 @@ def test_a_row_without_text_b_is_a_single_text_and_the_command_says_so(folder, t
     answers = [json.loads(line)["answers"] for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert set(answers[0]) == {"para"} and set(answers[1]) == {"senti", "score", "pos"}
     status, err = _cli_in_process(capsys, "predict", "--model", folder, "--input", tsv, "--output", tmp_path / "p.jsonl", "--tasks", "para")
-    assert status == 2 and "examples p0..p1" in err and "tasks ['para'] cannot answer 'dogs see'" in err
+    assert status == 2 and "example p1" in err and "tasks ['para'] cannot answer 'dogs see'" in err, err
 
 
 @pytest.mark.parametrize("sep, suffix", [("\t", ".tsv"), (",", ".csv")])

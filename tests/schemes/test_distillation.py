@@ -407,3 +407,13 @@ def test_the_teachers_run_on_the_device_asked_for(taught, tmp_path, monkeypatch)
     monkeypatch.setattr(torch.nn.Module, "to", to)
     attach_teachers({"sst": data["sst"]}, {"sst": teachers["sst"]}, student, progress=False, device="cuda:1")
     assert moved == ["cuda:1"]
+
+
+def test_a_routed_teacher_is_checked_against_the_expert_that_runs_the_task(tmp_path):
+    # review: the pair encoding was read off the routed model's shared expert, not the one that answers the task
+    student = deterministic_model()  # quora: cross
+    shared, bi = deterministic_model(seed=1), deterministic_model(seed=2, pair_encoding="bi")
+    hm.RoutedMultitaskModel.from_models({"quora": bi}, shared).save_pretrained(tmp_path / "routed")
+    with pytest.raises(DistillationError, match="pair encoding 'bi' where the student has 'cross'"):
+        load_teacher(tmp_path / "routed", "quora", student)
+    assert load_teacher(tmp_path / "routed", "sst", student).config.route("sst") == "multitask"
