@@ -18,7 +18,7 @@ from .heads import AdjustmentMatrix, CosineHead
 from .model_folders import CheckedFolderLoading
 from .pal import PALAdapter, attach_pal_hook, init_pal_linear, pal_attention_sites
 from .task_routing import routed, task_of, with_route
-from .tasks import TaskSpec
+from .tasks import TaskLookup, TaskSpec
 
 try:  # transformers >= 5: initialisers that respect already-loaded weights
     from transformers import initialization as init
@@ -44,7 +44,7 @@ class MultitaskOutput(ModelOutput):
 TASK_OWNED_MODULES = ("heads", "pals", "adjustments")
 
 
-class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
+class MultitaskModel(TaskLookup, CheckedFolderLoading, PreTrainedModel):
     """A shared encoder with one head per task.
 
     Build one from a pretrained encoder with [`from_encoder()`][hf_multitask.modeling.MultitaskModel.from_encoder], or load a saved
@@ -287,17 +287,6 @@ class MultitaskModel(CheckedFolderLoading, PreTrainedModel):
             init.zeros_(module.bias)
 
     # ------------------------------------------------------------------ introspection
-    @property
-    def task_names(self) -> list[str]:
-        return list(self._specs)
-
-    def get_task(self, task: str) -> TaskSpec:
-        """The [`TaskSpec`][hf_multitask.tasks.TaskSpec] of ``task``; unknown names raise ``KeyError`` listing known tasks."""
-        try:
-            return self._specs[task]
-        except KeyError:
-            raise KeyError(f"Unknown task {task!r}; this model knows {list(self._specs)}") from None
-
     def _owner(self, name: str) -> str | None:
         """The task that owns a parameter (head, PAL, per-task LoRA), or None if shared."""
         parts = name.split(".")

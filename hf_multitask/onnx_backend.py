@@ -27,7 +27,7 @@ import torch
 from .configuration import MultitaskConfig
 from .modeling import MultitaskModel, MultitaskOutput
 from .routed import RoutedMultitaskConfig
-from .tasks import TaskSpec
+from .tasks import TaskLookup
 
 __all__ = [
     "MANIFEST_NAME",
@@ -175,7 +175,7 @@ def _load_config(folder: Path) -> MultitaskConfig | RoutedMultitaskConfig:
     return config
 
 
-class OnnxMultitaskModel:
+class OnnxMultitaskModel(TaskLookup):
     """An exported multitask model on ONNX Runtime (CPU), answering like a
     [`MultitaskModel`][hf_multitask.modeling.MultitaskModel] at prediction time.
 
@@ -242,17 +242,6 @@ class OnnxMultitaskModel:
         return cls(folder, manifest, config, variant, threads)
 
     # ------------------------------------------------------------------ what prediction asks of a model
-    @property
-    def task_names(self) -> list[str]:
-        return list(self._specs)
-
-    def get_task(self, task: str) -> TaskSpec:
-        """The [`TaskSpec`][hf_multitask.tasks.TaskSpec] of ``task``; unknown names raise ``KeyError`` listing known tasks."""
-        try:
-            return self._specs[task]
-        except KeyError:
-            raise KeyError(f"Unknown task {task!r}; this model knows {list(self._specs)}") from None
-
     def graph_of(self, task: str) -> str:
         """The name of the graph that answers ``task`` (see ``onnx_manifest.json``)."""
         self.get_task(task)

@@ -177,6 +177,24 @@ class TaskSpec:
         return cls(**data)
 
 
+class TaskLookup:
+    """``task_names`` and ``get_task`` over a model's ``_specs`` (``{name: TaskSpec}``), shared by every
+    kind of model prediction runs on."""
+
+    _specs: dict[str, TaskSpec]
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self._specs)
+
+    def get_task(self, task: str) -> TaskSpec:
+        """The [`TaskSpec`][hf_multitask.tasks.TaskSpec] of ``task``; unknown names raise ``KeyError`` listing known tasks."""
+        try:
+            return self._specs[task]
+        except KeyError:
+            raise KeyError(f"Unknown task {task!r}; this model knows {list(self._specs)}") from None
+
+
 def metric_groups(specs: Sequence[TaskSpec]) -> dict[str, list[str]]:
     """``{group: [member task, ...]}`` of the tasks' ``metric_group``s, in task order; a
     ``ValueError`` names a group whose members differ in kind, ``num_labels`` or metric (their
