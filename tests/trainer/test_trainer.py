@@ -308,9 +308,17 @@ def test_the_evaluation_after_training_reuses_the_kept_checkpoints_and_rescores_
     assert len(calls) == 3, "the kept checkpoint's weights were scored already"
     assert {k: v for k, v in final.items() if k != "epoch"} == {k: v for k, v in best.items() if k.startswith("eval_")}
     assert set(trainer.last_predictions) == {"sst", "quora", "sts"}
+    # The weights change after the last evaluation, in a way that must change the SST loss: raise the
+    # logit of a class no SST example has by 3. Every example's loss grows by log(1 + p(e^3 - 1)), p that
+    # class's probability. (The same shift on every logit would leave the softmax, and so the loss, as it
+    # was: the difference would be rounding, present on one CPU and not on another.)
+    labels = set(trainer.eval_dataset["sst"]["labels"])
+    unused = next(c for c in range(trainer.model.get_task("sst").num_labels) if c not in labels)
     with torch.no_grad():
-        trainer.model.heads["sst"].net[-1].bias.add_(0.5)  # the weights change after the last evaluation
+        trainer.model.heads["sst"].net[-1].bias[unused] += 3.0
     fresh = trainer.evaluate()
     assert len(calls) == 4, "changed weights are scored afresh"
-    assert fresh["eval_sst_loss"] != final["eval_sst_loss"]
+    # measured: the loss rises by 1.39 (1.43 to 2.82); a reused evaluation would leave it where it was
+    assert fresh["eval_sst_loss"] > final["eval_sst_loss"] + 0.5, (fresh["eval_sst_loss"], final["eval_sst_loss"])
+    assert fresh["eval_sst_loss"] == pytest.approx(task_losses(trainer.model, {"sst": trainer.eval_dataset["sst"]})["sst"], rel=1e-5)
     assert trainer.evaluate({"sst": trainer.eval_dataset["sst"]}) and len(calls) == 5, "other evaluation sets are always scored"
