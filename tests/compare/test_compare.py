@@ -457,7 +457,9 @@ def test_a_teachers_from_arm_trains_the_teacher_arms_runs_then_distils_and_keeps
     out, said = tmp_path / "cmp", []
     plain = run_grid(grid, out, arms=["sum"], seeds=[0], say=lambda m: None)[0]
     bam = run_grid(grid, out, arms=["bam"], seeds=[0], say=said.append)[0]
-    assert "same_run_as" not in bam and bam["metrics"]["eval_overall"] != plain["metrics"]["eval_overall"], "not the plain run's twin"
+    # measured: 0.261 against 0.230; a twin would score the same to the last bit, a change of rounding is no proof
+    assert "same_run_as" not in bam, "not the plain run's twin"
+    assert abs(bam["metrics"]["eval_overall"] - plain["metrics"]["eval_overall"]) > 0.005, "distillation changed the run"
     separate = run_grid(grid, out, arms=["separate"], seeds=[0], say=lambda m: None)[0]
     cell = out / "runs" / "split1" / "bam" / "seed0"
     for task in ("sst", "sts"):

@@ -72,8 +72,10 @@ def test_routed_model_evaluates_like_its_experts(experts):
     scores = hm.evaluate(routed, data, progress=False)
     from_sst = hm.evaluate(models[1], {"sst": data["sst"]}, progress=False)
     from_rest = hm.evaluate(models[2], {"quora": data["quora"], "sts": data["sts"]}, progress=False)
-    assert scores["sst_score"] == from_sst["sst_score"]
-    assert scores["quora_score"] == from_rest["quora_score"] and scores["sts_pearson"] == from_rest["sts_pearson"]
+    # the routed experts are copies (other instances): their outputs equal the sources' up to rounding (conftest.py)
+    assert scores["sst_score"] == pytest.approx(from_sst["sst_score"], abs=1e-6)
+    assert scores["quora_score"] == pytest.approx(from_rest["quora_score"], abs=1e-6)
+    assert scores["sts_pearson"] == pytest.approx(from_rest["sts_pearson"], abs=1e-6)
 
 
 def test_routed_model_errors(experts):

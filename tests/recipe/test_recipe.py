@@ -184,9 +184,11 @@ def test_recipe_two_step_specialisation_saves_a_routed_model(tiny_backbone, tiny
     assert isinstance(best, hm.RoutedMultitaskModel) and list(best.experts) == ["sst", "sts", "multitask"]
     # quora was not specialised: it runs the multitask model and scores exactly what it scored
     assert metrics["eval_quora_accuracy"] == metrics["multitask_eval_quora_accuracy"]
+    # a change by more than rounding (the experts are other instances than the multitask model): measured, the
+    # Pearson r moves from -0.67 to -0.16 (on the avx512, avx2 and default kernels alike)
     assert (
         metrics["eval_sst_accuracy"] != metrics["multitask_eval_sst_accuracy"]
-        or metrics["eval_sts_pearson"] != metrics["multitask_eval_sts_pearson"]
+        or abs(metrics["eval_sts_pearson"] - metrics["multitask_eval_sts_pearson"]) > 0.05
     ), "specialisation changed nothing"
     assert metrics["specialise_examples"] == 2 * 3 * 4
     sst = AutoModel.from_pretrained(out / "specialised" / "sst")

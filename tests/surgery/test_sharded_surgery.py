@@ -36,7 +36,10 @@ def test_sharded_update_equals_the_replicated_update_on_the_combined_batch(runs,
     init = __import__("conftest").deterministic_model()
     moved = 0
     for name, p in want.items():
-        torch.testing.assert_close(got[name], p, rtol=1e-5, atol=1e-6, msg=name)
+        # 3 SGD steps at lr 0.1 on float32, the two ranks' halves summed in another order (as in the trainer test
+        # below): measured up to 0.43 of a tolerance 10x tighter (avx2 kernels; 0.41 avx512, 0.22 default); a
+        # rank that skips the Gram all-reduce moves the weights by far more
+        torch.testing.assert_close(got[name], p, rtol=1e-4, atol=1e-5, msg=name)
         moved += int(not torch.allclose(p, dict(init.named_parameters())[name]))
     assert moved > 10, "SGD must have moved the parameters"
 

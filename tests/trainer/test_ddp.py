@@ -18,9 +18,13 @@ def _run(nproc: int, out: Path, vocab: Path, batch: int, aggregator: str, overri
 
 @pytest.mark.parametrize("aggregator", ["pcgrad"])
 def test_two_process_ddp_equals_one_process_on_the_combined_batch(tmp_path, tokenizer, aggregator):
+    """SGD without clipping, as in the tests below: the two runs sum the examples' gradients in another
+    order, and AdamW turned that rounding into weight differences of up to 0.86 of the tolerance (avx2
+    kernels; 0.72 avx512, 0.36 default); SGD's step is linear in the gradient."""
     vocab = Path(tokenizer.vocab_file)
-    two = _run(2, tmp_path / "two.pt", vocab, 4, aggregator)
-    one = _run(1, tmp_path / "one.pt", vocab, 8, aggregator)
+    sgd = {"optim": "sgd", "max_grad_norm": 0.0, "learning_rate": 0.05}
+    two = _run(2, tmp_path / "two.pt", vocab, 4, aggregator, sgd)
+    one = _run(1, tmp_path / "one.pt", vocab, 8, aggregator, sgd)
     assert two["world"] == 2 and one["world"] == 1, "the 2-process run must really be distributed"
     moved = 0
     for name, p in one["params"].items():

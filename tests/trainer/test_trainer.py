@@ -67,11 +67,15 @@ def test_pcgrad_step_matches_the_aggregator_on_per_task_gradients(tmp_path, toke
 
 @pytest.mark.parametrize("aggregator", ["pcgrad", "gradvac"])
 def test_gradient_accumulation_equals_one_big_batch(tmp_path, tokenizer, aggregator):
-    big = make_trainer(tmp_path / "a", tokenizer, aggregator=aggregator, per_device_train_batch_size=8, max_steps=2)
+    """SGD without clipping: the step is the gradient times the rate, so a micro-batch loss divided by the
+    wrong count fails here (under AdamW and clipping, which ignore a gradient's scale, it did not). The
+    two runs sum the examples' gradients in another order: AdamW turned that rounding into weight
+    differences of 0.9e-6 (avx2 kernels; 0.7e-6 avx512, 0.4e-6 default) at a tolerance of 1e-6; SGD keeps
+    them under 2e-7 on all three."""
+    settings = dict(aggregator=aggregator, optim="sgd", max_grad_norm=0.0, learning_rate=0.1, max_steps=2)
+    big = make_trainer(tmp_path / "a", tokenizer, per_device_train_batch_size=8, **settings)
     big.train()
-    small = make_trainer(
-        tmp_path / "b", tokenizer, aggregator=aggregator, per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=2
-    )
+    small = make_trainer(tmp_path / "b", tokenizer, per_device_train_batch_size=4, gradient_accumulation_steps=2, **settings)
     small.train()
     for (name, p), (_, q) in zip(big.model.named_parameters(), small.model.named_parameters()):
         assert torch.allclose(p, q, atol=1e-6), name
@@ -308,11 +312,19 @@ def test_the_evaluation_after_training_reuses_the_kept_checkpoints_and_rescores_
     assert len(calls) == 3, "the kept checkpoint's weights were scored already"
     assert {k: v for k, v in final.items() if k != "epoch"} == {k: v for k, v in best.items() if k.startswith("eval_")}
     assert set(trainer.last_predictions) == {"sst", "quora", "sts"}
+    # The weights change after the last evaluation, in a way that must change the SST loss: raise the
+    # logit of a class no SST example has by 3. Every example's loss grows by log(1 + p(e^3 - 1)), p that
+    # class's probability. (The same shift on every logit would leave the softmax, and so the loss, as it
+    # was: the difference would be rounding, present on one CPU and not on another.)
+    labels = set(trainer.eval_dataset["sst"]["labels"])
+    unused = next(c for c in range(trainer.model.get_task("sst").num_labels) if c not in labels)
     with torch.no_grad():
-        trainer.model.heads["sst"].net[-1].bias.add_(0.5)  # the weights change after the last evaluation
+        trainer.model.heads["sst"].net[-1].bias[unused] += 3.0
     fresh = trainer.evaluate()
     assert len(calls) == 4, "changed weights are scored afresh"
-    assert fresh["eval_sst_loss"] != final["eval_sst_loss"]
+    # measured: the loss rises by 1.39 (1.43 to 2.82); a reused evaluation would leave it where it was
+    assert fresh["eval_sst_loss"] > final["eval_sst_loss"] + 0.5, (fresh["eval_sst_loss"], final["eval_sst_loss"])
+    assert fresh["eval_sst_loss"] == pytest.approx(task_losses(trainer.model, {"sst": trainer.eval_dataset["sst"]})["sst"], rel=1e-5)
     assert trainer.evaluate({"sst": trainer.eval_dataset["sst"]}) and len(calls) == 5, "other evaluation sets are always scored"
 
 

@@ -36,12 +36,18 @@ def _trained(tmp_path, tokenizer, **overrides):
 
 # ---------------------------------------------------------------- supported fields: each has its effect
 def _check_learning_rate(tmp_path, tokenizer):
-    small = _trained(tmp_path / "a", tokenizer, learning_rate=1e-5, optim="sgd", max_grad_norm=0.0)
-    large = _trained(tmp_path / "b", tokenizer, learning_rate=1e-3, optim="sgd", max_grad_norm=0.0)
+    # One SGD step from the same weights on the same batch: each parameter moves by -lr x the same gradient.
+    # A parameter whose step at 1e-5 is under 1e-4 of its norm is left out: the rounding of the stored fp32
+    # weights (up to 6e-8 of them) would be a sizeable part of that step (the query weights moved by 1e-9,
+    # about one ulp, and gave ratios of 190 to 320). Over more steps the ratio also follows the trajectory.
+    small = _trained(tmp_path / "a", tokenizer, learning_rate=1e-5, optim="sgd", max_grad_norm=0.0, max_steps=1)
+    large = _trained(tmp_path / "b", tokenizer, learning_rate=1e-3, optim="sgd", max_grad_norm=0.0, max_steps=1)
     start = _params(deterministic_model())
     delta = {n: (p - start[n]).norm() for n, p in _params(small.model).items()}
-    ratio = [float((p - start[n]).norm() / delta[n]) for n, p in _params(large.model).items() if delta[n] > 1e-9]
-    assert sum(ratio) / len(ratio) == pytest.approx(100, rel=0.1), "SGD moves 100x further at 100x the learning rate"
+    ratio = {n: float((p - start[n]).norm() / delta[n]) for n, p in _params(large.model).items() if delta[n] > 1e-4 * start[n].norm()}
+    assert len(ratio) > 20, sorted(ratio)
+    # measured: 99.9992 to 100.0020 (avx512, avx2 and default kernels alike)
+    assert all(r == pytest.approx(100, rel=1e-3) for r in ratio.values()), ("SGD moves 100x further at 100x the learning rate", ratio)
 
 
 def _check_lr_scheduler_type(tmp_path, tokenizer):
