@@ -19,6 +19,7 @@ examples are batched by length (fewer padded tokens).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -267,10 +268,34 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--backend onnx runs on the CPU (ONNX Runtime's CPU provider), not on --device {args.device}")
     command = {"export": _export, "tweeteval-test": _tweeteval, "predict": _predict}[args.command]
     try:
-        command(args)
+        with _quiet() if args.quiet else contextlib.nullcontext():
+            command(args)
     except (DataError, OSError, OnnxExtraMissing) as err:
         print(f"hf-multitask: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """``--quiet``: no progress bar at all, the libraries' too (datasets' tokenising and
+    transformers' weight loading), restored afterwards for a caller in the same process."""
+    from transformers.utils import logging as hf_logging
+
+    try:
+        from datasets.utils import logging as ds_logging
+    except ImportError:  # a served folder needs no datasets for .onnx input alone
+        ds_logging = None
+    was = hf_logging.is_progress_bar_enabled(), ds_logging is not None and ds_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    if ds_logging is not None:
+        ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            hf_logging.enable_progress_bar()
+        if was[1]:
+            ds_logging.enable_progress_bar()
 
 
 def _tokens(value: str) -> int:

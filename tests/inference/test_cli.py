@@ -204,3 +204,27 @@ def test_max_length_below_one_is_a_parser_error_naming_the_flag(command, value, 
     status, err = _cli_in_process(capsys, command, "--model", folder, *where, "--max_length", value)
     assert status == 2 and f"argument --max_length: must be at least 1 token, got {int(value)}" in err and "Traceback" not in err
     assert not list(tmp_path.glob("o*")), "nothing ran"
+
+
+def test_quiet_silences_the_libraries_progress_bars_too_and_restores_them(tmp_path, tokenizer, capsys):
+    """``--quiet`` printed datasets' "Tokenising ..." and transformers' "Loading weights" bars
+    (``tweeteval-test`` tokenises through datasets): it now silences them for the command and
+    leaves them on for the rest of the process."""
+    from datasets.utils import logging as ds_logging
+    from test_onnx import _model as tiny
+    from transformers.utils import logging as hf_logging
+    from tweeteval_fixtures import write_tweeteval
+
+    from hf_multitask import tweeteval as te
+
+    (tmp_path / "tweeteval").mkdir()
+    data = write_tweeteval(tmp_path / "tweeteval")
+    model = tiny(tasks=[te.tweeteval_task(t, data) for t in ("irony", "stance")])
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    args = ["tweeteval-test", "--model", tmp_path / "m", "--data-dir", data, "--output-dir", tmp_path / "out"]
+    status, err = _cli_in_process(capsys, *args)
+    assert status == 0 and "Tokenising irony" in err, "without --quiet the bars show (else this test proves nothing)"
+    status, err = _cli_in_process(capsys, *args, "--quiet")
+    assert status == 0 and "%|" not in err and "Tokenising" not in err and "Loading weights" not in err, err
+    assert ds_logging.is_progress_bar_enabled() and hf_logging.is_progress_bar_enabled(), "the bars are back for the caller"
