@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import sys
 from collections.abc import Iterator
@@ -303,13 +304,19 @@ def main(argv: list[str] | None = None) -> None:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """``--quiet``: no progress bar at all, the libraries' too (datasets' tokenising and
-    transformers' weight loading), restored afterwards for a caller in the same process."""
+    transformers' weight loading), restored afterwards for a caller in the same process
+    (huggingface_hub's per-group settings included, which transformers' switch resets)."""
     from transformers.utils import logging as hf_logging
+
+    # transformers' switch also switches huggingface_hub's bars, wiping its per-group settings; they live in a module
+    # dict with no public getter (huggingface_hub 1.x-2.x; tests/inference/test_cli.py checks the round trip)
+    hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")
 
     try:
         from datasets.utils import logging as ds_logging
     except ImportError:  # a served folder needs no datasets for .onnx input alone
         ds_logging = None
+    hub_states = dict(hub_tqdm.progress_bar_states)
     was = hf_logging.is_progress_bar_enabled(), ds_logging is not None and ds_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     if ds_logging is not None:
@@ -321,6 +328,8 @@ def _quiet() -> Iterator[None]:
             hf_logging.enable_progress_bar()
         if was[1]:
             ds_logging.enable_progress_bar()
+        hub_tqdm.progress_bar_states.clear()
+        hub_tqdm.progress_bar_states.update(hub_states)
 
 
 def _tokens(value: str) -> int:

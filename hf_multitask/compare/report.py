@@ -111,7 +111,7 @@ def markdown(
                          _fmt(r["overall"], r["overall_ci"]) + _verdict(r["overall"], r["overall_ci"]) + subset]  # fmt: skip
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
-    lines += _specialisation(results or [])
+    lines += _specialisation([c for c in results or [] if c["arm"] in grid.get("arms", {})])  # arms the grid still has
     for r in rows:
         if r.get("same_run_as"):
             lines.append(f"- `{r['arm']}` on split {r['split']}: its cells are runs of `{r['same_run_as']}` with the very same flags "

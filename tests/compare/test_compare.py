@@ -182,6 +182,8 @@ def test_the_report_sets_a_specialising_cells_served_score_beside_every_expert_k
     table = markdown(grid, summarise(grid, [plain, spec, old]), results=[plain, spec, old])
     assert "| `spec` | 0 | 1 | 0.6200 | 0.6000 | 0.5500 | 1 | 45.0 M | 25.0 |" in table, table
     assert "| `spec` | 0 | 0 | 0.6200 | — | 0.5500 |" in table and "| `plain` | 0 | 0 |" not in table
+    gone = {**spec, "arm": "gone"}  # a cell of an arm the grid no longer has: the main table leaves it out, and so does this
+    assert "`gone`" not in markdown(grid, summarise(grid, [spec, gone]), results=[spec, gone])
 
 
 @pytest.mark.parametrize(

@@ -230,6 +230,25 @@ def test_quiet_silences_the_libraries_progress_bars_too_and_restores_them(tmp_pa
     assert ds_logging.is_progress_bar_enabled() and hf_logging.is_progress_bar_enabled(), "the bars are back for the caller"
 
 
+def test_quiet_leaves_huggingface_hubs_own_progress_bar_settings_as_it_found_them(folder, tmp_path, capsys):
+    """transformers' switch resets huggingface_hub's bars (global and per group): a caller that had
+    turned the hub's download bars off got them back from a --quiet call, on success or error."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    tsv = tmp_path / "in.tsv"
+    tsv.write_text("id\ttext\nx\thello\n")
+    try:
+        disable_progress_bars("huggingface_hub.http_get")
+        for inputs in (tsv, tmp_path / "missing.tsv"):  # a success, then an error (exit 2)
+            _cli_in_process(capsys, "predict", "--model", folder, "--input", inputs, "--output", tmp_path / "o.jsonl", "--quiet")
+            assert are_progress_bars_disabled("huggingface_hub.http_get") and not are_progress_bars_disabled(), inputs
+        disable_progress_bars()
+        _cli_in_process(capsys, "predict", "--model", folder, "--input", tsv, "--output", tmp_path / "o.jsonl", "--quiet")
+        assert are_progress_bars_disabled(), "the hub's bars stay off globally"
+    finally:
+        enable_progress_bars()
+
+
 def test_predict_batches_texts_by_their_tokens_not_their_characters(tokenizer):
     """Tweets' characters follow their tokens poorly (URLs, emoji, hashtags): batches sorted by characters padded
     TweetEval's emoji tweets to 1.37x their tokens. Texts and pairs are sorted by their tokens,
@@ -242,3 +261,12 @@ def test_predict_batches_texts_by_their_tokens_not_their_characters(tokenizer):
     assert list(_by_length(inputs, batch_size=2, tokenizer=tokenizer)) == [[0, 4], [2, 1], [3]]
     assert list(_by_length(inputs, batch_size=2)) == [[3, 4], [2, 1], [0]], "without a tokenizer: characters, as before"
     assert list(_by_length(inputs * 2, batch_size=2, window=2, tokenizer=tokenizer)) == [[0, 2], [1, 3], [5, 4], [7, 6], [9, 8]]
+
+
+def test_a_lone_surrogate_in_a_json_string_is_a_bad_line_named_by_the_command(folder, tmp_path, capsys):
+    """JSON may escape half a UTF-16 pair ("\\ud800"); no text holds it, and the tokenizer failed on it
+    with an uncaught TypeError. It is a bad line, named with the file and line, exit 2."""
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"id": "a", "text": "the cat"}\n{"id": "bad", "text": "dogs \\ud800 see"}\n')
+    status, err = _cli_in_process(capsys, "predict", "--model", folder, "--input", path, "--output", tmp_path / "o.jsonl")
+    assert status == 2 and "in.jsonl: line 2" in err and "lone surrogate" in err and "Traceback" not in err, err
