@@ -109,7 +109,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.files:
         ref = {t: _predicted(args.files / "torch_fp32", t) for t in TWEETEVAL_TASKS}
         for backend in ("onnx_fp32", "onnx_int8"):
-            result["test_agreement"][backend] = {t: float(np.mean(_predicted(args.files / backend, t) == y)) for t, y in ref.items()}
+            got = {t: _predicted(args.files / backend, t) for t in ref}
+            short = [t for t in ref if len(got[t]) != len(ref[t])]  # numpy would broadcast a one-line file over all
+            if short:
+                raise SystemExit(f"{args.files / backend}: {short} hold another number of lines than torch_fp32's")
+            result["test_agreement"][backend] = {t: float(np.mean(got[t] == y)) for t, y in ref.items()}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
