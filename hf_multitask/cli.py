@@ -386,7 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("out_dir", help="where the graphs, config, tokenizer and onnx_manifest.json go (a folder of their own)")
     exp.add_argument("--quantize", choices=["int8"], default=None,
                      help="also write int8 graphs (dynamic quantisation; model_int8.onnx) and make them the folder's default")  # fmt: skip
-    exp.add_argument("--per-channel", "--per_channel", dest="per_channel", action="store_true", help="int8: one scale per output channel")
+    scales = exp.add_mutually_exclusive_group()
+    scales.add_argument("--per-channel", "--per_channel", dest="per_channel", action="store_const", const=True, default=True,
+                        help="int8: one scale per output channel of each weight (the default)")  # fmt: skip
+    scales.add_argument("--per-tensor", "--per_tensor", dest="per_channel", action="store_const", const=False,
+                        help="int8: one scale per weight matrix (on TweetEval: 0.5-0.9 points lower than per channel, no faster)")  # fmt: skip
     exp.add_argument("--fp32-heads", "--fp32_heads", dest="fp32_heads", action="store_true", help="int8: keep the task heads in fp32")
     exp.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     exp.add_argument("--no-fuse", "--no_fuse", dest="no_fuse", action="store_true", help="skip ONNX Runtime's transformer fusions")

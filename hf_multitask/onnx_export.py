@@ -324,7 +324,7 @@ def export_onnx(
     quantize: str | None = None,
     opset: int = OPSET,
     fuse: bool = True,
-    per_channel: bool = False,
+    per_channel: bool = True,
     fp32_heads: bool = False,
     progress: bool = True,
 ) -> Path:
@@ -332,8 +332,10 @@ def export_onnx(
     tasks that need their own), ``config.json``, the tokenizer and ``onnx_manifest.json``.
 
     ``quantize="int8"`` adds int8 graphs (``model_int8.onnx``, ...) made by dynamic
-    quantisation (``per_channel``: one scale per output channel; ``fp32_heads``: heads left in
-    fp32) and makes them the folder's default. ``fuse``: apply ONNX Runtime's transformer fusions.
+    quantisation (``per_channel``, the default: one scale per output channel of each weight, which
+    on TweetEval kept validation within 0.24–0.34 points of fp32 where one scale per matrix lost
+    0.76–1.27, at the same speed; ``fp32_heads``: heads left in fp32) and makes them the folder's
+    default. ``fuse``: apply ONNX Runtime's transformer fusions.
     Every fp32 graph is checked against PyTorch on a batch unlike the traced one (logits within
     1e-4); a graph that fails, and a head or encoder the exporter cannot trace, are an
     [`OnnxExportError`][hf_multitask.onnx_export.OnnxExportError] naming it. Returns ``out_dir``."""

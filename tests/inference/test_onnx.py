@@ -308,6 +308,18 @@ def test_the_export_command_writes_a_self_describing_folder(exported, tmp_path, 
     assert "torch.onnx.export" in manifest["exporter"] and "opset 17" in manifest["exporter"]
 
 
+def test_int8_scales_are_per_channel_unless_per_tensor_is_asked(exported, tmp_path, capsys):
+    """Per channel is the default (on TweetEval it kept validation within 0.24-0.34 points of fp32,
+    per tensor lost 0.76-1.27, at the same speed); --per-tensor asks for one scale per matrix."""
+    for flags, per_channel in (([], True), (["--per-tensor"], False), (["--per-channel"], True)):
+        out = tmp_path / f"x{len(flags)}{per_channel}"
+        assert _cli_in_process(capsys, "export", exported / "torch", out, "--quantize", "int8", "--quiet", *flags)[0] == 0
+        quantization = json.loads((out / "onnx_manifest.json").read_text())["variants"]["int8"]["quantization"]
+        assert quantization["per_channel"] is per_channel, flags
+    status, err = _cli_in_process(capsys, "export", exported / "torch", tmp_path / "y", "--per-tensor", "--per-channel")
+    assert status == 2 and "not allowed with argument" in err
+
+
 def test_what_cannot_be_exported_is_one_line_naming_it(tmp_path, tokenizer, capsys):
     lstm = _model(tasks=[SENTI, SCORE], head_type="lstm")
     lstm.save_pretrained(tmp_path / "lstm")
@@ -330,9 +342,10 @@ def test_an_export_that_would_answer_wrongly_is_refused(tokenizer, tmp_path, mon
 @pytest.mark.slow
 def test_minilm_export_matches_pytorch_and_int8_keeps_most_labels(tmp_path):
     """The real packaged MiniLM: fp32 logits within 1e-4 of PyTorch's for sentence, pair and token
-    heads at several batch sizes and lengths; int8 labels agree with fp32 on at least 75 % of a
-    fixture spread evenly over five classes (measured: 84 %; 93.5 % with --per-channel): word
-    salad near the class boundaries, a stress case, not a trained head's quality."""
+    heads at several batch sizes and lengths; int8 labels (per-channel scales, the default) agree
+    with fp32 on at least 88 % of a fixture spread evenly over five classes (measured: 93.5 %; 84 %
+    with per-tensor scales): word salad near the class boundaries, a stress case, not a trained
+    head's quality."""
     from transformers import AutoTokenizer
 
     path = hm.default_backbone()
@@ -357,4 +370,4 @@ def test_minilm_export_matches_pytorch_and_int8_keeps_most_labels(tmp_path):
     labels = {v: hm.predict(OnnxMultitaskModel.from_pretrained(tmp_path / "x", variant=v), enc, "topic", progress=False).predictions
               for v in ("fp32", "int8")}  # fmt: skip
     assert np.bincount(labels["fp32"], minlength=5).max() <= 0.3 * len(texts)
-    assert (labels["int8"] == labels["fp32"]).mean() >= 0.75
+    assert (labels["int8"] == labels["fp32"]).mean() >= 0.88
