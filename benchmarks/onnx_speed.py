@@ -53,6 +53,16 @@ def _cpu() -> dict:
     return {**info, "model": model, "flags": {f: f in flags for f in FLAGS}}
 
 
+def _shown(path: str) -> str:
+    """A model folder as the results file names it: relative to the working folder when inside it,
+    else its last four parts (no machine's absolute paths in a committed result)."""
+    full = Path(path).resolve()
+    try:
+        return str(full.relative_to(Path.cwd()))
+    except ValueError:
+        return str(Path(*full.parts[-4:]))
+
+
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -159,7 +169,7 @@ def main() -> None:
     reference = _labels(work / "torch_fp32.jsonl")
     result = {
         "what": f"hf-multitask predict, whole process, on the first {args.n} TweetEval emoji test tweets (.txt input)",
-        "model": args.model,
+        "model": _shown(args.model),
         "n": args.n,
         "rounds": args.rounds,
         "batch_size": args.batch_size,
