@@ -75,6 +75,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--export", type=Path, action="append", default=[], help="its `hf-multitask export` folder")
     parser.add_argument("--tasks", nargs="+", action="append", default=None, help="the tasks the model before it answers")
     parser.add_argument("--files", type=Path, help="a folder with torch_fp32/, onnx_fp32/, onnx_int8/ test files")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=list(BACKENDS),
+        default=list(BACKENDS),
+        help="score only these (e.g. onnx_int8 for another int8 export: --per-channel, --fp32-heads)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if len(args.model) != len(args.export) or (args.tasks and len(args.tasks) != len(args.model)):
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         mirror = Path(tmp) / "data"
         _val_mirror(args.data_dir, mirror)
-        for backend, graph in BACKENDS.items():
+        for backend, graph in ((b, g) for b, g in BACKENDS.items() if b in args.backends):
             files = Path(tmp) / backend
             for model, export, tasks in zip(args.model, args.export, tasks_of, strict=True):
                 cmd = [sys.executable, "-m", "hf_multitask.cli", "tweeteval-test", "--data-dir", str(mirror),
@@ -94,14 +101,19 @@ def main(argv: list[str] | None = None) -> dict:
             done = [t for t in TWEETEVAL_TASKS if any(t in ts for ts in tasks_of)]
             result["validation"][backend] = _score(files, args.data_dir, done)
             print(backend, json.dumps(result["validation"][backend]), flush=True)
-    base = result["validation"]["torch_fp32"]
-    result["validation_minus_torch_fp32"] = {
-        b: {k: v - base[k] for k, v in s.items()} for b, s in result["validation"].items() if b != "torch_fp32"
-    }
+    base = result["validation"].get("torch_fp32")
+    if base:
+        result["validation_minus_torch_fp32"] = {
+            b: {k: v - base[k] for k, v in s.items()} for b, s in result["validation"].items() if b != "torch_fp32"
+        }
     if args.files:
         ref = {t: _predicted(args.files / "torch_fp32", t) for t in TWEETEVAL_TASKS}
         for backend in ("onnx_fp32", "onnx_int8"):
-            result["test_agreement"][backend] = {t: float(np.mean(_predicted(args.files / backend, t) == y)) for t, y in ref.items()}
+            got = {t: _predicted(args.files / backend, t) for t in ref}
+            short = [t for t in ref if len(got[t]) != len(ref[t])]  # numpy would broadcast a one-line file over all
+            if short:
+                raise SystemExit(f"{args.files / backend}: {short} hold another number of lines than torch_fp32's")
+            result["test_agreement"][backend] = {t: float(np.mean(got[t] == y)) for t, y in ref.items()}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")

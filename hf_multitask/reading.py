@@ -180,7 +180,7 @@ def iter_json_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[
     if first[1].lstrip().startswith("["):
         text = "\n" * (first[0] - 1) + first[1] + "".join("\n" + t for _, t in lines)
         for line, item in _json_array(path, text):
-            yield line, item if isinstance(item, dict) else BadRecord(f"expected a JSON object, got {type(item).__name__}")
+            yield line, _json_record(item)
         return
     for number, line in itertools.chain([first], ((n, t) for n, t in lines if t.strip())):
         try:
@@ -188,7 +188,20 @@ def iter_json_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[
         except json.JSONDecodeError as err:
             yield number, BadRecord(f"column {err.colno}: not valid JSON ({err.msg})")
             continue
-        yield number, item if isinstance(item, dict) else BadRecord(f"expected a JSON object, got {type(item).__name__}")
+        yield number, _json_record(item)
+
+
+def _json_record(item: Any) -> dict[str, Any] | BadRecord:
+    """``item`` if it is a JSON object of real text, else the reason it is not. JSON lets a string
+    escape half of a UTF-16 pair (``"\\ud800"``): no text holds such a lone surrogate, and a
+    tokenizer fails on it deep inside."""
+    if not isinstance(item, dict):
+        return BadRecord(f"expected a JSON object, got {type(item).__name__}")
+    try:
+        json.dumps(item, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return BadRecord("a string holds a lone surrogate (an escape such as \\ud800 without its pair): not text")
+    return item
 
 
 class TableRow(list):

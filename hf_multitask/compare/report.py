@@ -42,10 +42,37 @@ def _verdict(mean: float, ci: float) -> str:
     return " (within noise)"
 
 
+def _specialisation(cells: list[dict[str, Any]]) -> list[str]:
+    """One line per specialising cell: the served score next to every expert kept (a choice made on
+    the validation set it is scored on leans high; every expert kept chose nothing) and the
+    multitask phase alone, the parameters the served model holds and what the phase cost."""
+    mine = [c for c in cells if "specialise_seconds" in c.get("metrics", {})]
+    if not mine:
+        return []
+    lines = ["Specialising cells (validation overall: served, every expert kept, the multitask phase alone; parameters in memory; "
+             "the specialisation phase's seconds per 1k examples):", "",
+             "| arm | split | seed | served | every expert kept | multitask phase | kept | parameters in memory | s / 1k examples |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for c in sorted(mine, key=lambda c: (c["split"], c["arm"], c["seed"])):
+        m = c["metrics"]
+        every = m.get("experts_eval_overall", math.nan)  # cells from before it was recorded have "—"
+        cost = 1000 * m["specialise_seconds"] / m["specialise_examples"] if m.get("specialise_examples") else math.nan
+        cells_ = [f"`{c['arm']}`", str(c["split"]), str(c["seed"]), _fmt(m["eval_overall"], math.nan, 4), _fmt(every, math.nan, 4),
+                  _fmt(m.get("multitask_eval_overall", math.nan), math.nan, 4), str(m.get("specialise_kept", "—")),
+                  f"{m['serving_parameters'] / 1e6:.1f} M" if "serving_parameters" in m else "—", _fmt(cost, math.nan, 1)]  # fmt: skip
+        lines.append("| " + " | ".join(cells_) + " |")
+    return [*lines, ""]
+
+
 def markdown(
-    grid: dict[str, Any], rows: list[dict[str, Any]], tuning: list[dict[str, Any]] | None = None, pairs: list[dict[str, Any]] | None = None
+    grid: dict[str, Any],
+    rows: list[dict[str, Any]],
+    tuning: list[dict[str, Any]] | None = None,
+    pairs: list[dict[str, Any]] | None = None,
+    results: list[dict[str, Any]] | None = None,
 ) -> str:
-    """The results table (one per split), the paired differences and the tuning choices, as markdown."""
+    """The results table (one per split), the paired differences, the specialising cells (from the
+    cells' ``results``) and the tuning choices, as markdown."""
     tasks = grid["tasks"]
     lines = []
     reference, baseline = grid.get("reference"), grid.get("baseline")
@@ -84,6 +111,7 @@ def markdown(
                          _fmt(r["overall"], r["overall_ci"]) + _verdict(r["overall"], r["overall_ci"]) + subset]  # fmt: skip
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
+    lines += _specialisation([c for c in results or [] if c["arm"] in grid.get("arms", {})])  # arms the grid still has
     for r in rows:
         if r.get("same_run_as"):
             lines.append(f"- `{r['arm']}` on split {r['split']}: its cells are runs of `{r['same_run_as']}` with the very same flags "
@@ -159,6 +187,6 @@ def report(out_dir: str | os.PathLike, markdown_path: str | None = None, png_pat
         writer.writeheader()
         writer.writerows(rows)
     tuning = [json.loads(p.read_text()) for p in sorted(out.glob("tuning/*/choice.json"))]
-    Path(markdown_path or out / "results.md").write_text(markdown(grid, rows, tuning, paired(grid, cells)))
+    Path(markdown_path or out / "results.md").write_text(markdown(grid, rows, tuning, paired(grid, cells), cells))
     plot(grid, rows, png_path or out / "results.png")
     return rows

@@ -162,6 +162,30 @@ def test_pairs_report_paired_differences_per_task_and_overall():
     assert "Paired differences on split 1" in table and "| `x − y` | 3 | 0.030 ± 0.025 |" in table and "(better)" in table
 
 
+def test_the_report_sets_a_specialising_cells_served_score_beside_every_expert_kept_and_its_cost():
+    """A ``keep better`` score is chosen on the validation set it is scored on: the report puts the
+    score with every expert kept, the multitask phase's, the parameters in memory and the phase's
+    cost beside it (a cell from before ``experts_eval_*`` was recorded shows "—")."""
+    grid = {"tasks": ["a"], "arms": {"plain": {}, "spec": {}}, "reference": None, "baseline": None}
+    plain = {
+        "arm": "plain",
+        "seed": 0,
+        "split": 0,
+        "peak_rss_mb": 1.0,
+        "metrics": {"eval_a_accuracy": 0.5, "eval_a_score": 0.5, "eval_overall": 0.5},
+    }
+    spec = {"arm": "spec", "seed": 1, "split": 0, "peak_rss_mb": 1.0, "metrics": {
+        "eval_a_accuracy": 0.62, "eval_a_score": 0.62, "eval_overall": 0.62, "experts_eval_overall": 0.6, "multitask_eval_overall": 0.55,
+        "specialise_kept": 1, "serving_parameters": 45_000_000, "specialise_seconds": 30.0, "specialise_examples": 1200}}  # fmt: skip
+    old = {**spec, "seed": 0, "metrics": {k: v for k, v in spec["metrics"].items() if k != "experts_eval_overall"}}
+    assert "Specialising cells" not in markdown(grid, summarise(grid, [plain]), results=[plain]), "no section without a specialising cell"
+    table = markdown(grid, summarise(grid, [plain, spec, old]), results=[plain, spec, old])
+    assert "| `spec` | 0 | 1 | 0.6200 | 0.6000 | 0.5500 | 1 | 45.0 M | 25.0 |" in table, table
+    assert "| `spec` | 0 | 0 | 0.6200 | — | 0.5500 |" in table and "| `plain` | 0 | 0 |" not in table
+    gone = {**spec, "arm": "gone"}  # a cell of an arm the grid no longer has: the main table leaves it out, and so does this
+    assert "`gone`" not in markdown(grid, summarise(grid, [spec, gone]), results=[spec, gone])
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -204,3 +204,69 @@ def test_max_length_below_one_is_a_parser_error_naming_the_flag(command, value, 
     status, err = _cli_in_process(capsys, command, "--model", folder, *where, "--max_length", value)
     assert status == 2 and f"argument --max_length: must be at least 1 token, got {int(value)}" in err and "Traceback" not in err
     assert not list(tmp_path.glob("o*")), "nothing ran"
+
+
+def test_quiet_silences_the_libraries_progress_bars_too_and_restores_them(tmp_path, tokenizer, capsys):
+    """``--quiet`` printed datasets' "Tokenising ..." and transformers' "Loading weights" bars
+    (``tweeteval-test`` tokenises through datasets): it now silences them for the command and
+    leaves them on for the rest of the process."""
+    from datasets.utils import logging as ds_logging
+    from test_onnx import _model as tiny
+    from transformers.utils import logging as hf_logging
+    from tweeteval_fixtures import write_tweeteval
+
+    from hf_multitask import tweeteval as te
+
+    (tmp_path / "tweeteval").mkdir()
+    data = write_tweeteval(tmp_path / "tweeteval")
+    model = tiny(tasks=[te.tweeteval_task(t, data) for t in ("irony", "stance")])
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    args = ["tweeteval-test", "--model", tmp_path / "m", "--data-dir", data, "--output-dir", tmp_path / "out"]
+    status, err = _cli_in_process(capsys, *args)
+    assert status == 0 and "Tokenising irony" in err, "without --quiet the bars show (else this test proves nothing)"
+    status, err = _cli_in_process(capsys, *args, "--quiet")
+    assert status == 0 and "%|" not in err and "Tokenising" not in err and "Loading weights" not in err, err
+    assert ds_logging.is_progress_bar_enabled() and hf_logging.is_progress_bar_enabled(), "the bars are back for the caller"
+
+
+def test_quiet_leaves_huggingface_hubs_own_progress_bar_settings_as_it_found_them(folder, tmp_path, capsys):
+    """transformers' switch resets huggingface_hub's bars (global and per group): a caller that had
+    turned the hub's download bars off got them back from a --quiet call, on success or error."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    tsv = tmp_path / "in.tsv"
+    tsv.write_text("id\ttext\nx\thello\n")
+    try:
+        disable_progress_bars("huggingface_hub.http_get")
+        for inputs in (tsv, tmp_path / "missing.tsv"):  # a success, then an error (exit 2)
+            _cli_in_process(capsys, "predict", "--model", folder, "--input", inputs, "--output", tmp_path / "o.jsonl", "--quiet")
+            assert are_progress_bars_disabled("huggingface_hub.http_get") and not are_progress_bars_disabled(), inputs
+        disable_progress_bars()
+        _cli_in_process(capsys, "predict", "--model", folder, "--input", tsv, "--output", tmp_path / "o.jsonl", "--quiet")
+        assert are_progress_bars_disabled(), "the hub's bars stay off globally"
+    finally:
+        enable_progress_bars()
+
+
+def test_predict_batches_texts_by_their_tokens_not_their_characters(tokenizer):
+    """Tweets' characters follow their tokens poorly (URLs, emoji, hashtags): batches sorted by characters padded
+    TweetEval's emoji tweets to 1.37x their tokens. Texts and pairs are sorted by their tokens,
+    any other input after them by its characters, each window on its own."""
+    from hf_multitask.cli import _by_length
+
+    long_word = "€" * 40  # 40 characters, one token ([UNK]); the test vocabulary has a token per letter
+    inputs = [("u", long_word), ("s", "the cat runs and the dog sees"), ("p", ("a cat", "a dog")), ("m", {"context": "c", "choices": ["a"]}),
+              ("t", "cat")]  # fmt: skip
+    assert list(_by_length(inputs, batch_size=2, tokenizer=tokenizer)) == [[0, 4], [2, 1], [3]]
+    assert list(_by_length(inputs, batch_size=2)) == [[3, 4], [2, 1], [0]], "without a tokenizer: characters, as before"
+    assert list(_by_length(inputs * 2, batch_size=2, window=2, tokenizer=tokenizer)) == [[0, 2], [1, 3], [5, 4], [7, 6], [9, 8]]
+
+
+def test_a_lone_surrogate_in_a_json_string_is_a_bad_line_named_by_the_command(folder, tmp_path, capsys):
+    """JSON may escape half a UTF-16 pair ("\\ud800"); no text holds it, and the tokenizer failed on it
+    with an uncaught TypeError. It is a bad line, named with the file and line, exit 2."""
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"id": "a", "text": "the cat"}\n{"id": "bad", "text": "dogs \\ud800 see"}\n')
+    status, err = _cli_in_process(capsys, "predict", "--model", folder, "--input", path, "--output", tmp_path / "o.jsonl")
+    assert status == 2 and "in.jsonl: line 2" in err and "lone surrogate" in err and "Traceback" not in err, err
